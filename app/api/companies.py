@@ -1,0 +1,265 @@
+"""`POST /companies` and `POST /companies/bulk`: validate, store durably, answer."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import re
+import time
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Header, Request, Response
+
+from app.api.body import parse, read_body
+from app.api.deps import (
+    DispatcherDep,
+    IngestCaller,
+    OutcomesDep,
+    SettingsDep,
+    StoreDep,
+)
+from app.api.schemas import Accepted, BulkAccepted, BulkIn, CompanyIn, DeliveryOut
+from app.errors import ErrorBody, RelayError
+from app.metrics import UPDATES_ACCEPTED
+from app.queue.models import (
+    EnqueueResult,
+    Idempotency,
+    IdempotencyConflict,
+    NewUpdate,
+    StoreUnavailable,
+)
+from app.queue.store import Store
+
+router = APIRouter(tags=["companies"])
+
+MAX_WAIT_SECONDS = 30.0
+_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*\"?(\d+(?:\.\d+)?)\"?", re.IGNORECASE)
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        description=(
+            "Repeat a request safely: the same key from the same caller within 24 h answers "
+            "the first request's id and stores nothing new; with another body it is a 422."
+        ),
+    ),
+]
+Prefer = Annotated[
+    str | None,
+    Header(
+        description=(
+            "`wait=N` (N up to 30): wait up to N seconds for the upstream outcome. 200 once "
+            "delivered, 502 once Userpilot permanently rejected it, else 202 (still queued)."
+        ),
+    ),
+]
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"model": ErrorBody, "description": description}
+
+
+AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: _error("Missing or unknown relay key (see WWW-Authenticate)."),
+    403: _error("The relay key's role may not use this route."),
+}
+BODY_ERRORS: dict[int | str, dict[str, Any]] = {
+    413: _error("The body is over the configured limit."),
+    415: _error("The body is not application/json."),
+    422: _error("Invalid payload: `errors` names each offending field."),
+    503: _error("The store is unreachable: nothing was stored; retry."),
+}
+
+
+def _body_schema(model: type[CompanyIn] | type[BulkIn]) -> dict[str, Any]:
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}
+            },
+        }
+    }
+
+
+def parse_wait(prefer: str | None) -> float | None:
+    """Seconds from `Prefer: wait=N`, capped at 30; None when absent."""
+    if not prefer:
+        return None
+    match = _WAIT.search(prefer)
+    if match is None:
+        return None
+    return min(float(match.group(1)), MAX_WAIT_SECONDS)
+
+
+def fingerprint(model: CompanyIn | BulkIn) -> str:
+    """The request's meaning, independent of key order and whitespace."""
+    canonical = orjson.dumps(model.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(canonical).hexdigest()
+
+
+async def enqueue(
+    store: Store,
+    updates: list[NewUpdate],
+    *,
+    source: str,
+    caller: str,
+    batch: bool,
+    idempotency: Idempotency | None,
+) -> EnqueueResult:
+    try:
+        return await store.enqueue(
+            updates, source=source, caller=caller, batch=batch, idempotency=idempotency
+        )
+    except IdempotencyConflict:
+        raise RelayError(
+            422,
+            "idempotency_key_reused",
+            "this Idempotency-Key was already used with a different body",
+            errors=None,
+        ) from None
+    except StoreUnavailable:
+        raise RelayError(
+            503,
+            "store_unavailable",
+            "the relay cannot reach its store; nothing was stored, retry later",
+            headers={"Retry-After": "1"},
+        ) from None
+
+
+def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        orjson.dumps(body), status_code=status, media_type="application/json", headers=headers
+    )
+
+
+@router.post(
+    "/companies",
+    status_code=202,
+    response_model=Accepted,
+    openapi_extra=_body_schema(CompanyIn),
+    responses={
+        200: {"model": DeliveryOut, "description": "Delivered (with `Prefer: wait`)."},
+        502: {
+            "model": DeliveryOut,
+            "description": "Userpilot permanently rejected it (with `Prefer: wait`): dead.",
+        },
+        **AUTH_ERRORS,
+        **BODY_ERRORS,
+    },
+)
+async def post_company(
+    request: Request,
+    caller: IngestCaller,
+    settings: SettingsDep,
+    store: StoreDep,
+    dispatcher: DispatcherDep,
+    outcomes: OutcomesDep,
+    idempotency_key: IdempotencyKey = None,
+    prefer: Prefer = None,
+) -> Response:
+    """Store one company update and answer its delivery id.
+
+    The update is committed durably before the 202: it will reach Userpilot, merged with
+    other updates of the same company, paced under the rate limit and retried through
+    outages. `null` values remove the property in Userpilot.
+    """
+    body = await read_body(request, limit=settings.relay_max_body_bytes)
+    company = parse(CompanyIn, body)
+    idempotency = None
+    if idempotency_key is not None:
+        idempotency = Idempotency(
+            caller=caller.name,
+            key=idempotency_key,
+            fingerprint=fingerprint(company),
+            ttl_seconds=settings.relay_idempotency_ttl_seconds,
+        )
+    result = await enqueue(
+        store,
+        [NewUpdate(company_id=company.company_id, metadata=company.metadata)],
+        source="api",
+        caller=caller.name,
+        batch=False,
+        idempotency=idempotency,
+    )
+    delivery_id = result.ids[0]
+    assert delivery_id is not None
+    if not result.replayed:
+        UPDATES_ACCEPTED.labels(source="api").inc()
+        dispatcher.poke()
+    wait = parse_wait(prefer)
+    if wait is None:
+        return _json(202, {"id": delivery_id, "status": "queued"})
+    return await _wait_for_outcome(store, outcomes, delivery_id, wait)
+
+
+async def _wait_for_outcome(
+    store: Store, outcomes: OutcomesDep, delivery_id: str, wait: float
+) -> Response:
+    applied = {"Preference-Applied": f"wait={wait:g}"}
+    deadline = time.monotonic() + wait
+    event = outcomes.event(delivery_id)
+    try:
+        while True:
+            delivery = await store.get_delivery(delivery_id)
+            if delivery is not None and delivery.status in ("delivered", "dead"):
+                status = 200 if delivery.status == "delivered" else 502
+                return _json(status, DeliveryOut.of(delivery).model_dump(), applied)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                current = delivery.status if delivery else "queued"
+                return _json(202, {"id": delivery_id, "status": current}, applied)
+            # Woken at once by this replica's dispatcher; polled for the others'.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), timeout=min(remaining, 0.25))
+    finally:
+        outcomes.forget(delivery_id)
+
+
+@router.post(
+    "/companies/bulk",
+    status_code=202,
+    response_model=BulkAccepted,
+    openapi_extra=_body_schema(BulkIn),
+    responses={**AUTH_ERRORS, **BODY_ERRORS},
+)
+async def post_companies_bulk(
+    request: Request,
+    caller: IngestCaller,
+    settings: SettingsDep,
+    store: StoreDep,
+    dispatcher: DispatcherDep,
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
+    """Store up to 10,000 company updates at once, all or none.
+
+    A 422 names the index and field of every bad item (`companies[3].metadata.plan`) and
+    stores nothing. Follow the batch with GET /batches/{batch_id}.
+    """
+    body = await read_body(request, limit=settings.relay_max_bulk_body_bytes)
+    bulk = parse(BulkIn, body)
+    idempotency = None
+    if idempotency_key is not None:
+        idempotency = Idempotency(
+            caller=caller.name,
+            key=idempotency_key,
+            fingerprint=fingerprint(bulk),
+            ttl_seconds=settings.relay_idempotency_ttl_seconds,
+        )
+    result = await enqueue(
+        store,
+        [NewUpdate(company_id=c.company_id, metadata=c.metadata) for c in bulk.companies],
+        source="bulk",
+        caller=caller.name,
+        batch=True,
+        idempotency=idempotency,
+    )
+    if not result.replayed:
+        UPDATES_ACCEPTED.labels(source="bulk").inc(result.stored)
+        dispatcher.poke()
+    return _json(202, {"batch_id": result.batch_id, "accepted": result.stored})

@@ -1,0 +1,153 @@
+"""Delivery and batch status; dead letters: list, replay, purge."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Path, Query
+
+from app.api.companies import AUTH_ERRORS, _error
+from app.api.deps import AdminCaller, AnyCaller, DispatcherDep, StoreDep
+from app.api.schemas import BatchOut, DeliveryOut, DeliveryPage, Purged, Replayed
+from app.errors import RelayError
+from app.queue.models import NotDead
+
+router = APIRouter(tags=["deliveries"])
+
+DeliveryId = Annotated[str, Path(min_length=1, max_length=64, description="Delivery id.")]
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: _error("No such delivery.")}
+READ_ERRORS = {**AUTH_ERRORS, **NOT_FOUND, 422: _error("Invalid path or query parameter.")}
+
+
+def _missing(what: str) -> RelayError:
+    return RelayError(404, "not_found", f"no {what} with this id")
+
+
+@router.get("/deliveries/{delivery_id}", response_model=DeliveryOut, responses=READ_ERRORS)
+async def get_delivery(delivery_id: DeliveryId, _: AnyCaller, store: StoreDep) -> DeliveryOut:
+    """Where one update stands: `queued`, `delivering`, `delivered` or `dead`, with its
+    attempts and Userpilot's last status, error and x-request-id."""
+    delivery = await store.get_delivery(delivery_id)
+    if delivery is None:
+        raise _missing("delivery")
+    return DeliveryOut.of(delivery)
+
+
+@router.get(
+    "/batches/{batch_id}",
+    response_model=BatchOut,
+    responses={**READ_ERRORS, 404: _error("No such batch.")},
+    tags=["companies"],
+)
+async def get_batch(
+    batch_id: Annotated[str, Path(min_length=1, max_length=64)], _: AnyCaller, store: StoreDep
+) -> BatchOut:
+    """A bulk request's deliveries counted by status."""
+    batch = await store.get_batch(batch_id)
+    if batch is None:
+        raise _missing("batch")
+    return BatchOut.of(batch)
+
+
+@router.get(
+    "/deliveries",
+    response_model=DeliveryPage,
+    responses={**AUTH_ERRORS, 422: _error("Invalid query parameter.")},
+)
+async def list_deliveries(
+    _: AdminCaller,
+    store: StoreDep,
+    status: Annotated[
+        Literal["queued", "delivering", "delivered", "dead"] | None,
+        Query(description="Only deliveries in this state, e.g. `dead` for the dead letters."),
+    ] = None,
+    company_id: Annotated[str | None, Query(min_length=1, max_length=255)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: Annotated[
+        str | None, Query(pattern=r"^\d{1,19}$", description="`next_cursor` of the last page.")
+    ] = None,
+) -> DeliveryPage:
+    """Deliveries in arrival order, one page at a time (admin)."""
+    after = int(cursor) if cursor else 0
+    items = await store.list_deliveries(
+        status=status, company_id=company_id, after_seq=after, limit=limit
+    )
+    next_cursor = str(items[-1].seq) if len(items) == limit else None
+    return DeliveryPage(items=[DeliveryOut.of(d) for d in items], next_cursor=next_cursor)
+
+
+@router.post(
+    "/deliveries/{delivery_id}/replay",
+    response_model=DeliveryOut,
+    responses={**READ_ERRORS, 409: _error("The delivery is not dead.")},
+)
+async def replay_delivery(
+    delivery_id: DeliveryId, _: AdminCaller, store: StoreDep, dispatcher: DispatcherDep
+) -> DeliveryOut:
+    """Put one dead delivery back in the queue (admin).
+
+    It never overwrites a property that a later update of the same company has already set.
+    """
+    try:
+        delivery = await store.replay(delivery_id)
+    except NotDead as exc:
+        raise RelayError(
+            409, "not_dead", f"only a dead delivery can be replayed; this one is {exc}"
+        ) from None
+    if delivery is None:
+        raise _missing("delivery")
+    dispatcher.poke()
+    return DeliveryOut.of(delivery)
+
+
+@router.post(
+    "/deliveries/replay",
+    response_model=Replayed,
+    responses={**AUTH_ERRORS, 422: _error("Invalid query parameter.")},
+)
+async def replay_all(
+    _: AdminCaller,
+    store: StoreDep,
+    dispatcher: DispatcherDep,
+    company_id: Annotated[str | None, Query(min_length=1, max_length=255)] = None,
+) -> Replayed:
+    """Put every dead delivery (of one company, when given) back in the queue (admin)."""
+    count = await store.replay_dead(company_id=company_id)
+    if count:
+        dispatcher.poke()
+    return Replayed(replayed=count)
+
+
+@router.delete(
+    "/deliveries/{delivery_id}",
+    response_model=Purged,
+    responses={**READ_ERRORS, 409: _error("Only a dead delivery can be purged.")},
+)
+async def purge_delivery(delivery_id: DeliveryId, _: AdminCaller, store: StoreDep) -> Purged:
+    """Delete one dead delivery for good (admin)."""
+    count = await store.purge_dead(delivery_id=delivery_id)
+    if count == 0:
+        delivery = await store.get_delivery(delivery_id)
+        if delivery is None:
+            raise _missing("delivery")
+        raise RelayError(
+            409, "not_dead", f"only a dead delivery can be purged; this one is {delivery.status}"
+        )
+    return Purged(purged=count)
+
+
+@router.delete(
+    "/deliveries",
+    response_model=Purged,
+    responses={**AUTH_ERRORS, 422: _error("Invalid query parameter.")},
+)
+async def purge_dead(
+    _: AdminCaller,
+    store: StoreDep,
+    status: Annotated[
+        Literal["dead"], Query(description="Must be `dead`: only dead letters can be purged.")
+    ],
+    company_id: Annotated[str | None, Query(min_length=1, max_length=255)] = None,
+) -> Purged:
+    """Delete every dead delivery (of one company, when given) for good (admin)."""
+    return Purged(purged=await store.purge_dead(company_id=company_id))

@@ -1,0 +1,115 @@
+"""Typed dependencies: the shared resources from the lifespan state, and caller auth.
+
+Callers send `Authorization: Bearer <relay key>`. The key is hashed and compared against
+every configured digest in constant time; a key of the wrong role is a 403.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Annotated, TypedDict
+
+from fastapi import Depends, Request
+
+from app.config import ApiKey, Role, Settings
+from app.errors import RelayError
+from app.queue.dispatcher import Dispatcher, Outcomes
+from app.queue.store import Store
+
+
+class State(TypedDict):
+    """What the lifespan builds and yields; every request sees it as `request.state`."""
+
+    settings: Settings
+    store: Store
+    dispatcher: Dispatcher
+    outcomes: Outcomes
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.state.settings
+    return settings
+
+
+def get_store(request: Request) -> Store:
+    store: Store = request.state.store
+    return store
+
+
+def get_dispatcher(request: Request) -> Dispatcher:
+    dispatcher: Dispatcher = request.state.dispatcher
+    return dispatcher
+
+
+def get_outcomes(request: Request) -> Outcomes:
+    outcomes: Outcomes = request.state.outcomes
+    return outcomes
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+StoreDep = Annotated[Store, Depends(get_store)]
+DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
+OutcomesDep = Annotated[Outcomes, Depends(get_outcomes)]
+
+_CHALLENGE = 'Bearer realm="userpilot-relay"'
+
+
+def find_key(keys: tuple[ApiKey, ...], presented: str) -> ApiKey | None:
+    """The configured key matching `presented`, comparing every digest in constant time."""
+    digest = hashlib.sha256(presented.encode()).digest()
+    found = None
+    for key in keys:
+        if hmac.compare_digest(key.digest, digest):
+            found = key
+    return found
+
+
+def authenticate(request: Request, settings: Settings) -> ApiKey:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if not header:
+        raise RelayError(
+            401,
+            "unauthorized",
+            "missing relay key: send Authorization: Bearer <key>",
+            headers={"WWW-Authenticate": _CHALLENGE},
+        )
+    if scheme.lower() != "bearer" or not token:
+        raise RelayError(
+            401,
+            "unauthorized",
+            "the Authorization header must be: Bearer <key>",
+            headers={"WWW-Authenticate": _CHALLENGE + ', error="invalid_request"'},
+        )
+    key = find_key(settings.relay_api_keys, token)
+    if key is None:
+        raise RelayError(
+            401,
+            "unauthorized",
+            "unknown relay key",
+            headers={"WWW-Authenticate": _CHALLENGE + ', error="invalid_token"'},
+        )
+    request.state.caller = key.name
+    return key
+
+
+def require(*roles: Role) -> object:
+    """A dependency admitting callers whose key has one of `roles`."""
+    allowed = ", ".join(roles)
+
+    def dependency(request: Request, settings: SettingsDep) -> ApiKey:
+        key = authenticate(request, settings)
+        if key.role not in roles:
+            raise RelayError(
+                403, "forbidden", f"this route needs a relay key with the role: {allowed}"
+            )
+        return key
+
+    return Depends(dependency)
+
+
+IngestCaller = Annotated[ApiKey, require("ingest")]
+AdminCaller = Annotated[ApiKey, require("admin")]
+AnyCaller = Annotated[ApiKey, require("ingest", "admin")]

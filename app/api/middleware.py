@@ -1,0 +1,61 @@
+"""Request metrics and the structured access log, as a pure ASGI middleware.
+
+Labels use the route template and the caller's key name, so they stay bounded; `/metrics`
+and the probes are left out. Headers are never logged: that is where credentials travel.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.metrics import HTTP_DURATION, HTTP_REQUESTS
+
+access_log = logging.getLogger("userpilot_relay.access")
+_UNMEASURED = frozenset({"/metrics", "/healthz", "/readyz"})
+
+
+class RequestMetricsMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in _UNMEASURED:
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            elapsed = time.perf_counter() - started
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            state = scope.get("state") or {}
+            caller = state.get("caller") or "anonymous"
+            method = scope["method"]
+            HTTP_REQUESTS.labels(
+                route=route, method=method, caller=caller, status=str(status)
+            ).inc()
+            HTTP_DURATION.labels(route=route, method=method, caller=caller).observe(elapsed)
+            settings = state.get("settings")
+            if settings is None or settings.relay_access_log:
+                access_log.info(
+                    "request",
+                    extra={
+                        "method": method,
+                        "route": route,
+                        "path": scope["path"],
+                        "status": status,
+                        "caller": caller,
+                        "duration_ms": round(elapsed * 1000, 2),
+                    },
+                )

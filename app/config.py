@@ -1,0 +1,196 @@
+"""Settings: one `BaseSettings`, read from the environment and `.env`, refused early when unsafe.
+
+Every secret is a `SecretStr` so it never shows in a repr, a log line or an exception.
+`load_settings` turns pydantic's errors into one message per problem that names the
+environment variable to set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+REGION_URLS: dict[str, str] = {
+    "us": "https://analytex.userpilot.io",
+    "eu": "https://analytex-eu.userpilot.io",
+}
+
+Role = Literal["ingest", "admin"]
+_HASHED = re.compile(r"^sha256:([0-9a-fA-F]{64})$")
+_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+class ConfigError(Exception):
+    """The configuration cannot start a safe relay; the message says what to set."""
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """One internal caller: its name (shown in logs and metrics), role and key digest."""
+
+    name: str
+    role: Role
+    digest: bytes  # SHA-256 of the key; the plain key is never kept
+
+    def __repr__(self) -> str:
+        return f"ApiKey(name={self.name!r}, role={self.role!r})"
+
+
+def parse_api_keys(raw: str) -> tuple[ApiKey, ...]:
+    """Parse `name:role:key` entries (key plain or `sha256:<hex>`), comma-separated."""
+    keys: list[ApiKey] = []
+    for position, entry in enumerate(part.strip() for part in raw.split(",")):
+        if not entry:
+            continue
+        name, sep, rest = entry.partition(":")
+        role, sep2, key = rest.partition(":")
+        where = f"RELAY_API_KEYS entry {position + 1}"
+        if not sep or not sep2 or not key:
+            raise ValueError(f"{where} must look like name:role:key")
+        if not _NAME.match(name):
+            raise ValueError(f"{where}: the name must be 1-64 of A-Z a-z 0-9 _ . -")
+        if role not in ("ingest", "admin"):
+            raise ValueError(f"{where} ({name}): the role must be 'ingest' or 'admin'")
+        hashed = _HASHED.match(key)
+        if hashed:
+            digest = bytes.fromhex(hashed.group(1))
+        elif key.startswith("sha256:"):
+            raise ValueError(f"{where} ({name}): sha256: must be followed by 64 hex digits")
+        else:
+            digest = hashlib.sha256(key.encode()).digest()
+        if any(k.name == name for k in keys):
+            raise ValueError(f"{where}: the name {name!r} is used twice")
+        if any(k.digest == digest for k in keys):
+            raise ValueError(f"{where} ({name}): the same key is given to two callers")
+        keys.append(ApiKey(name=name, role=role, digest=digest))  # type: ignore[arg-type]
+    if not keys:
+        raise ValueError("RELAY_API_KEYS names no caller")
+    return tuple(keys)
+
+
+class Settings(BaseSettings):
+    """Everything the relay reads from its environment."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+    )
+
+    userpilot_api_key: SecretStr
+    userpilot_region: Literal["us", "eu"] = "us"
+    userpilot_endpoint: str | None = None
+
+    relay_api_keys: Annotated[tuple[ApiKey, ...], NoDecode]
+    relay_database_url: str = "sqlite:///relay.db"
+    relay_rate_limit_per_minute: int = Field(default=600, gt=0, le=100_000)
+
+    relay_max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    relay_max_bulk_body_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
+    relay_idempotency_ttl_seconds: int = Field(default=24 * 3600, gt=0)
+
+    relay_delivery_concurrency: int = Field(default=16, ge=1, le=256)
+    relay_merge_window_seconds: float = Field(default=0.05, ge=0, le=60)
+    relay_max_merge: int = Field(default=500, ge=1, le=10_000)
+    relay_retry_base_seconds: float = Field(default=1.0, gt=0)
+    relay_retry_max_seconds: float = Field(default=300.0, gt=0)
+    relay_upstream_timeout_seconds: float = Field(default=10.0, gt=0)
+    relay_lease_seconds: float = Field(default=60.0, gt=0)
+    relay_shutdown_grace_seconds: float = Field(default=10.0, ge=0)
+    relay_delivered_retention_seconds: int = Field(default=7 * 24 * 3600, gt=0)
+
+    relay_log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    relay_access_log: bool = True
+
+    relay_public_url: str | None = None
+    hubspot_client_secret: SecretStr | None = None
+    hubspot_company_id_prefix: str = ""
+    stripe_webhook_secret: SecretStr | None = None
+    stripe_api_key: SecretStr | None = None
+
+    @field_validator("relay_api_keys", mode="before")
+    @classmethod
+    def _parse_keys(cls, value: object) -> object:
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if isinstance(value, str):
+            return parse_api_keys(value)
+        return value
+
+    @field_validator("userpilot_region", mode="before")
+    @classmethod
+    def _lower_region(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("userpilot_api_key")
+    @classmethod
+    def _key_not_blank(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @field_validator("userpilot_endpoint", "relay_public_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip().rstrip("/")
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("must be a full http(s) URL such as https://analytex.userpilot.io")
+        if parts.query or parts.fragment:
+            raise ValueError("must not carry a query string or fragment")
+        return value
+
+    @field_validator("relay_database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        value = value.strip()
+        if value.startswith("sqlite:///"):
+            if value in ("sqlite:///", "sqlite:///:memory:"):
+                raise ValueError("needs a file path (an in-memory database is not durable)")
+            return value
+        if value.startswith(("postgresql://", "postgres://", "postgresql+psycopg://")):
+            return value
+        raise ValueError("must be sqlite:///<path> or postgresql://user@host/db")
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Settings:
+        if self.relay_retry_max_seconds < self.relay_retry_base_seconds:
+            raise ValueError("RELAY_RETRY_MAX_SECONDS must be at least RELAY_RETRY_BASE_SECONDS")
+        return self
+
+    @property
+    def upstream_base_url(self) -> str:
+        """The Userpilot base URL: the explicit endpoint, else the region's host."""
+        return self.userpilot_endpoint or REGION_URLS[self.userpilot_region]
+
+
+_HINTS = {
+    "userpilot_api_key": "set USERPILOT_API_KEY to the API key from Userpilot's Environment page",
+    "relay_api_keys": (
+        "set RELAY_API_KEYS to comma-separated name:role:key entries, role ingest or admin, "
+        "key plain or sha256:<64 hex>, e.g. billing:ingest:sha256:<hex>"
+    ),
+}
+
+
+def load_settings() -> Settings:
+    """Read the settings or raise `ConfigError` with one actionable line per problem."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors(include_input=False, include_url=False):
+            field = str(error["loc"][0]) if error["loc"] else ""
+            env = field.upper() or "configuration"
+            if error["type"] == "missing":
+                problems.append(f"{env} is not set: {_HINTS.get(field, f'set {env}')}")
+            else:
+                message = str(error["msg"]).removeprefix("Value error, ")
+                problems.append(f"{env}: {message}")
+        raise ConfigError("; ".join(problems)) from None

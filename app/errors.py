@@ -1,0 +1,138 @@
+"""One error type with a status code, one handler that renders every error as the same JSON.
+
+The body is `{"error": <code>, "message": <what to do>, "errors": [{"field", "message"}]}`;
+`errors` lists every offending field (`companies[3].metadata.plan` in bulk) on a 422.
+Nothing from the request's headers or from Userpilot's internals is echoed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("userpilot_relay.errors")
+
+
+class FieldError(BaseModel):
+    """One offending field: its path in the body (or header/query) and what is wrong."""
+
+    field: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """Every error the relay answers."""
+
+    error: str
+    message: str
+    errors: list[FieldError] | None = None
+
+
+class RelayError(Exception):
+    """An error with the status and code the caller gets."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        errors: list[FieldError] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.errors = errors
+        self.headers = headers
+
+
+def error_response(exc: RelayError) -> JSONResponse:
+    body = ErrorBody(error=exc.code, message=exc.message, errors=exc.errors)
+    return JSONResponse(
+        body.model_dump(exclude_none=True), status_code=exc.status, headers=exc.headers
+    )
+
+
+def field_path(loc: tuple[int | str, ...] | list[int | str]) -> str:
+    """`("companies", 3, "metadata", "plan")` -> `companies[3].metadata.plan`."""
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else str(part)
+    return path or "body"
+
+
+_FRIENDLY = {
+    "missing": "is required",
+    "extra_forbidden": "is not a known field (check its spelling)",
+    "string_type": "must be a string",
+    "dict_type": "must be a JSON object",
+    "model_type": "must be a JSON object",
+    "list_type": "must be a JSON array",
+    "json_invalid": "is not valid JSON",
+}
+
+
+def validation_errors(errors: list[Any], *, prefix: tuple[str, ...] = ()) -> list[FieldError]:
+    """Pydantic errors as `FieldError`s naming the field, with messages a person can act on."""
+    out: list[FieldError] = []
+    for error in errors:
+        loc = tuple(error.get("loc", ()))
+        if loc and loc[0] in ("body",):
+            loc = loc[1:]
+        ctx = error.get("ctx") or {}
+        if "key" in ctx:  # our metadata checks name the offending key
+            loc = (*loc, ctx["key"])
+        kind = error.get("type", "")
+        message = _FRIENDLY.get(kind) or str(error.get("msg", "is invalid"))
+        if kind == "json_invalid":
+            detail = ctx.get("error")
+            message = f"is not valid JSON ({detail})" if detail else message
+        out.append(FieldError(field=field_path(prefix + loc), message=message))
+    return out
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RelayError)
+    async def _relay(_: Request, exc: RelayError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = validation_errors(list(exc.errors()))
+        fields = ", ".join(e.field for e in errors)
+        return error_response(
+            RelayError(422, "invalid_request", f"invalid request: {fields}", errors=errors)
+        )
+
+    @app.exception_handler(ValidationError)
+    async def _pydantic(_: Request, exc: ValidationError) -> JSONResponse:
+        errors = validation_errors(list(exc.errors()))
+        return error_response(RelayError(422, "invalid_request", "invalid request", errors=errors))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return error_response(
+            RelayError(exc.status_code, code, str(exc.detail), headers=exc.headers)
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.error(
+            "unhandled error",
+            exc_info=exc,
+            extra={"route": request.scope.get("route_path", request.url.path)},
+        )
+        return error_response(RelayError(500, "internal_error", "internal error; see the logs"))

@@ -1,0 +1,100 @@
+"""The ASGI app: `uvicorn app.main:app`.
+
+`create_app` builds the routes (the same whatever the settings, so the OpenAPI document is
+stable); the lifespan reads the settings, refuses to start without a Userpilot key or a relay
+key, and builds the shared resources: the store, the one Userpilot client, the dispatcher.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app import __version__
+from app.api import companies, deliveries, health
+from app.api.deps import State
+from app.api.middleware import RequestMetricsMiddleware
+from app.config import ConfigError, Settings, load_settings
+from app.errors import install_error_handlers
+from app.logs import configure_logging
+from app.queue.dispatcher import Dispatcher, Outcomes
+from app.queue.store import open_store
+from app.userpilot.client import UserpilotClient
+
+log = logging.getLogger("userpilot_relay")
+
+DESCRIPTION = """\
+The one place your systems talk to Userpilot through. Internal services send company
+updates with their relay key (`Authorization: Bearer <key>`); HubSpot and Stripe webhooks
+arrive signed. Every accepted update is stored durably before it is acknowledged, then
+delivered to Userpilot merged per company, paced under the rate limit, retried through
+outages, and dead-lettered (visible, replayable) only when Userpilot rejects it.
+
+Errors are JSON: `{"error": code, "message": text, "errors": [{"field", "message"}]}`.
+"""
+
+
+def _settings_or_exit(settings: Settings | None) -> Settings:
+    if settings is not None:
+        return settings
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        log.critical("the relay cannot start: %s", exc)
+        raise SystemExit(f"userpilot-relay cannot start: {exc}") from None
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The relay app; settings are read from the environment at start-up when not given."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[State]:
+        configure_logging(settings.relay_log_level if settings else "INFO")
+        active = _settings_or_exit(settings)
+        logging.getLogger().setLevel(active.relay_log_level)
+        store = open_store(active.relay_database_url)
+        await store.open()
+        client = UserpilotClient(
+            base_url=active.upstream_base_url,
+            api_key=active.userpilot_api_key.get_secret_value(),
+            timeout=active.relay_upstream_timeout_seconds,
+        )
+        outcomes = Outcomes()
+        dispatcher = Dispatcher(store=store, client=client, settings=active, outcomes=outcomes)
+        dispatcher.start()
+        log.info(
+            "relay started",
+            extra={
+                "version": __version__,
+                "upstream": active.upstream_base_url,
+                "store": active.relay_database_url.split("://", 1)[0],
+                "callers": [k.name for k in active.relay_api_keys],
+                "rate_limit_per_minute": active.relay_rate_limit_per_minute,
+            },
+        )
+        try:
+            yield State(settings=active, store=store, dispatcher=dispatcher, outcomes=outcomes)
+        finally:
+            await dispatcher.stop()
+            await client.aclose()
+            await store.close()
+            log.info("relay stopped")
+
+    app = FastAPI(
+        title="userpilot-relay",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(companies.router)
+    app.include_router(deliveries.router)
+    app.include_router(health.router)
+    app.add_middleware(RequestMetricsMiddleware)
+    return app
+
+
+app = create_app()

@@ -1,0 +1,124 @@
+"""Prometheus metrics, every name prefixed `userpilot_relay_`. Labels stay bounded.
+
+Inbound:
+- `userpilot_relay_http_requests_total{route,method,caller,status}`: requests answered; route is
+  the template (`/deliveries/{delivery_id}`), caller the relay key's name (`anonymous`,
+  `hubspot`, `stripe` otherwise). `/metrics` and the probes are not counted.
+- `userpilot_relay_http_request_duration_seconds{route,method,caller}`: their latency.
+- `userpilot_relay_updates_accepted_total{source}`: updates stored (`api`, `bulk`, `hubspot`,
+  `stripe`).
+
+Upstream:
+- `userpilot_relay_upstream_requests_total{endpoint,status_class}`: calls to Userpilot by
+  endpoint and `2xx`/`4xx`/`5xx`/`error` (no HTTP answer).
+- `userpilot_relay_upstream_request_duration_seconds{endpoint}`: their latency.
+- `userpilot_relay_upstream_throttled_total`: 429 answers.
+- `userpilot_relay_upstream_auth_failures_total`: 401/403 answers (the Userpilot key is wrong).
+
+Delivery:
+- `userpilot_relay_deliveries_total{outcome}`: updates that reached `delivered` or `dead`.
+- `userpilot_relay_delivery_retries_total{reason}`: calls retried, by `throttled`,
+  `server_error`, `timeout`, `connection_error`.
+- `userpilot_relay_updates_merged_total`: updates that rode along in another update's call.
+- `userpilot_relay_queue_depth{status}`: updates `queued` or `delivering` now.
+- `userpilot_relay_queue_oldest_age_seconds`: how long the oldest waiting update has waited.
+- `userpilot_relay_dead_letters`: dead updates waiting for a replay or a purge.
+- `userpilot_relay_store_up`: 1 when the store answered its last check.
+
+Webhooks:
+- `userpilot_relay_webhook_events_total{source,outcome}`: verified events by what became of them.
+- `userpilot_relay_webhook_rejections_total{source,reason}`: requests refused (signature,
+  timestamp, body).
+- `userpilot_relay_webhook_unmapped_fields_total{source}`: source fields dropped as unmapped.
+
+- `userpilot_relay_build_info{version}`: always 1.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from app import __version__
+
+_LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+HTTP_REQUESTS = Counter(
+    "userpilot_relay_http_requests",
+    "Inbound HTTP requests answered, by route template, method, caller and status.",
+    ["route", "method", "caller", "status"],
+)
+HTTP_DURATION = Histogram(
+    "userpilot_relay_http_request_duration_seconds",
+    "Inbound HTTP request latency in seconds.",
+    ["route", "method", "caller"],
+    buckets=_LATENCY,
+)
+UPDATES_ACCEPTED = Counter(
+    "userpilot_relay_updates_accepted",
+    "Company updates committed to the store, by source.",
+    ["source"],
+)
+UPSTREAM_REQUESTS = Counter(
+    "userpilot_relay_upstream_requests",
+    "Calls to Userpilot by endpoint and status class (error: no HTTP answer).",
+    ["endpoint", "status_class"],
+)
+UPSTREAM_DURATION = Histogram(
+    "userpilot_relay_upstream_request_duration_seconds",
+    "Latency of calls to Userpilot in seconds.",
+    ["endpoint"],
+    buckets=_LATENCY,
+)
+UPSTREAM_THROTTLED = Counter(
+    "userpilot_relay_upstream_throttled", "Userpilot answers 429 (rate limited)."
+)
+UPSTREAM_AUTH_FAILURES = Counter(
+    "userpilot_relay_upstream_auth_failures",
+    "Userpilot answers 401/403: the configured USERPILOT_API_KEY is refused.",
+)
+DELIVERIES = Counter(
+    "userpilot_relay_deliveries",
+    "Company updates that reached a final state, by outcome (delivered, dead).",
+    ["outcome"],
+)
+RETRIES = Counter(
+    "userpilot_relay_delivery_retries",
+    "Upstream calls scheduled for a retry, by reason.",
+    ["reason"],
+)
+UPDATES_MERGED = Counter(
+    "userpilot_relay_updates_merged",
+    "Updates merged into a call carrying another update of the same company.",
+)
+QUEUE_DEPTH = Gauge(
+    "userpilot_relay_queue_depth", "Updates waiting or being delivered.", ["status"]
+)
+QUEUE_OLDEST_AGE = Gauge(
+    "userpilot_relay_queue_oldest_age_seconds",
+    "Seconds the oldest undelivered update has been waiting (0 when none).",
+)
+DEAD_LETTERS = Gauge(
+    "userpilot_relay_dead_letters", "Dead updates waiting for a replay or a purge."
+)
+STORE_UP = Gauge("userpilot_relay_store_up", "1 when the store answered its last check.")
+WEBHOOK_EVENTS = Counter(
+    "userpilot_relay_webhook_events",
+    "Verified webhook events by source and outcome.",
+    ["source", "outcome"],
+)
+WEBHOOK_REJECTIONS = Counter(
+    "userpilot_relay_webhook_rejections",
+    "Webhook requests refused, by source and reason.",
+    ["source", "reason"],
+)
+WEBHOOK_UNMAPPED_FIELDS = Counter(
+    "userpilot_relay_webhook_unmapped_fields",
+    "Source fields dropped because no mapping names them.",
+    ["source"],
+)
+BUILD_INFO = Gauge("userpilot_relay_build_info", "The relay's version.", ["version"])
+BUILD_INFO.labels(version=__version__).set(1)
+for _status in ("queued", "delivering"):
+    QUEUE_DEPTH.labels(status=_status)
+for _outcome in ("delivered", "dead"):
+    DELIVERIES.labels(outcome=_outcome)

@@ -1,0 +1,1 @@
+"""Durable delivery: the store interface, its SQLite and PostgreSQL backends, the dispatcher."""

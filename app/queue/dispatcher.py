@@ -1,0 +1,271 @@
+"""The dispatcher: takes stored updates to Userpilot, paced, merged, retried, dead-lettered.
+
+One feeder loop reserves a send slot (slots are `60 / RELAY_RATE_LIMIT_PER_MINUTE` seconds
+apart, shared through the store by every replica), waits for it, then claims the company that
+has waited longest and hands the call to a task; at most `RELAY_DELIVERY_CONCURRENCY` calls are
+in flight. Claiming at the last moment lets everything that arrived for the company meanwhile
+ride in the same call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import socket
+import time
+from collections.abc import Iterable
+
+from app.config import Settings
+from app.metrics import (
+    DELIVERIES,
+    RETRIES,
+    UPDATES_MERGED,
+    UPSTREAM_AUTH_FAILURES,
+    UPSTREAM_THROTTLED,
+)
+from app.queue.merge import merge_claim
+from app.queue.models import Claim
+from app.queue.store import Store
+from app.userpilot.client import UpstreamResult, UserpilotClient
+
+log = logging.getLogger("userpilot_relay.dispatcher")
+
+PERMANENT = frozenset({400, 401, 403, 404, 413})
+_RETRYABLE_4XX = frozenset({408, 425, 429})
+_IDLE_POLL = 0.25
+_PRUNE_EVERY = 600.0
+
+
+def backoff_delay(attempts: int, *, base: float, cap: float) -> float:
+    """Capped exponential backoff with jitter: base * 2^(attempts-1), then 50-100% of it."""
+    exponent = min(max(attempts - 1, 0), 30)
+    return float(min(cap, base * (2**exponent)) * random.uniform(0.5, 1.0))
+
+
+def classify(result: UpstreamResult) -> str:
+    """`delivered`, `retry` or `dead` for one upstream answer."""
+    if result.ok:
+        return "delivered"
+    if result.status is None or result.status >= 500 or result.status in _RETRYABLE_4XX:
+        return "retry"
+    return "dead"
+
+
+def retry_reason(result: UpstreamResult) -> str:
+    if result.status == 429:
+        return "throttled"
+    if result.status is not None:
+        return "server_error"
+    if result.error and result.error.startswith("timeout"):
+        return "timeout"
+    return "connection_error"
+
+
+class Outcomes:
+    """Lets a request wait for its delivery's outcome without polling hard."""
+
+    def __init__(self) -> None:
+        self._events: dict[str, asyncio.Event] = {}
+
+    def event(self, delivery_id: str) -> asyncio.Event:
+        return self._events.setdefault(delivery_id, asyncio.Event())
+
+    def forget(self, delivery_id: str) -> None:
+        self._events.pop(delivery_id, None)
+
+    def notify(self, delivery_ids: Iterable[str]) -> None:
+        for delivery_id in delivery_ids:
+            event = self._events.get(delivery_id)
+            if event is not None:
+                event.set()
+
+
+class Dispatcher:
+    """Runs inside the service: started and stopped by the lifespan."""
+
+    def __init__(
+        self, *, store: Store, client: UserpilotClient, settings: Settings, outcomes: Outcomes
+    ) -> None:
+        self.store = store
+        self.client = client
+        self.settings = settings
+        self.outcomes = outcomes
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{random.getrandbits(32):08x}"
+        self._interval = 60.0 / settings.relay_rate_limit_per_minute
+        self._slots = asyncio.Semaphore(settings.relay_delivery_concurrency)
+        self._work = asyncio.Event()
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+
+    def poke(self) -> None:
+        """New updates were stored: wake the feeder."""
+        self._work.set()
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._feed(), name="dispatcher-feed"),
+            asyncio.create_task(self._prune(), name="dispatcher-prune"),
+        ]
+
+    async def stop(self) -> None:
+        """Stop claiming, let in-flight calls finish within the grace period, release the rest."""
+        self._stopping = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._inflight:
+            _, pending = await asyncio.wait(
+                self._inflight, timeout=self.settings.relay_shutdown_grace_seconds
+            )
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    # the feeder ----------------------------------------------------------------------------
+    async def _feed(self) -> None:
+        settle = self.settings.relay_merge_window_seconds
+        while not self._stopping:
+            await self._slots.acquire()
+            try:
+                slot = await self.store.reserve_send_slot(self._interval)
+                wait = slot - time.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                claim = await self.store.claim(
+                    owner=self.owner,
+                    lease_seconds=self.settings.relay_lease_seconds,
+                    max_merge=self.settings.relay_max_merge,
+                    settle_seconds=settle,
+                )
+            except asyncio.CancelledError:
+                self._slots.release()
+                raise
+            except Exception:
+                self._slots.release()
+                log.exception("claiming from the store failed; retrying in 1 s")
+                await asyncio.sleep(1.0)
+                continue
+            if claim is None:
+                self._slots.release()
+                await self._idle(settle)
+                continue
+            task = asyncio.create_task(self._deliver(claim))
+            self._inflight.add(task)
+            task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        self._slots.release()
+
+    async def _idle(self, settle: float) -> None:
+        self._work.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._work.wait(), timeout=_IDLE_POLL)
+            # Something arrived: give its siblings the merge window to join it.
+            await asyncio.sleep(settle)
+
+    # one call ------------------------------------------------------------------------------
+    async def _deliver(self, claim: Claim) -> None:
+        metadata, sent_versions = merge_claim(claim)
+        context = {
+            "company_id": claim.company_id,
+            "delivery_id": claim.updates[-1].id,
+            "delivery_ids": claim.ids if len(claim.ids) <= 20 else claim.ids[:20],
+            "merged": len(claim.updates),
+            "attempt": claim.attempts,
+        }
+        try:
+            result = await self.client.identify_company(
+                company_id=claim.company_id, metadata=dict(metadata)
+            )
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.store.release(claim))
+            raise
+        context |= {
+            "upstream_status": result.status,
+            "x_request_id": result.request_id,
+            "elapsed_ms": round(result.elapsed * 1000, 1),
+        }
+        try:
+            await self._record(claim, result, sent_versions, context)
+        except Exception:
+            # The lease runs out and the updates are delivered again: nothing is lost.
+            log.exception("recording a delivery outcome failed", extra=context)
+
+    async def _record(
+        self,
+        claim: Claim,
+        result: UpstreamResult,
+        sent_versions: dict[str, int],
+        context: dict[str, object],
+    ) -> None:
+        outcome = classify(result)
+        count = len(claim.updates)
+        if outcome == "delivered":
+            assert result.status is not None
+            await self.store.mark_delivered(
+                claim,
+                status=result.status,
+                request_id=result.request_id,
+                sent_versions=sent_versions,
+            )
+            DELIVERIES.labels(outcome="delivered").inc(count)
+            UPDATES_MERGED.inc(count - 1)
+            log.info("delivered", extra=context)
+            self.outcomes.notify(claim.ids)
+            return
+        error = result.error or "unknown error"
+        if outcome == "retry":
+            delay = backoff_delay(
+                claim.attempts,
+                base=self.settings.relay_retry_base_seconds,
+                cap=self.settings.relay_retry_max_seconds,
+            )
+            if result.retry_after is not None:
+                delay = result.retry_after
+            if result.status == 429:
+                UPSTREAM_THROTTLED.inc()
+                await self.store.pause_sending(time.time() + delay)
+            RETRIES.labels(reason=retry_reason(result)).inc()
+            await self.store.mark_retry(claim, status=result.status, error=error, delay=delay)
+            log.warning(
+                "upstream call failed; retrying",
+                extra=context | {"error": error, "retry_in_s": round(delay, 2)},
+            )
+            return
+        await self.store.mark_dead(
+            claim, status=result.status, error=error, request_id=result.request_id
+        )
+        DELIVERIES.labels(outcome="dead").inc(count)
+        if result.status in (401, 403):
+            UPSTREAM_AUTH_FAILURES.inc()
+            log.error(
+                "Userpilot refused the API key: every delivery will fail until "
+                "USERPILOT_API_KEY is fixed",
+                extra=context | {"error": error},
+            )
+        else:
+            log.error(
+                "Userpilot rejected the update; dead-lettered", extra=context | {"error": error}
+            )
+        self.outcomes.notify(claim.ids)
+
+    # background chores ---------------------------------------------------------------------
+    async def _prune(self) -> None:
+        while True:
+            retention = self.settings.relay_delivered_retention_seconds
+            try:
+                pruned = await self.store.prune(delivered_before=time.time() - retention)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("pruning delivered updates failed")
+            else:
+                if pruned:
+                    log.info("pruned delivered updates", extra={"pruned": pruned})
+            await asyncio.sleep(_PRUNE_EVERY)

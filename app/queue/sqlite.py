@@ -1,0 +1,680 @@
+"""The embedded store: one SQLite file, one relay process.
+
+Writes go through one writer thread that commits whatever has piled up in a single
+transaction (group commit): with many requests in flight, one fsync acknowledges all of them.
+Each request runs in its own savepoint, so one request's error never undoes another's work.
+Reads use their own connections (WAL lets them run beside the writer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+
+from app.queue.migrations import SQLITE_MIGRATIONS
+from app.queue.models import (
+    STATUSES,
+    Batch,
+    Claim,
+    ClaimedUpdate,
+    Delivery,
+    EnqueueResult,
+    Idempotency,
+    IdempotencyConflict,
+    NewUpdate,
+    NotDead,
+    QueueStats,
+    Status,
+    StoreUnavailable,
+)
+from app.queue.store import Store
+
+T = TypeVar("T")
+_Job = tuple[Callable[[sqlite3.Connection], Any], "asyncio.Future[Any]"]
+_MAX_GROUP = 512
+
+DELIVERY_COLUMNS = (
+    "id, seq, company_id, metadata, status, attempts, source, caller, batch_id, created_at, "
+    "updated_at, next_attempt_at, delivered_at, last_status, last_error, last_request_id"
+)
+
+
+def new_ids(count: int) -> list[str]:
+    """`count` random 128-bit hex ids, drawn in one system call."""
+    raw = os.urandom(16 * count).hex()
+    return [raw[i : i + 32] for i in range(0, 32 * count, 32)]
+
+
+def row_to_delivery(row: Sequence[Any]) -> Delivery:
+    return Delivery(
+        id=row[0],
+        seq=row[1],
+        company_id=row[2],
+        metadata=orjson.loads(row[3]),
+        status=row[4],
+        attempts=row[5],
+        source=row[6],
+        caller=row[7],
+        batch_id=row[8],
+        created_at=row[9],
+        updated_at=row[10],
+        next_attempt_at=row[11] if row[4] == "queued" else None,
+        delivered_at=row[12],
+        last_status=row[13],
+        last_error=row[14],
+        last_request_id=row[15],
+    )
+
+
+class SQLiteStore(Store):
+    """`Store` on one SQLite file in WAL mode, synchronous=FULL."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sqlite-read")
+        self._local = threading.local()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._next_slot = 0.0
+        self._paused_until = 0.0
+        self._slot_lock = asyncio.Lock()
+
+    # lifecycle -----------------------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout = 5000")
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        return conn
+
+    async def open(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        parent = Path(self.path).parent
+        parent.mkdir(parents=True, exist_ok=True)
+        conn = self._connect()
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise StoreUnavailable(f"SQLite at {self.path} refused WAL mode ({mode})")
+        self._migrate(conn)
+        # A previous process may have died mid-delivery: what it held goes back in line.
+        conn.execute(
+            "UPDATE deliveries SET status = 'queued', lease_owner = NULL, lease_until = NULL "
+            "WHERE status = 'delivering'"
+        )
+        self._writer = threading.Thread(
+            target=self._write_loop, args=(conn,), name="sqlite-writer", daemon=True
+        )
+        self._writer.start()
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                "(version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
+            )
+            done = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
+            for version, script in SQLITE_MIGRATIONS:
+                if version in done:
+                    continue
+                for statement in filter(str.strip, script.split(";")):
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
+                    (version, time.time()),
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._jobs.put(None)
+            await asyncio.to_thread(self._writer.join)
+            self._writer = None
+        self._readers.shutdown(wait=True)
+
+    async def ping(self) -> bool:
+        try:
+            await self._read(lambda c: c.execute("SELECT 1").fetchone())
+        except sqlite3.Error:
+            return False
+        return self._writer is not None and self._writer.is_alive()
+
+    # plumbing ------------------------------------------------------------------------------
+    def _write_loop(self, conn: sqlite3.Connection) -> None:
+        stop = False
+        while not stop:
+            first = self._jobs.get()
+            if first is None:
+                break
+            group = [first]
+            while len(group) < _MAX_GROUP:
+                try:
+                    job = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if job is None:
+                    stop = True
+                    break
+                group.append(job)
+            outcomes = self._commit_group(conn, group)
+            assert self._loop is not None
+            self._loop.call_soon_threadsafe(_settle, outcomes)
+        conn.close()
+
+    @staticmethod
+    def _commit_group(
+        conn: sqlite3.Connection, group: list[_Job]
+    ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
+        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for fn, future in group:
+                conn.execute("SAVEPOINT job")
+                try:
+                    result = fn(conn)
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO job")
+                    conn.execute("RELEASE job")
+                    outcomes.append((future, None, exc))
+                else:
+                    conn.execute("RELEASE job")
+                    outcomes.append((future, result, None))
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            failure = StoreUnavailable(f"SQLite write failed: {exc}")
+            return [(future, None, failure) for _, future in group]
+        return outcomes
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._writer is None:
+            raise StoreUnavailable("the store is closed")
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._jobs.put((fn, future))
+        return await future
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            self._local.conn = conn
+        return conn
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, lambda: fn(self._reader()))
+
+    # ingest --------------------------------------------------------------------------------
+    async def enqueue(
+        self,
+        updates: Sequence[NewUpdate],
+        *,
+        source: str,
+        caller: str | None,
+        batch: bool = False,
+        idempotency: Idempotency | None = None,
+    ) -> EnqueueResult:
+        # Serialise outside the writer thread: it is the one thing that cannot run in parallel.
+        ids = new_ids(len(updates) + 1)
+        batch_id = ids.pop() if batch else None
+        encoded = [orjson.dumps(u.metadata) for u in updates]
+        return await self._write(
+            lambda conn: _enqueue(
+                conn, updates, encoded, ids, batch_id, source, caller, idempotency
+            )
+        )
+
+    # reads ---------------------------------------------------------------------------------
+    async def get_delivery(self, delivery_id: str) -> Delivery | None:
+        row = await self._read(
+            lambda c: c.execute(
+                f"SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = ?", (delivery_id,)
+            ).fetchone()
+        )
+        return row_to_delivery(row) if row else None
+
+    async def get_deliveries(self, delivery_ids: Sequence[str]) -> list[Delivery]:
+        ids = list(delivery_ids)
+        if not ids:
+            return []
+        marks = ",".join("?" * len(ids))
+        rows = await self._read(
+            lambda c: c.execute(
+                f"SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id IN ({marks})", ids
+            ).fetchall()
+        )
+        return [row_to_delivery(r) for r in rows]
+
+    async def get_batch(self, batch_id: str) -> Batch | None:
+        def read(c: sqlite3.Connection) -> Batch | None:
+            row = c.execute(
+                "SELECT id, caller, total, created_at FROM batches WHERE id = ?", (batch_id,)
+            ).fetchone()
+            if row is None:
+                return None
+            counts: dict[str, int] = dict.fromkeys(STATUSES, 0)
+            for status, n in c.execute(
+                "SELECT status, COUNT(*) FROM deliveries WHERE batch_id = ? GROUP BY status",
+                (batch_id,),
+            ):
+                counts[status] = n
+            return Batch(id=row[0], caller=row[1], total=row[2], created_at=row[3], counts=counts)
+
+        return await self._read(read)
+
+    async def list_deliveries(
+        self,
+        *,
+        status: Status | None,
+        company_id: str | None,
+        after_seq: int,
+        limit: int,
+    ) -> list[Delivery]:
+        where, args = ["seq > ?"], [after_seq]
+        if status is not None:
+            where.append("status = ?")
+            args.append(status)  # type: ignore[arg-type]
+        if company_id is not None:
+            where.append("company_id = ?")
+            args.append(company_id)  # type: ignore[arg-type]
+        sql = (
+            f"SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE {' AND '.join(where)} "
+            "ORDER BY seq LIMIT ?"
+        )
+        rows = await self._read(lambda c: c.execute(sql, (*args, limit)).fetchall())
+        return [row_to_delivery(r) for r in rows]
+
+    async def stats(self) -> QueueStats:
+        def read(c: sqlite3.Connection) -> QueueStats:
+            counts = dict.fromkeys(STATUSES, 0)
+            for status in ("queued", "delivering", "dead"):
+                counts[status] = c.execute(
+                    "SELECT COUNT(*) FROM deliveries WHERE status = ?", (status,)
+                ).fetchone()[0]
+            oldest = c.execute(
+                "SELECT MIN(enqueued_at) FROM deliveries WHERE status IN ('queued', 'delivering')"
+            ).fetchone()[0]
+            return QueueStats(
+                queued=counts["queued"],
+                delivering=counts["delivering"],
+                dead=counts["dead"],
+                oldest_queued_at=oldest,
+            )
+
+        return await self._read(read)
+
+    # dead letters --------------------------------------------------------------------------
+    async def replay(self, delivery_id: str) -> Delivery | None:
+        def write(c: sqlite3.Connection) -> Delivery | None:
+            row = c.execute(
+                f"SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = ?", (delivery_id,)
+            ).fetchone()
+            if row is None:
+                return None
+            if row[4] != "dead":
+                raise NotDead(row[4])
+            now = time.time()
+            c.execute(
+                "UPDATE deliveries SET status = 'queued', next_attempt_at = ?, enqueued_at = ?, "
+                "updated_at = ?, attempts = 0 WHERE id = ?",
+                (now, now, now, delivery_id),
+            )
+            return row_to_delivery(
+                c.execute(
+                    f"SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = ?", (delivery_id,)
+                ).fetchone()
+            )
+
+        return await self._write(write)
+
+    async def replay_dead(self, *, company_id: str | None = None) -> int:
+        now = time.time()
+        sql = (
+            "UPDATE deliveries SET status = 'queued', next_attempt_at = ?, enqueued_at = ?, "
+            "updated_at = ?, attempts = 0 WHERE status = 'dead'"
+        )
+        args: tuple[Any, ...] = (now, now, now)
+        if company_id is not None:
+            sql += " AND company_id = ?"
+            args += (company_id,)
+        return await self._write(lambda c: c.execute(sql, args).rowcount)
+
+    async def purge_dead(
+        self, *, delivery_id: str | None = None, company_id: str | None = None
+    ) -> int:
+        sql, args = "DELETE FROM deliveries WHERE status = 'dead'", []
+        if delivery_id is not None:
+            sql += " AND id = ?"
+            args.append(delivery_id)
+        if company_id is not None:
+            sql += " AND company_id = ?"
+            args.append(company_id)
+        return await self._write(lambda c: c.execute(sql, args).rowcount)
+
+    async def prune(self, *, delivered_before: float) -> int:
+        now = time.time()
+
+        def write(c: sqlite3.Connection) -> int:
+            n = c.execute(
+                "DELETE FROM deliveries WHERE status = 'delivered' AND delivered_at < ?",
+                (delivered_before,),
+            ).rowcount
+            c.execute(
+                "DELETE FROM batches WHERE created_at < ? AND NOT EXISTS "
+                "(SELECT 1 FROM deliveries d WHERE d.batch_id = batches.id)",
+                (delivered_before,),
+            )
+            c.execute("DELETE FROM idempotency_keys WHERE expires_at < ?", (now,))
+            c.execute("DELETE FROM webhook_events WHERE received_at < ?", (delivered_before,))
+            return n
+
+        return await self._write(write)
+
+    # dispatcher ----------------------------------------------------------------------------
+    async def claim(
+        self, *, owner: str, lease_seconds: float, max_merge: int, settle_seconds: float = 0.0
+    ) -> Claim | None:
+        return await self._write(
+            lambda c: _claim(c, owner, lease_seconds, max_merge, settle_seconds)
+        )
+
+    async def mark_delivered(
+        self,
+        claim: Claim,
+        *,
+        status: int,
+        request_id: str | None,
+        sent_versions: Mapping[str, int],
+    ) -> None:
+        def write(c: sqlite3.Connection) -> None:
+            now = time.time()
+            c.executemany(
+                "UPDATE deliveries SET status = 'delivered', delivered_at = ?, updated_at = ?, "
+                "last_status = ?, last_error = NULL, last_request_id = ?, lease_owner = NULL, "
+                "lease_until = NULL WHERE id = ? AND lease_owner = ?",
+                [(now, now, status, request_id, i, claim.owner) for i in claim.ids],
+            )
+            c.executemany(
+                "INSERT INTO property_versions (company_id, key, seq) VALUES (?, ?, ?) "
+                "ON CONFLICT (company_id, key) DO UPDATE SET seq = MAX(seq, excluded.seq)",
+                [(claim.company_id, k, v) for k, v in sent_versions.items()],
+            )
+
+        await self._write(write)
+
+    async def mark_retry(
+        self, claim: Claim, *, status: int | None, error: str, delay: float
+    ) -> None:
+        def write(c: sqlite3.Connection) -> None:
+            now = time.time()
+            c.executemany(
+                "UPDATE deliveries SET status = 'queued', next_attempt_at = ?, updated_at = ?, "
+                "last_status = ?, last_error = ?, lease_owner = NULL, lease_until = NULL "
+                "WHERE id = ? AND lease_owner = ?",
+                [(now + delay, now, status, error, i, claim.owner) for i in claim.ids],
+            )
+
+        await self._write(write)
+
+    async def mark_dead(
+        self, claim: Claim, *, status: int | None, error: str, request_id: str | None
+    ) -> None:
+        def write(c: sqlite3.Connection) -> None:
+            now = time.time()
+            c.executemany(
+                "UPDATE deliveries SET status = 'dead', updated_at = ?, last_status = ?, "
+                "last_error = ?, last_request_id = ?, lease_owner = NULL, lease_until = NULL "
+                "WHERE id = ? AND lease_owner = ?",
+                [(now, status, error, request_id, i, claim.owner) for i in claim.ids],
+            )
+
+        await self._write(write)
+
+    async def release(self, claim: Claim) -> None:
+        def write(c: sqlite3.Connection) -> None:
+            c.executemany(
+                "UPDATE deliveries SET status = 'queued', attempts = MAX(attempts - 1, 0), "
+                "lease_owner = NULL, lease_until = NULL WHERE id = ? AND lease_owner = ?",
+                [(i, claim.owner) for i in claim.ids],
+            )
+
+        await self._write(write)
+
+    # pacing: one process owns the file, so the slots live in memory ---------------------------
+    async def reserve_send_slot(self, interval: float) -> float:
+        async with self._slot_lock:
+            slot = max(time.time(), self._next_slot, self._paused_until)
+            self._next_slot = slot + interval
+            return slot
+
+    async def pause_sending(self, until: float) -> None:
+        async with self._slot_lock:
+            self._paused_until = max(self._paused_until, until)
+
+    # webhook state --------------------------------------------------------------------------
+    async def link_customers(self, links: Sequence[tuple[str, str]]) -> None:
+        now = time.time()
+        await self._write(
+            lambda c: c.executemany(
+                "INSERT INTO customer_links (customer_id, company_id, updated_at) "
+                "VALUES (?, ?, ?) ON CONFLICT (customer_id) DO UPDATE SET "
+                "company_id = excluded.company_id, updated_at = excluded.updated_at",
+                [(cus, company, now) for cus, company in links],
+            )
+        )
+
+    async def company_for_customer(self, customer_id: str) -> str | None:
+        row = await self._read(
+            lambda c: c.execute(
+                "SELECT company_id FROM customer_links WHERE customer_id = ?", (customer_id,)
+            ).fetchone()
+        )
+        return str(row[0]) if row else None
+
+    async def park_event(self, *, source: str, key: str, payload: bytes, reason: str) -> None:
+        now = time.time()
+        await self._write(
+            lambda c: c.execute(
+                "INSERT INTO parked_events (source, key, payload, reason, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (source, key) DO UPDATE SET "
+                "reason = excluded.reason, updated_at = excluded.updated_at, "
+                "attempts = parked_events.attempts + 1",
+                (source, key, payload, reason, now, now),
+            )
+        )
+
+    async def parked_events(self, *, source: str, limit: int) -> list[tuple[str, bytes]]:
+        rows = await self._read(
+            lambda c: c.execute(
+                "SELECT key, payload FROM parked_events WHERE source = ? ORDER BY created_at "
+                "LIMIT ?",
+                (source, limit),
+            ).fetchall()
+        )
+        return [(str(k), bytes(p)) for k, p in rows]
+
+    async def unpark_event(self, *, source: str, key: str) -> None:
+        await self._write(
+            lambda c: c.execute(
+                "DELETE FROM parked_events WHERE source = ? AND key = ?", (source, key)
+            )
+        )
+
+    async def count_parked(self) -> int:
+        row = await self._read(lambda c: c.execute("SELECT COUNT(*) FROM parked_events").fetchone())
+        return int(row[0])
+
+
+def _settle(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for future, result, error in outcomes:
+        if future.cancelled():
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+
+def _enqueue(
+    conn: sqlite3.Connection,
+    updates: Sequence[NewUpdate],
+    encoded: list[bytes],
+    ids: list[str],
+    batch_id: str | None,
+    source: str,
+    caller: str | None,
+    idem: Idempotency | None,
+) -> EnqueueResult:
+    now = time.time()
+    if idem is not None:
+        row = conn.execute(
+            "SELECT fingerprint, result FROM idempotency_keys "
+            "WHERE caller = ? AND key = ? AND expires_at > ?",
+            (idem.caller, idem.key, now),
+        ).fetchone()
+        if row is not None:
+            if row[0] != idem.fingerprint:
+                raise IdempotencyConflict(idem.key)
+            first = orjson.loads(row[1])
+            return EnqueueResult(ids=first["ids"], batch_id=first["batch_id"], replayed=True)
+
+    stored_ids: list[str | None] = list(ids)
+    rows = []
+    for index, update in enumerate(updates):
+        body = encoded[index]
+        if update.event_key is not None:
+            fresh = conn.execute(
+                "INSERT OR IGNORE INTO webhook_events (source, event_key, received_at) "
+                "VALUES (?, ?, ?)",
+                (source, update.event_key, now),
+            ).rowcount
+            if not fresh:
+                stored_ids[index] = None
+                continue
+        if update.property_times:
+            kept = _newest_only(conn, update, now)
+            if not kept and update.skip_if_empty:
+                stored_ids[index] = None
+                continue
+            if len(kept) != len(update.metadata):
+                body = orjson.dumps(kept)
+        rows.append(
+            (ids[index], update.company_id, body, source, caller, batch_id, now, now, now, now)
+        )
+    if batch_id is not None:
+        conn.execute(
+            "INSERT INTO batches (id, caller, total, created_at) VALUES (?, ?, ?, ?)",
+            (batch_id, caller, len(rows), now),
+        )
+    conn.executemany(
+        "INSERT INTO deliveries (id, company_id, metadata, status, source, caller, batch_id, "
+        "created_at, updated_at, next_attempt_at, enqueued_at) "
+        "VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?)",
+        rows,
+    )
+    result = EnqueueResult(ids=stored_ids, batch_id=batch_id)
+    if idem is not None:
+        conn.execute(
+            "INSERT OR REPLACE INTO idempotency_keys "
+            "(caller, key, fingerprint, result, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                idem.caller,
+                idem.key,
+                idem.fingerprint,
+                orjson.dumps({"ids": stored_ids, "batch_id": batch_id}),
+                now,
+                now + idem.ttl_seconds,
+            ),
+        )
+    return result
+
+
+def _newest_only(conn: sqlite3.Connection, update: NewUpdate, now: float) -> dict[str, Any]:
+    """Drop the properties that a newer source event already set; record the rest's times."""
+    assert update.property_times is not None
+    kept: dict[str, Any] = {}
+    for key, value in update.metadata.items():
+        when = update.property_times.get(key)
+        if when is None:
+            kept[key] = value
+            continue
+        row = conn.execute(
+            "SELECT event_time FROM source_property_times WHERE company_id = ? AND key = ?",
+            (update.company_id, key),
+        ).fetchone()
+        if row is not None and row[0] > when:
+            continue
+        conn.execute(
+            "INSERT INTO source_property_times (company_id, key, event_time) VALUES (?, ?, ?) "
+            "ON CONFLICT (company_id, key) DO UPDATE SET event_time = excluded.event_time",
+            (update.company_id, key, when),
+        )
+        kept[key] = value
+    return kept
+
+
+def _claim(
+    conn: sqlite3.Connection, owner: str, lease: float, max_merge: int, settle: float
+) -> Claim | None:
+    now = time.time()
+    # Leases outlive a crashed holder only until they expire.
+    conn.execute(
+        "UPDATE deliveries SET status = 'queued', lease_owner = NULL, lease_until = NULL "
+        "WHERE status = 'delivering' AND lease_until < ?",
+        (now,),
+    )
+    row = conn.execute(
+        "SELECT d.company_id FROM deliveries d "
+        "WHERE d.status = 'queued' AND d.next_attempt_at <= :now "
+        "AND d.enqueued_at <= :settled AND NOT EXISTS ("
+        "  SELECT 1 FROM deliveries b WHERE b.company_id = d.company_id AND ("
+        "    b.status = 'delivering' OR"
+        "    (b.status = 'queued' AND b.attempts > 0 AND b.next_attempt_at > :now))) "
+        "ORDER BY d.seq LIMIT 1",
+        {"now": now, "settled": now - settle},
+    ).fetchone()
+    if row is None:
+        return None
+    company_id = row[0]
+    rows = conn.execute(
+        "SELECT id, seq, metadata, attempts FROM deliveries "
+        "WHERE company_id = ? AND status = 'queued' ORDER BY seq LIMIT ?",
+        (company_id, max_merge),
+    ).fetchall()
+    conn.executemany(
+        "UPDATE deliveries SET status = 'delivering', attempts = attempts + 1, "
+        "lease_owner = ?, lease_until = ?, updated_at = ? WHERE id = ?",
+        [(owner, now + lease, now, r[0]) for r in rows],
+    )
+    versions = {
+        k: v
+        for k, v in conn.execute(
+            "SELECT key, seq FROM property_versions WHERE company_id = ?", (company_id,)
+        )
+    }
+    return Claim(
+        company_id=company_id,
+        updates=[
+            ClaimedUpdate(id=r[0], seq=r[1], metadata=orjson.loads(r[2]), attempts=r[3] + 1)
+            for r in rows
+        ],
+        versions=versions,
+        owner=owner,
+    )

@@ -1,0 +1,188 @@
+"""The store interface: everything the routes and the dispatcher ask of durable storage.
+
+Two backends implement it (`sqlite.py` for one replica, `postgres.py` for several); nothing
+outside `app/queue/` knows which one runs. `open_store` picks one from the database URL.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+
+from app.queue.models import (
+    Batch,
+    Claim,
+    Delivery,
+    EnqueueResult,
+    Idempotency,
+    NewUpdate,
+    QueueStats,
+    Status,
+)
+
+
+class Store(abc.ABC):
+    """Durable queue of company updates plus the small shared state around it."""
+
+    # lifecycle -----------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect and apply pending migrations (safe when several replicas start at once)."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Finish pending writes and release connections."""
+
+    @abc.abstractmethod
+    async def ping(self) -> bool:
+        """True when the store answers a trivial query now."""
+
+    # ingest --------------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def enqueue(
+        self,
+        updates: Sequence[NewUpdate],
+        *,
+        source: str,
+        caller: str | None,
+        batch: bool = False,
+        idempotency: Idempotency | None = None,
+    ) -> EnqueueResult:
+        """Commit the updates (all or none) and answer their delivery ids.
+
+        Raises `IdempotencyConflict` when the key was used with another body, and
+        `StoreUnavailable` when nothing could be committed.
+        """
+
+    # reads ---------------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def get_delivery(self, delivery_id: str) -> Delivery | None: ...
+
+    @abc.abstractmethod
+    async def get_deliveries(self, delivery_ids: Sequence[str]) -> list[Delivery]: ...
+
+    @abc.abstractmethod
+    async def get_batch(self, batch_id: str) -> Batch | None: ...
+
+    @abc.abstractmethod
+    async def list_deliveries(
+        self,
+        *,
+        status: Status | None,
+        company_id: str | None,
+        after_seq: int,
+        limit: int,
+    ) -> list[Delivery]:
+        """Deliveries in arrival order after `after_seq` (a page cursor)."""
+
+    @abc.abstractmethod
+    async def stats(self) -> QueueStats: ...
+
+    # dead letters --------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def replay(self, delivery_id: str) -> Delivery | None:
+        """Re-queue one dead delivery; None when unknown, `NotDead` when not dead."""
+
+    @abc.abstractmethod
+    async def replay_dead(self, *, company_id: str | None = None) -> int:
+        """Re-queue every dead delivery (of one company when given); answer how many."""
+
+    @abc.abstractmethod
+    async def purge_dead(
+        self, *, delivery_id: str | None = None, company_id: str | None = None
+    ) -> int:
+        """Delete dead deliveries (one, one company's, or all); answer how many."""
+
+    @abc.abstractmethod
+    async def prune(self, *, delivered_before: float) -> int:
+        """Delete delivered updates older than the retention period; answer how many."""
+
+    # dispatcher ----------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def claim(
+        self, *, owner: str, lease_seconds: float, max_merge: int, settle_seconds: float = 0.0
+    ) -> Claim | None:
+        """Lease every queued update of the company that has waited longest and is free.
+
+        A company is free when none of its updates is being delivered (under a live lease)
+        and none is waiting out a retry backoff. Its oldest ready update must have been queued
+        `settle_seconds` ago, so a burst of updates to one company leaves in one call.
+        Updates come in arrival order (at most `max_merge`).
+        """
+
+    @abc.abstractmethod
+    async def mark_delivered(
+        self,
+        claim: Claim,
+        *,
+        status: int,
+        request_id: str | None,
+        sent_versions: Mapping[str, int],
+    ) -> None:
+        """Record success for every update of the claim.
+
+        `sent_versions` maps each property sent to the sequence number of the update whose
+        value was sent, so that an older update replayed later cannot overwrite it.
+        """
+
+    @abc.abstractmethod
+    async def mark_retry(
+        self, claim: Claim, *, status: int | None, error: str, delay: float
+    ) -> None:
+        """Put the claim's updates back in the queue, not before `delay` seconds."""
+
+    @abc.abstractmethod
+    async def mark_dead(
+        self, claim: Claim, *, status: int | None, error: str, request_id: str | None
+    ) -> None:
+        """Dead-letter every update of the claim (a permanent rejection)."""
+
+    @abc.abstractmethod
+    async def release(self, claim: Claim) -> None:
+        """Hand the claim back untouched (shutdown): it is delivered again later."""
+
+    # pacing, shared by every replica on the store -----------------------------------------------
+    @abc.abstractmethod
+    async def reserve_send_slot(self, interval: float) -> float:
+        """Reserve the next upstream send slot; answer the unix time it starts at.
+
+        Slots are `interval` seconds apart across everything that shares this store, and none
+        starts before a pause set by `pause_sending`.
+        """
+
+    @abc.abstractmethod
+    async def pause_sending(self, until: float) -> None:
+        """Hold every send slot until `until` (unix time): Userpilot said 429."""
+
+    # webhook state --------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def link_customers(self, links: Sequence[tuple[str, str]]) -> None:
+        """Remember (Stripe customer id, company id) pairs."""
+
+    @abc.abstractmethod
+    async def company_for_customer(self, customer_id: str) -> str | None: ...
+
+    @abc.abstractmethod
+    async def park_event(self, *, source: str, key: str, payload: bytes, reason: str) -> None:
+        """Keep an event that cannot be mapped yet (idempotent on source and key)."""
+
+    @abc.abstractmethod
+    async def parked_events(self, *, source: str, limit: int) -> list[tuple[str, bytes]]:
+        """Parked events (key, payload), oldest first."""
+
+    @abc.abstractmethod
+    async def unpark_event(self, *, source: str, key: str) -> None: ...
+
+    @abc.abstractmethod
+    async def count_parked(self) -> int: ...
+
+
+def open_store(database_url: str) -> Store:
+    """The backend for a database URL (not yet opened)."""
+    if database_url.startswith("sqlite:///"):
+        from app.queue.sqlite import SQLiteStore
+
+        return SQLiteStore(database_url.removeprefix("sqlite:///"))
+    from app.queue.postgres import PostgresStore  # type: ignore[import-not-found,unused-ignore]
+
+    return PostgresStore(database_url)  # type: ignore[no-any-return,unused-ignore]

@@ -1,0 +1,119 @@
+"""A small Userpilot client: one pooled `httpx.AsyncClient`, the key in its default headers.
+
+Callers never build URLs or headers. Every call answers an `UpstreamResult`; transport
+failures (timeouts, refused or dropped connections) come back as results with no status, so
+the dispatcher classifies every outcome in one place.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import httpx
+import orjson
+
+from app import __version__
+from app.metrics import UPSTREAM_DURATION, UPSTREAM_REQUESTS
+
+API_VERSION = "2020-09-22"
+_MAX_ERROR_CHARS = 500
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamResult:
+    """What Userpilot answered (status None: no HTTP answer at all)."""
+
+    status: int | None
+    error: str | None
+    request_id: str | None
+    retry_after: float | None
+    elapsed: float
+
+    @property
+    def ok(self) -> bool:
+        return self.status is not None and 200 <= self.status < 300
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a `Retry-After` header given as seconds (dates are rare; ignored)."""
+    if not value:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        return None
+    return seconds if 0 <= seconds <= 3600 else None
+
+
+def describe_error(response: httpx.Response) -> str:
+    """Userpilot's own error message when its body has one, else the start of the body."""
+    text = response.text[:4096]
+    try:
+        body = orjson.loads(text)
+        errors = body.get("errors") if isinstance(body, dict) else None
+        if isinstance(errors, list) and errors and isinstance(errors[0], dict):
+            first = errors[0]
+            parts = [str(first[k]) for k in ("error_code", "message") if first.get(k)]
+            if parts:
+                return ": ".join(parts)[:_MAX_ERROR_CHARS]
+    except orjson.JSONDecodeError:
+        pass
+    return (text.strip() or response.reason_phrase or "no body")[:_MAX_ERROR_CHARS]
+
+
+class UserpilotClient:
+    """Userpilot's company endpoints, for one API key and one base URL."""
+
+    def __init__(self, *, base_url: str, api_key: str, timeout: float) -> None:
+        self._http = httpx.AsyncClient(
+            base_url=base_url,
+            headers={
+                "Authorization": f"Token {api_key}",
+                "Content-Type": "application/json",
+                "Accept": "application/json, text/plain, */*",
+                "X-API-Version": API_VERSION,
+                "User-Agent": f"userpilot-relay/{__version__}",
+            },
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
+            follow_redirects=False,
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def identify_company(
+        self, *, company_id: str, metadata: dict[str, object]
+    ) -> UpstreamResult:
+        body = orjson.dumps({"company_id": company_id, "metadata": metadata})
+        return await self._post("/v1/companies/identify", "companies_identify", body)
+
+    async def _post(self, path: str, endpoint: str, body: bytes) -> UpstreamResult:
+        started = time.perf_counter()
+        try:
+            response = await self._http.post(path, content=body)
+        except httpx.TimeoutException as exc:
+            return self._failed(endpoint, started, f"timeout: {type(exc).__name__}")
+        except httpx.TransportError as exc:
+            return self._failed(endpoint, started, f"connection error: {type(exc).__name__}")
+        elapsed = time.perf_counter() - started
+        status = response.status_code
+        UPSTREAM_REQUESTS.labels(endpoint=endpoint, status_class=f"{status // 100}xx").inc()
+        UPSTREAM_DURATION.labels(endpoint=endpoint).observe(elapsed)
+        return UpstreamResult(
+            status=status,
+            error=None if 200 <= status < 300 else describe_error(response),
+            request_id=response.headers.get("x-request-id"),
+            retry_after=parse_retry_after(response.headers.get("retry-after")),
+            elapsed=elapsed,
+        )
+
+    @staticmethod
+    def _failed(endpoint: str, started: float, error: str) -> UpstreamResult:
+        elapsed = time.perf_counter() - started
+        UPSTREAM_REQUESTS.labels(endpoint=endpoint, status_class="error").inc()
+        UPSTREAM_DURATION.labels(endpoint=endpoint).observe(elapsed)
+        return UpstreamResult(
+            status=None, error=error, request_id=None, retry_after=None, elapsed=elapsed
+        )

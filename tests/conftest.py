@@ -1,0 +1,66 @@
+"""Fixtures: a real Userpilot simulator process and real relay processes on 127.0.0.1."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from app.simulator.process import SimulatorProcess
+from tests.relay import RELAY_KEYS, UPSTREAM_KEY, RelayProcess
+
+RelayFactory = Callable[..., RelayProcess]
+
+
+@pytest.fixture(scope="session")
+def simulator_process() -> Iterator[SimulatorProcess]:
+    with SimulatorProcess(api_keys=[UPSTREAM_KEY], rate_limit_per_minute=600) as sim:
+        yield sim
+
+
+@pytest.fixture
+def sim(simulator_process: SimulatorProcess) -> SimulatorProcess:
+    """The shared simulator, emptied and set back to Userpilot's defaults."""
+    simulator_process.reset()
+    simulator_process.configure(
+        rate_limit_per_minute=600, success_status=202, latency=0, bulk_rows_per_minute=1_000_000
+    )
+    return simulator_process
+
+
+@pytest.fixture(params=["sqlite"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where the relay keeps its queue: a fresh store for every test."""
+    return f"sqlite:///{tmp_path / 'relay.db'}"
+
+
+@pytest.fixture
+def relay_factory(
+    sim: SimulatorProcess, database_url: str, tmp_path: Path
+) -> Iterator[RelayFactory]:
+    started: list[RelayProcess] = []
+
+    def start(**env: str) -> RelayProcess:
+        full = {
+            "USERPILOT_API_KEY": UPSTREAM_KEY,
+            "USERPILOT_ENDPOINT": sim.url,
+            "RELAY_API_KEYS": RELAY_KEYS,
+            "RELAY_DATABASE_URL": database_url,
+            "RELAY_RETRY_BASE_SECONDS": "0.2",
+            "RELAY_RETRY_MAX_SECONDS": "2",
+            "RELAY_SHUTDOWN_GRACE_SECONDS": "5",
+        }
+        full.update(env)
+        relay = RelayProcess(full, tmp_path / f"relay-{len(started)}.log")
+        started.append(relay)
+        return relay
+
+    yield start
+    for relay in started:
+        relay.stop()
+
+
+@pytest.fixture
+def relay(relay_factory: RelayFactory) -> RelayProcess:
+    return relay_factory()
