@@ -17,6 +17,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.queue.models import StoreUnavailable
+
 log = logging.getLogger("userpilot_relay.errors")
 
 
@@ -126,6 +128,18 @@ def install_error_handlers(app: FastAPI) -> None:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return error_response(
             RelayError(exc.status_code, code, str(exc.detail), headers=exc.headers)
+        )
+
+    @app.exception_handler(StoreUnavailable)
+    async def _store(_: Request, exc: StoreUnavailable) -> JSONResponse:
+        log.error("store unavailable", extra={"error": str(exc)[:300]})
+        return error_response(
+            RelayError(
+                503,
+                "store_unavailable",
+                "the relay cannot reach its store; nothing was changed, retry later",
+                headers={"Retry-After": "1"},
+            )
         )
 
     @app.exception_handler(Exception)

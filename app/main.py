@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.types import Message, Receive, Scope, Send
 
 from app import __version__
 from app.api import companies, deliveries, health
@@ -21,6 +22,7 @@ from app.config import ConfigError, Settings, load_settings
 from app.errors import install_error_handlers
 from app.logs import configure_logging
 from app.queue.dispatcher import Dispatcher, Outcomes
+from app.queue.models import StoreUnavailable
 from app.queue.store import open_store
 from app.userpilot.client import UserpilotClient
 
@@ -37,26 +39,52 @@ Errors are JSON: `{"error": code, "message": text, "errors": [{"field", "message
 """
 
 
-def _settings_or_exit(settings: Settings | None) -> Settings:
+class StartupError(Exception):
+    """The relay must not start; the message says what to fix."""
+
+
+class RelayApp(FastAPI):
+    """FastAPI whose failed start-up reports one actionable line instead of a traceback."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await super().__call__(scope, receive, send)
+            return
+
+        async def send_clean(message: Message) -> None:
+            if message["type"] == "lifespan.startup.failed":
+                reason = getattr(self.state, "startup_error", None)
+                if reason:
+                    message = {**message, "message": reason}
+            await send(message)
+
+        await super().__call__(scope, receive, send_clean)
+
+
+def _settings_or_fail(app: FastAPI, settings: Settings | None) -> Settings:
     if settings is not None:
         return settings
     try:
         return load_settings()
     except ConfigError as exc:
-        log.critical("the relay cannot start: %s", exc)
-        raise SystemExit(f"userpilot-relay cannot start: {exc}") from None
+        app.state.startup_error = f"userpilot-relay cannot start: {exc}"
+        raise StartupError(app.state.startup_error) from None
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The relay app; settings are read from the environment at start-up when not given."""
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[State]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[State]:
         configure_logging(settings.relay_log_level if settings else "INFO")
-        active = _settings_or_exit(settings)
+        active = _settings_or_fail(app, settings)
         logging.getLogger().setLevel(active.relay_log_level)
         store = open_store(active.relay_database_url)
-        await store.open()
+        try:
+            await store.open()
+        except StoreUnavailable as exc:
+            app.state.startup_error = f"userpilot-relay cannot start: {exc}"
+            raise StartupError(app.state.startup_error) from None
         client = UserpilotClient(
             base_url=active.upstream_base_url,
             api_key=active.userpilot_api_key.get_secret_value(),
@@ -83,7 +111,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await store.close()
             log.info("relay stopped")
 
-    app = FastAPI(
+    app = RelayApp(
         title="userpilot-relay",
         version=__version__,
         description=DESCRIPTION,

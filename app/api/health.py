@@ -28,7 +28,10 @@ async def healthz() -> Health:
 async def readyz(store: StoreDep) -> Response:
     """Readiness: the store answers. Userpilot being down does not make the relay unready:
     updates are still stored and delivered later."""
-    ok = await store.ping()
+    try:
+        ok = await store.ping()
+    except Exception:
+        ok = False
     body = Health(status="ok" if ok else "unavailable", store="ok" if ok else "unreachable")
     return Response(
         body.model_dump_json(), status_code=200 if ok else 503, media_type="application/json"

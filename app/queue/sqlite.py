@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import queue
 import sqlite3
@@ -18,7 +19,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import orjson
 
@@ -90,6 +91,7 @@ class SQLiteStore(Store):
         self._next_slot = 0.0
         self._paused_until = 0.0
         self._slot_lock = asyncio.Lock()
+        self._lock_file: IO[bytes] | None = None
 
     # lifecycle -----------------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -103,6 +105,7 @@ class SQLiteStore(Store):
         self._loop = asyncio.get_running_loop()
         parent = Path(self.path).parent
         parent.mkdir(parents=True, exist_ok=True)
+        self._lock_file = _lock_exclusively(f"{self.path}.lock")
         conn = self._connect()
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(mode).lower() != "wal":
@@ -147,6 +150,9 @@ class SQLiteStore(Store):
             await asyncio.to_thread(self._writer.join)
             self._writer = None
         self._readers.shutdown(wait=True)
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
 
     async def ping(self) -> bool:
         try:
@@ -520,6 +526,20 @@ class SQLiteStore(Store):
     async def count_parked(self) -> int:
         row = await self._read(lambda c: c.execute("SELECT COUNT(*) FROM parked_events").fetchone())
         return int(row[0])
+
+
+def _lock_exclusively(path: str) -> IO[bytes]:
+    """Hold an exclusive lock for the life of the process: one relay per SQLite file."""
+    handle = open(path, "ab")  # noqa: SIM115 - held open until close()
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise StoreUnavailable(
+            f"another relay process already uses the SQLite file {path.removesuffix('.lock')}: "
+            "run one process per file (no --workers), or use PostgreSQL for several replicas"
+        ) from None
+    return handle
 
 
 def _settle(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
