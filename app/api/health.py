@@ -14,7 +14,7 @@ from app.metrics import DEAD_LETTERS, QUEUE_DEPTH, QUEUE_OLDEST_AGE, STORE_UP
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/healthz", response_model=Health)
+@router.get("/healthz", response_model=Health, response_model_exclude_none=True)
 async def healthz() -> Health:
     """Liveness: the process answers."""
     return Health(status="ok")

@@ -1,0 +1,181 @@
+"""Everything one simulator instance remembers, held in memory on its app.
+
+Companies, the request log, pending faults, bulk jobs, the per-key rate windows and the
+counters behind `/_sim/stats`. One object per app (no module globals) so several simulators
+can run in one process, and `/_sim/reset` can clear it between tests.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, deque
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+from app.simulator.config import SimulatorConfig
+from app.simulator.jobs import BulkJob
+from app.simulator.validation import CompanyRecord, Metadata, merge_metadata
+
+FaultAction = Literal["status", "delay", "drop", "retry_after"]
+
+
+@dataclass
+class Fault:
+    """A misbehaviour to inject into the next `times` matching requests."""
+
+    action: FaultAction
+    times: int = 1
+    status: int = 503
+    delay: float = 0.5
+    # Retry-After header value: always sent by `retry_after` (default 2), optional on `status`.
+    retry_after: int | float | str | None = None
+    company_id: str | None = None
+    path: str | None = None
+    body: object = None
+
+    def matches(self, path: str, company_id: str | None) -> bool:
+        if self.path is not None and not path.startswith(self.path):
+            return False
+        return self.company_id is None or self.company_id == company_id
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass
+class RecordedRequest:
+    """One request to a Userpilot-compatible path, as `/_sim/requests` lists it."""
+
+    time: float
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: object
+    company_id: str | None
+    # None while in flight, 0 when the connection was dropped.
+    status: int | None = None
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass
+class RateWindow:
+    """Timestamps of the requests one key had accepted in the last minute and second."""
+
+    minute: deque[float] = field(default_factory=deque)
+    second: deque[float] = field(default_factory=deque)
+
+
+@dataclass
+class Stats:
+    """Counters and high-water marks since the last reset."""
+
+    identify_calls: int = 0
+    identify_accepted: int = 0
+    throttled: int = 0
+    max_concurrent: int = 0
+    max_concurrent_per_company: int = 0
+    max_in_any_60s_window: int = 0
+    max_in_any_1s_window: int = 0
+    bulk_calls: int = 0
+    jobs_created: int = 0
+    faults_applied: int = 0
+    dropped: int = 0
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+
+class SimulatorState:
+    """The in-memory Userpilot environment(s) behind one simulator app."""
+
+    def __init__(self, config: SimulatorConfig) -> None:
+        self.config = config
+        self.companies: dict[str, Metadata] = {}
+        self.requests: deque[RecordedRequest] = deque(maxlen=config.request_log_limit)
+        self.faults: list[Fault] = []
+        self.jobs: dict[str, BulkJob] = {}
+        self.windows: dict[str, RateWindow] = {}
+        self.stats = Stats()
+        self.in_flight = 0
+        self.in_flight_by_company: Counter[str] = Counter()
+
+    def reset(self) -> None:
+        """Forget everything but the configuration (in-flight requests still finish)."""
+        self.cancel_jobs()
+        self.companies.clear()
+        self.requests.clear()
+        self.faults.clear()
+        self.jobs.clear()
+        self.windows.clear()
+        self.stats = Stats()
+
+    def cancel_jobs(self) -> list[BulkJob]:
+        running = [job for job in self.jobs.values() if job.task is not None]
+        for job in running:
+            assert job.task is not None
+            job.task.cancel()
+        return running
+
+    # Faults
+
+    def take_fault(self, path: str, company_id: str | None) -> Fault | None:
+        """Consume one use of the oldest fault matching this request (FIFO)."""
+        for index, fault in enumerate(self.faults):
+            if fault.matches(path, company_id):
+                fault.times -= 1
+                if fault.times <= 0:
+                    del self.faults[index]
+                self.stats.faults_applied += 1
+                return fault
+        return None
+
+    # Rate limiting
+
+    def admit(self, api_key: str) -> bool:
+        """Count one request against the key's sliding 60 s window; False when over the limit."""
+        now = time.monotonic()
+        window = self.windows.setdefault(api_key, RateWindow())
+        while window.minute and window.minute[0] <= now - 60:
+            window.minute.popleft()
+        if len(window.minute) >= self.config.rate_limit_per_minute:
+            self.stats.throttled += 1
+            return False
+        window.minute.append(now)
+        while window.second and window.second[0] <= now - 1:
+            window.second.popleft()
+        window.second.append(now)
+        stats = self.stats
+        stats.max_in_any_60s_window = max(stats.max_in_any_60s_window, len(window.minute))
+        stats.max_in_any_1s_window = max(stats.max_in_any_1s_window, len(window.second))
+        return True
+
+    # Concurrency
+
+    def request_started(self, company_id: str | None) -> None:
+        self.in_flight += 1
+        self.stats.max_concurrent = max(self.stats.max_concurrent, self.in_flight)
+        if company_id is not None:
+            self.in_flight_by_company[company_id] += 1
+            self.stats.max_concurrent_per_company = max(
+                self.stats.max_concurrent_per_company, self.in_flight_by_company[company_id]
+            )
+
+    def request_finished(self, company_id: str | None) -> None:
+        self.in_flight -= 1
+        if company_id is not None:
+            self.in_flight_by_company[company_id] -= 1
+            if self.in_flight_by_company[company_id] <= 0:
+                del self.in_flight_by_company[company_id]
+
+    # Companies and jobs
+
+    def apply(self, record: CompanyRecord) -> None:
+        merge_metadata(self.companies.setdefault(record.company_id, {}), record.metadata)
+
+    def running_job(self, api_key: str) -> BulkJob | None:
+        for job in self.jobs.values():
+            if job.api_key == api_key and job.running:
+                return job
+        return None

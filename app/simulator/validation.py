@@ -1,0 +1,148 @@
+"""Parsing and validation of Userpilot payloads, and the metadata merge rule.
+
+Pure functions, no I/O: the simulator must reject exactly what Userpilot rejects (non-JSON,
+a missing or empty `company_id`, nested metadata values) so the relay's own validation can be
+tested end to end, and must merge exactly as Userpilot does (absent keys kept, `null` removes).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+
+from app.simulator.errors import SimulatorError
+
+Primitive = str | int | float | bool | None
+Metadata = dict[str, Primitive]
+
+_BOUNDARY = re.compile(r'boundary="?([^";]+)"?', re.IGNORECASE)
+_DISPOSITION_PARAM = re.compile(r';\s*([a-zA-Z_*-]+)="?([^";]*)"?')
+
+
+@dataclass(frozen=True)
+class CompanyRecord:
+    """One validated company update."""
+
+    company_id: str
+    metadata: Metadata
+
+
+@dataclass(frozen=True)
+class FormPart:
+    """One part of a multipart/form-data body."""
+
+    filename: str | None
+    content: bytes
+
+
+def invalid(message: str, **details: object) -> SimulatorError:
+    """A 400 naming the problem."""
+    return SimulatorError(400, message, dict(details))
+
+
+def _reject_constant(name: str) -> object:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_json(raw: bytes) -> object:
+    """Decode a JSON body; NaN and infinities are refused like any strict JSON parser does."""
+    try:
+        return json.loads(raw, parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise invalid(f"request body is not valid JSON: {exc}") from None
+
+
+def try_parse_json(raw: bytes) -> object:
+    """The decoded body, or None when it is empty or not JSON (for the request log)."""
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def _is_primitive(value: object) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return value is None or isinstance(value, str | int | bool)
+
+
+def parse_company(value: object, *, index: int | None = None) -> CompanyRecord:
+    """Validate one `{"company_id", "metadata"}` object; `index` locates it in a bulk upload."""
+    where: dict[str, object] = {} if index is None else {"index": index}
+    prefix = "" if index is None else f"companies[{index}]: "
+    if not isinstance(value, dict):
+        raise invalid(f"{prefix}expected a JSON object with company_id and metadata", **where)
+    company_id = value.get("company_id")
+    if not isinstance(company_id, str) or not company_id:
+        raise invalid(
+            f"{prefix}company_id is required and must be a non-empty string",
+            field="company_id",
+            **where,
+        )
+    metadata = value.get("metadata", {})
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, dict):
+        raise invalid(f"{prefix}metadata must be an object", field="metadata", **where)
+    for key, item in metadata.items():
+        if not _is_primitive(item):
+            raise invalid(
+                f"{prefix}metadata.{key} must be a string, number, boolean or null",
+                field=f"metadata.{key}",
+                **where,
+            )
+    return CompanyRecord(company_id=company_id, metadata=dict(metadata))
+
+
+def parse_ndjson(data: bytes) -> list[object]:
+    """One JSON value per non-blank line."""
+    rows: list[object] = []
+    for number, line in enumerate(data.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line, parse_constant=_reject_constant))
+        except (ValueError, UnicodeDecodeError):
+            raise invalid(f"line {number} of the file is not valid JSON", line=number) from None
+    return rows
+
+
+def parse_multipart(body: bytes, content_type: str) -> dict[str, FormPart]:
+    """The parts of a multipart/form-data body by field name (a deliberately small parser)."""
+    match = _BOUNDARY.search(content_type)
+    if match is None:
+        raise invalid("multipart body without a boundary")
+    delimiter = b"--" + match.group(1).encode("latin-1")
+    parts: dict[str, FormPart] = {}
+    for chunk in body.split(delimiter)[1:]:
+        if chunk.startswith(b"--"):
+            break
+        chunk = chunk.removeprefix(b"\r\n")
+        head, separator, content = chunk.partition(b"\r\n\r\n")
+        if not separator:
+            raise invalid("malformed multipart body")
+        name: str | None = None
+        filename: str | None = None
+        for line in head.decode("utf-8", "replace").split("\r\n"):
+            header, _, value = line.partition(":")
+            if header.strip().lower() != "content-disposition":
+                continue
+            params = dict(_DISPOSITION_PARAM.findall(value))
+            name = params.get("name")
+            filename = params.get("filename")
+        if name is not None:
+            parts[name] = FormPart(filename=filename, content=content.removesuffix(b"\r\n"))
+    return parts
+
+
+def merge_metadata(stored: Metadata, update: Metadata) -> None:
+    """Userpilot's merge: sent keys overwrite, `null` removes, keys not sent are kept."""
+    for key, value in update.items():
+        if value is None:
+            stored.pop(key, None)
+        else:
+            stored[key] = value
