@@ -1,0 +1,57 @@
+# syntax=docker/dockerfile:1
+# userpilot-relay image: one process (uvicorn app.main:app) on port 8000, non-root,
+# read-only root filesystem; the SQLite queue lives in the mounted /data volume.
+
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+# --- build: a virtualenv with the dependencies, then the application code -------------------
+FROM ${PYTHON_IMAGE} AS build
+
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PYTHONDONTWRITEBYTECODE=1
+
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+
+WORKDIR /src
+
+# Dependencies in their own layer: it is rebuilt only when pyproject.toml changes.
+COPY pyproject.toml ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > requirements.txt \
+ && pip install --no-cache-dir -r requirements.txt
+
+COPY app/ /app/app/
+# Bytecode compiled at build time: nothing is written under the read-only root at run time.
+RUN python -m compileall -q /app/app
+
+# --- runtime ---------------------------------------------------------------------------------
+FROM ${PYTHON_IMAGE} AS runtime
+
+ARG UID=10001
+RUN groupadd --system --gid ${UID} relay \
+ && useradd --system --uid ${UID} --gid relay --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin relay \
+ && mkdir -p /data \
+ && chown ${UID}:${UID} /data
+
+COPY --from=build /opt/venv /opt/venv
+COPY --from=build /app /app
+
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONPATH=/app \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    RELAY_DATABASE_URL=sqlite:////data/relay.db
+
+WORKDIR /app
+VOLUME ["/data"]
+EXPOSE 8000
+USER ${UID}:${UID}
+
+HEALTHCHECK --interval=30s --timeout=3s --start-period=10s --retries=3 \
+    CMD ["python", "-c", "import urllib.request, sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2).status == 200 else 1)"]
+
+# Exec form: uvicorn is PID 1 and receives SIGTERM itself; it stops accepting connections,
+# finishes in-flight requests (up to the graceful timeout) and runs the app's lifespan shutdown.
+STOPSIGNAL SIGTERM
+CMD ["uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8000", "--timeout-graceful-shutdown", "20", "--no-server-header"]

@@ -1,0 +1,79 @@
+"""What was acknowledged is never lost: kill -9 with a backlog, restart, all delivered.
+SIGTERM stops cleanly and hands back what was in flight."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Any
+
+import httpx
+
+from app.simulator.process import SimulatorProcess
+from tests.relay import INGEST_KEY, RelayProcess, wait_until
+
+IDENTIFY = "/v1/companies/identify"
+
+
+def test_kill_9_with_a_backlog_loses_nothing(relay_factory: Any, sim: SimulatorProcess) -> None:
+    # A slow, throttled upstream keeps a backlog; ingest runs from several threads while the
+    # process is killed, so some requests are mid-flight at the kill.
+    relay = relay_factory(RELAY_RATE_LIMIT_PER_MINUTE="1200")
+    sim.configure(latency=0.2)
+    acknowledged: list[tuple[str, str, int]] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def ingest(worker: int) -> None:
+        n = 0
+        with httpx.Client(base_url=relay.url, timeout=10) as client:
+            while not stop.is_set() and n < 400:
+                company = f"w{worker}-c{n % 25}"
+                try:
+                    r = client.post(
+                        "/companies",
+                        json={"company_id": company, "metadata": {f"k{n}": n}},
+                        headers={"Authorization": f"Bearer {INGEST_KEY}"},
+                    )
+                except httpx.TransportError:
+                    return  # the process died under us: this one was never acknowledged
+                if r.status_code == 202:
+                    with lock:
+                        acknowledged.append((r.json()["id"], company, n))
+                n += 1
+
+    threads = [threading.Thread(target=ingest, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    wait_until(lambda: len(acknowledged) >= 300, timeout=30)
+    relay.kill()
+    stop.set()
+    for t in threads:
+        t.join(10)
+    assert len(sim.requests(path=IDENTIFY)) < len(acknowledged)  # there was a backlog
+
+    sim.configure(latency=0)
+    relay.restart()
+    for delivery_id, _, _ in acknowledged:
+        relay.wait_for(delivery_id, "delivered", timeout=60)
+    # Every acknowledged property is in Userpilot with its value.
+    companies = sim.companies()
+    for _, company, n in acknowledged:
+        assert companies[company][f"k{n}"] == n
+    assert sim.stats()["max_concurrent_per_company"] == 1
+
+
+def test_sigterm_exits_cleanly_and_releases_in_flight(
+    relay_factory: Any, sim: SimulatorProcess
+) -> None:
+    relay: RelayProcess = relay_factory(RELAY_SHUTDOWN_GRACE_SECONDS="0.5")
+    sim.add_fault(action="delay", delay=5)
+    delivery = relay.post_company("acme", {"plan": "pro"}).json()["id"]
+    wait_until(lambda: len(sim.requests(path=IDENTIFY)) == 1)
+    # uvicorn re-raises the SIGTERM it handled once shutdown is complete, so -15 is clean too.
+    assert relay.stop() in (0, -signal.SIGTERM)
+    assert '"relay stopped"' in relay.logs()
+    assert "Application shutdown complete" in relay.logs()
+    relay.restart()
+    relay.wait_for(delivery, "delivered", timeout=30)
+    assert sim.company("acme") == {"plan": "pro"}
