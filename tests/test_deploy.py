@@ -333,8 +333,8 @@ def test_postgres_shape_scales(rendered: dict[str, list[dict[str, Any]]]) -> Non
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (3, 8)
     (pdb,) = kinds(docs, "PodDisruptionBudget")
     assert pdb["spec"]["minAvailable"] == 2
-    # 600 a minute for the key, over at most 8 pods plus a surge pod.
-    assert env_of(docs)["RELAY_RATE_LIMIT_PER_MINUTE"]["value"] == "66"
+    # The key's whole budget: replicas share it through the database's send slots.
+    assert env_of(docs)["RELAY_RATE_LIMIT_PER_MINUTE"]["value"] == "600"
     database = env_of(docs)["RELAY_DATABASE_URL"]
     assert database["valueFrom"]["secretKeyRef"]["key"] == "database-url"
     (policy,) = kinds(docs, "NetworkPolicy")
