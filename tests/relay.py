@@ -44,10 +44,19 @@ class RelayProcess:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [
-                sys.executable, "-m", "uvicorn", "app.main:app",
-                "--host", "127.0.0.1", "--port", str(self.port),
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "app.main:app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
             ],
-            env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+            env=env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         log.close()
         deadline = time.monotonic() + timeout
@@ -95,7 +104,9 @@ class RelayProcess:
             headers.setdefault("Authorization", f"Bearer {key}")
         return httpx.request(method, self.url + path, headers=headers, timeout=40, **kwargs)
 
-    def post_company(self, company_id: str, metadata: dict[str, Any], **kwargs: Any) -> httpx.Response:
+    def post_company(
+        self, company_id: str, metadata: dict[str, Any], **kwargs: Any
+    ) -> httpx.Response:
         return self.request(
             "POST", "/companies", json={"company_id": company_id, "metadata": metadata}, **kwargs
         )
