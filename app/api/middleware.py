@@ -1,7 +1,8 @@
 """Request metrics and the structured access log, as a pure ASGI middleware.
 
 Labels use the route template and the caller's key name, so they stay bounded; `/metrics`
-and the probes are left out. Headers are never logged: that is where credentials travel.
+and the probes are left out. Neither headers (where credentials travel) nor raw paths and
+query strings (where a careless caller may paste one) are logged: only the route template.
 """
 
 from __future__ import annotations
@@ -53,7 +54,6 @@ class RequestMetricsMiddleware:
                     extra={
                         "method": method,
                         "route": route,
-                        "path": scope["path"],
                         "status": status,
                         "caller": caller,
                         "duration_ms": round(elapsed * 1000, 2),

@@ -1,0 +1,111 @@
+"""Pure logic: key parsing, merging, backoff, outcome classification, Prefer parsing."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from app.api.companies import parse_wait
+from app.api.deps import find_key
+from app.config import REGION_URLS, Settings, parse_api_keys
+from app.queue.dispatcher import backoff_delay, classify
+from app.queue.merge import merge_claim
+from app.queue.models import Claim, ClaimedUpdate
+from app.userpilot.client import UpstreamResult, parse_retry_after
+
+
+def test_api_keys_plain_and_hashed() -> None:
+    digest = hashlib.sha256(b"k2").hexdigest()
+    keys = parse_api_keys(f" a:ingest:k1 , b:admin:sha256:{digest.upper()} ,")
+    assert [(k.name, k.role) for k in keys] == [("a", "ingest"), ("b", "admin")]
+    assert find_key(keys, "k1") is keys[0]
+    assert find_key(keys, "k2") is keys[1]
+    assert find_key(keys, digest) is None
+    assert "k1" not in repr(keys)
+
+
+@pytest.mark.parametrize(
+    ("raw", "problem"),
+    [
+        ("", "names no caller"),
+        ("a:ingest", "name:role:key"),
+        ("a:root:k", "role must be"),
+        ("a:ingest:k,a:admin:j", "used twice"),
+        ("a:ingest:k,b:admin:k", "same key"),
+        ("a:ingest:sha256:abc", "64 hex"),
+        ("a b:ingest:k", "name must be"),
+    ],
+)
+def test_api_keys_refused(raw: str, problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        parse_api_keys(raw)
+
+
+def _settings(**kw: object) -> Settings:
+    return Settings(userpilot_api_key="k", relay_api_keys="a:ingest:k", **kw)  # type: ignore[arg-type]
+
+
+def test_region_choice() -> None:
+    assert _settings().upstream_base_url == "https://analytex.userpilot.io"
+    assert _settings(userpilot_region="EU").upstream_base_url == "https://analytex-eu.userpilot.io"
+    assert REGION_URLS["eu"] == "https://analytex-eu.userpilot.io"
+    custom = _settings(userpilot_region="eu", userpilot_endpoint="https://acme.userpilot.io/")
+    assert custom.upstream_base_url == "https://acme.userpilot.io"
+    with pytest.raises(ValueError):
+        _settings(userpilot_region="asia")
+    with pytest.raises(ValueError):
+        _settings(userpilot_endpoint="analytex.userpilot.io")
+    with pytest.raises(ValueError):
+        _settings(relay_database_url="sqlite:///:memory:")
+
+
+def _claim(*updates: tuple[int, dict[str, object]], versions: dict[str, int] | None = None) -> Claim:
+    return Claim(
+        company_id="c",
+        updates=[ClaimedUpdate(id=str(s), seq=s, metadata=m, attempts=1) for s, m in updates],  # type: ignore[arg-type]
+        versions=versions or {},
+    )
+
+
+def test_merge_later_wins_and_null_is_kept() -> None:
+    merged, versions = merge_claim(_claim((1, {"a": 1, "b": 2}), (2, {"a": None, "c": 3})))
+    assert merged == {"a": None, "b": 2, "c": 3}
+    assert versions == {"a": 2, "b": 1, "c": 2}
+
+
+def test_merge_skips_keys_a_newer_delivered_update_set() -> None:
+    claim = _claim((5, {"plan": "old", "seats": 3}), (9, {"x": 1}), versions={"plan": 7, "x": 2})
+    merged, _ = merge_claim(claim)
+    assert merged == {"seats": 3, "x": 1}
+
+
+def test_backoff_grows_caps_and_jitters() -> None:
+    for attempt, ceiling in [(1, 1), (2, 2), (3, 4), (4, 8), (20, 30)]:
+        delays = [backoff_delay(attempt, base=1, cap=30) for _ in range(200)]
+        assert all(ceiling * 0.5 <= d <= ceiling for d in delays)
+        assert len(set(delays)) > 1
+
+
+def _result(status: int | None) -> UpstreamResult:
+    return UpstreamResult(status=status, error=None, request_id=None, retry_after=None, elapsed=0)
+
+
+@pytest.mark.parametrize(
+    ("status", "outcome"),
+    [(200, "delivered"), (202, "delivered"), (429, "retry"), (500, "retry"), (503, "retry"),
+     (408, "retry"), (None, "retry"), (400, "dead"), (401, "dead"), (403, "dead"),
+     (404, "dead"), (413, "dead")],
+)
+def test_classify(status: int | None, outcome: str) -> None:
+    assert classify(_result(status)) == outcome
+
+
+def test_parse_wait_and_retry_after() -> None:
+    assert parse_wait(None) is None
+    assert parse_wait("wait=5") == 5
+    assert parse_wait("respond-async, wait=100") == 30
+    assert parse_wait("return=minimal") is None
+    assert parse_retry_after("3") == 3
+    assert parse_retry_after("soon") is None
+    assert parse_retry_after(None) is None
