@@ -13,7 +13,14 @@ from dataclasses import dataclass
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REGION_URLS: dict[str, str] = {
@@ -106,11 +113,20 @@ class Settings(BaseSettings):
     relay_log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     relay_access_log: bool = True
 
+    # webhooks ------------------------------------------------------------------------------
     relay_public_url: str | None = None
     hubspot_client_secret: SecretStr | None = None
-    hubspot_company_id_prefix: str = ""
+    hubspot_company_id_prefix: str = Field(default="", max_length=64)
+    hubspot_mapping_file: str | None = None
+    # One secret, or several separated by commas while a secret is being rolled.
     stripe_webhook_secret: SecretStr | None = None
+    stripe_webhook_tolerance_seconds: int = Field(default=300, gt=0, le=86_400)
+    stripe_company_id_metadata_key: str = Field(default="company_id", min_length=1, max_length=40)
+    stripe_missing_company: Literal["customer_id", "skip"] = "customer_id"
+    stripe_mapping_file: str | None = None
     stripe_api_key: SecretStr | None = None
+    stripe_api_base: str = "https://api.stripe.com"
+    stripe_unresolved_retry_seconds: float = Field(default=60.0, gt=0, le=86_400)
 
     @field_validator("relay_api_keys", mode="before")
     @classmethod
@@ -158,11 +174,77 @@ class Settings(BaseSettings):
             return value
         raise ValueError("must be sqlite:///<path> or postgresql://user@host/db")
 
+    @field_validator(
+        "hubspot_client_secret", "stripe_webhook_secret", "stripe_api_key", mode="before"
+    )
+    @classmethod
+    def _blank_secret_is_unset(cls, value: object) -> object:
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator("stripe_webhook_secret")
+    @classmethod
+    def _stripe_secrets(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        parts = [p.strip() for p in value.get_secret_value().split(",")]
+        if any(not p for p in parts):
+            raise ValueError(
+                "an empty secret between commas: give whsec_... secrets, comma-separated"
+            )
+        return SecretStr(",".join(parts))
+
+    @field_validator("stripe_api_base")
+    @classmethod
+    def _stripe_api_base(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("must be a full http(s) URL such as https://api.stripe.com")
+        return value
+
+    @field_validator("stripe_company_id_metadata_key")
+    @classmethod
+    def _metadata_key(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            raise ValueError("must name a key of the Stripe customer's metadata")
+        return value
+
+    @field_validator("hubspot_mapping_file", "stripe_mapping_file")
+    @classmethod
+    def _mapping_file(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None or not value.strip():
+            return None
+        from app.sources.mapping import MappingError, load_mapping
+
+        source = "hubspot" if info.field_name == "hubspot_mapping_file" else "stripe"
+        try:
+            load_mapping(source, value.strip())
+        except MappingError as exc:
+            raise ValueError(str(exc)) from None
+        return value.strip()
+
     @model_validator(mode="after")
     def _coherent(self) -> Settings:
         if self.relay_retry_max_seconds < self.relay_retry_base_seconds:
             raise ValueError("RELAY_RETRY_MAX_SECONDS must be at least RELAY_RETRY_BASE_SECONDS")
+        if self.hubspot_client_secret is not None and self.relay_public_url is None:
+            raise ValueError(
+                "HUBSPOT_CLIENT_SECRET needs RELAY_PUBLIC_URL: set it to the base URL HubSpot "
+                "calls (e.g. https://relay.example.com), since HubSpot signs the full URL"
+            )
         return self
+
+    @property
+    def stripe_webhook_secrets(self) -> tuple[SecretStr, ...]:
+        """Every Stripe endpoint secret accepted now (several while one is being rolled)."""
+        if self.stripe_webhook_secret is None:
+            return ()
+        return tuple(SecretStr(s) for s in self.stripe_webhook_secret.get_secret_value().split(","))
 
     @property
     def upstream_base_url(self) -> str:

@@ -8,6 +8,7 @@ key, and builds the shared resources: the store, the one Userpilot client, the d
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -15,15 +16,18 @@ from fastapi import FastAPI
 from starlette.types import Message, Receive, Scope, Send
 
 from app import __version__
-from app.api import companies, deliveries, health
+from app.api import companies, deliveries, health, webhooks
 from app.api.deps import State
 from app.api.middleware import RequestMetricsMiddleware
+from app.api.webhooks import WebhookState
 from app.config import ConfigError, Settings, load_settings
 from app.errors import install_error_handlers
 from app.logs import configure_logging
 from app.queue.dispatcher import Dispatcher, Outcomes
 from app.queue.models import StoreUnavailable
-from app.queue.store import open_store
+from app.queue.store import Store, open_store
+from app.sources.mapping import MappingError
+from app.sources.service import WebhookSources
 from app.userpilot.client import UserpilotClient
 
 log = logging.getLogger("userpilot_relay")
@@ -71,15 +75,25 @@ def _settings_or_fail(app: FastAPI, settings: Settings | None) -> Settings:
         raise StartupError(app.state.startup_error) from None
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """The relay app; settings are read from the environment at start-up when not given."""
+def create_app(settings: Settings | None = None, *, store: Store | None = None) -> FastAPI:
+    """The relay app; settings are read from the environment at start-up when not given.
+
+    `store` replaces the one `RELAY_DATABASE_URL` names (the benchmark's no-storage floor).
+    """
+
+    given_store = store
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[State]:
         configure_logging(settings.relay_log_level if settings else "INFO")
         active = _settings_or_fail(app, settings)
         logging.getLogger().setLevel(active.relay_log_level)
-        store = open_store(active.relay_database_url)
+        try:
+            sources = WebhookSources(active)
+        except MappingError as exc:
+            app.state.startup_error = f"userpilot-relay cannot start: {exc}"
+            raise StartupError(app.state.startup_error) from None
+        store = given_store or open_store(active.relay_database_url)
         try:
             await store.open()
         except StoreUnavailable as exc:
@@ -93,6 +107,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         outcomes = Outcomes()
         dispatcher = Dispatcher(store=store, client=client, settings=active, outcomes=outcomes)
         dispatcher.start()
+        sources.start(store=store, dispatcher=dispatcher)
         log.info(
             "relay started",
             extra={
@@ -104,8 +119,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             },
         )
         try:
-            yield State(settings=active, store=store, dispatcher=dispatcher, outcomes=outcomes)
+            yield WebhookState(
+                settings=active,
+                store=store,
+                dispatcher=dispatcher,
+                outcomes=outcomes,
+                webhooks=sources,
+            )
         finally:
+            await sources.stop()
             await dispatcher.stop()
             await client.aclose()
             await store.close()
@@ -120,9 +142,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(companies.router)
     app.include_router(deliveries.router)
+    app.include_router(webhooks.router)
     app.include_router(health.router)
     app.add_middleware(RequestMetricsMiddleware)
     return app
 
 
+# The entry point owns the process's logging: configured here, before uvicorn's first line, so
+# every line the process prints is JSON.
+configure_logging(os.environ.get("RELAY_LOG_LEVEL", "INFO").upper())
 app = create_app()

@@ -30,6 +30,8 @@ Webhooks:
 - `userpilot_relay_webhook_rejections_total{source,reason}`: requests refused (signature,
   timestamp, body).
 - `userpilot_relay_webhook_unmapped_fields_total{source}`: source fields dropped as unmapped.
+- `userpilot_relay_webhook_parked_events`: verified events waiting for their company to be
+  known (a Stripe subscription whose customer is not linked yet); retried, never dropped.
 
 - `userpilot_relay_build_info{version}`: always 1.
 """
@@ -115,6 +117,10 @@ WEBHOOK_UNMAPPED_FIELDS = Counter(
     "userpilot_relay_webhook_unmapped_fields",
     "Source fields dropped because no mapping names them.",
     ["source"],
+)
+WEBHOOK_PARKED = Gauge(
+    "userpilot_relay_webhook_parked_events",
+    "Verified webhook events waiting for their company to be known.",
 )
 BUILD_INFO = Gauge("userpilot_relay_build_info", "The relay's version.", ["version"])
 BUILD_INFO.labels(version=__version__).set(1)

@@ -77,3 +77,34 @@ def test_sigterm_exits_cleanly_and_releases_in_flight(
     relay.restart()
     relay.wait_for(delivery, "delivered", timeout=30)
     assert sim.company("acme") == {"plan": "pro"}
+
+
+def test_kill_9_right_after_a_bulk_ack(relay_factory: Any, sim: SimulatorProcess) -> None:
+    sim.configure(rate_limit_per_minute=100_000)
+    relay = relay_factory(RELAY_RATE_LIMIT_PER_MINUTE="12000")
+    body = {
+        "companies": [{"company_id": f"k{i % 150}", "metadata": {f"p{i}": i}} for i in range(600)]
+    }
+    batch = relay.request("POST", "/companies/bulk", json=body).json()["batch_id"]
+    relay.kill()
+    relay.restart()
+    wait_until(lambda: relay.request("GET", f"/batches/{batch}").json()["done"], timeout=60)
+    assert relay.request("GET", f"/batches/{batch}").json()["counts"]["delivered"] == 600
+    companies = sim.companies()
+    for i in range(600):
+        assert companies[f"k{i % 150}"][f"p{i}"] == i
+
+
+def test_bulk_keeps_its_place_in_arrival_order(relay_factory: Any, sim: SimulatorProcess) -> None:
+    # A bulk import with stale values, then a live update: the live one must win, however
+    # the bulk's updates are staged inside the store.
+    sim.configure(rate_limit_per_minute=100_000)
+    relay = relay_factory(RELAY_RATE_LIMIT_PER_MINUTE="12000")
+    body = {
+        "companies": [{"company_id": f"o{i}", "metadata": {"plan": "free"}} for i in range(1500)]
+    }
+    batch = relay.request("POST", "/companies/bulk", json=body).json()["batch_id"]
+    live = relay.post_company("o1400", {"plan": "enterprise"}).json()["id"]
+    relay.wait_for(live, "delivered", timeout=60)
+    relay.wait_for(f"{batch}.1400", "delivered", timeout=10)
+    assert sim.company("o1400") == {"plan": "enterprise"}

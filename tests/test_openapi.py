@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -31,10 +30,15 @@ def test_committed_openapi_matches_the_app() -> None:
 
 SPEC: dict[str, Any] = json.loads(render())
 AUTHED = {
-    ("post", "/companies"), ("post", "/companies/bulk"), ("get", "/deliveries/{delivery_id}"),
-    ("get", "/batches/{batch_id}"), ("get", "/deliveries"),
-    ("post", "/deliveries/{delivery_id}/replay"), ("post", "/deliveries/replay"),
-    ("delete", "/deliveries/{delivery_id}"), ("delete", "/deliveries"),
+    ("post", "/companies"),
+    ("post", "/companies/bulk"),
+    ("get", "/deliveries/{delivery_id}"),
+    ("get", "/batches/{batch_id}"),
+    ("get", "/deliveries"),
+    ("post", "/deliveries/{delivery_id}/replay"),
+    ("post", "/deliveries/replay"),
+    ("delete", "/deliveries/{delivery_id}"),
+    ("delete", "/deliveries"),
 }
 WITH_BODY = {("post", "/companies"), ("post", "/companies/bulk")}
 
@@ -87,7 +91,11 @@ def test_real_answers_match_their_documented_schema(relay: RelayProcess) -> None
         ("get", "/deliveries", {}),
         ("get", "/deliveries/{delivery_id}", {"path": "/deliveries/nope"}),
         ("get", "/batches/{batch_id}", {"path": "/batches/nope"}),
-        ("post", "/deliveries/{delivery_id}/replay", {"path": "/deliveries/x/replay", "key": ADMIN_KEY}),
+        (
+            "post",
+            "/deliveries/{delivery_id}/replay",
+            {"path": "/deliveries/x/replay", "key": ADMIN_KEY},
+        ),
         ("post", "/deliveries/replay", {"key": ADMIN_KEY}),
         ("delete", "/deliveries", {"key": ADMIN_KEY, "params": {"status": "dead"}}),
         ("delete", "/deliveries", {"key": ADMIN_KEY, "params": {"status": "queued"}}),
@@ -96,7 +104,9 @@ def test_real_answers_match_their_documented_schema(relay: RelayProcess) -> None
         ("get", "/readyz", {"key": None}),
     ]
     first = relay.post_company("acme", {"a": 1}, headers={"Prefer": "wait=10"})
-    calls.append(("get", "/deliveries/{delivery_id}", {"path": f"/deliveries/{first.json()['id']}"}))
+    calls.append(
+        ("get", "/deliveries/{delivery_id}", {"path": f"/deliveries/{first.json()['id']}"})
+    )
     replay = relay.request("POST", f"/deliveries/{first.json()['id']}/replay", key=ADMIN_KEY)
     _check("post", "/deliveries/{delivery_id}/replay", replay)
     _check("post", "/companies", first)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import Any
 
 from app.simulator.process import SimulatorProcess
@@ -43,6 +44,9 @@ def test_no_secret_anywhere_the_relay_speaks(relay_factory: Any, sim: SimulatorP
     for secret in secrets:
         assert secret not in everything
         assert hashlib.sha256(secret.encode()).hexdigest() not in everything
+    # Structured: every line the process printed is one JSON object.
+    for line in relay.logs().splitlines():
+        assert isinstance(json.loads(line), dict), line
     # The upstream key did reach Userpilot, where it belongs.
     assert sim.requests()[0]["headers"]["authorization"] == f"Token {UPSTREAM_KEY}"
 
@@ -58,3 +62,16 @@ def test_settings_repr_hides_secrets() -> None:
     text = repr(settings) + str(settings.model_dump())
     for secret in (UPSTREAM_KEY, INGEST_KEY, "whsec_abcdef"):
         assert secret not in text
+
+
+def test_access_log_is_structured_and_can_be_switched_off(relay_factory: Any) -> None:
+    on = relay_factory()
+    on.post_company("acme", {"a": 1})
+    wait_until(lambda: '"logger":"userpilot_relay.access"' in on.logs())
+    line = next(json.loads(x) for x in on.logs().splitlines() if "userpilot_relay.access" in x)
+    assert line["route"] == "/companies" and line["caller"] == "svc" and line["status"] == 202
+    on.stop()
+    off = relay_factory(RELAY_ACCESS_LOG="false")
+    off.post_company("acme", {"a": 1})
+    off.stop()
+    assert "userpilot_relay.access" not in off.logs()

@@ -60,7 +60,9 @@ def test_region_choice() -> None:
         _settings(relay_database_url="sqlite:///:memory:")
 
 
-def _claim(*updates: tuple[int, dict[str, object]], versions: dict[str, int] | None = None) -> Claim:
+def _claim(
+    *updates: tuple[int, dict[str, object]], versions: dict[str, int] | None = None
+) -> Claim:
     return Claim(
         company_id="c",
         updates=[ClaimedUpdate(id=str(s), seq=s, metadata=m, attempts=1) for s, m in updates],  # type: ignore[arg-type]
@@ -93,9 +95,20 @@ def _result(status: int | None) -> UpstreamResult:
 
 @pytest.mark.parametrize(
     ("status", "outcome"),
-    [(200, "delivered"), (202, "delivered"), (429, "retry"), (500, "retry"), (503, "retry"),
-     (408, "retry"), (None, "retry"), (400, "dead"), (401, "dead"), (403, "dead"),
-     (404, "dead"), (413, "dead")],
+    [
+        (200, "delivered"),
+        (202, "delivered"),
+        (429, "retry"),
+        (500, "retry"),
+        (503, "retry"),
+        (408, "retry"),
+        (None, "retry"),
+        (400, "dead"),
+        (401, "dead"),
+        (403, "dead"),
+        (404, "dead"),
+        (413, "dead"),
+    ],
 )
 def test_classify(status: int | None, outcome: str) -> None:
     assert classify(_result(status)) == outcome

@@ -45,7 +45,7 @@ def test_invalid_company_is_422_naming_the_field(
 
 @pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "1e400"])
 def test_nan_and_infinities_are_rejected_with_the_key(relay: RelayProcess, literal: str) -> None:
-    raw = '{"company_id": "a", "metadata": {"ok": 1, "mrr": %s}}' % literal
+    raw = f'{{"company_id": "a", "metadata": {{"ok": 1, "mrr": {literal}}}}}'
     r = relay.request(
         "POST", "/companies", content=raw, headers={"Content-Type": "application/json"}
     )

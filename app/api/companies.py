@@ -239,7 +239,8 @@ async def post_companies_bulk(
     """Store up to 10,000 company updates at once, all or none.
 
     A 422 names the index and field of every bad item (`companies[3].metadata.plan`) and
-    stores nothing. Follow the batch with GET /batches/{batch_id}.
+    stores nothing. Follow the batch with GET /batches/{batch_id}; item i's delivery is
+    GET /deliveries/{batch_id}.{i}.
     """
     body = await read_body(request, limit=settings.relay_max_bulk_body_bytes)
     bulk = parse(BulkIn, body)

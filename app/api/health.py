@@ -9,7 +9,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.api.deps import StoreDep
 from app.api.schemas import Health
-from app.metrics import DEAD_LETTERS, QUEUE_DEPTH, QUEUE_OLDEST_AGE, STORE_UP
+from app.metrics import (
+    DEAD_LETTERS,
+    QUEUE_DEPTH,
+    QUEUE_OLDEST_AGE,
+    STORE_UP,
+    WEBHOOK_PARKED,
+)
 
 router = APIRouter(tags=["operations"])
 
@@ -56,4 +62,5 @@ async def metrics(store: StoreDep) -> Response:
         DEAD_LETTERS.set(stats.dead)
         oldest = stats.oldest_queued_at
         QUEUE_OLDEST_AGE.set(max(0.0, time.time() - oldest) if oldest else 0.0)
+        WEBHOOK_PARKED.set(await store.count_parked())
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -238,13 +238,21 @@ class SQLiteStore(Store):
         idempotency: Idempotency | None = None,
     ) -> EnqueueResult:
         # Serialise outside the writer thread: it is the one thing that cannot run in parallel.
-        ids = new_ids(len(updates) + 1)
-        batch_id = ids.pop() if batch else None
+        if batch:
+            if any(u.event_key or u.property_times for u in updates):
+                raise ValueError("a batch carries plain updates only")
+            batch_id = new_ids(1)[0]
+            payload = orjson.dumps([[u.company_id, u.metadata] for u in updates])
+            count = len(updates)
+            return await self._write(
+                lambda conn: _enqueue_batch(
+                    conn, payload, count, batch_id, source, caller, idempotency
+                )
+            )
+        ids = new_ids(len(updates))
         encoded = [orjson.dumps(u.metadata) for u in updates]
         return await self._write(
-            lambda conn: _enqueue(
-                conn, updates, encoded, ids, batch_id, source, caller, idempotency
-            )
+            lambda conn: _enqueue(conn, updates, encoded, ids, source, caller, idempotency)
         )
 
     # reads ---------------------------------------------------------------------------------
@@ -271,17 +279,23 @@ class SQLiteStore(Store):
     async def get_batch(self, batch_id: str) -> Batch | None:
         def read(c: sqlite3.Connection) -> Batch | None:
             row = c.execute(
-                "SELECT id, caller, total, created_at FROM batches WHERE id = ?", (batch_id,)
+                "SELECT id, caller, total, created_at, seq_from, expanded FROM batches "
+                "WHERE id = ?",
+                (batch_id,),
             ).fetchone()
             if row is None:
                 return None
+            _, caller, total, created_at, seq_from, expanded = row
             counts: dict[str, int] = dict.fromkeys(STATUSES, 0)
             for status, n in c.execute(
-                "SELECT status, COUNT(*) FROM deliveries WHERE batch_id = ? GROUP BY status",
-                (batch_id,),
+                "SELECT status, COUNT(*) FROM deliveries WHERE seq BETWEEN ? AND ? GROUP BY status",
+                (seq_from, seq_from + total - 1),
             ):
                 counts[status] = n
-            return Batch(id=row[0], caller=row[1], total=row[2], created_at=row[3], counts=counts)
+            counts["queued"] += total - expanded  # stored, not yet expanded into deliveries
+            return Batch(
+                id=batch_id, caller=caller, total=total, created_at=created_at, counts=counts
+            )
 
         return await self._read(read)
 
@@ -317,6 +331,12 @@ class SQLiteStore(Store):
             oldest = c.execute(
                 "SELECT MIN(enqueued_at) FROM deliveries WHERE status IN ('queued', 'delivering')"
             ).fetchone()[0]
+            waiting, first_batch = c.execute(
+                "SELECT SUM(total - expanded), MIN(created_at) FROM batches WHERE expanded < total"
+            ).fetchone()
+            counts["queued"] += waiting or 0
+            if first_batch is not None:
+                oldest = first_batch if oldest is None else min(oldest, first_batch)
             return QueueStats(
                 queued=counts["queued"],
                 delivering=counts["delivering"],
@@ -383,8 +403,9 @@ class SQLiteStore(Store):
                 (delivered_before,),
             ).rowcount
             c.execute(
-                "DELETE FROM batches WHERE created_at < ? AND NOT EXISTS "
-                "(SELECT 1 FROM deliveries d WHERE d.batch_id = batches.id)",
+                "DELETE FROM batches WHERE created_at < ? AND expanded = total AND NOT EXISTS "
+                "(SELECT 1 FROM deliveries d WHERE d.seq BETWEEN batches.seq_from "
+                "AND batches.seq_from + batches.total - 1)",
                 (delivered_before,),
             )
             c.execute("DELETE FROM idempotency_keys WHERE expires_at < ?", (now,))
@@ -552,28 +573,47 @@ def _settle(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]
             future.set_result(result)
 
 
+def _idempotent_result(conn: sqlite3.Connection, idem: Idempotency, now: float) -> Any:
+    """The first request's stored result for this key, or None; a conflict raises."""
+    row = conn.execute(
+        "SELECT fingerprint, result FROM idempotency_keys "
+        "WHERE caller = ? AND key = ? AND expires_at > ?",
+        (idem.caller, idem.key, now),
+    ).fetchone()
+    if row is None:
+        return None
+    if row[0] != idem.fingerprint:
+        raise IdempotencyConflict(idem.key)
+    return orjson.loads(row[1])
+
+
+def _remember(conn: sqlite3.Connection, idem: Idempotency, result: bytes, now: float) -> None:
+    conn.execute(
+        "INSERT OR REPLACE INTO idempotency_keys "
+        "(caller, key, fingerprint, result, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)",
+        (idem.caller, idem.key, idem.fingerprint, result, now, now + idem.ttl_seconds),
+    )
+
+
+def batch_ids(batch_id: str, count: int) -> list[str | None]:
+    """The delivery ids a batch's updates get when they are expanded."""
+    return [f"{batch_id}.{i}" for i in range(count)]
+
+
 def _enqueue(
     conn: sqlite3.Connection,
     updates: Sequence[NewUpdate],
     encoded: list[bytes],
     ids: list[str],
-    batch_id: str | None,
     source: str,
     caller: str | None,
     idem: Idempotency | None,
 ) -> EnqueueResult:
     now = time.time()
     if idem is not None:
-        row = conn.execute(
-            "SELECT fingerprint, result FROM idempotency_keys "
-            "WHERE caller = ? AND key = ? AND expires_at > ?",
-            (idem.caller, idem.key, now),
-        ).fetchone()
-        if row is not None:
-            if row[0] != idem.fingerprint:
-                raise IdempotencyConflict(idem.key)
-            first = orjson.loads(row[1])
-            return EnqueueResult(ids=first["ids"], batch_id=first["batch_id"], replayed=True)
+        first = _idempotent_result(conn, idem, now)
+        if first is not None:
+            return EnqueueResult(ids=first["ids"], replayed=True)
 
     stored_ids: list[str | None] = list(ids)
     rows = []
@@ -595,35 +635,110 @@ def _enqueue(
                 continue
             if len(kept) != len(update.metadata):
                 body = orjson.dumps(kept)
-        rows.append(
-            (ids[index], update.company_id, body, source, caller, batch_id, now, now, now, now)
-        )
-    if batch_id is not None:
-        conn.execute(
-            "INSERT INTO batches (id, caller, total, created_at) VALUES (?, ?, ?, ?)",
-            (batch_id, caller, len(rows), now),
-        )
+        rows.append((ids[index], update.company_id, body, source, caller, now, now, now, now))
     conn.executemany(
-        "INSERT INTO deliveries (id, company_id, metadata, status, source, caller, batch_id, "
+        "INSERT INTO deliveries (id, company_id, metadata, status, source, caller, "
         "created_at, updated_at, next_attempt_at, enqueued_at) "
-        "VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?)",
+        "VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
         rows,
     )
-    result = EnqueueResult(ids=stored_ids, batch_id=batch_id)
     if idem is not None:
+        _remember(conn, idem, orjson.dumps({"ids": stored_ids}), now)
+    return EnqueueResult(ids=stored_ids)
+
+
+def _enqueue_batch(
+    conn: sqlite3.Connection,
+    payload: bytes,
+    count: int,
+    batch_id: str,
+    source: str,
+    caller: str | None,
+    idem: Idempotency | None,
+) -> EnqueueResult:
+    """Store a whole batch as one row, reserving its updates' places in the arrival order.
+
+    The updates become deliveries later, a chunk at a time, as the dispatcher needs them
+    (`_expand`): ingest costs one insert whatever the batch size, and the reserved sequence
+    numbers keep every update's place relative to updates that arrive meanwhile.
+    """
+    now = time.time()
+    if idem is not None:
+        first = _idempotent_result(conn, idem, now)
+        if first is not None:
+            return EnqueueResult(
+                ids=batch_ids(first["batch_id"], first["count"]),
+                batch_id=first["batch_id"],
+                replayed=True,
+            )
+    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'deliveries'").fetchone()
+    base = row[0] if row else 0
+    if row:
         conn.execute(
-            "INSERT OR REPLACE INTO idempotency_keys "
-            "(caller, key, fingerprint, result, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)",
-            (
-                idem.caller,
-                idem.key,
-                idem.fingerprint,
-                orjson.dumps({"ids": stored_ids, "batch_id": batch_id}),
-                now,
-                now + idem.ttl_seconds,
-            ),
+            "UPDATE sqlite_sequence SET seq = ? WHERE name = 'deliveries'", (base + count,)
         )
-    return result
+    else:
+        conn.execute(
+            "INSERT INTO sqlite_sequence (name, seq) VALUES ('deliveries', ?)", (base + count,)
+        )
+    conn.execute(
+        "INSERT INTO batches (id, caller, total, created_at, seq_from, expanded, source, payload) "
+        "VALUES (?, ?, ?, ?, ?, 0, ?, ?)",
+        (batch_id, caller, count, now, base + 1, source, payload),
+    )
+    if idem is not None:
+        _remember(conn, idem, orjson.dumps({"batch_id": batch_id, "count": count}), now)
+    return EnqueueResult(ids=batch_ids(batch_id, count), batch_id=batch_id)
+
+
+_EXPAND_CHUNK = 500
+
+
+def _expand(conn: sqlite3.Connection, *, before_seq: int | None) -> bool:
+    """Turn the next chunk of the oldest stored batch into deliveries.
+
+    Only when that batch's next update arrived before `before_seq` (None: whatever it is), so
+    updates keep their arrival order. Answers whether anything was expanded.
+    """
+    row = conn.execute(
+        "SELECT id, seq_from, expanded, payload, caller, source, created_at FROM batches "
+        "WHERE expanded < total ORDER BY seq_from LIMIT 1"
+    ).fetchone()
+    if row is None:
+        return False
+    batch_id, seq_from, expanded, payload, caller, source, created_at = row
+    if before_seq is not None and seq_from + expanded >= before_seq:
+        return False
+    chunk = orjson.loads(payload)[expanded : expanded + _EXPAND_CHUNK]
+    now = time.time()
+    conn.executemany(
+        "INSERT INTO deliveries (seq, id, company_id, metadata, status, source, caller, "
+        "batch_id, created_at, updated_at, next_attempt_at, enqueued_at) "
+        "VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (
+                seq_from + expanded + i,
+                f"{batch_id}.{expanded + i}",
+                company_id,
+                orjson.dumps(metadata),
+                source,
+                caller,
+                batch_id,
+                created_at,
+                now,
+                created_at,
+                created_at,
+            )
+            for i, (company_id, metadata) in enumerate(chunk)
+        ],
+    )
+    done = expanded + len(chunk)
+    conn.execute(
+        "UPDATE batches SET expanded = ?, payload = CASE WHEN ? >= total THEN NULL "
+        "ELSE payload END WHERE id = ?",
+        (done, done, batch_id),
+    )
+    return True
 
 
 def _newest_only(conn: sqlite3.Connection, update: NewUpdate, now: float) -> dict[str, Any]:
@@ -660,16 +775,20 @@ def _claim(
         "WHERE status = 'delivering' AND lease_until < ?",
         (now,),
     )
-    row = conn.execute(
-        "SELECT d.company_id FROM deliveries d "
-        "WHERE d.status = 'queued' AND d.next_attempt_at <= :now "
-        "AND d.enqueued_at <= :settled AND NOT EXISTS ("
-        "  SELECT 1 FROM deliveries b WHERE b.company_id = d.company_id AND ("
-        "    b.status = 'delivering' OR"
-        "    (b.status = 'queued' AND b.attempts > 0 AND b.next_attempt_at > :now))) "
-        "ORDER BY d.seq LIMIT 1",
-        {"now": now, "settled": now - settle},
-    ).fetchone()
+    for _ in range(4):
+        row = conn.execute(
+            "SELECT d.company_id, d.seq FROM deliveries d "
+            "WHERE d.status = 'queued' AND d.next_attempt_at <= :now "
+            "AND d.enqueued_at <= :settled AND NOT EXISTS ("
+            "  SELECT 1 FROM deliveries b WHERE b.company_id = d.company_id AND ("
+            "    b.status = 'delivering' OR"
+            "    (b.status = 'queued' AND b.attempts > 0 AND b.next_attempt_at > :now))) "
+            "ORDER BY d.seq LIMIT 1",
+            {"now": now, "settled": now - settle},
+        ).fetchone()
+        # A stored batch whose next update arrived earlier goes first: expand it and look again.
+        if not _expand(conn, before_seq=row[1] if row else None):
+            break
     if row is None:
         return None
     company_id = row[0]

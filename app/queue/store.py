@@ -50,6 +50,8 @@ class Store(abc.ABC):
     ) -> EnqueueResult:
         """Commit the updates (all or none) and answer their delivery ids.
 
+        With `batch`, the updates form a batch: update i's delivery id is `{batch_id}.{i}`.
+
         Raises `IdempotencyConflict` when the key was used with another body, and
         `StoreUnavailable` when nothing could be committed.
         """

@@ -1,0 +1,101 @@
+"""What both sources share: the malformed-body error, an event's planned update, outcomes.
+
+Outcomes label `userpilot_relay_webhook_events_total{source,outcome}`:
+- `forwarded`: stored for delivery;
+- `skipped`: a redelivery, or older than what was already applied, so nothing new was stored;
+- `ignored`: an event type the relay does not forward (deletions, merges, associations...);
+- `unmapped`: a HubSpot property change of a property no mapping names;
+- `invalid_value`: a value did not convert to its mapped type: it was dropped and logged, the
+  event's other fields were forwarded;
+- `unresolved`: a Stripe subscription event whose company is not known yet: kept and retried;
+- `resolved`: such an event, later forwarded once its company became known;
+- `no_company`: a Stripe customer without a company id, skipped as configured.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from app.metrics import UPDATES_ACCEPTED, WEBHOOK_EVENTS, WEBHOOK_UNMAPPED_FIELDS
+from app.queue.models import EnqueueResult, NewUpdate
+from app.queue.store import Store
+
+Outcome = Literal[
+    "forwarded",
+    "skipped",
+    "ignored",
+    "unmapped",
+    "invalid_value",
+    "unresolved",
+    "resolved",
+    "no_company",
+]
+Source = Literal["hubspot", "stripe"]
+
+log = logging.getLogger("userpilot_relay.webhooks")
+
+
+class Malformed(Exception):
+    """A verified body that is not what the provider documents; `errors` are (field, message)."""
+
+    def __init__(self, message: str, errors: Sequence[tuple[str, str]] = ()) -> None:
+        super().__init__(message)
+        self.message = message
+        self.errors = list(errors)
+
+
+@dataclass(slots=True)
+class EventPlan:
+    """What one event becomes before it is stored: an update (or none) and how it went."""
+
+    event_id: str
+    event_type: str
+    company_id: str | None = None
+    update: NewUpdate | None = None
+    outcome: Outcome = "forwarded"
+    unmapped: int = 0
+    invalid_fields: list[str] = field(default_factory=list)
+
+
+async def commit(
+    store: Store, plans: Sequence[EventPlan], *, source: Source, resolved: bool = False
+) -> EnqueueResult:
+    """Store every planned update in one transaction and count what became of each event.
+
+    Raises `StoreUnavailable` (nothing stored, nothing counted) when the store is down.
+    """
+    updates = [p.update for p in plans if p.update is not None]
+    result = (
+        await store.enqueue(updates, source=source, caller=None)
+        if updates
+        else EnqueueResult(ids=[])
+    )
+    stored = iter(result.ids)
+    unmapped = 0
+    for plan in plans:
+        outcome = plan.outcome
+        if plan.update is not None and next(stored) is None:
+            outcome = "skipped"
+        elif resolved and outcome == "forwarded":
+            outcome = "resolved"
+        WEBHOOK_EVENTS.labels(source=source, outcome=outcome).inc()
+        unmapped += plan.unmapped
+        if plan.invalid_fields:
+            log.warning(
+                "webhook values did not convert to their mapped type and were dropped",
+                extra={
+                    "source": source,
+                    "event_id": plan.event_id,
+                    "event_type": plan.event_type,
+                    "company_id": plan.company_id,
+                    "fields": plan.invalid_fields,
+                },
+            )
+    if unmapped:
+        WEBHOOK_UNMAPPED_FIELDS.labels(source=source).inc(unmapped)
+    if result.stored:
+        UPDATES_ACCEPTED.labels(source=source).inc(result.stored)
+    return result

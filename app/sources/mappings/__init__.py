@@ -1,0 +1,1 @@
+"""The default mapping files, one per source (JSON)."""

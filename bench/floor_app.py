@@ -1,0 +1,118 @@
+"""The relay app with a store that stores nothing: the framework's own floor for the benchmark.
+
+Same routes, auth, validation, metrics and logging as `app.main:app`; `enqueue` answers ids at
+once instead of committing. Run as `uvicorn bench.floor_app:app`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from app.main import create_app
+from app.queue.models import (
+    Batch,
+    Claim,
+    Delivery,
+    EnqueueResult,
+    Idempotency,
+    NewUpdate,
+    QueueStats,
+    Status,
+)
+from app.queue.sqlite import new_ids
+from app.queue.store import Store
+
+
+class NullStore(Store):
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    async def ping(self) -> bool:
+        return True
+
+    async def enqueue(
+        self,
+        updates: Sequence[NewUpdate],
+        *,
+        source: str,
+        caller: str | None,
+        batch: bool = False,
+        idempotency: Idempotency | None = None,
+    ) -> EnqueueResult:
+        ids = new_ids(len(updates) + 1)
+        batch_id = ids.pop() if batch else None
+        return EnqueueResult(ids=list(ids), batch_id=batch_id)
+
+    async def get_delivery(self, delivery_id: str) -> Delivery | None:
+        return None
+
+    async def get_deliveries(self, delivery_ids: Sequence[str]) -> list[Delivery]:
+        return []
+
+    async def get_batch(self, batch_id: str) -> Batch | None:
+        return None
+
+    async def list_deliveries(
+        self, *, status: Status | None, company_id: str | None, after_seq: int, limit: int
+    ) -> list[Delivery]:
+        return []
+
+    async def stats(self) -> QueueStats:
+        return QueueStats(queued=0, delivering=0, dead=0, oldest_queued_at=None)
+
+    async def replay(self, delivery_id: str) -> Delivery | None:
+        return None
+
+    async def replay_dead(self, *, company_id: str | None = None) -> int:
+        return 0
+
+    async def purge_dead(
+        self, *, delivery_id: str | None = None, company_id: str | None = None
+    ) -> int:
+        return 0
+
+    async def prune(self, *, delivered_before: float) -> int:
+        return 0
+
+    async def claim(
+        self, *, owner: str, lease_seconds: float, max_merge: int, settle_seconds: float = 0.0
+    ) -> Claim | None:
+        return None
+
+    async def mark_delivered(
+        self, claim: Claim, *, status: int, request_id: str | None, sent_versions: Mapping[str, int]
+    ) -> None: ...
+
+    async def mark_retry(
+        self, claim: Claim, *, status: int | None, error: str, delay: float
+    ) -> None: ...
+
+    async def mark_dead(
+        self, claim: Claim, *, status: int | None, error: str, request_id: str | None
+    ) -> None: ...
+
+    async def release(self, claim: Claim) -> None: ...
+
+    async def reserve_send_slot(self, interval: float) -> float:
+        import time
+
+        return time.time()
+
+    async def pause_sending(self, until: float) -> None: ...
+
+    async def link_customers(self, links: Sequence[tuple[str, str]]) -> None: ...
+
+    async def company_for_customer(self, customer_id: str) -> str | None:
+        return None
+
+    async def park_event(self, *, source: str, key: str, payload: bytes, reason: str) -> None: ...
+
+    async def parked_events(self, *, source: str, limit: int) -> list[tuple[str, bytes]]:
+        return []
+
+    async def unpark_event(self, *, source: str, key: str) -> None: ...
+
+    async def count_parked(self) -> int:
+        return 0
+
+
+app = create_app(store=NullStore())

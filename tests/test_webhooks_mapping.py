@@ -1,0 +1,438 @@
+"""Pure logic of the webhook sources: mapping files, type conversions, HubSpot batches,
+Stripe customers and subscriptions (MRR, plan, dates)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from app.config import Settings
+from app.sources.common import Malformed
+from app.sources.hubspot import parse_batch, plan_batch
+from app.sources.mapping import (
+    ConversionError,
+    MappingError,
+    apply,
+    convert,
+    flatten,
+    load_mapping,
+)
+from app.sources.stripe import (
+    StripeEvent,
+    StripeProcessor,
+    UnknownAmount,
+    company_from_customer,
+    monthly_recurring_revenue,
+    parse_event,
+    plan_name,
+    subscription_record,
+)
+
+# conversions ---------
+MAY_1_NOON = 1714564800  # 2024-05-01T12:00:00Z
+
+
+def test_numbers_convert_from_hubspot_strings_and_nothing_is_guessed() -> None:
+    assert convert("42", "number", epoch="ms") == 42
+    assert convert(" -7 ", "number", epoch="ms") == -7
+    assert convert("4.5", "number", epoch="ms") == 4.5
+    assert convert("1e3", "number", epoch="ms") == 1000.0
+    assert convert(12, "number", epoch="s") == 12
+    for bad in ("abc", "1,000", "12 employees", "NaN", "inf", "", True):
+        with pytest.raises(ConversionError):
+            convert(bad, "number", epoch="ms")
+
+
+def test_booleans_and_strings() -> None:
+    assert convert("true", "boolean", epoch="ms") is True
+    assert convert("FALSE", "boolean", epoch="ms") is False
+    assert convert(False, "boolean", epoch="s") is False
+    for bad in ("yes", "1", 1, "on"):
+        with pytest.raises(ConversionError):
+            convert(bad, "boolean", epoch="ms")
+    assert convert("Acme", "string", epoch="ms") == "Acme"
+    assert convert(12, "string", epoch="s") == "12"
+    assert convert(True, "string", epoch="s") == "true"
+
+
+def test_dates_become_iso_8601_from_epoch_ms_or_s() -> None:
+    assert convert(str(MAY_1_NOON * 1000), "date", epoch="ms") == "2024-05-01T12:00:00Z"
+    assert convert(str(MAY_1_NOON * 1000 + 250), "date", epoch="ms") == ("2024-05-01T12:00:00.250Z")
+    assert convert(MAY_1_NOON, "date", epoch="s") == "2024-05-01T12:00:00Z"
+    assert convert("2024-05-01", "date", epoch="ms") == "2024-05-01T00:00:00Z"
+    assert convert("2024-05-01T14:00:00+02:00", "date", epoch="ms") == "2024-05-01T12:00:00Z"
+    for bad in ("next tuesday", "99999999999999999", True, "2024-13-01"):
+        with pytest.raises(ConversionError):
+            convert(bad, "date", epoch="ms")
+
+
+def test_null_stays_null_whatever_the_type() -> None:
+    for kind in ("string", "number", "boolean", "date"):
+        assert convert(None, kind, epoch="ms") is None  # type: ignore[arg-type]
+
+
+# mapping files ---------
+def test_default_mappings_load_and_cover_the_usual_fields() -> None:
+    hubspot = load_mapping("hubspot").section("company")
+    assert {"name", "domain", "industry", "numberofemployees", "annualrevenue"} <= set(hubspot)
+    assert hubspot["numberofemployees"].type == "number"
+    assert hubspot["createdate"].type == "date"
+    stripe = load_mapping("stripe")
+    assert stripe.section("subscription")["mrr"].type == "number"
+    assert {"plan", "status", "current_period_end", "trial_end"} <= set(
+        stripe.section("subscription")
+    )
+    # Personal data is not forwarded unless someone maps it.
+    assert not {"email", "phone", "name", "address.line1"} & set(stripe.section("customer"))
+
+
+def _write(tmp_path: Path, content: Any) -> str:
+    path = tmp_path / "mapping.json"
+    path.write_text(content if isinstance(content, str) else json.dumps(content))
+    return str(path)
+
+
+def test_bad_mapping_files_are_refused_with_the_reason(tmp_path: Path) -> None:
+    cases = {
+        "not json": "{",
+        "an array": [],
+        "unknown section": {"contact": {}},
+        "bad type": {"company": {"name": {"property": "name", "type": "text"}}},
+        "no property": {"company": {"name": {"type": "string"}}},
+        "unknown key": {"company": {"name": {"property": "n", "kind": "string"}}},
+        "twice": {"company": {"a": {"property": "x"}, "b": {"property": "x"}}},
+    }
+    for label, content in cases.items():
+        with pytest.raises(MappingError):
+            load_mapping("hubspot", _write(tmp_path, content))
+        assert label
+    with pytest.raises(MappingError, match="cannot read"):
+        load_mapping("hubspot", tmp_path / "missing.json")
+    custom = load_mapping(
+        "hubspot", _write(tmp_path, {"_comment": "x", "company": {"tier": {"property": "tier"}}})
+    )
+    assert custom.section("company")["tier"].type == "string"
+
+
+def test_settings_refuse_a_bad_mapping_file_and_a_zero_tolerance(tmp_path: Path) -> None:
+    base: dict[str, Any] = {
+        "userpilot_api_key": "k",
+        "relay_api_keys": "a:ingest:key",
+        "_env_file": None,
+    }
+    with pytest.raises(ValueError, match="mapping file"):
+        Settings(**base, hubspot_mapping_file=_write(tmp_path, "{"))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="greater than 0"):
+        Settings(**base, stripe_webhook_tolerance_seconds=0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="RELAY_PUBLIC_URL"):
+        Settings(**base, hubspot_client_secret="s")  # type: ignore[arg-type]
+    settings = Settings(**base, stripe_webhook_secret=" whsec_a , whsec_b ")  # type: ignore[arg-type]
+    assert [s.get_secret_value() for s in settings.stripe_webhook_secrets] == ["whsec_a", "whsec_b"]
+    assert "whsec_a" not in repr(settings)
+    assert Settings(**base, stripe_webhook_secret="").stripe_webhook_secrets == ()  # type: ignore[arg-type]
+
+
+def test_apply_counts_unmapped_fields_and_reports_invalid_values() -> None:
+    rules = load_mapping("hubspot").section("company")
+    mapped = apply(
+        rules,
+        {"name": "Acme", "numberofemployees": "many", "notes": "secret", "gone": None},
+        epoch="ms",
+    )
+    assert mapped.metadata == {"name": "Acme"}
+    assert mapped.invalid == ["numberofemployees"]
+    assert mapped.unmapped == 1
+
+
+def test_flatten() -> None:
+    assert flatten({"a": 1, "b": {"c": "x", "d": [1]}, "e": None, "f": 1.5}) == {
+        "a": 1,
+        "b.c": "x",
+        "e": None,
+        "f": 1.5,
+    }
+
+
+# HubSpot ---------
+def hs_event(**fields: Any) -> dict[str, Any]:
+    event = {
+        "eventId": 100,
+        "subscriptionId": 7,
+        "portalId": 33,
+        "appId": 1,
+        "occurredAt": MAY_1_NOON * 1000,
+        "subscriptionType": "company.propertyChange",
+        "attemptNumber": 0,
+        "objectId": 501,
+        "changeSource": "CRM_UI",
+        "propertyName": "name",
+        "propertyValue": "Acme",
+    }
+    event.update(fields)
+    return {k: v for k, v in event.items() if v is not ...}
+
+
+def test_hubspot_batch_becomes_updates() -> None:
+    rules = load_mapping("hubspot").section("company")
+    batch = [
+        hs_event(subscriptionType="company.creation", propertyName=..., propertyValue=...),
+        hs_event(eventId=101),
+        hs_event(eventId=102, propertyName="numberofemployees", propertyValue="42"),
+        hs_event(eventId=103, propertyName="domain", propertyValue=""),
+        hs_event(eventId=104, propertyName="hs_notes_secret", propertyValue="x"),
+        hs_event(eventId=105, propertyName="annualrevenue", propertyValue="lots"),
+        hs_event(eventId=106, subscriptionType="company.deletion", propertyName=...),
+        hs_event(eventId=107, subscriptionType=..., eventType="company.propertyChange"),
+    ]
+    plans = plan_batch(parse_batch(orjson.dumps(batch)), rules, "hs-")
+    outcomes = [p.outcome for p in plans]
+    assert outcomes == [
+        "forwarded",
+        "forwarded",
+        "forwarded",
+        "forwarded",
+        "unmapped",
+        "invalid_value",
+        "ignored",
+        "forwarded",
+    ]
+    updates = [p.update for p in plans]
+    assert updates[0] is not None and updates[0].metadata == {}
+    assert updates[0].company_id == "hs-501"
+    assert updates[1] is not None and updates[1].metadata == {"name": "Acme"}
+    assert updates[1].event_key == f"33:7:101:501:{MAY_1_NOON * 1000}"
+    assert updates[1].property_times == {"name": MAY_1_NOON}
+    assert updates[1].skip_if_empty
+    assert updates[2] is not None and updates[2].metadata == {"employees": 42}
+    assert updates[3] is not None and updates[3].metadata == {"domain": None}
+    assert updates[4] is None and plans[4].unmapped == 1
+    assert updates[5] is None and plans[5].invalid_fields == ["annualrevenue"]
+    assert updates[6] is None
+    assert updates[7] is not None and updates[7].metadata == {"name": "Acme"}
+
+
+def test_hubspot_association_events_need_no_object_id() -> None:
+    association = {
+        "eventId": 1,
+        "subscriptionId": 2,
+        "portalId": 3,
+        "occurredAt": 4,
+        "subscriptionType": "company.associationChange",
+        "fromObjectId": 5,
+        "toObjectId": 6,
+    }
+    [plan] = plan_batch(parse_batch(orjson.dumps([association])), {}, "")
+    assert plan.outcome == "ignored"
+
+
+@pytest.mark.parametrize(
+    ("body", "where"),
+    [
+        (b"not json", None),
+        (b'{"eventId": 1}', None),
+        (orjson.dumps([hs_event()] * 101), None),
+        (orjson.dumps([hs_event(), hs_event(objectId=...)]), "[1]"),
+        (orjson.dumps([hs_event(propertyValue=...)]), "[0]"),
+        (orjson.dumps([hs_event(subscriptionType=...)]), "[0]"),
+        (orjson.dumps([hs_event(eventId=...)]), "[0].eventId"),
+        (orjson.dumps([hs_event(occurredAt="soon")]), "[0].occurredAt"),
+        (orjson.dumps(["x"]), "[0]"),
+    ],
+)
+def test_hubspot_malformed_batches(body: bytes, where: str | None) -> None:
+    with pytest.raises(Malformed) as info:
+        parse_batch(body)
+    if where is not None:
+        assert info.value.errors[0][0] == where
+
+
+# Stripe ---------
+def price(amount: int | None, interval: str = "month", **extra: Any) -> dict[str, Any]:
+    return {
+        "id": "price_1",
+        "object": "price",
+        "nickname": "Pro",
+        "currency": "usd",
+        "unit_amount": amount,
+        "recurring": {"interval": interval, "interval_count": 1, "usage_type": "licensed"},
+        **extra,
+    }
+
+
+def subscription(*items: dict[str, Any], status: str = "active", **extra: Any) -> dict[str, Any]:
+    return {
+        "id": "sub_1",
+        "object": "subscription",
+        "customer": "cus_1",
+        "status": status,
+        "currency": "usd",
+        "current_period_end": MAY_1_NOON,
+        "trial_end": None,
+        "items": {"object": "list", "data": list(items)},
+        **extra,
+    }
+
+
+def test_mrr_is_normalised_to_a_month_in_major_units() -> None:
+    assert monthly_recurring_revenue(subscription({"price": price(4900), "quantity": 1})) == 49.0
+    assert monthly_recurring_revenue(subscription({"price": price(2000), "quantity": 3})) == 60.0
+    yearly = {"price": price(120000, "year"), "quantity": 1}
+    assert monthly_recurring_revenue(subscription(yearly)) == 100.0
+    weekly = {"price": price(1000, "week"), "quantity": 1}
+    assert monthly_recurring_revenue(subscription(weekly)) == 43.33
+    quarterly_price = price(30000)
+    quarterly_price["recurring"]["interval_count"] = 3
+    quarterly = {"price": quarterly_price, "quantity": 1}
+    assert monthly_recurring_revenue(subscription(quarterly)) == 100.0
+    both = subscription({"price": price(4900), "quantity": 1}, yearly)
+    assert monthly_recurring_revenue(both) == 149.0
+    yen = subscription({"price": price(5000, currency="jpy"), "quantity": 1}, currency="jpy")
+    assert monthly_recurring_revenue(yen) == 5000.0
+    decimal = {"price": price(None, unit_amount_decimal="1250.5"), "quantity": 2}
+    assert monthly_recurring_revenue(subscription(decimal)) == 25.01
+    assert monthly_recurring_revenue(subscription({"price": price(4900)}, status="past_due")) == 49
+
+
+@pytest.mark.parametrize("status", ["trialing", "canceled", "incomplete", "unpaid", "paused"])
+def test_no_revenue_outside_active_and_past_due(status: str) -> None:
+    assert monthly_recurring_revenue(subscription({"price": price(4900)}, status=status)) == 0
+
+
+def test_unknown_amounts_are_not_guessed() -> None:
+    with pytest.raises(UnknownAmount):
+        monthly_recurring_revenue(subscription({"price": price(None), "quantity": 1}))
+    metered = price(10)
+    metered["recurring"]["usage_type"] = "metered"
+    with pytest.raises(UnknownAmount):
+        monthly_recurring_revenue(subscription({"price": metered}))
+
+
+def test_plan_names_and_period_end_from_items() -> None:
+    assert plan_name(subscription({"price": price(1)})) == "Pro"
+    assert plan_name(subscription({"price": price(1, nickname=None, lookup_key="pro_m")})) == (
+        "pro_m"
+    )
+    two = subscription({"price": price(1)}, {"price": price(1, nickname="Seats", id="p2")})
+    assert plan_name(two) == "Pro, Seats"
+    assert plan_name(subscription()) is None
+    newer_api = subscription(
+        {"price": price(1), "current_period_end": MAY_1_NOON + 10},
+        {"price": price(1), "current_period_end": MAY_1_NOON + 20},
+        current_period_end=None,
+    )
+    record, unknown = subscription_record(newer_api)
+    assert record["current_period_end"] == MAY_1_NOON + 20
+    assert unknown == []
+
+
+def test_company_from_customer() -> None:
+    customer = {"id": "cus_1", "metadata": {"company_id": " acme "}}
+    assert company_from_customer(customer, key="company_id", missing="skip") == "acme"
+    bare = {"id": "cus_1", "metadata": {}}
+    assert company_from_customer(bare, key="company_id", missing="customer_id") == "cus_1"
+    assert company_from_customer(bare, key="company_id", missing="skip") is None
+    blank = {"id": "cus_1", "metadata": {"company_id": ""}}
+    assert company_from_customer(blank, key="company_id", missing="skip") is None
+
+
+def stripe_event(kind: str, obj: dict[str, Any], **data: Any) -> StripeEvent:
+    body = {
+        "id": "evt_1",
+        "object": "event",
+        "type": kind,
+        "created": MAY_1_NOON,
+        "data": {"object": obj, **data},
+    }
+    return parse_event(orjson.dumps(body))
+
+
+def processor() -> StripeProcessor:
+    return StripeProcessor(
+        store=None,  # type: ignore[arg-type]
+        dispatcher=None,  # type: ignore[arg-type]
+        mapping=load_mapping("stripe"),
+        metadata_key="company_id",
+        missing="customer_id",
+    )
+
+
+def test_subscription_event_maps_to_the_company_properties() -> None:
+    sub = subscription(
+        {"price": price(4900), "quantity": 2},
+        status="trialing",
+        trial_end=MAY_1_NOON + 86400,
+        cancel_at_period_end=False,
+    )
+    plan = processor().plan_subscription(stripe_event("customer.subscription.created", sub), "acme")
+    assert plan.update is not None
+    assert plan.update.metadata == {
+        "plan": "Pro",
+        "subscription_status": "trialing",
+        "mrr": 0.0,
+        "currency": "usd",
+        "current_period_end": "2024-05-01T12:00:00Z",
+        "trial_end": "2024-05-02T12:00:00Z",
+        "cancel_at_period_end": False,
+    }
+    assert plan.update.event_key == "evt_1"
+    assert plan.update.property_times == dict.fromkeys(plan.update.metadata, MAY_1_NOON)
+    assert plan.unmapped > 0  # id, customer, items' fields... are not forwarded
+    assert plan.outcome == "forwarded"
+
+
+def test_subscription_with_unknown_mrr_is_reported_and_the_rest_forwarded() -> None:
+    sub = subscription({"price": price(None), "quantity": 1})
+    plan = processor().plan_subscription(stripe_event("customer.subscription.updated", sub), "a")
+    assert plan.outcome == "invalid_value"
+    assert plan.invalid_fields == ["mrr"]
+    assert plan.update is not None
+    assert "mrr" not in plan.update.metadata
+    assert plan.update.metadata["subscription_status"] == "active"
+
+
+def test_customer_event_forwards_only_mapped_fields_and_clears_removed_ones() -> None:
+    customer = {
+        "id": "cus_1",
+        "object": "customer",
+        "email": "jane@example.com",
+        "name": "Jane Doe",
+        "phone": "+1 555",
+        "created": MAY_1_NOON,
+        "currency": "eur",
+        "delinquent": False,
+        "address": None,
+        "metadata": {"company_id": "acme"},
+    }
+    event = stripe_event(
+        "customer.updated", customer, previous_attributes={"address": {"country": "DE"}}
+    )
+    plan = processor().plan_customer(event, "acme")
+    assert plan.update is not None
+    assert plan.update.metadata == {
+        "stripe_customer_id": "cus_1",
+        "stripe_customer_since": "2024-05-01T12:00:00Z",
+        "currency": "eur",
+        "delinquent": False,
+        "billing_country": None,
+    }
+    assert plan.unmapped == 3  # email, name, phone: personal data stays out
+
+
+def test_stripe_malformed_events() -> None:
+    for body in (b"[]", b"{", b'{"id": "evt_1"}', b'{"id":"e","type":"t","created":1,"data":{}}'):
+        with pytest.raises(Malformed):
+            parse_event(body)
+    no_customer = {
+        "id": "evt_1",
+        "type": "customer.subscription.created",
+        "created": 1,
+        "data": {"object": {"id": "sub_1"}},
+    }
+    with pytest.raises(Malformed, match="customer"):
+        parse_event(orjson.dumps(no_customer))
+    other = {"id": "evt_2", "type": "invoice.paid", "created": 1, "data": {"object": {}}}
+    assert parse_event(orjson.dumps(other)).type == "invoice.paid"
