@@ -43,7 +43,9 @@ def test_invalid_company_is_422_naming_the_field(
     assert _stored(relay) == 0
 
 
-@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "1e400"])
+@pytest.mark.parametrize(
+    "literal", ["NaN", "Infinity", "-Infinity", "1e400", "123456789012345678901234567890"]
+)
 def test_nan_and_infinities_are_rejected_with_the_key(relay: RelayProcess, literal: str) -> None:
     raw = f'{{"company_id": "a", "metadata": {{"ok": 1, "mrr": {literal}}}}}'
     r = relay.request(

@@ -8,13 +8,17 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 from pydantic_core import PydanticCustomError
 
 from app.queue.models import Batch, Delivery, Metadata
 
-_PRIMITIVES = frozenset({str, int, bool, type(None)})
+_SCALARS = frozenset({str, bool, type(None)})
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1  # what a JSON number carries without loss here
+_FLOAT_PLAIN = 2.0**63
 MAX_BULK = 10_000
+MAX_COMPANY_ID = 255
 
 
 def _json_type(value: object) -> str:
@@ -30,19 +34,83 @@ def _json_type(value: object) -> str:
 def check_metadata(value: dict[str, Any]) -> dict[str, Any]:
     """Every value a string, finite number, boolean or null; every key a non-empty string."""
     for key, item in value.items():
-        kind = type(item)
-        if kind in _PRIMITIVES or (kind is float and math.isfinite(item)):
-            if not key.strip():
+        if not _primitive(item):
+            if type(item) is int:
                 raise PydanticCustomError(
-                    "metadata_key", "property names must not be empty", {"key": key}
+                    "metadata_value", "is an integer out of the 64-bit range", {"key": key}
                 )
-            continue
-        raise PydanticCustomError(
-            "metadata_value",
-            "must be a string, a finite number, a boolean or null, not {got}",
-            {"key": key, "got": _json_type(item)},
-        )
+            raise PydanticCustomError(
+                "metadata_value",
+                "must be a string, a finite number, a boolean or null, not {got}",
+                {"key": key, "got": _json_type(item)},
+            )
+        if not key.strip():
+            raise PydanticCustomError(
+                "metadata_key", "property names must not be empty", {"key": key}
+            )
     return value
+
+
+def _primitive(item: object) -> bool:
+    kind = type(item)
+    if kind in _SCALARS:
+        return True
+    if kind is int:
+        return _INT_MIN <= item <= _INT_MAX  # type: ignore[operator]
+    return kind is float and math.isfinite(item)  # type: ignore[arg-type]
+
+
+def fast_companies(body: bytes, *, bulk: bool) -> list[tuple[str, dict[str, Any]]] | None:
+    """The (company_id, metadata) pairs of a valid body, or None when it is not plainly valid.
+
+    An accelerator for the hot path (a 10,000-company bulk body validates about 1.5x faster
+    than through the models): it accepts a strict subset of what `CompanyIn`/`BulkIn` accept,
+    exact JSON types and nothing unusual. Whatever it does not accept goes through the models,
+    which stay the one authority on validity and on the error messages.
+    """
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    items: Any
+    if not bulk:
+        items = [document]
+    elif type(document) is dict and len(document) == 1:
+        items = document.get("companies")
+        if type(items) is not list or not 1 <= len(items) <= MAX_BULK:
+            return None
+    else:
+        return None
+    out: list[tuple[str, dict[str, Any]]] = []
+    for item in items:
+        if type(item) is not dict:
+            return None
+        company_id = item.get("company_id")
+        if type(company_id) is not str or not 0 < len(company_id) <= MAX_COMPANY_ID:
+            return None
+        if company_id.isspace():
+            return None
+        if len(item) == 1:
+            metadata: dict[str, Any] = {}
+        elif len(item) == 2 and type(item.get("metadata")) is dict:
+            metadata = item["metadata"]
+        else:
+            return None
+        for key, value in metadata.items():
+            kind = type(value)
+            if kind in _SCALARS:
+                pass
+            elif kind is int:
+                if not _INT_MIN <= value <= _INT_MAX:
+                    return None
+            elif kind is not float or not -_FLOAT_PLAIN < value < _FLOAT_PLAIN:
+                # Also NaN and infinities. orjson reads an integer literal past 64 bits as a
+                # float: leave every large number to the models, which see the literal.
+                return None
+            if not key or key.isspace():
+                return None
+        out.append((company_id, metadata))
+    return out
 
 
 class CompanyIn(BaseModel):
@@ -61,7 +129,7 @@ class CompanyIn(BaseModel):
         StrictStr,
         Field(
             min_length=1,
-            max_length=255,
+            max_length=MAX_COMPANY_ID,
             description="Userpilot company id: a non-empty string.",
         ),
     ]
