@@ -230,6 +230,11 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _coherent(self) -> Settings:
+        if self.relay_lease_seconds < self.relay_upstream_timeout_seconds + 2:
+            raise ValueError(
+                "RELAY_LEASE_SECONDS must exceed RELAY_UPSTREAM_TIMEOUT_SECONDS by at least 2 s: "
+                "a call must end before its lease lets another process deliver the same company"
+            )
         if self.relay_retry_max_seconds < self.relay_retry_base_seconds:
             raise ValueError("RELAY_RETRY_MAX_SECONDS must be at least RELAY_RETRY_BASE_SECONDS")
         if self.hubspot_client_secret is not None and self.relay_public_url is None:

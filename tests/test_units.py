@@ -168,3 +168,17 @@ def test_fast_path_accepts_only_what_the_models_accept(body: bytes) -> None:
         if fast is not None:
             companies = model.companies if isinstance(model, BulkIn) else [model]
             assert fast == [(c.company_id, c.metadata) for c in companies]
+
+
+def test_retry_after_as_an_http_date() -> None:
+    from email.utils import formatdate
+
+    assert parse_retry_after(formatdate(1_000_030, usegmt=True), now=1_000_000) == 30
+    assert parse_retry_after(formatdate(999_000, usegmt=True), now=1_000_000) == 0
+    assert parse_retry_after("99999") == 3600
+
+
+def test_a_lease_must_outlast_the_call() -> None:
+    with pytest.raises(ValueError, match="RELAY_LEASE_SECONDS must exceed"):
+        _settings(relay_lease_seconds=5, relay_upstream_timeout_seconds=10)
+    assert _settings(relay_lease_seconds=3, relay_upstream_timeout_seconds=1)

@@ -181,3 +181,16 @@ def test_unknown_ids_are_404(relay: RelayProcess) -> None:
     r = relay.request("POST", "/deliveries/nope/replay", key=ADMIN_KEY)
     assert r.status_code == 404
     assert r.json()["error"] == "not_found"
+
+
+def test_every_bulk_item_is_readable_at_once(relay_factory: Any) -> None:
+    relay = relay_factory(RELAY_RATE_LIMIT_PER_MINUTE="60")
+    body = {"companies": [{"company_id": f"s{i}", "metadata": {"i": i}} for i in range(3000)]}
+    batch = relay.request("POST", "/companies/bulk", json=body).json()["batch_id"]
+    last = relay.request("GET", f"/deliveries/{batch}.2999")
+    assert last.status_code == 200, last.text
+    assert last.json()["status"] == "queued"
+    assert last.json()["company_id"] == "s2999"
+    assert relay.request("GET", f"/deliveries/{batch}.3000").status_code == 404
+    counts = relay.request("GET", f"/batches/{batch}").json()["counts"]
+    assert sum(counts.values()) == 3000

@@ -72,14 +72,30 @@ def _error(description: str) -> dict[str, Any]:
 
 
 AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: _error("Missing or unknown relay key (see WWW-Authenticate)."),
+    401: {
+        **_error("Missing or unknown relay key."),
+        "headers": {
+            "WWW-Authenticate": {
+                "description": 'The scheme to use: `Bearer realm="userpilot-relay"`.',
+                "schema": {"type": "string"},
+            }
+        },
+    },
     403: _error("The relay key's role may not use this route."),
+    503: _error("The store is unreachable: nothing was changed; retry."),
 }
 BODY_ERRORS: dict[int | str, dict[str, Any]] = {
     413: _error("The body is over the configured limit."),
     415: _error("The body is not application/json."),
     422: _error("Invalid payload: `errors` names each offending field."),
-    503: _error("The store is unreachable: nothing was stored; retry."),
+}
+
+
+PREFERENCE_APPLIED = {
+    "Preference-Applied": {
+        "description": "`wait=N`: how long the answer waited for the outcome at most.",
+        "schema": {"type": "string"},
+    }
 }
 
 
@@ -165,10 +181,15 @@ def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = No
     response_model=Accepted,
     openapi_extra=_body_schema(CompanyIn),
     responses={
-        200: {"model": DeliveryOut, "description": "Delivered (with `Prefer: wait`)."},
+        200: {
+            "model": DeliveryOut,
+            "description": "Delivered (with `Prefer: wait`).",
+            "headers": PREFERENCE_APPLIED,
+        },
         502: {
             "model": DeliveryOut,
             "description": "Userpilot permanently rejected it (with `Prefer: wait`): dead.",
+            "headers": PREFERENCE_APPLIED,
         },
         **AUTH_ERRORS,
         **BODY_ERRORS,
@@ -211,12 +232,16 @@ async def post_company(
     )
     delivery_id = result.ids[0]
     assert delivery_id is not None
-    if not result.replayed:
+    status = "queued"
+    if result.replayed:  # the first request's delivery, wherever it stands now
+        first = await store.get_delivery(delivery_id)
+        status = first.status if first else status
+    else:
         UPDATES_ACCEPTED.labels(source="api").inc()
         dispatcher.poke()
     wait = parse_wait(prefer)
     if wait is None:
-        return _json(202, {"id": delivery_id, "status": "queued"})
+        return _json(202, {"id": delivery_id, "status": status})
     return await _wait_for_outcome(store, outcomes, delivery_id, wait)
 
 

@@ -53,6 +53,7 @@ async def metrics(store: StoreDep) -> Response:
     """Prometheus metrics, all prefixed `userpilot_relay_`; the queue gauges are read now."""
     try:
         stats = await store.stats()
+        parked = await store.count_parked()
     except Exception:
         STORE_UP.set(0)
     else:
@@ -62,5 +63,5 @@ async def metrics(store: StoreDep) -> Response:
         DEAD_LETTERS.set(stats.dead)
         oldest = stats.oldest_queued_at
         QUEUE_OLDEST_AGE.set(max(0.0, time.time() - oldest) if oldest else 0.0)
-        WEBHOOK_PARKED.set(await store.count_parked())
+        WEBHOOK_PARKED.set(parked)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import random
@@ -33,9 +34,13 @@ from app.userpilot.client import UpstreamResult, UserpilotClient
 
 log = logging.getLogger("userpilot_relay.dispatcher")
 
-PERMANENT = frozenset({400, 401, 403, 404, 413})
+# Retried: 408, 425, 429, every 5xx and every failure without an answer. Anything else that is
+# not a 2xx (400, 401, 403, 404, 413, other 4xx, redirects) is a permanent rejection.
 _RETRYABLE_4XX = frozenset({408, 425, 429})
 _IDLE_POLL = 0.25
+# Slots are spaced a little wider than the limit, so that delays between reserving a slot and
+# sending (the claim, the event loop) never push a 60 s window past Userpilot's limit.
+PACING_MARGIN = 1.02
 _PRUNE_EVERY = 600.0
 
 
@@ -57,6 +62,8 @@ def classify(result: UpstreamResult) -> str:
 def retry_reason(result: UpstreamResult) -> str:
     if result.status == 429:
         return "throttled"
+    if result.status in (408, 425):
+        return "request_timeout"
     if result.status is not None:
         return "server_error"
     if result.error and result.error.startswith("timeout"):
@@ -94,7 +101,9 @@ class Dispatcher:
         self.settings = settings
         self.outcomes = outcomes
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{random.getrandbits(32):08x}"
-        self._interval = 60.0 / settings.relay_rate_limit_per_minute
+        self._interval = 60.0 / settings.relay_rate_limit_per_minute * PACING_MARGIN
+        self._last_send = 0.0
+        self._claims = itertools.count(1)
         self._slots = asyncio.Semaphore(settings.relay_delivery_concurrency)
         self._work = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
@@ -136,7 +145,9 @@ class Dispatcher:
                 if wait > 0:
                     await asyncio.sleep(wait)
                 claim = await self.store.claim(
-                    owner=self.owner,
+                    # One token per claim: a call that outlived its lease cannot record over
+                    # the claim that took the company over.
+                    owner=f"{self.owner}:{next(self._claims)}",
                     lease_seconds=self.settings.relay_lease_seconds,
                     max_merge=self.settings.relay_max_merge,
                     settle_seconds=settle,
@@ -153,6 +164,12 @@ class Dispatcher:
                 self._slots.release()
                 await self._idle(settle)
                 continue
+            # This process's own sends are never closer than the interval, however long the
+            # claim took: Userpilot counts arrivals, not slots.
+            gap = self._last_send + self._interval - time.time()
+            if gap > 0:
+                await asyncio.sleep(gap)
+            self._last_send = time.time()
             task = asyncio.create_task(self._deliver(claim))
             self._inflight.add(task)
             task.add_done_callback(self._done)
@@ -186,6 +203,15 @@ class Dispatcher:
             with contextlib.suppress(Exception):
                 await asyncio.shield(self.store.release(claim))
             raise
+        except Exception as exc:  # a bug, not an answer: retry later rather than lose track
+            log.exception("delivering failed unexpectedly; retrying", extra=context)
+            result = UpstreamResult(
+                status=None,
+                error=f"relay error: {type(exc).__name__}",
+                request_id=None,
+                retry_after=None,
+                elapsed=0.0,
+            )
         context |= {
             "upstream_status": result.status,
             "x_request_id": result.request_id,

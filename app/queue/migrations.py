@@ -91,20 +91,24 @@ SQLITE_MIGRATIONS: list[tuple[int, str]] = [
         ALTER TABLE batches ADD COLUMN source TEXT NOT NULL DEFAULT 'bulk';
         ALTER TABLE batches ADD COLUMN payload BLOB;
         CREATE INDEX batches_pending ON batches (seq_from) WHERE expanded < total;
-        DROP INDEX deliveries_batch
+        DROP INDEX deliveries_batch;
+        CREATE INDEX deliveries_ready ON deliveries (next_attempt_at) WHERE status = 'queued'
         """,
     ),
 ]
 
 # PostgreSQL: the same tables, plus the pacing row every replica shares. Times are unix seconds
 # (double precision) taken from the database clock, so replicas with skewed clocks agree on
-# leases, backoffs and send slots.
+# leases, backoffs and send slots. Sequence numbers come in blocks of 65,536: a single update
+# uses one block, a bulk request uses one block for all its updates (`seq_from + i`), so a
+# batch reserves its places in the arrival order with one `nextval`, whatever other replicas
+# insert meanwhile.
 POSTGRES_MIGRATIONS: list[tuple[int, str]] = [
     (
         1,
         """
         CREATE TABLE deliveries (
-            seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            seq BIGINT GENERATED ALWAYS AS IDENTITY (INCREMENT BY 65536) PRIMARY KEY,
             id TEXT NOT NULL UNIQUE,
             company_id TEXT NOT NULL,
             metadata BYTEA NOT NULL,
@@ -130,16 +134,21 @@ POSTGRES_MIGRATIONS: list[tuple[int, str]] = [
         -- What makes a company busy: a live delivery, or updates waiting out a backoff.
         CREATE INDEX deliveries_busy ON deliveries (company_id)
             WHERE status = 'delivering' OR (status = 'queued' AND attempts > 0);
-        CREATE INDEX deliveries_batch ON deliveries (batch_id) WHERE batch_id IS NOT NULL;
         CREATE INDEX deliveries_lease ON deliveries (lease_until) WHERE status = 'delivering';
         CREATE INDEX deliveries_delivered_at ON deliveries (delivered_at)
             WHERE status = 'delivered';
+        -- A bulk request: one payload, expanded into deliveries as the dispatcher drains.
         CREATE TABLE batches (
             id TEXT PRIMARY KEY,
             caller TEXT,
+            source TEXT NOT NULL,
             total INTEGER NOT NULL,
+            seq_from BIGINT NOT NULL,
+            expanded INTEGER NOT NULL DEFAULT 0,
+            payload BYTEA,
             created_at DOUBLE PRECISION NOT NULL
         );
+        CREATE INDEX batches_pending ON batches (seq_from) WHERE expanded < total;
         CREATE INDEX batches_created_at ON batches (created_at);
         CREATE TABLE idempotency_keys (
             caller TEXT NOT NULL,

@@ -225,7 +225,10 @@ class SQLiteStore(Store):
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._readers, lambda: fn(self._reader()))
+        try:
+            return await loop.run_in_executor(self._readers, lambda: fn(self._reader()))
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"SQLite read failed: {exc}") from None
 
     # ingest --------------------------------------------------------------------------------
     async def enqueue(
@@ -257,12 +260,13 @@ class SQLiteStore(Store):
 
     # reads ---------------------------------------------------------------------------------
     async def get_delivery(self, delivery_id: str) -> Delivery | None:
-        row = await self._read(
-            lambda c: c.execute(
+        def read(c: sqlite3.Connection) -> Delivery | None:
+            row = c.execute(
                 f"SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = ?", (delivery_id,)
             ).fetchone()
-        )
-        return row_to_delivery(row) if row else None
+            return row_to_delivery(row) if row else _staged_delivery(c, delivery_id)
+
+        return await self._read(read)
 
     async def get_deliveries(self, delivery_ids: Sequence[str]) -> list[Delivery]:
         ids = list(delivery_ids)
@@ -530,8 +534,8 @@ class SQLiteStore(Store):
     async def parked_events(self, *, source: str, limit: int) -> list[tuple[str, bytes]]:
         rows = await self._read(
             lambda c: c.execute(
-                "SELECT key, payload FROM parked_events WHERE source = ? ORDER BY created_at "
-                "LIMIT ?",
+                "SELECT key, payload FROM parked_events WHERE source = ? "
+                "ORDER BY updated_at, created_at LIMIT ?",
                 (source, limit),
             ).fetchall()
         )
@@ -691,7 +695,42 @@ def _enqueue_batch(
     return EnqueueResult(ids=batch_ids(batch_id, count), batch_id=batch_id)
 
 
-_EXPAND_CHUNK = 500
+_EXPAND_CHUNK = 2000
+
+
+def _staged_delivery(conn: sqlite3.Connection, delivery_id: str) -> Delivery | None:
+    """A batch's update not expanded yet (`{batch_id}.{i}`), as the queued delivery it is."""
+    batch_id, dot, index_text = delivery_id.rpartition(".")
+    if not dot or not index_text.isdigit():
+        return None
+    index = int(index_text)
+    row = conn.execute(
+        "SELECT caller, total, created_at, seq_from, expanded, source, payload FROM batches "
+        "WHERE id = ?",
+        (batch_id,),
+    ).fetchone()
+    if row is None or not row[4] <= index < row[1] or row[6] is None:
+        return None
+    caller, _, created_at, seq_from, _, source, payload = row
+    company_id, metadata = orjson.loads(payload)[index]
+    return Delivery(
+        id=delivery_id,
+        seq=seq_from + index,
+        company_id=company_id,
+        metadata=metadata,
+        status="queued",
+        attempts=0,
+        source=source,
+        caller=caller,
+        batch_id=batch_id,
+        created_at=created_at,
+        updated_at=created_at,
+        next_attempt_at=created_at,
+        delivered_at=None,
+        last_status=None,
+        last_error=None,
+        last_request_id=None,
+    )
 
 
 def _expand(conn: sqlite3.Connection, *, before_seq: int | None) -> bool:
@@ -776,16 +815,26 @@ def _claim(
         (now,),
     )
     for _ in range(4):
-        row = conn.execute(
-            "SELECT d.company_id, d.seq FROM deliveries d "
-            "WHERE d.status = 'queued' AND d.next_attempt_at <= :now "
-            "AND d.enqueued_at <= :settled AND NOT EXISTS ("
-            "  SELECT 1 FROM deliveries b WHERE b.company_id = d.company_id AND ("
-            "    b.status = 'delivering' OR"
-            "    (b.status = 'queued' AND b.attempts > 0 AND b.next_attempt_at > :now))) "
-            "ORDER BY d.seq LIMIT 1",
-            {"now": now, "settled": now - settle},
+        # Cheap first (a partial index): is anything ready at all? During an outage nothing
+        # is, and the full search below would walk the whole backlog.
+        ready = conn.execute(
+            "SELECT 1 FROM deliveries WHERE status = 'queued' AND next_attempt_at <= ? LIMIT 1",
+            (now,),
         ).fetchone()
+        row = (
+            None
+            if ready is None
+            else conn.execute(
+                "SELECT d.company_id, d.seq FROM deliveries d "
+                "WHERE d.status = 'queued' AND d.next_attempt_at <= :now "
+                "AND d.enqueued_at <= :settled AND NOT EXISTS ("
+                "  SELECT 1 FROM deliveries b WHERE b.company_id = d.company_id AND ("
+                "    b.status = 'delivering' OR"
+                "    (b.status = 'queued' AND b.attempts > 0 AND b.next_attempt_at > :now))) "
+                "ORDER BY d.seq LIMIT 1",
+                {"now": now, "settled": now - settle},
+            ).fetchone()
+        )
         # A stored batch whose next update arrived earlier goes first: expand it and look again.
         if not _expand(conn, before_seq=row[1] if row else None):
             break

@@ -166,11 +166,12 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def park_event(self, *, source: str, key: str, payload: bytes, reason: str) -> None:
-        """Keep an event that cannot be mapped yet (idempotent on source and key)."""
+        """Keep an event that cannot be mapped yet (idempotent on source and key: parking it
+        again records the new reason and moves it to the back of `parked_events`)."""
 
     @abc.abstractmethod
     async def parked_events(self, *, source: str, limit: int) -> list[tuple[str, bytes]]:
-        """Parked events (key, payload), oldest first."""
+        """Parked events (key, payload), least recently parked or retried first."""
 
     @abc.abstractmethod
     async def unpark_event(self, *, source: str, key: str) -> None: ...

@@ -141,19 +141,25 @@ def _number(value: Primitive) -> int | float:
     if isinstance(value, bool) or value is None:
         raise ConversionError("is not a number")
     if isinstance(value, int):
-        return value
+        return _in_range(value)
     if isinstance(value, float):
         if not math.isfinite(value):
             raise ConversionError("is not a finite number")
         return value
     text = value.strip()
     if _INTEGER.match(text):
-        return int(text)
+        return _in_range(int(text))
     if _NUMBER.match(text):
         number = float(text)
         if math.isfinite(number):
             return number
     raise ConversionError("is not a number")
+
+
+def _in_range(value: int) -> int:
+    if not -(2**63) <= value <= 2**64 - 1:
+        raise ConversionError("is an integer out of the 64-bit range")
+    return value
 
 
 def _date(value: Primitive, unit: EpochUnit) -> str:

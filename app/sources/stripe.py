@@ -30,6 +30,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from app import __version__
+from app.api.schemas import MAX_COMPANY_ID
 from app.metrics import WEBHOOK_EVENTS
 from app.queue.dispatcher import Dispatcher
 from app.queue.models import NewUpdate, Primitive
@@ -129,7 +130,9 @@ def company_from_customer(
     if isinstance(metadata, dict):
         value = metadata.get(key)
         if isinstance(value, str) and value.strip():
-            return value.strip()
+            # Userpilot's company id is at most 255 characters (as on POST /companies); a
+            # longer one is refused rather than cut or replaced by a guess.
+            return value.strip() if len(value.strip()) <= MAX_COMPANY_ID else None
     customer_id = customer.get("id")
     if missing == "customer_id" and isinstance(customer_id, str) and customer_id:
         return customer_id
@@ -479,10 +482,11 @@ class StripeResolver:
                     extra={"event_id": event.id, "customer_id": customer_id},
                 )
             elif company_id is None:
-                if reason != "unknown_customer":  # record what the lookup said (and count it)
-                    await self.store.park_event(
-                        source="stripe", key=key, payload=payload, reason=reason
-                    )
+                # Parking again records what the lookup said and sends the event to the back
+                # of the line, so a head of unresolvable events never starves the rest.
+                await self.store.park_event(
+                    source="stripe", key=key, payload=payload, reason=reason
+                )
                 continue
             else:
                 await self.forward_resolved(event, company_id)

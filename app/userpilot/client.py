@@ -7,8 +7,10 @@ the dispatcher classifies every outcome in one place.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 
 import httpx
 import orjson
@@ -35,15 +37,25 @@ class UpstreamResult:
         return self.status is not None and 200 <= self.status < 300
 
 
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a `Retry-After` header given as seconds (dates are rare; ignored)."""
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a `Retry-After` header: delay-seconds or an HTTP date (RFC 9110),
+    capped at an hour."""
     if not value:
         return None
+    value = value.strip()
     try:
-        seconds = float(value.strip())
+        seconds = float(value)
     except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if seconds != seconds:  # NaN
         return None
-    return seconds if 0 <= seconds <= 3600 else None
+    return min(max(seconds, 0.0), 3600.0)
 
 
 def describe_error(response: httpx.Response) -> str:
@@ -66,6 +78,9 @@ class UserpilotClient:
     """Userpilot's company endpoints, for one API key and one base URL."""
 
     def __init__(self, *, base_url: str, api_key: str, timeout: float) -> None:
+        # httpx's timeout bounds each phase (a slow-drip answer can outlast it): this bounds
+        # the whole call, so it always ends well inside the delivery's lease.
+        self._total_timeout = timeout
         self._http = httpx.AsyncClient(
             base_url=base_url,
             headers={
@@ -92,18 +107,27 @@ class UserpilotClient:
     async def _post(self, path: str, endpoint: str, body: bytes) -> UpstreamResult:
         started = time.perf_counter()
         try:
-            response = await self._http.post(path, content=body)
-        except httpx.TimeoutException as exc:
+            async with asyncio.timeout(self._total_timeout):
+                response = await self._http.post(path, content=body)
+                error = None
+                if not 200 <= response.status_code < 300:
+                    error = describe_error(response)
+        except (TimeoutError, httpx.TimeoutException) as exc:
             return self._failed(endpoint, started, f"timeout: {type(exc).__name__}")
         except httpx.TransportError as exc:
             return self._failed(endpoint, started, f"connection error: {type(exc).__name__}")
+        except httpx.HTTPError as exc:  # an answer httpx could not read (e.g. a bad encoding)
+            return self._failed(endpoint, started, f"unreadable answer: {type(exc).__name__}")
         elapsed = time.perf_counter() - started
         status = response.status_code
         UPSTREAM_REQUESTS.labels(endpoint=endpoint, status_class=f"{status // 100}xx").inc()
         UPSTREAM_DURATION.labels(endpoint=endpoint).observe(elapsed)
+        if 300 <= status < 400:
+            location = response.headers.get("location", "")[:200]
+            error = f"redirected to {location or 'nowhere'}: check USERPILOT_ENDPOINT"
         return UpstreamResult(
             status=status,
-            error=None if 200 <= status < 300 else describe_error(response),
+            error=error,
             request_id=response.headers.get("x-request-id"),
             retry_after=parse_retry_after(response.headers.get("retry-after")),
             elapsed=elapsed,
