@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from app.simulator.process import SimulatorProcess
+from tests import pg
 from tests.relay import RELAY_KEYS, UPSTREAM_KEY, RelayProcess
 
 RelayFactory = Callable[..., RelayProcess]
@@ -29,10 +30,18 @@ def sim(simulator_process: SimulatorProcess) -> SimulatorProcess:
     return simulator_process
 
 
-@pytest.fixture(params=["sqlite"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """Where the relay keeps its queue: a fresh store for every test."""
-    return f"sqlite:///{tmp_path / 'relay.db'}"
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Where the relay keeps its queue: a fresh store for every test, on each backend.
+
+    PostgreSQL gets a new database per test (dropped after); without a server the postgres
+    variants skip, unless `RELAY_TEST_REQUIRE_POSTGRES=1` makes them fail (see tests/pg.py).
+    """
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'relay.db'}"
+        return
+    with pg.fresh_database() as name:
+        yield pg.database_url(name)
 
 
 @pytest.fixture

@@ -113,7 +113,7 @@ def test_retry_after_is_honoured_and_slows_everyone(
 ) -> None:
     sim.add_fault(action="retry_after", retry_after=2)
     first = relay.post_company("one", {"a": 1}).json()["id"]
-    wait_until(lambda: len(identify_calls(sim)) == 1)
+    wait_until(lambda: relay.metric("userpilot_relay_upstream_throttled_total") == 1)
     throttled_at = identify_calls(sim)[0]["time"]
     second = relay.post_company("two", {"b": 2}).json()["id"]
     relay.wait_for(first, "delivered", timeout=20)
@@ -297,6 +297,16 @@ def test_metrics_exposition(relay: RelayProcess, sim: SimulatorProcess) -> None:
     sim.add_fault(action="status", status=503, times=1000)
     relay.post_company("stuck", {"a": 1})
     wait_until(lambda: relay.metric("userpilot_relay_queue_depth", status="queued") == 1)
+    wait_until(
+        lambda: (
+            relay.metric(
+                "userpilot_relay_upstream_requests_total",
+                endpoint="companies_identify",
+                status_class="5xx",
+            )
+            >= 1
+        )
+    )
     assert relay.metric("userpilot_relay_queue_oldest_age_seconds") >= 0
     assert (
         relay.metric(

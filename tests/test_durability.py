@@ -18,7 +18,13 @@ IDENTIFY = "/v1/companies/identify"
 def test_kill_9_with_a_backlog_loses_nothing(relay_factory: Any, sim: SimulatorProcess) -> None:
     # A slow, throttled upstream keeps a backlog; ingest runs from several threads while the
     # process is killed, so some requests are mid-flight at the kill.
-    relay = relay_factory(RELAY_RATE_LIMIT_PER_MINUTE="1200")
+    # A short lease: on PostgreSQL what the killed process held waits for its lease to expire
+    # (other replicas may hold live ones), and the call must end inside it.
+    relay = relay_factory(
+        RELAY_RATE_LIMIT_PER_MINUTE="1200",
+        RELAY_UPSTREAM_TIMEOUT_SECONDS="2",
+        RELAY_LEASE_SECONDS="4",
+    )
     sim.configure(latency=0.2)
     acknowledged: list[tuple[str, str, int]] = []
     lock = threading.Lock()

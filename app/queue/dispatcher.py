@@ -28,7 +28,7 @@ from app.metrics import (
     UPSTREAM_THROTTLED,
 )
 from app.queue.merge import merge_claim
-from app.queue.models import Claim
+from app.queue.models import Claim, StoreUnavailable
 from app.queue.store import Store
 from app.userpilot.client import UpstreamResult, UserpilotClient
 
@@ -109,6 +109,7 @@ class Dispatcher:
         self._inflight: set[asyncio.Task[None]] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+        self._store_down = False
 
     def poke(self) -> None:
         """New updates were stored: wake the feeder."""
@@ -155,11 +156,23 @@ class Dispatcher:
             except asyncio.CancelledError:
                 self._slots.release()
                 raise
+            except StoreUnavailable as exc:
+                self._slots.release()
+                if not self._store_down:  # one line per outage, not one a second
+                    log.warning(
+                        "the store is unreachable; delivery paused", extra={"error": str(exc)[:300]}
+                    )
+                self._store_down = True
+                await asyncio.sleep(1.0)
+                continue
             except Exception:
                 self._slots.release()
                 log.exception("claiming from the store failed; retrying in 1 s")
                 await asyncio.sleep(1.0)
                 continue
+            if self._store_down:
+                self._store_down = False
+                log.info("the store is back; delivery resumed")
             if claim is None:
                 self._slots.release()
                 await self._idle(settle)
