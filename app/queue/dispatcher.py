@@ -179,11 +179,9 @@ class Dispatcher:
                 continue
             # This process's own sends are never closer than the interval, however long the
             # claim took: Userpilot counts arrivals, not slots.
-            gap = self._last_send + self._interval - time.time()
-            if gap > 0:
-                await asyncio.sleep(gap)
-            self._last_send = time.time()
-            task = asyncio.create_task(self._deliver(claim))
+            send_at = max(time.time(), self._last_send + self._interval)
+            self._last_send = send_at
+            task = asyncio.create_task(self._deliver(claim, send_at))
             self._inflight.add(task)
             task.add_done_callback(self._done)
 
@@ -199,7 +197,7 @@ class Dispatcher:
             await asyncio.sleep(settle)
 
     # one call ------------------------------------------------------------------------------
-    async def _deliver(self, claim: Claim) -> None:
+    async def _deliver(self, claim: Claim, send_at: float) -> None:
         metadata, sent_versions = merge_claim(claim)
         context = {
             "company_id": claim.company_id,
@@ -209,6 +207,7 @@ class Dispatcher:
             "attempt": claim.attempts,
         }
         try:
+            await asyncio.sleep(max(0.0, send_at - time.time()))
             result = await self.client.identify_company(
                 company_id=claim.company_id, metadata=dict(metadata)
             )
