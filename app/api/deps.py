@@ -1,5 +1,8 @@
 """Typed dependencies: the shared resources from the lifespan state, and caller auth.
 
+Every dependency is `async def`: FastAPI runs a plain `def` dependency in a worker thread,
+a thread hop per dependency per request for what is an attribute read.
+
 Callers send `Authorization: Bearer <relay key>`. The key is hashed and compared against
 every configured digest in constant time; a key of the wrong role is a 403.
 """
@@ -27,22 +30,22 @@ class State(TypedDict):
     outcomes: Outcomes
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.state.settings
     return settings
 
 
-def get_store(request: Request) -> Store:
+async def get_store(request: Request) -> Store:
     store: Store = request.state.store
     return store
 
 
-def get_dispatcher(request: Request) -> Dispatcher:
+async def get_dispatcher(request: Request) -> Dispatcher:
     dispatcher: Dispatcher = request.state.dispatcher
     return dispatcher
 
 
-def get_outcomes(request: Request) -> Outcomes:
+async def get_outcomes(request: Request) -> Outcomes:
     outcomes: Outcomes = request.state.outcomes
     return outcomes
 
@@ -99,7 +102,7 @@ def require(*roles: Role) -> object:
     """A dependency admitting callers whose key has one of `roles`."""
     allowed = ", ".join(roles)
 
-    def dependency(request: Request, settings: SettingsDep) -> ApiKey:
+    async def dependency(request: Request, settings: SettingsDep) -> ApiKey:
         key = authenticate(request, settings)
         if key.role not in roles:
             raise RelayError(

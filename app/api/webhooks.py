@@ -36,7 +36,7 @@ class WebhookState(State):
     webhooks: WebhookSources
 
 
-def get_webhooks(request: Request) -> WebhookSources:
+async def get_webhooks(request: Request) -> WebhookSources:
     webhooks: WebhookSources = request.state.webhooks
     return webhooks
 

@@ -2,7 +2,8 @@
 
 Writes go through one writer thread that commits whatever has piled up in a single
 transaction (group commit): with many requests in flight, one fsync acknowledges all of them.
-Each request runs in its own savepoint, so one request's error never undoes another's work.
+If one request's work raises, the group is rolled back and every request runs again alone, so
+one request's error never undoes another's work.
 Reads use their own connections (WAL lets them run beside the writer).
 """
 
@@ -187,27 +188,37 @@ class SQLiteStore(Store):
     def _commit_group(
         conn: sqlite3.Connection, group: list[_Job]
     ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
-        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        """Run the group in one transaction. If a job raises, roll all back and run each job
+        in a transaction of its own, so one request's error never undoes another's work."""
         try:
             conn.execute("BEGIN IMMEDIATE")
+            try:
+                results = [fn(conn) for fn, _ in group]
+            except Exception:
+                conn.execute("ROLLBACK")
+            else:
+                conn.execute("COMMIT")
+                return [
+                    (future, result, None)
+                    for (_, future), result in zip(group, results, strict=True)
+                ]
+            outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
             for fn, future in group:
-                conn.execute("SAVEPOINT job")
+                conn.execute("BEGIN IMMEDIATE")
                 try:
                     result = fn(conn)
                 except Exception as exc:
-                    conn.execute("ROLLBACK TO job")
-                    conn.execute("RELEASE job")
+                    conn.execute("ROLLBACK")
                     outcomes.append((future, None, exc))
                 else:
-                    conn.execute("RELEASE job")
+                    conn.execute("COMMIT")
                     outcomes.append((future, result, None))
-            conn.execute("COMMIT")
+            return outcomes
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             failure = StoreUnavailable(f"SQLite write failed: {exc}")
             return [(future, None, failure) for _, future in group]
-        return outcomes
 
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._writer is None:

@@ -9,8 +9,10 @@ from fastapi import Depends, Request
 from app.simulator.errors import SimulatorError
 from app.simulator.state import SimulatorState
 
+# async: FastAPI would run plain functions in worker threads, racing on the shared state.
 
-def get_state(request: Request) -> SimulatorState:
+
+async def get_state(request: Request) -> SimulatorState:
     state = request.app.state.simulator
     assert isinstance(state, SimulatorState)
     return state
@@ -19,7 +21,7 @@ def get_state(request: Request) -> SimulatorState:
 StateDep = Annotated[SimulatorState, Depends(get_state)]
 
 
-def require_api_key(request: Request, state: StateDep) -> str:
+async def require_api_key(request: Request, state: StateDep) -> str:
     """The caller's API key, from `Authorization: Token <key>`; 401 unless it is configured."""
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     token = token.strip()
@@ -33,7 +35,7 @@ def require_api_key(request: Request, state: StateDep) -> str:
 ApiKeyDep = Annotated[str, Depends(require_api_key)]
 
 
-def rate_limited_api_key(api_key: ApiKeyDep, state: StateDep) -> str:
+async def rate_limited_api_key(api_key: ApiKeyDep, state: StateDep) -> str:
     """The caller's API key once the request fits in the key's sliding one-minute window."""
     if not state.admit(api_key):
         limit = state.config.rate_limit_per_minute
