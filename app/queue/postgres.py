@@ -60,7 +60,7 @@ from app.queue.models import (
     StoreUnavailable,
 )
 from app.queue.sqlite import DELIVERY_COLUMNS, batch_ids, new_ids, row_to_delivery
-from app.queue.store import Store
+from app.queue.store import Store, listing_query
 
 log = logging.getLogger("userpilot_relay.store")
 
@@ -537,20 +537,17 @@ class PostgresStore(Store):
         after_seq: int,
         limit: int,
     ) -> list[Delivery]:
-        where, args = ["seq > %s"], [after_seq]
-        if status is not None:
-            where.append("status = %s")
-            args.append(status)  # type: ignore[arg-type]
-        if company_id is not None:
-            where.append("company_id = %s")
-            args.append(company_id)  # type: ignore[arg-type]
-        query = (
-            f"SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE {' AND '.join(where)} "
-            "ORDER BY seq LIMIT %s"
+        query, args = listing_query(
+            DELIVERY_COLUMNS,
+            status=status,
+            company_id=company_id,
+            after_seq=after_seq,
+            limit=limit,
+            mark="%s",
         )
 
         async def read(conn: Conn) -> list[TupleRow]:
-            cur = await conn.execute(query, (*args, limit))
+            cur = await conn.execute(query, args)
             return await cur.fetchall()
 
         return [row_to_delivery(r) for r in await self._run(read, transaction=False)]

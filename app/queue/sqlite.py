@@ -40,7 +40,7 @@ from app.queue.models import (
     Status,
     StoreUnavailable,
 )
-from app.queue.store import Store
+from app.queue.store import Store, listing_query
 
 T = TypeVar("T")
 _Job = tuple[Callable[[sqlite3.Connection], Any], "asyncio.Future[Any]"]
@@ -322,18 +322,15 @@ class SQLiteStore(Store):
         after_seq: int,
         limit: int,
     ) -> list[Delivery]:
-        where, args = ["seq > ?"], [after_seq]
-        if status is not None:
-            where.append("status = ?")
-            args.append(status)  # type: ignore[arg-type]
-        if company_id is not None:
-            where.append("company_id = ?")
-            args.append(company_id)  # type: ignore[arg-type]
-        sql = (
-            f"SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE {' AND '.join(where)} "
-            "ORDER BY seq LIMIT ?"
+        sql, args = listing_query(
+            DELIVERY_COLUMNS,
+            status=status,
+            company_id=company_id,
+            after_seq=after_seq,
+            limit=limit,
+            mark="?",
         )
-        rows = await self._read(lambda c: c.execute(sql, (*args, limit)).fetchall())
+        rows = await self._read(lambda c: c.execute(sql, args).fetchall())
         return [row_to_delivery(r) for r in rows]
 
     async def stats(self) -> QueueStats:

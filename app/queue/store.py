@@ -180,6 +180,30 @@ class Store(abc.ABC):
     async def count_parked(self) -> int: ...
 
 
+def listing_query(
+    columns: str,
+    *,
+    status: Status | None,
+    company_id: str | None,
+    after_seq: int,
+    limit: int,
+    mark: str,
+) -> tuple[str, list[object]]:
+    """The `list_deliveries` query and its arguments, for a driver whose placeholder is `mark`."""
+    where: list[str] = [f"seq > {mark}"]
+    args: list[object] = [after_seq]
+    if status is not None:
+        where.append(f"status = {mark}")
+        args.append(status)
+    if company_id is not None:
+        where.append(f"company_id = {mark}")
+        args.append(company_id)
+    query = (
+        f"SELECT {columns} FROM deliveries WHERE {' AND '.join(where)} ORDER BY seq LIMIT {mark}"
+    )
+    return query, [*args, limit]
+
+
 def open_store(database_url: str) -> Store:
     """The backend for a database URL (not yet opened)."""
     if database_url.startswith("sqlite:///"):
