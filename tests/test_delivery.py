@@ -264,12 +264,16 @@ def test_idempotency_key(relay: RelayProcess, sim: SimulatorProcess) -> None:
     assert len(page) == 2
 
 
-def test_idempotency_key_on_bulk(relay: RelayProcess) -> None:
+def test_idempotency_key_on_bulk(relay: RelayProcess, sim: SimulatorProcess) -> None:
     body = {"companies": [{"company_id": "a"}, {"company_id": "b"}]}
     headers = {"Idempotency-Key": "import-7"}
     one = relay.request("POST", "/companies/bulk", json=body, headers=headers).json()
     two = relay.request("POST", "/companies/bulk", json=body, headers=headers).json()
     assert one == two
+    # A batch becomes deliveries as the queue drains: once both are delivered, the listing
+    # shows every delivery the two requests stored, and there must be exactly two.
+    relay.wait_for(f"{one['batch_id']}.0", "delivered")
+    relay.wait_for(f"{one['batch_id']}.1", "delivered")
     assert len(relay.request("GET", "/deliveries", key=ADMIN_KEY).json()["items"]) == 2
 
 

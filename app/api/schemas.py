@@ -12,13 +12,14 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 from pydantic_core import PydanticCustomError
 
+from app.domain import MAX_COMPANY_ID as MAX_COMPANY_ID
+from app.domain import company_id_problem, has_control, property_name_problem
 from app.queue.models import Batch, Delivery, Metadata
 
 _SCALARS = frozenset({str, bool, type(None)})
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1  # what a JSON number carries without loss here
 _FLOAT_PLAIN = 2.0**63
 MAX_BULK = 10_000
-MAX_COMPANY_ID = 255
 
 
 def _json_type(value: object) -> str:
@@ -44,10 +45,9 @@ def check_metadata(value: dict[str, Any]) -> dict[str, Any]:
                 "must be a string, a finite number, a boolean or null, not {got}",
                 {"key": key, "got": _json_type(item)},
             )
-        if not key.strip():
-            raise PydanticCustomError(
-                "metadata_key", "property names must not be empty", {"key": key}
-            )
+        problem = property_name_problem(key)
+        if problem is not None:
+            raise PydanticCustomError("metadata_key", problem, {"key": key})
     return value
 
 
@@ -88,7 +88,7 @@ def fast_companies(body: bytes, *, bulk: bool) -> list[tuple[str, dict[str, Any]
         company_id = item.get("company_id")
         if type(company_id) is not str or not 0 < len(company_id) <= MAX_COMPANY_ID:
             return None
-        if company_id.isspace():
+        if company_id.isspace() or has_control(company_id):
             return None
         if len(item) == 1:
             metadata: dict[str, Any] = {}
@@ -107,7 +107,7 @@ def fast_companies(body: bytes, *, bulk: bool) -> list[tuple[str, dict[str, Any]
                 # Also NaN and infinities. orjson reads an integer literal past 64 bits as a
                 # float: leave every large number to the models, which see the literal.
                 return None
-            if not key or key.isspace():
+            if not key or key.isspace() or has_control(key):
                 return None
         out.append((company_id, metadata))
     return out
@@ -146,9 +146,10 @@ class CompanyIn(BaseModel):
 
     @field_validator("company_id")
     @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise PydanticCustomError("blank", "must not be blank")
+    def _usable(cls, value: str) -> str:
+        problem = company_id_problem(value)
+        if problem is not None:
+            raise PydanticCustomError("company_id", problem)
         return value
 
     @field_validator("metadata")

@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterable
 
 from app.config import Settings
+from app.domain import REFUSED, update_problem
 from app.metrics import (
     DELIVERIES,
     RETRIES,
@@ -42,6 +43,24 @@ _IDLE_POLL = 0.25
 # sending (the claim, the event loop) never push a 60 s window past Userpilot's limit.
 PACING_MARGIN = 1.02
 _PRUNE_EVERY = 600.0
+
+
+async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel the tasks and wait for them, cancelling again if one swallowed it.
+
+    A cancellation that lands while a pooled connection is handed back can be absorbed by
+    the pool; one cancel is then not enough, and shutdown would wait for ever.
+    """
+    pending = {t for t in tasks if not t.done()}
+    for _ in range(10):
+        if not pending:
+            break
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=1.0)
+    for task in tasks:
+        if task.done() and not task.cancelled():
+            task.exception()  # retrieved: a crash was logged where it happened
 
 
 def backoff_delay(attempts: int, *, base: float, cap: float) -> float:
@@ -104,6 +123,7 @@ class Dispatcher:
         self._interval = 60.0 / settings.relay_rate_limit_per_minute * PACING_MARGIN
         self._last_send = 0.0
         self._claims = itertools.count(1)
+        self._single_turn = False  # every other claim puts a single update first
         self._slots = asyncio.Semaphore(settings.relay_delivery_concurrency)
         self._work = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
@@ -124,9 +144,7 @@ class Dispatcher:
     async def stop(self) -> None:
         """Stop claiming, let in-flight calls finish within the grace period, release the rest."""
         self._stopping = True
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await _cancel(self._tasks)
         if self._inflight:
             _, pending = await asyncio.wait(
                 self._inflight, timeout=self.settings.relay_shutdown_grace_seconds
@@ -145,6 +163,9 @@ class Dispatcher:
                 wait = slot - time.time()
                 if wait > 0:
                     await asyncio.sleep(wait)
+                # Fairness: every other call goes to the oldest single update (not from a
+                # batch), so one caller's import never holds up another caller's update.
+                self._single_turn = not self._single_turn
                 claim = await self.store.claim(
                     # One token per claim: a call that outlived its lease cannot record over
                     # the claim that took the company over.
@@ -152,6 +173,7 @@ class Dispatcher:
                     lease_seconds=self.settings.relay_lease_seconds,
                     max_merge=self.settings.relay_max_merge,
                     settle_seconds=settle,
+                    single_first=self._single_turn,
                 )
             except asyncio.CancelledError:
                 self._slots.release()
@@ -206,6 +228,12 @@ class Dispatcher:
             "merged": len(claim.updates),
             "attempt": claim.attempts,
         }
+        problem = update_problem(claim.company_id, metadata)
+        if problem is not None:
+            # Stored before the relay refused such input at the door: it can be neither sent
+            # nor recorded as it is. Dead-letter it with the reason; the queue moves on.
+            await self._refuse(claim, REFUSED + problem, context)
+            return
         try:
             await asyncio.sleep(max(0.0, send_at - time.time()))
             result = await self.client.identify_company(
@@ -231,9 +259,33 @@ class Dispatcher:
         }
         try:
             await self._record(claim, result, sent_versions, context)
-        except Exception:
+        except StoreUnavailable:
             # The lease runs out and the updates are delivered again: nothing is lost.
-            log.exception("recording a delivery outcome failed", extra=context)
+            log.warning("recording a delivery outcome failed: the store is down", extra=context)
+        except Exception as exc:
+            # The store cannot hold something in this claim: re-sending it every lease would
+            # never end. Dead-letter it with the reason, so that an operator sees it.
+            log.exception("the store cannot record this delivery's outcome", extra=context)
+            reason = f"{REFUSED}the store cannot record it ({type(exc).__name__})"
+            await self._refuse(claim, reason, context, status=result.status)
+
+    async def _refuse(
+        self,
+        claim: Claim,
+        reason: str,
+        context: dict[str, object],
+        status: int | None = None,
+    ) -> None:
+        try:
+            await self.store.mark_dead(claim, status=status, error=reason, request_id=None)
+        except Exception:  # the lease runs out; the next claim refuses it again
+            log.exception("dead-lettering a refused delivery failed", extra=context)
+            return
+        DELIVERIES.labels(outcome="dead").inc(len(claim.updates))
+        log.error(
+            "dead-lettered: the relay cannot send this update", extra=context | {"error": reason}
+        )
+        self.outcomes.notify(claim.ids)
 
     async def _record(
         self,
@@ -295,7 +347,7 @@ class Dispatcher:
 
     # background chores ---------------------------------------------------------------------
     async def _prune(self) -> None:
-        while True:
+        while not self._stopping:
             retention = self.settings.relay_delivered_retention_seconds
             try:
                 pruned = await self.store.prune(delivered_before=time.time() - retention)

@@ -95,6 +95,17 @@ SQLITE_MIGRATIONS: list[tuple[int, str]] = [
         CREATE INDEX deliveries_ready ON deliveries (next_attempt_at) WHERE status = 'queued'
         """,
     ),
+    (
+        3,
+        # Readiness writes here; single updates get a lane of their own (fair scheduling);
+        # property versions carry their time so they can be pruned.
+        """
+        CREATE TABLE store_health (id INTEGER PRIMARY KEY CHECK (id = 1), checked_at REAL NOT NULL);
+        CREATE INDEX deliveries_single_queued ON deliveries (seq)
+            WHERE status = 'queued' AND batch_id IS NULL;
+        ALTER TABLE property_versions ADD COLUMN updated_at REAL NOT NULL DEFAULT 0
+        """,
+    ),
 ]
 
 # PostgreSQL: the same tables, plus the pacing row every replica shares. Times are unix seconds
@@ -204,6 +215,19 @@ POSTGRES_MIGRATIONS: list[tuple[int, str]] = [
             paused_until DOUBLE PRECISION NOT NULL DEFAULT 0
         );
         INSERT INTO pacing (id) VALUES (1);
+        """,
+    ),
+    (
+        2,
+        """
+        CREATE TABLE store_health (
+            id SMALLINT PRIMARY KEY CHECK (id = 1),
+            checked_at DOUBLE PRECISION NOT NULL
+        );
+        CREATE INDEX deliveries_single_queued ON deliveries (seq)
+            WHERE status = 'queued' AND batch_id IS NULL;
+        ALTER TABLE property_versions
+            ADD COLUMN updated_at DOUBLE PRECISION NOT NULL DEFAULT 0;
         """,
     ),
 ]

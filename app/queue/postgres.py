@@ -43,6 +43,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from app.domain import REFUSED, parse_ascii_int
 from app.queue.migrations import POSTGRES_MIGRATIONS
 from app.queue.models import (
     STATUSES,
@@ -59,7 +60,13 @@ from app.queue.models import (
     Status,
     StoreUnavailable,
 )
-from app.queue.sqlite import DELIVERY_COLUMNS, batch_ids, new_ids, row_to_delivery
+from app.queue.sqlite import (
+    DELIVERY_COLUMNS,
+    batch_ids,
+    expansion_item,
+    new_ids,
+    row_to_delivery,
+)
 from app.queue.store import Store, listing_query
 
 log = logging.getLogger("userpilot_relay.store")
@@ -106,14 +113,14 @@ _EXPIRE_LEASES = f"""
 # list is materialised in order so the lock is tried company by company, oldest first. Cheap
 # first (a partial index): is anything ready at all? During an outage nothing is, and the
 # search would walk the whole backlog.
-_PICK_COMPANY = f"""
+_PICK = f"""
     WITH any_ready AS MATERIALIZED (
         SELECT 1 FROM deliveries WHERE status = 'queued' AND next_attempt_at <= {NOW} LIMIT 1
     ),
     ready AS MATERIALIZED (
         SELECT r.company_id, min(r.seq) AS first_seq FROM (
             SELECT d.company_id, d.seq FROM deliveries d
-            WHERE EXISTS (SELECT 1 FROM any_ready)
+            WHERE EXISTS (SELECT 1 FROM any_ready) {{lane}}
               AND d.status = 'queued' AND d.next_attempt_at <= {NOW}
               AND d.enqueued_at <= {NOW} - %(settle)s
               AND d.company_id <> ALL(%(skip)s::text[])
@@ -125,6 +132,19 @@ _PICK_COMPANY = f"""
     SELECT company_id, first_seq FROM ready
     WHERE pg_try_advisory_xact_lock(%(ns)s::int, hashtext(company_id))
     LIMIT 1
+"""
+_PICK_COMPANY = _PICK.format(lane="")
+# Fairness: the oldest ready single update (not from a batch), on its own partial index.
+_PICK_SINGLE = _PICK.format(lane="AND d.batch_id IS NULL")
+_MAX_EXPANSIONS = 16
+_PRUNE_VERSIONS = """
+    DELETE FROM property_versions WHERE updated_at < %(before)s
+      AND seq <= COALESCE(
+        (SELECT min(seq_from + expanded) FROM batches WHERE expanded < total),
+        9223372036854775807)
+      AND NOT EXISTS (
+        SELECT 1 FROM deliveries d WHERE d.company_id = property_versions.company_id
+          AND d.status IN ('queued', 'delivering', 'dead') AND d.seq < property_versions.seq)
 """
 # Under the company lock, with a fresh snapshot: still free and ready? Then lease its updates.
 _LEASE = f"""
@@ -325,10 +345,16 @@ class PostgresStore(Store):
         try:
             async with asyncio.timeout(wait + 1.0):
                 async with self._pool.connection(timeout=wait) as conn:
-                    await conn.execute("SELECT 1")
+                    # A write, not just a read: readiness fails while writes fail.
+                    await conn.execute(
+                        f"INSERT INTO store_health (id, checked_at) VALUES (1, {NOW}) "
+                        "ON CONFLICT (id) DO UPDATE SET checked_at = excluded.checked_at"
+                    )
         except _UNAVAILABLE_OR_SLOW:
             self._healthy = False
             self._start_pool_check()  # in the background: the probe answers now
+            return False
+        except psycopg.Error:  # answers, but cannot write (disk full, permissions...)
             return False
         self._healthy = True
         return True
@@ -455,9 +481,9 @@ class PostgresStore(Store):
     async def _staged_delivery(self, delivery_id: str) -> Delivery | None:
         """A batch's update not expanded yet (`{batch_id}.{i}`), as the queued delivery it is."""
         batch_id, dot, index_text = delivery_id.rpartition(".")
-        if not dot or not index_text.isdigit():
+        index = parse_ascii_int(index_text, maximum=2**31 - 1) if dot else None
+        if index is None:
             return None
-        index = int(index_text)
 
         async def read(conn: Conn) -> TupleRow | None:
             cur = await conn.execute(
@@ -586,13 +612,16 @@ class PostgresStore(Store):
     async def replay(self, delivery_id: str) -> Delivery | None:
         async def write(conn: Conn) -> Delivery | None:
             cur = await conn.execute(
-                "SELECT status FROM deliveries WHERE id = %s FOR UPDATE", (delivery_id,)
+                "SELECT status, last_error FROM deliveries WHERE id = %s FOR UPDATE",
+                (delivery_id,),
             )
             row = await cur.fetchone()
             if row is None:
                 return None
             if row[0] != "dead":
                 raise NotDead(row[0])
+            if (row[1] or "").startswith(REFUSED):
+                raise NotDead("refused by the relay (it cannot be sent as stored): purge it")
             cur = await conn.execute(
                 f"UPDATE deliveries SET status = 'queued', next_attempt_at = {NOW}, "
                 f"enqueued_at = {NOW}, updated_at = {NOW}, attempts = 0 WHERE id = %s "
@@ -608,12 +637,13 @@ class PostgresStore(Store):
     async def replay_dead(self, *, company_id: str | None = None) -> int:
         query = (
             f"UPDATE deliveries SET status = 'queued', next_attempt_at = {NOW}, "
-            f"enqueued_at = {NOW}, updated_at = {NOW}, attempts = 0 WHERE status = 'dead'"
+            f"enqueued_at = {NOW}, updated_at = {NOW}, attempts = 0 WHERE status = 'dead' "
+            "AND (last_error IS NULL OR left(last_error, %s) <> %s)"
         )
-        args: tuple[Any, ...] = ()
+        args: tuple[Any, ...] = (len(REFUSED), REFUSED)
         if company_id is not None:
             query += " AND company_id = %s"
-            args = (company_id,)
+            args += (company_id,)
 
         async def write(conn: Conn) -> int:
             cur = await conn.execute(query, args)
@@ -661,6 +691,10 @@ class PostgresStore(Store):
             await conn.execute(
                 "DELETE FROM webhook_events WHERE received_at < %s", (delivered_before,)
             )
+            await conn.execute(_PRUNE_VERSIONS, {"before": delivered_before})
+            await conn.execute(
+                "DELETE FROM source_property_times WHERE event_time < %s", (delivered_before,)
+            )
 
         total = 0
         while True:
@@ -673,7 +707,13 @@ class PostgresStore(Store):
 
     # dispatcher ----------------------------------------------------------------------------
     async def claim(
-        self, *, owner: str, lease_seconds: float, max_merge: int, settle_seconds: float = 0.0
+        self,
+        *,
+        owner: str,
+        lease_seconds: float,
+        max_merge: int,
+        settle_seconds: float = 0.0,
+        single_first: bool = False,
     ) -> Claim | None:
         params = {
             "settle": settle_seconds,
@@ -688,12 +728,27 @@ class PostgresStore(Store):
             await conn.execute(_EXPIRE_LEASES)
             skip: list[str] = []
             expansions = 0
+            single = single_first
             while len(skip) < _CLAIM_TRIES:
-                cur = await conn.execute(_PICK_COMPANY, {**params, "skip": skip})
+                cur = await conn.execute(
+                    _PICK_SINGLE if single else _PICK_COMPANY, {**params, "skip": skip}
+                )
                 picked = await cur.fetchone()
+                if single and picked is None:
+                    single = False  # no single update waits: the oldest of any kind
+                    continue
+                # Fairness: a single update goes first, after every stored batch update that
+                # arrived before it is expanded, so its company's claim merges them in order.
+                if single and expansions < _MAX_EXPANSIONS:
+                    if await _expand(conn, before_seq=int(picked[1]) if picked else None):
+                        expansions += 1
+                        continue
+                elif single:
+                    single = False
+                    continue
                 # A stored batch whose next update arrived earlier goes first: expand it and
                 # look again.
-                if expansions < _EXPANSIONS_PER_CLAIM and await _expand(
+                elif expansions < _EXPANSIONS_PER_CLAIM and await _expand(
                     conn, before_seq=int(picked[1]) if picked else None
                 ):
                     expansions += 1
@@ -747,10 +802,12 @@ class PostgresStore(Store):
             )
             if keys:
                 await conn.execute(
-                    "INSERT INTO property_versions (company_id, key, seq) "
-                    "SELECT %s, u.key, u.seq FROM unnest(%s::text[], %s::bigint[]) AS u(key, seq) "
+                    "INSERT INTO property_versions (company_id, key, seq, updated_at) "
+                    f"SELECT %s, u.key, u.seq, {NOW} "
+                    "FROM unnest(%s::text[], %s::bigint[]) AS u(key, seq) "
                     "ON CONFLICT (company_id, key) DO UPDATE "
-                    "SET seq = GREATEST(property_versions.seq, excluded.seq)",
+                    "SET seq = GREATEST(property_versions.seq, excluded.seq), "
+                    "updated_at = excluded.updated_at",
                     (claim.company_id, keys, [sent_versions[k] for k in keys]),
                 )
 
@@ -1028,15 +1085,18 @@ async def _expand(conn: Conn, *, before_seq: int | None) -> bool:
     batch_id, seq_from, expanded, payload, caller, source, created_at = row
     if before_seq is not None and seq_from + expanded >= before_seq:
         return False
-    chunk = orjson.loads(payload)[expanded : expanded + _EXPAND_CHUNK]
+    chunk = [
+        expansion_item(item) for item in orjson.loads(payload)[expanded : expanded + _EXPAND_CHUNK]
+    ]
     await conn.execute(
         "INSERT INTO deliveries (seq, id, company_id, metadata, status, source, caller, "
-        "batch_id, created_at, updated_at, next_attempt_at, enqueued_at) "
+        "batch_id, created_at, updated_at, next_attempt_at, enqueued_at, last_error) "
         "OVERRIDING SYSTEM VALUE "
-        f"SELECT u.seq, u.id, u.company_id, u.metadata, 'queued', %(source)s, %(caller)s, "
-        f"%(batch)s, %(created)s, {NOW}, %(created)s, %(created)s "
+        f"SELECT u.seq, u.id, u.company_id, u.metadata, u.status, %(source)s, %(caller)s, "
+        f"%(batch)s, %(created)s, {NOW}, %(created)s, %(created)s, u.error "
         "FROM unnest(%(seqs)s::bigint[], %(ids)s::text[], %(companies)s::text[], "
-        "%(bodies)s::bytea[]) AS u(seq, id, company_id, metadata)",
+        "%(bodies)s::bytea[], %(statuses)s::text[], %(errors)s::text[]) "
+        "AS u(seq, id, company_id, metadata, status, error)",
         {
             "source": source,
             "caller": caller,
@@ -1044,8 +1104,10 @@ async def _expand(conn: Conn, *, before_seq: int | None) -> bool:
             "created": created_at,
             "seqs": [seq_from + expanded + i for i in range(len(chunk))],
             "ids": [f"{batch_id}.{expanded + i}" for i in range(len(chunk))],
-            "companies": [company for company, _ in chunk],
-            "bodies": [orjson.dumps(metadata) for _, metadata in chunk],
+            "companies": [company for company, _, _, _ in chunk],
+            "bodies": [orjson.dumps(metadata) for _, metadata, _, _ in chunk],
+            "statuses": [status for _, _, status, _ in chunk],
+            "errors": [error for _, _, _, error in chunk],
         },
     )
     done = expanded + len(chunk)

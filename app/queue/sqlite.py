@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import logging
 import os
 import queue
 import sqlite3
@@ -24,6 +25,7 @@ from typing import IO, Any, TypeVar
 
 import orjson
 
+from app.domain import REFUSED, parse_ascii_int, printable, update_problem
 from app.queue.migrations import SQLITE_MIGRATIONS
 from app.queue.models import (
     STATUSES,
@@ -41,6 +43,8 @@ from app.queue.models import (
     StoreUnavailable,
 )
 from app.queue.store import Store, listing_query
+
+log = logging.getLogger("userpilot_relay.store")
 
 T = TypeVar("T")
 _Job = tuple[Callable[[sqlite3.Connection], Any], "asyncio.Future[Any]"]
@@ -93,6 +97,8 @@ class SQLiteStore(Store):
         self._paused_until = 0.0
         self._slot_lock = asyncio.Lock()
         self._lock_file: IO[bytes] | None = None
+        self._identity: tuple[int, int] | None = None  # (device, inode) of the file opened
+        self._write_failing = False
 
     # lifecycle -----------------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -106,12 +112,23 @@ class SQLiteStore(Store):
         self._loop = asyncio.get_running_loop()
         parent = Path(self.path).parent
         parent.mkdir(parents=True, exist_ok=True)
+        ran_here_before = _exists(f"{self.path}.lock")
         self._lock_file = _lock_exclusively(f"{self.path}.lock")
+        existed = _exists(self.path)
         conn = self._connect()
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             raise StoreUnavailable(f"SQLite at {self.path} refused WAL mode ({mode})")
         self._migrate(conn)
+        if not existed:
+            log.warning(
+                "created a new, empty database: if one was expected here, the relay is not "
+                "using it (check RELAY_DATABASE_URL and the volume)"
+                + (" -- a relay used this path before" if ran_here_before else ""),
+                extra={"store": "sqlite", "path": self.path},
+            )
+        stat = os.stat(self.path)
+        self._identity = (stat.st_dev, stat.st_ino)
         # A previous process may have died mid-delivery: what it held goes back in line.
         conn.execute(
             "UPDATE deliveries SET status = 'queued', lease_owner = NULL, lease_until = NULL "
@@ -156,11 +173,21 @@ class SQLiteStore(Store):
             self._lock_file = None
 
     async def ping(self) -> bool:
+        """Ready only while the store can both read and write (readiness fails with writes)."""
+        if self._writer is None or not self._writer.is_alive():
+            return False
         try:
             await self._read(lambda c: c.execute("SELECT 1").fetchone())
-        except sqlite3.Error:
+            await self._write(
+                lambda c: c.execute(
+                    "INSERT INTO store_health (id, checked_at) VALUES (1, ?) "
+                    "ON CONFLICT (id) DO UPDATE SET checked_at = excluded.checked_at",
+                    (time.time(),),
+                )
+            )
+        except (sqlite3.Error, StoreUnavailable):
             return False
-        return self._writer is not None and self._writer.is_alive()
+        return True
 
     # plumbing ------------------------------------------------------------------------------
     def _write_loop(self, conn: sqlite3.Connection) -> None:
@@ -179,10 +206,46 @@ class SQLiteStore(Store):
                     stop = True
                     break
                 group.append(job)
-            outcomes = self._commit_group(conn, group)
+            outcomes = self._commit_checked(conn, group)
             assert self._loop is not None
             self._loop.call_soon_threadsafe(_settle, outcomes)
         conn.close()
+
+    def _commit_checked(
+        self, conn: sqlite3.Connection, group: list[_Job]
+    ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
+        """Commit the group unless the file is gone or replaced; say so once per outage."""
+        problem = self._file_problem()
+        if problem is None:
+            outcomes = self._commit_group(conn, group)
+            failed = next((e for _, _, e in outcomes if isinstance(e, StoreUnavailable)), None)
+            problem = str(failed) if failed is not None else None
+        else:
+            failure = StoreUnavailable(problem)
+            outcomes = [(future, None, failure) for _, future in group]
+        if problem is not None and not self._write_failing:
+            log.error(
+                "SQLite writes are failing: updates are refused (503) and readiness fails "
+                "until writes succeed",
+                extra={"store": "sqlite", "path": self.path, "error": problem[:300]},
+            )
+        elif problem is None and self._write_failing:
+            log.info("SQLite writes succeed again", extra={"store": "sqlite", "path": self.path})
+        self._write_failing = problem is not None
+        return outcomes
+
+    def _file_problem(self) -> str | None:
+        """Why writing to the open database would lose data: its file was removed or replaced.
+
+        Writes through the open handle would land in a deleted file and vanish at restart.
+        """
+        try:
+            stat = os.stat(self.path)
+        except OSError:
+            return f"the database file {self.path} was removed: restore it, then restart"
+        if self._identity is not None and (stat.st_dev, stat.st_ino) != self._identity:
+            return f"the database file {self.path} was replaced: restart the relay to use it"
+        return None
 
     @staticmethod
     def _commit_group(
@@ -209,6 +272,8 @@ class SQLiteStore(Store):
                     result = fn(conn)
                 except Exception as exc:
                     conn.execute("ROLLBACK")
+                    if isinstance(exc, sqlite3.Error):  # the file, the disk: not the request
+                        exc = StoreUnavailable(f"SQLite write failed: {exc}")
                     outcomes.append((future, None, exc))
                 else:
                     conn.execute("COMMIT")
@@ -368,6 +433,8 @@ class SQLiteStore(Store):
                 return None
             if row[4] != "dead":
                 raise NotDead(row[4])
+            if (row[14] or "").startswith(REFUSED):
+                raise NotDead("refused by the relay (it cannot be sent as stored): purge it")
             now = time.time()
             c.execute(
                 "UPDATE deliveries SET status = 'queued', next_attempt_at = ?, enqueued_at = ?, "
@@ -386,9 +453,10 @@ class SQLiteStore(Store):
         now = time.time()
         sql = (
             "UPDATE deliveries SET status = 'queued', next_attempt_at = ?, enqueued_at = ?, "
-            "updated_at = ?, attempts = 0 WHERE status = 'dead'"
+            "updated_at = ?, attempts = 0 WHERE status = 'dead' "
+            "AND (last_error IS NULL OR substr(last_error, 1, ?) <> ?)"
         )
-        args: tuple[Any, ...] = (now, now, now)
+        args: tuple[Any, ...] = (now, now, now, len(REFUSED), REFUSED)
         if company_id is not None:
             sql += " AND company_id = ?"
             args += (company_id,)
@@ -422,16 +490,24 @@ class SQLiteStore(Store):
             )
             c.execute("DELETE FROM idempotency_keys WHERE expires_at < ?", (now,))
             c.execute("DELETE FROM webhook_events WHERE received_at < ?", (delivered_before,))
+            c.execute(PRUNE_VERSIONS, {"before": delivered_before})
+            c.execute("DELETE FROM source_property_times WHERE event_time < ?", (delivered_before,))
             return n
 
         return await self._write(write)
 
     # dispatcher ----------------------------------------------------------------------------
     async def claim(
-        self, *, owner: str, lease_seconds: float, max_merge: int, settle_seconds: float = 0.0
+        self,
+        *,
+        owner: str,
+        lease_seconds: float,
+        max_merge: int,
+        settle_seconds: float = 0.0,
+        single_first: bool = False,
     ) -> Claim | None:
         return await self._write(
-            lambda c: _claim(c, owner, lease_seconds, max_merge, settle_seconds)
+            lambda c: _claim(c, owner, lease_seconds, max_merge, settle_seconds, single_first)
         )
 
     async def mark_delivered(
@@ -451,9 +527,10 @@ class SQLiteStore(Store):
                 [(now, now, status, request_id, i, claim.owner) for i in claim.ids],
             )
             c.executemany(
-                "INSERT INTO property_versions (company_id, key, seq) VALUES (?, ?, ?) "
-                "ON CONFLICT (company_id, key) DO UPDATE SET seq = MAX(seq, excluded.seq)",
-                [(claim.company_id, k, v) for k, v in sent_versions.items()],
+                "INSERT INTO property_versions (company_id, key, seq, updated_at) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (company_id, key) DO UPDATE SET "
+                "seq = MAX(seq, excluded.seq), updated_at = excluded.updated_at",
+                [(claim.company_id, k, v, now) for k, v in sent_versions.items()],
             )
 
         await self._write(write)
@@ -559,6 +636,10 @@ class SQLiteStore(Store):
     async def count_parked(self) -> int:
         row = await self._read(lambda c: c.execute("SELECT COUNT(*) FROM parked_events").fetchone())
         return int(row[0])
+
+
+def _exists(path: str) -> bool:
+    return os.path.exists(path)
 
 
 def _lock_exclusively(path: str) -> IO[bytes]:
@@ -704,14 +785,28 @@ def _enqueue_batch(
 
 
 _EXPAND_CHUNK = 2000
+_MAX_EXPANSIONS = 16  # chunks expanded at most per claim to put a single update first
+
+# A property version matters only while an older update of the company may still be sent: a
+# queued, delivering or dead one with a lower sequence number, or a stored batch's update not
+# yet expanded (those all have sequence numbers at or above the oldest pending one).
+PRUNE_VERSIONS = """
+    DELETE FROM property_versions WHERE updated_at < :before
+      AND seq <= COALESCE(
+        (SELECT MIN(seq_from + expanded) FROM batches WHERE expanded < total),
+        9223372036854775807)
+      AND NOT EXISTS (
+        SELECT 1 FROM deliveries d WHERE d.company_id = property_versions.company_id
+          AND d.status IN ('queued', 'delivering', 'dead') AND d.seq < property_versions.seq)
+"""
 
 
 def _staged_delivery(conn: sqlite3.Connection, delivery_id: str) -> Delivery | None:
     """A batch's update not expanded yet (`{batch_id}.{i}`), as the queued delivery it is."""
     batch_id, dot, index_text = delivery_id.rpartition(".")
-    if not dot or not index_text.isdigit():
+    index = parse_ascii_int(index_text) if dot else None
+    if index is None:
         return None
-    index = int(index_text)
     row = conn.execute(
         "SELECT caller, total, created_at, seq_from, expanded, source, payload FROM batches "
         "WHERE id = ?",
@@ -758,16 +853,16 @@ def _expand(conn: sqlite3.Connection, *, before_seq: int | None) -> bool:
         return False
     chunk = orjson.loads(payload)[expanded : expanded + _EXPAND_CHUNK]
     now = time.time()
-    conn.executemany(
-        "INSERT INTO deliveries (seq, id, company_id, metadata, status, source, caller, "
-        "batch_id, created_at, updated_at, next_attempt_at, enqueued_at) "
-        "VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?)",
-        [
+    rows = []
+    for i, item in enumerate(chunk):
+        company_id, metadata, status, error = expansion_item(item)
+        rows.append(
             (
                 seq_from + expanded + i,
                 f"{batch_id}.{expanded + i}",
                 company_id,
                 orjson.dumps(metadata),
+                status,
                 source,
                 caller,
                 batch_id,
@@ -775,9 +870,14 @@ def _expand(conn: sqlite3.Connection, *, before_seq: int | None) -> bool:
                 now,
                 created_at,
                 created_at,
+                error,
             )
-            for i, (company_id, metadata) in enumerate(chunk)
-        ],
+        )
+    conn.executemany(
+        "INSERT INTO deliveries (seq, id, company_id, metadata, status, source, caller, "
+        "batch_id, created_at, updated_at, next_attempt_at, enqueued_at, last_error) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        rows,
     )
     done = expanded + len(chunk)
     conn.execute(
@@ -786,6 +886,20 @@ def _expand(conn: sqlite3.Connection, *, before_seq: int | None) -> bool:
         (done, done, batch_id),
     )
     return True
+
+
+def expansion_item(item: Any) -> tuple[str, Any, str, str | None]:
+    """(company_id, metadata, status, error) for one stored batch update.
+
+    An update that cannot be sent as stored (a control character in an id, from before the
+    relay refused them at the door) becomes a dead letter with the reason, so that it can
+    never stall the queue for everyone.
+    """
+    company_id, metadata = item if isinstance(item, list) and len(item) == 2 else (item, None)
+    problem = update_problem(company_id, metadata)
+    if problem is None:
+        return company_id, metadata, "queued", None
+    return printable(company_id), {}, "dead", REFUSED + problem
 
 
 def _newest_only(conn: sqlite3.Connection, update: NewUpdate, now: float) -> dict[str, Any]:
@@ -812,8 +926,28 @@ def _newest_only(conn: sqlite3.Connection, update: NewUpdate, now: float) -> dic
     return kept
 
 
+def _pick_single(conn: sqlite3.Connection, now: float, settle: float) -> tuple[str, int] | None:
+    """The company of the oldest ready single update (not from a batch) that is free."""
+    row = conn.execute(
+        "SELECT d.company_id, d.seq FROM deliveries d "
+        "WHERE d.status = 'queued' AND d.batch_id IS NULL AND d.next_attempt_at <= :now "
+        "AND d.enqueued_at <= :settled AND NOT EXISTS ("
+        "  SELECT 1 FROM deliveries b WHERE b.company_id = d.company_id AND ("
+        "    b.status = 'delivering' OR"
+        "    (b.status = 'queued' AND b.attempts > 0 AND b.next_attempt_at > :now))) "
+        "ORDER BY d.seq LIMIT 1",
+        {"now": now, "settled": now - settle},
+    ).fetchone()
+    return (row[0], row[1]) if row else None
+
+
 def _claim(
-    conn: sqlite3.Connection, owner: str, lease: float, max_merge: int, settle: float
+    conn: sqlite3.Connection,
+    owner: str,
+    lease: float,
+    max_merge: int,
+    settle: float,
+    single_first: bool = False,
 ) -> Claim | None:
     now = time.time()
     # Leases outlive a crashed holder only until they expire.
@@ -822,6 +956,17 @@ def _claim(
         "WHERE status = 'delivering' AND lease_until < ?",
         (now,),
     )
+    if single_first:
+        # Fairness: a single update never waits behind a whole import. Every stored batch
+        # update that arrived before it is expanded first, so that its company's claim merges
+        # them in arrival order (the single update's newer values win).
+        single = _pick_single(conn, now, settle)
+        expansions = 0
+        while single is not None and expansions < _MAX_EXPANSIONS:
+            if not _expand(conn, before_seq=single[1]):
+                return _lease(conn, single[0], owner, lease, max_merge, now)
+            expansions += 1
+            single = _pick_single(conn, now, settle)
     for _ in range(4):
         # Cheap first (a partial index): is anything ready at all? During an outage nothing
         # is, and the full search below would walk the whole backlog.
@@ -848,7 +993,13 @@ def _claim(
             break
     if row is None:
         return None
-    company_id = row[0]
+    return _lease(conn, row[0], owner, lease, max_merge, now)
+
+
+def _lease(
+    conn: sqlite3.Connection, company_id: str, owner: str, lease: float, max_merge: int, now: float
+) -> Claim:
+    """Lease the company's queued updates (in arrival order, at most `max_merge`)."""
     rows = conn.execute(
         "SELECT id, seq, metadata, attempts FROM deliveries "
         "WHERE company_id = ? AND status = 'queued' ORDER BY seq LIMIT ?",

@@ -35,7 +35,7 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def ping(self) -> bool:
-        """True when the store answers a trivial query now."""
+        """True when the store answers a read and commits a write now (readiness)."""
 
     # ingest --------------------------------------------------------------------------------
     @abc.abstractmethod
@@ -102,9 +102,19 @@ class Store(abc.ABC):
     # dispatcher ----------------------------------------------------------------------------
     @abc.abstractmethod
     async def claim(
-        self, *, owner: str, lease_seconds: float, max_merge: int, settle_seconds: float = 0.0
+        self,
+        *,
+        owner: str,
+        lease_seconds: float,
+        max_merge: int,
+        settle_seconds: float = 0.0,
+        single_first: bool = False,
     ) -> Claim | None:
         """Lease every queued update of the company that has waited longest and is free.
+
+        With `single_first`, the company of the oldest ready single update (one not from a
+        batch) goes first, so one caller's single update never waits behind a whole import;
+        batch updates that arrived before it are expanded first and ride in the same claim.
 
         A company is free when none of its updates is being delivered (under a live lease)
         and none is waiting out a retry backoff. Its oldest ready update must have been queued
