@@ -81,6 +81,22 @@ def parse_api_keys(raw: str) -> tuple[ApiKey, ...]:
     return tuple(keys)
 
 
+def _check_postgres_url(url: str) -> None:
+    """Refuse a PostgreSQL URL libpq cannot read, in words that never repeat the URL.
+
+    libpq's own message quotes the offending part, which may be the password.
+    """
+    from psycopg import conninfo
+
+    try:
+        conninfo.conninfo_to_dict(url.replace("postgresql+psycopg://", "postgresql://", 1))
+    except Exception:
+        raise ValueError(
+            "is not a URL PostgreSQL can read (check its percent escapes: a % in the password "
+            "must be written %25); the URL is not repeated here because it may hold a password"
+        ) from None
+
+
 class Settings(BaseSettings):
     """Everything the relay reads from its environment."""
 
@@ -99,6 +115,13 @@ class Settings(BaseSettings):
     relay_max_body_bytes: int = Field(default=1024 * 1024, gt=0)
     relay_max_bulk_body_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
     relay_idempotency_ttl_seconds: int = Field(default=24 * 3600, gt=0)
+    # Request limits: a body must keep arriving (idle) and arrive whole in time, else 408;
+    # request headers over the limit are a 431; bulk bodies are parsed a few at a time.
+    relay_body_idle_timeout_seconds: float = Field(default=10.0, gt=0, le=600)
+    relay_body_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
+    relay_max_header_bytes: int = Field(default=16 * 1024, ge=1024, le=1024 * 1024)
+    relay_bulk_concurrency: int = Field(default=1, ge=1, le=64)
+    relay_bulk_queue_seconds: float = Field(default=30.0, gt=0, le=600)
 
     relay_delivery_concurrency: int = Field(default=16, ge=1, le=256)
     relay_merge_window_seconds: float = Field(default=0.05, ge=0, le=60)
@@ -116,6 +139,8 @@ class Settings(BaseSettings):
     # webhooks ------------------------------------------------------------------------------
     relay_public_url: str | None = None
     hubspot_client_secret: SecretStr | None = None
+    # v1/v2 signatures carry no timestamp: a captured request can be replayed at any time.
+    hubspot_accept_legacy_signatures: bool = False
     hubspot_company_id_prefix: str = Field(default="", max_length=64)
     hubspot_mapping_file: str | None = None
     # One secret, or several separated by commas while a secret is being rolled.
@@ -158,6 +183,10 @@ class Settings(BaseSettings):
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError("must be a full http(s) URL such as https://analytex.userpilot.io")
+        if "@" in parts.netloc:
+            raise ValueError(
+                "must not carry credentials (user:password@): the relay authenticates itself"
+            )
         if parts.query or parts.fragment:
             raise ValueError("must not carry a query string or fragment")
         return value
@@ -171,6 +200,7 @@ class Settings(BaseSettings):
                 raise ValueError("needs a file path (an in-memory database is not durable)")
             return value
         if value.startswith(("postgresql://", "postgres://", "postgresql+psycopg://")):
+            _check_postgres_url(value)
             return value
         raise ValueError("must be sqlite:///<path> or postgresql://user@host/db")
 
@@ -204,6 +234,15 @@ class Settings(BaseSettings):
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError("must be a full http(s) URL such as https://api.stripe.com")
+        if "@" in parts.netloc:
+            raise ValueError("must not carry credentials (user:password@): set STRIPE_API_KEY")
+        return value
+
+    @field_validator("hubspot_company_id_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+            raise ValueError("must not contain control characters (it starts every company id)")
         return value
 
     @field_validator("stripe_company_id_metadata_key")

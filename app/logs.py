@@ -46,6 +46,10 @@ def configure_logging(level: str) -> None:
         logger = logging.getLogger(name)
         logger.handlers[:] = []
         logger.propagate = True
+    # httpx logs every request's full URL at INFO: keep it to warnings, so that no URL
+    # (the Stripe API's, the upstream's) ever reaches the log from there.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     # Our middleware writes a structured access log; uvicorn's plain one would duplicate it.
     access = logging.getLogger("uvicorn.access")
     access.handlers[:] = []

@@ -1,13 +1,17 @@
 """Reading a JSON body safely: 415 for another media type, 413 before a large body is read
-whole, 422 naming every offending field."""
+whole, 408 for a body that stalls or trickles, 422 naming every offending field."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import TypeVar
 
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
 
+from app.config import Settings
+from app.domain import parse_ascii_int
 from app.errors import RelayError, validation_errors
 
 M = TypeVar("M", bound=BaseModel)
@@ -21,18 +25,43 @@ def _is_json(content_type: str) -> bool:
 
 
 async def read_body(request: Request, *, limit: int) -> bytes:
-    """The raw body, refused with 415/413 as early as possible."""
+    """The raw body, refused with 415/413 as early as possible.
+
+    A body that sends nothing for RELAY_BODY_IDLE_TIMEOUT_SECONDS, or is not whole after
+    RELAY_BODY_TIMEOUT_SECONDS, is a 408: a client trickling bytes must not hold a request
+    (and its memory) for minutes.
+    """
+    settings: Settings = request.state.settings
+    idle_timeout = settings.relay_body_idle_timeout_seconds
+    timeout = settings.relay_body_timeout_seconds
     if not _is_json(request.headers.get("content-type", "")):
         raise RelayError(
             415,
             "unsupported_media_type",
             "send the body as JSON with Content-Type: application/json",
         )
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    declared = parse_ascii_int(request.headers.get("content-length", ""))
+    if declared is not None and declared > limit:
         raise _too_large(limit)
     body = bytearray()
-    async for chunk in request.stream():
+    deadline = time.monotonic() + timeout
+    chunks = request.stream().__aiter__()
+    while True:
+        wait = min(idle_timeout, deadline - time.monotonic())
+        try:
+            if wait <= 0:
+                raise TimeoutError
+            chunk = await asyncio.wait_for(chunks.__anext__(), timeout=wait)
+        except StopAsyncIteration:
+            break
+        except TimeoutError:
+            raise RelayError(
+                408,
+                "request_timeout",
+                f"the body did not arrive in time (nothing for {idle_timeout:g} s, or not "
+                f"whole within {timeout:g} s): send it at once",
+                headers={"Connection": "close"},
+            ) from None
         body += chunk
         if len(body) > limit:
             raise _too_large(limit)

@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import re
 import time
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import orjson
@@ -85,6 +86,7 @@ AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
     503: _error("The store is unreachable: nothing was changed; retry."),
 }
 BODY_ERRORS: dict[int | str, dict[str, Any]] = {
+    408: _error("The body stalled or trickled past the read timeouts: nothing was stored."),
     413: _error("The body is over the configured limit."),
     415: _error("The body is not application/json."),
     422: _error("Invalid payload: `errors` names each offending field."),
@@ -273,7 +275,14 @@ async def _wait_for_outcome(
     status_code=202,
     response_model=BulkAccepted,
     openapi_extra=_body_schema(BulkIn),
-    responses={**AUTH_ERRORS, **BODY_ERRORS},
+    responses={
+        **AUTH_ERRORS,
+        **BODY_ERRORS,
+        503: _error(
+            "The store is unreachable, or other bulk requests hold every parsing turn "
+            "(`busy`): nothing was stored; retry after `Retry-After`."
+        ),
+    },
 )
 async def post_companies_bulk(
     request: Request,
@@ -290,11 +299,50 @@ async def post_companies_bulk(
     GET /deliveries/{batch_id}.{i}.
     """
     body = await read_body(request, limit=settings.relay_max_bulk_body_bytes)
+    async with _bulk_turn(request, settings):
+        return await _store_bulk(body, caller.name, settings, store, dispatcher, idempotency_key)
+
+
+@contextlib.asynccontextmanager
+async def _bulk_turn(request: Request, settings: SettingsDep) -> AsyncIterator[None]:
+    """One of RELAY_BULK_CONCURRENCY turns to parse and store a bulk body.
+
+    Parsing a 20 MB body takes about ten times its size in memory: bounding how many are
+    parsed at once bounds the relay's memory, whoever sends them. A request that cannot get
+    a turn within RELAY_BULK_QUEUE_SECONDS is a 503 with Retry-After: nothing was stored.
+    """
+    slots: asyncio.Semaphore | None = getattr(request.app.state, "bulk_slots", None)
+    if slots is None:
+        slots = request.app.state.bulk_slots = asyncio.Semaphore(settings.relay_bulk_concurrency)
+    try:
+        await asyncio.wait_for(slots.acquire(), timeout=settings.relay_bulk_queue_seconds)
+    except TimeoutError:
+        raise RelayError(
+            503,
+            "busy",
+            "other bulk requests are being stored; nothing was stored, retry shortly",
+            headers={"Retry-After": "5"},
+        ) from None
+    try:
+        yield
+    finally:
+        slots.release()
+
+
+async def _store_bulk(
+    body: bytes,
+    caller: str,
+    settings: SettingsDep,
+    store: Store,
+    dispatcher: DispatcherDep,
+    idempotency_key: str | None,
+) -> Response:
     companies = validated(body, bulk=True)
+    del body
     idempotency = None
     if idempotency_key is not None:
         idempotency = Idempotency(
-            caller=caller.name,
+            caller=caller,
             key=idempotency_key,
             fingerprint=fingerprint("companies/bulk", companies),
             ttl_seconds=settings.relay_idempotency_ttl_seconds,
@@ -303,7 +351,7 @@ async def post_companies_bulk(
         store,
         [NewUpdate(company_id=c, metadata=m) for c, m in companies],
         source="bulk",
-        caller=caller.name,
+        caller=caller,
         batch=True,
         idempotency=idempotency,
     )

@@ -32,8 +32,8 @@ async def healthz() -> Health:
     responses={503: {"model": Health, "description": "The store is unreachable."}},
 )
 async def readyz(store: StoreDep) -> Response:
-    """Readiness: the store answers. Userpilot being down does not make the relay unready:
-    updates are still stored and delivered later."""
+    """Readiness: the store answers a read and commits a write. Userpilot being down does not
+    make the relay unready: updates are still stored and delivered later."""
     try:
         ok = await store.ping()
     except Exception:
@@ -52,12 +52,13 @@ async def readyz(store: StoreDep) -> Response:
 async def metrics(store: StoreDep) -> Response:
     """Prometheus metrics, all prefixed `userpilot_relay_`; the queue gauges are read now."""
     try:
+        up = await store.ping()  # a write: a store that reads but cannot write is down
         stats = await store.stats()
         parked = await store.count_parked()
     except Exception:
         STORE_UP.set(0)
     else:
-        STORE_UP.set(1)
+        STORE_UP.set(1 if up else 0)
         QUEUE_DEPTH.labels(status="queued").set(stats.queued)
         QUEUE_DEPTH.labels(status="delivering").set(stats.delivering)
         DEAD_LETTERS.set(stats.dead)

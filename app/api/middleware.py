@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 
+import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.metrics import HTTP_DURATION, HTTP_REQUESTS
@@ -18,11 +19,53 @@ access_log = logging.getLogger("userpilot_relay.access")
 _UNMEASURED = frozenset({"/metrics", "/healthz", "/readyz"})
 
 
+_HEADERS_TOO_LARGE = orjson.dumps(
+    {
+        "error": "request_header_fields_too_large",
+        "message": "the request headers are over the limit (RELAY_MAX_HEADER_BYTES)",
+    }
+)
+
+
+def headers_too_large(scope: Scope) -> bool:
+    """True when the request's headers together exceed RELAY_MAX_HEADER_BYTES."""
+    settings = (scope.get("state") or {}).get("settings")
+    limit = settings.relay_max_header_bytes if settings is not None else 16 * 1024
+    total = 0
+    for name, value in scope["headers"]:
+        total += len(name) + len(value)
+        if total > limit:
+            return True
+    return False
+
+
+async def refuse_headers(send: Send) -> None:
+    """431, cheaply, before any route reads a header."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 431,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(_HEADERS_TOO_LARGE)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": _HEADERS_TOO_LARGE})
+
+
 class RequestMetricsMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and headers_too_large(scope):
+            HTTP_REQUESTS.labels(
+                route="unmatched", method=scope["method"], caller="anonymous", status="431"
+            ).inc()
+            await refuse_headers(send)
+            return
         if scope["type"] != "http" or scope["path"] in _UNMEASURED:
             await self.app(scope, receive, send)
             return
