@@ -341,9 +341,11 @@ def test_hubspot_refuses_unsigned_forged_stale_and_malformed_requests(
         "X-HubSpot-Request-Timestamp": str(now),
     }
     assert send(headers).status_code == 401
-    # A v0-style downgrade does not exist for HubSpot; an unknown legacy version is refused.
+    # v1/v2 carry no timestamp (replayable forever): refused unless enabled, whatever version.
     legacy = {"X-HubSpot-Signature": "x", "X-HubSpot-Signature-Version": "v0"}
-    assert send({"Content-Type": "application/json", **legacy}).status_code == 401
+    r = send({"Content-Type": "application/json", **legacy})
+    assert r.status_code == 401 and r.json()["error"] == "legacy_signature", r.text
+    assert "HUBSPOT_ACCEPT_LEGACY_SIGNATURES=true" in r.json()["message"]
 
     malformed = json.dumps({"events": events}).encode()
     r = send(hubspot_headers(malformed), malformed)
@@ -355,7 +357,8 @@ def test_hubspot_refuses_unsigned_forged_stale_and_malformed_requests(
 
     rejections = "userpilot_relay_webhook_rejections_total"
     assert relay.metric(rejections, source="hubspot", reason="missing_signature") == 1
-    assert relay.metric(rejections, source="hubspot", reason="bad_signature") == 4
+    assert relay.metric(rejections, source="hubspot", reason="bad_signature") == 3
+    assert relay.metric(rejections, source="hubspot", reason="legacy_signature") == 1
     assert relay.metric(rejections, source="hubspot", reason="stale_timestamp") == 2
     assert relay.metric(rejections, source="hubspot", reason="malformed_body") == 2
     assert relay.metric(rejections, source="hubspot", reason="unsupported_media_type") == 1
@@ -363,10 +366,16 @@ def test_hubspot_refuses_unsigned_forged_stale_and_malformed_requests(
     assert sim.requests(path=IDENTIFY) == []
 
 
-def test_hubspot_legacy_v1_and_v2_signatures_are_verified_by_their_scheme(
-    hubspot_relay: RelayProcess, sim: SimulatorProcess
+def test_hubspot_legacy_v1_and_v2_signatures_are_verified_by_their_scheme_when_enabled(
+    relay_factory: RelayFactory, sim: SimulatorProcess
 ) -> None:
-    relay, now = hubspot_relay, int(time.time() * 1000)
+    relay = relay_factory(
+        HUBSPOT_CLIENT_SECRET=HS_SECRET,
+        RELAY_PUBLIC_URL=PUBLIC_URL,
+        HUBSPOT_COMPANY_ID_PREFIX="hs-",
+        HUBSPOT_ACCEPT_LEGACY_SIGNATURES="true",
+    )
+    now = int(time.time() * 1000)
     for version, object_id in (("v1", 11), ("v2", 12)):
         body = json.dumps([hs_change(object_id, "name", version, at=now, event_id=1)]).encode()
         signature = Signature.get_signature(
@@ -381,7 +390,7 @@ def test_hubspot_legacy_v1_and_v2_signatures_are_verified_by_their_scheme(
         assert r.status_code == 200, r.text
         forged = {**headers, "X-HubSpot-Signature": "0" * 64}
         r = relay.request("POST", "/webhooks/hubspot", key=None, content=body, headers=forged)
-        assert r.status_code == 401
+        assert r.status_code == 401 and r.json()["error"] == "bad_signature"
     wait_until(
         lambda: sim.company("hs-11") == {"name": "v1"} and sim.company("hs-12") == {"name": "v2"}
     )

@@ -26,6 +26,7 @@ from app.sources.stripe import (
     StripeProcessor,
     UnknownAmount,
     company_from_customer,
+    company_id_refusal,
     monthly_recurring_revenue,
     parse_event,
     plan_name,
@@ -70,6 +71,42 @@ def test_dates_become_iso_8601_from_epoch_ms_or_s() -> None:
             convert(bad, "date", epoch="ms")
 
 
+@pytest.mark.parametrize("kind", ["number", "date"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "1" * 5000,  # int() refuses more than 4,300 digits: it was a 500 for the whole batch
+        "-" + "9" * 4301,
+        "1" * 21,
+        "1e999999",  # float() says inf
+        "-1e999999",
+        "1" * 400 + ".5",
+        "\u0661\u0662",  # Arabic-Indic digits: int() and float() would take them
+        "\uff11\uff12",  # full-width digits
+        "\xb2",
+        "1" * 1_000_000 + "x",
+    ],
+)
+def test_huge_and_foreign_numbers_do_not_convert(value: str, kind: str) -> None:
+    with pytest.raises(ConversionError):
+        convert(value, kind, epoch="ms")  # type: ignore[arg-type]
+
+
+def test_integers_with_leading_zeros_and_dates_at_the_edges() -> None:
+    assert convert("0" * 5000 + "42", "number", epoch="ms") == 42
+    assert convert("+18446744073709551615", "number", epoch="ms") == 2**64 - 1
+    assert convert("-9223372036854775808", "number", epoch="ms") == -(2**63)
+    with pytest.raises(ConversionError):
+        convert("18446744073709551616", "number", epoch="ms")
+    # Valid ISO dates whose UTC instant is out of datetime's range raised OverflowError.
+    for edge in ("0001-01-01T00:00:00+05:00", "9999-12-31T23:59:59-05:00"):
+        with pytest.raises(ConversionError):
+            convert(edge, "date", epoch="ms")
+    for huge in (2**63, -(2**63), 10.0**300):
+        with pytest.raises(ConversionError):
+            convert(huge, "date", epoch="ms")
+
+
 def test_null_stays_null_whatever_the_type() -> None:
     for kind in ("string", "number", "boolean", "date"):
         assert convert(None, kind, epoch="ms") is None  # type: ignore[arg-type]
@@ -105,6 +142,8 @@ def test_bad_mapping_files_are_refused_with_the_reason(tmp_path: Path) -> None:
         "no property": {"company": {"name": {"type": "string"}}},
         "unknown key": {"company": {"name": {"property": "n", "kind": "string"}}},
         "twice": {"company": {"a": {"property": "x"}, "b": {"property": "x"}}},
+        "control character": {"company": {"name": {"property": "na\u0000me"}}},
+        "tab": {"company": {"name": {"property": "na\tme"}}},
     }
     for label, content in cases.items():
         with pytest.raises(MappingError):
@@ -250,6 +289,81 @@ def test_hubspot_malformed_batches(body: bytes, where: str | None) -> None:
         assert info.value.errors[0][0] == where
 
 
+def test_hubspot_unusable_events_are_skipped_one_by_one() -> None:
+    rules = load_mapping("hubspot").section("company")
+    good = hs_event(eventId=1, objectId=501)
+    bad_objects: list[Any] = [
+        True,  # a bool is an int to Python: it became company "hs-1"
+        False,
+        1.0,
+        1.5,
+        -5,
+        "",
+        " ",
+        "abc",
+        "12a",
+        "\u0661\u0662",
+        "1" * 300,  # over 255 characters with the prefix
+        "12\u0000",
+        {"id": 1},
+        [1],
+    ]
+    bad = [hs_event(eventId=10 + i, objectId=o) for i, o in enumerate(bad_objects)]
+    bad += [
+        hs_event(eventId="e\u0000", objectId=7),
+        hs_event(portalId="p" * 65, objectId=7),
+        hs_event(subscriptionId="", objectId=7),
+        hs_event(eventId=90, objectId=7, propertyName="na\u0000me"),
+        hs_event(eventId=91, objectId=7, propertyName="name\r\n"),
+        hs_event(eventId=92, objectId=7, propertyName=""),
+        hs_event(eventId=93, objectId=True, subscriptionType="company.creation"),
+    ]
+    huge = hs_event(
+        eventId=2, objectId=501, propertyName="numberofemployees", propertyValue="9" * 5000
+    )
+    batch = [good, *bad, huge, hs_event(eventId=3, objectId="0042")]
+    plans = plan_batch(parse_batch(orjson.dumps(batch)), rules, "hs-")
+    outcomes = [p.outcome for p in plans]
+    assert outcomes == ["forwarded", *["invalid_event"] * len(bad), "invalid_value", "forwarded"]
+    assert [p.update for p in plans[1 : 1 + len(bad)]] == [None] * len(bad)
+    assert all(p.problem for p in plans[1 : 1 + len(bad)])
+    assert plans[1].problem is not None and "objectId" in plans[1].problem
+    assert plans[-2].invalid_fields == ["numberofemployees"] and plans[-2].update is None
+    stored = [p.update for p in plans if p.update is not None]
+    assert [u.company_id for u in stored] == ["hs-501", "hs-0042"]
+    # Nothing that reaches the store holds a control character, whatever the batch held.
+    for plan in plans:
+        assert "\u0000" not in plan.event_id + plan.event_type
+    # Without a prefix a 255-digit objectId is a usable id, 256 digits are not.
+    [ok, too_long] = plan_batch(
+        parse_batch(orjson.dumps([hs_event(objectId="1" * 255), hs_event(objectId="1" * 256)])),
+        rules,
+        "",
+    )
+    assert ok.outcome == "forwarded" and too_long.outcome == "invalid_event"
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        hs_event(eventId=True),
+        hs_event(portalId=1.5),
+        hs_event(occurredAt=True),
+        hs_event(occurredAt=1.5),
+        hs_event(occurredAt="1714564800000"),
+        hs_event(objectId=None),
+        hs_event(subscriptionType=5),
+        hs_event(propertyName=5),
+    ],
+)
+def test_hubspot_events_not_of_the_documented_shape_still_refuse_the_batch(
+    event: dict[str, Any],
+) -> None:
+    with pytest.raises(Malformed) as info:
+        parse_batch(orjson.dumps([hs_event(), event]))
+    assert info.value.errors[0][0].startswith("[1]")
+
+
 # Stripe ---------
 def price(amount: int | None, interval: str = "month", **extra: Any) -> dict[str, Any]:
     return {
@@ -311,6 +425,40 @@ def test_unknown_amounts_are_not_guessed() -> None:
         monthly_recurring_revenue(subscription({"price": metered}))
 
 
+@pytest.mark.parametrize(
+    "item",
+    [
+        {"price": price(None, unit_amount_decimal="1e999999")},  # was a 500 (Decimal overflow)
+        {"price": price(None, unit_amount_decimal="-1e999999")},
+        {"price": price(None, unit_amount_decimal="1" * 5000)},
+        {"price": price(None, unit_amount_decimal="NaN")},
+        {"price": price(None, unit_amount_decimal="Infinity")},
+        {"price": price(None, unit_amount_decimal="1e15")},
+        {"price": price(None, unit_amount_decimal="\u0661\u0662")},
+        {"price": price(None, unit_amount_decimal=["1"])},
+        {"price": price(10.0**300)},  # type: ignore[arg-type]
+        {"price": price(True)},
+        {"price": price(10**14), "quantity": 2**63},  # beyond Decimal's 28 digits once rounded
+        {"price": price(4900), "quantity": True},
+        {"price": price(4900, recurring={"interval": "month", "interval_count": True})},
+    ],
+)
+def test_amounts_no_real_price_has_are_unknown_not_errors(item: dict[str, Any]) -> None:
+    with pytest.raises(UnknownAmount):
+        monthly_recurring_revenue(subscription(item))
+
+
+def test_a_huge_amount_drops_mrr_and_forwards_the_rest() -> None:
+    sub = subscription({"price": price(None, unit_amount_decimal="1e999999"), "quantity": 1})
+    plan = processor().plan_subscription(stripe_event("customer.subscription.updated", sub), "a")
+    assert plan.outcome == "invalid_value" and plan.invalid_fields == ["mrr"]
+    assert plan.update is not None and "mrr" not in plan.update.metadata
+    assert plan.update.metadata["plan"] == "Pro"
+    # A small decimal amount is still exact.
+    small = {"price": price(None, unit_amount_decimal="0.5"), "quantity": 3}
+    assert monthly_recurring_revenue(subscription(small)) == 0.02
+
+
 def test_plan_names_and_period_end_from_items() -> None:
     assert plan_name(subscription({"price": price(1)})) == "Pro"
     assert plan_name(subscription({"price": price(1, nickname=None, lookup_key="pro_m")})) == (
@@ -337,6 +485,18 @@ def test_company_from_customer() -> None:
     assert company_from_customer(bare, key="company_id", missing="skip") is None
     blank = {"id": "cus_1", "metadata": {"company_id": ""}}
     assert company_from_customer(blank, key="company_id", missing="skip") is None
+    assert company_id_refusal(blank, key="company_id") is None
+
+
+@pytest.mark.parametrize("company_id", ["ac\u0000me", "ac\tme", "\u0007", "a" * 256])
+def test_an_unusable_company_id_in_customer_metadata_is_refused_not_replaced(
+    company_id: str,
+) -> None:
+    customer = {"id": "cus_1", "metadata": {"company_id": company_id}}
+    for missing in ("skip", "customer_id"):
+        assert company_from_customer(customer, key="company_id", missing=missing) is None
+    assert company_id_refusal(customer, key="company_id") is not None
+    assert company_id_refusal({"id": "cus_1"}, key="company_id") is None
 
 
 def stripe_event(kind: str, obj: dict[str, Any], **data: Any) -> StripeEvent:
@@ -436,3 +596,31 @@ def test_stripe_malformed_events() -> None:
         parse_event(orjson.dumps(no_customer))
     other = {"id": "evt_2", "type": "invoice.paid", "created": 1, "data": {"object": {}}}
     assert parse_event(orjson.dumps(other)).type == "invoice.paid"
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"id": "evt_\u0000"}, "id"),  # the dedup key: PostgreSQL text cannot hold NUL
+        ({"id": "evt\n1"}, "id"),
+        ({"id": "   "}, "id"),
+        ({"id": 12}, "id"),
+        ({"created": True}, "created"),
+        ({"created": "1714564800"}, "created"),
+        ({"data": {"object": {"id": "cus_\u0000"}}}, "data.object.id"),
+        ({"data": {"object": {"id": "c" * 256}}}, "data.object.id"),
+    ],
+)
+def test_stripe_events_with_unstorable_ids_are_malformed(
+    change: dict[str, Any], field: str
+) -> None:
+    event = {
+        "id": "evt_1",
+        "type": "customer.updated",
+        "created": 1,
+        "data": {"object": {"id": "cus_1"}},
+        **change,
+    }
+    with pytest.raises(Malformed) as info:
+        parse_event(orjson.dumps(event))
+    assert info.value.errors and info.value.errors[0][0] == field

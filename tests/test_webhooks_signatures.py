@@ -10,12 +10,16 @@ import json
 import random
 import string
 import time
+from typing import Any
 
 import pytest
 import stripe
 from hubspot.utils.signature import Signature
 
+from app.sources import signatures
 from app.sources.signatures import (
+    MAX_SIGNATURE_HEADER,
+    MAX_STRIPE_V1,
     SignatureError,
     hubspot_legacy_signature,
     hubspot_uri,
@@ -131,7 +135,13 @@ def test_hubspot_v1_v2_match_the_sdk(version: str, seed: int) -> None:
     headers = {"x-hubspot-signature": ours, "x-hubspot-signature-version": version}
     assert (
         verify_hubspot(
-            secret=secret, method="POST", uri=uri, body=body.encode(), headers=headers, now=0
+            secret=secret,
+            method="POST",
+            uri=uri,
+            body=body.encode(),
+            headers=headers,
+            now=0,
+            accept_legacy=True,
         )
         == version
     )
@@ -171,7 +181,13 @@ def test_hubspot_uri_keeps_the_prefix_and_the_query_as_received() -> None:
 
 
 # HubSpot: refusals ---------
-def _verify_hs(headers: dict[str, str], *, body: bytes = b"[]", now: float | None = None) -> str:
+def _verify_hs(
+    headers: dict[str, str],
+    *,
+    body: bytes = b"[]",
+    now: float | None = None,
+    accept_legacy: bool = False,
+) -> str:
     return verify_hubspot(
         secret=HS_SECRET,
         method="POST",
@@ -179,6 +195,7 @@ def _verify_hs(headers: dict[str, str], *, body: bytes = b"[]", now: float | Non
         body=body,
         headers=headers,
         now=time.time() if now is None else now,
+        accept_legacy=accept_legacy,
     )
 
 
@@ -210,7 +227,9 @@ def test_hubspot_refusals() -> None:
     bad_ts = {**good, "x-hubspot-request-timestamp": "yesterday"}
     assert _reason(lambda: _verify_hs(bad_ts)) == "bad_signature"
     assert _reason(lambda: _verify_hs({})) == "missing_signature"
-    assert _reason(lambda: _verify_hs({"x-hubspot-signature": "ab"})) == "bad_signature"
+    assert _reason(lambda: _verify_hs({"x-hubspot-signature": "ab"})) == "legacy_signature"
+    legacy_on = {"x-hubspot-signature": "ab"}
+    assert _reason(lambda: _verify_hs(legacy_on, accept_legacy=True)) == "bad_signature"
 
 
 def test_hubspot_a_failed_v3_never_falls_back_to_v1() -> None:
@@ -222,10 +241,86 @@ def test_hubspot_a_failed_v3_never_falls_back_to_v1() -> None:
         "x-hubspot-request-timestamp": str(int(time.time() * 1000)),
     }
     assert _reason(lambda: _verify_hs(headers)) == "bad_signature"
+    assert _reason(lambda: _verify_hs(headers, accept_legacy=True)) == "bad_signature"
     del headers["x-hubspot-signature-v3"], headers["x-hubspot-request-timestamp"]
-    assert _verify_hs(headers) == "v1"
+    assert _verify_hs(headers, accept_legacy=True) == "v1"
     headers["x-hubspot-signature-version"] = "v4"
-    assert _reason(lambda: _verify_hs(headers)) == "bad_signature"
+    assert _reason(lambda: _verify_hs(headers, accept_legacy=True)) == "bad_signature"
+
+
+# HubSpot: v1/v2 are replayable, so they are refused unless the operator opts in ---------
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_hubspot_legacy_signatures_are_refused_unless_enabled(version: str) -> None:
+    signature = hubspot_legacy_signature(HS_SECRET, version, "POST", HS_URI, b"[]")  # type: ignore[arg-type]
+    headers = {"x-hubspot-signature": signature, "x-hubspot-signature-version": version}
+    # A request captured a year ago verifies exactly as well as a fresh one: no timestamp.
+    a_year_later = time.time() + 365 * 86400
+    with pytest.raises(SignatureError) as info:
+        _verify_hs(headers, now=a_year_later)
+    assert info.value.reason == "legacy_signature"
+    assert "v3 is required" in info.value.message
+    assert "HUBSPOT_ACCEPT_LEGACY_SIGNATURES=true" in info.value.message
+    assert _verify_hs(headers, now=a_year_later, accept_legacy=True) == version
+
+
+# HubSpot: malformed headers are a SignatureError, never another exception ---------
+@pytest.mark.parametrize(
+    "timestamp",
+    [
+        "\xb2",  # superscript two: str.isdigit() says yes, int() says no
+        "1693657560000\xb2",
+        "\u0663\u0664",  # Arabic-Indic digits: int() would take them
+        "+1693657560000",
+        "-1",
+        "1_000",
+        "1e12",
+        " ",
+        "1" * 17,
+        "9" * 5000,
+        "\xa01693657560000",  # a latin-1 no-break space, which str.strip() would remove
+    ],
+)
+def test_hubspot_malformed_timestamps_are_refused_as_bad_signatures(timestamp: str) -> None:
+    headers = {"x-hubspot-signature-v3": "AAAA", "x-hubspot-request-timestamp": timestamp}
+    reason = _reason(lambda: _verify_hs(headers))
+    assert reason == ("missing_signature" if not timestamp.strip() else "bad_signature")
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "x-hubspot-signature-v3",
+        "x-hubspot-request-timestamp",
+        "x-hubspot-signature",
+        "x-hubspot-signature-version",
+    ],
+)
+def test_hubspot_oversized_headers_are_refused_before_any_digest(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    digests: list[str] = []
+
+    def spy(name: str) -> Any:
+        def digest(*args: object) -> str:
+            digests.append(name)
+            return ""
+
+        return digest
+
+    monkeypatch.setattr(signatures, "hubspot_v3_signature", spy("v3"))
+    monkeypatch.setattr(signatures, "hubspot_legacy_signature", spy("legacy"))
+    now_ms = str(int(time.time() * 1000))
+    base = (
+        {"x-hubspot-signature-v3": "AAAA", "x-hubspot-request-timestamp": now_ms}
+        if "v3" in name or "timestamp" in name
+        else {"x-hubspot-signature": "ab", "x-hubspot-signature-version": "v1"}
+    )
+    headers = {**base, name: "1" * (MAX_SIGNATURE_HEADER + 1)}
+    with pytest.raises(SignatureError) as info:
+        _verify_hs(headers, accept_legacy=True)
+    assert info.value.reason == "bad_signature"
+    assert f"longer than {MAX_SIGNATURE_HEADER}" in info.value.message
+    assert digests == []
 
 
 # Stripe: vector and SDK ---------
@@ -310,6 +405,115 @@ def test_stripe_refusals() -> None:
 
 def test_stripe_header_parsing() -> None:
     assert parse_stripe_header("t=5, v1=ab ,v0=cd,v1=ef") == (5, ["ab", "ef"])
+    assert parse_stripe_header("t=0005,v1=ab,v1=") == (5, ["ab"])
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "t=\xb2,v1=00",  # the reported 500: str.isdigit() accepts it, int() refuses
+        "t=1492774577\xb2,v1=00",
+        "t=\u0661\u0662,v1=00",  # Arabic-Indic digits, which int() would accept
+        "t=,v1=00",
+        "t= ,v1=00",
+        "t=-1,v1=00",
+        "t=+1492774577,v1=00",
+        "t=1_492_774_577,v1=00",
+        "t=1e9,v1=00",
+        "t=" + "9" * 17 + ",v1=00",
+        "t=" + "9" * 4000 + ",v1=00",
+        "t=1492774577,v1=",
+        "t=1492774577,v1",
+        "t=1492774577",
+        ",,,=,==,t==1",
+        "t=1492774577,v1=\xff\xfe",
+        "\x00",
+        "=",
+    ],
+)
+def test_stripe_malformed_headers_are_refused_as_bad_signatures(header: str) -> None:
+    assert _reason(lambda: _stripe(header, now=1492774577)) == "bad_signature"
+
+
+def _count_hmacs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    calls: list[int] = []
+    real = signatures.stripe_signature
+
+    def counting(secret: str, timestamp: int, body: bytes) -> str:
+        calls.append(timestamp)
+        return real(secret, timestamp, body)
+
+    monkeypatch.setattr(signatures, "stripe_signature", counting)
+    return calls
+
+
+def test_stripe_a_huge_header_is_refused_before_it_is_parsed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The reported attack: 8 MB of 1.3 million v1 entries blocked the event loop for 1.3 s.
+    hmacs = _count_hmacs(monkeypatch)
+    t = 1492774577
+    good = stripe_signature(STRIPE_SECRET, t, STRIPE_BODY)
+    huge = f"t={t}," + ",".join([f"v1={'0' * 1}"] * 1_300_000) + f",v1={good}"
+    assert len(huge) > 5_000_000
+    splits: list[str] = []
+
+    class Spy(str):
+        def split(self, *args: object, **kwargs: object) -> list[str]:
+            splits.append("split")
+            return super().split(*args, **kwargs)  # type: ignore[arg-type]
+
+    with pytest.raises(SignatureError) as info:
+        _stripe(Spy(huge), now=t)
+    assert info.value.reason == "bad_signature"
+    assert f"longer than {MAX_SIGNATURE_HEADER}" in info.value.message
+    assert splits == []  # refused on its length alone, never split
+    assert hmacs == []
+    # Just over the cap is refused the same way; at the cap a real header still verifies.
+    padded = f"t={t},v1={good},v0=" + "0" * (MAX_SIGNATURE_HEADER - len(f"t={t},v1={good},v0="))
+    assert len(padded) == MAX_SIGNATURE_HEADER
+    assert _stripe(padded, now=t) == t
+    assert _reason(lambda: _stripe(padded + "0", now=t)) == "bad_signature"
+
+
+def test_stripe_more_v1_entries_than_the_cap_are_refused_without_any_hmac(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    hmacs = _count_hmacs(monkeypatch)
+    t = 1492774577
+    good = stripe_signature(STRIPE_SECRET, t, STRIPE_BODY)
+    hmacs.clear()
+    many = f"t={t}," + ",".join(["v1=00"] * MAX_STRIPE_V1) + f",v1={good}"
+    assert len(many) < MAX_SIGNATURE_HEADER
+    with pytest.raises(SignatureError) as info:
+        _stripe(many, now=t)
+    assert info.value.reason == "bad_signature"
+    assert f"more than {MAX_STRIPE_V1} v1" in info.value.message
+    assert hmacs == []
+    at_cap = f"t={t}," + ",".join(["v1=00"] * (MAX_STRIPE_V1 - 1)) + f",v1={good}"
+    assert _stripe(at_cap, now=t, secrets=("whsec_other", STRIPE_SECRET)) == t
+    assert len(hmacs) == 2  # one per secret, whatever the number of v1 entries
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_random_headers_only_ever_raise_signature_errors(seed: int) -> None:
+    rng = random.Random(seed)
+    alphabet = "t=v1,0123456789abcdef \t\xb2\xa0\x85\u0663\x00\xff=,"
+    header = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 120)))
+    for call in (
+        lambda: _stripe(header, now=1492774577),
+        lambda: _verify_hs(
+            {"x-hubspot-signature-v3": header, "x-hubspot-request-timestamp": header[:20]}
+        ),
+        lambda: _verify_hs(
+            {"x-hubspot-signature": header, "x-hubspot-signature-version": header[:3]},
+            accept_legacy=True,
+        ),
+    ):
+        try:
+            call()
+        except SignatureError as exc:
+            assert exc.reason in ("missing_signature", "bad_signature", "stale_timestamp")
 
 
 def test_signatures_are_computed_over_raw_bytes() -> None:

@@ -63,8 +63,12 @@ def _error(description: str) -> dict[str, Any]:
 RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"model": WebhookAck, "description": "Verified and stored (or acknowledged)."},
     400: _error("Signed, but not a body the provider documents: nothing was stored."),
-    401: _error("Missing or wrong signature, or a timestamp too far from now."),
+    401: _error(
+        "Missing, malformed or wrong signature, a timestamp too far from now, or (HubSpot) "
+        "only a v1/v2 signature while HUBSPOT_ACCEPT_LEGACY_SIGNATURES is off."
+    ),
     404: _error("This source is not enabled on this relay."),
+    408: _error("The body stalled or trickled past the read timeouts: nothing was stored."),
     413: _error("The body is over the configured limit."),
     415: _error("The body is not application/json."),
     503: _error("The store is unreachable: nothing was stored; the provider retries."),
@@ -82,7 +86,11 @@ HUBSPOT_OPENAPI: dict[str, Any] = {
             "Base64 HMAC-SHA256 of method, public URI, body and timestamp (app client secret).",
         ),
         _header("X-HubSpot-Request-Timestamp", "Epoch milliseconds; at most 5 minutes off."),
-        _header("X-HubSpot-Signature", "v1/v2 signature, used only when no v3 header is sent."),
+        _header(
+            "X-HubSpot-Signature",
+            "v1/v2 signature: replayable (no timestamp), accepted only with "
+            "HUBSPOT_ACCEPT_LEGACY_SIGNATURES=true and only when no v3 header is sent.",
+        ),
         _header("X-HubSpot-Signature-Version", "v1 or v2, for X-HubSpot-Signature."),
     ],
     "requestBody": {
@@ -135,7 +143,11 @@ async def _read(request: Request, source: Source, limit: int) -> bytes:
     try:
         return await read_body(request, limit=limit)
     except RelayError as exc:
-        reason = {413: "payload_too_large", 415: "unsupported_media_type"}.get(exc.status)
+        reason = {
+            408: "request_timeout",
+            413: "payload_too_large",
+            415: "unsupported_media_type",
+        }.get(exc.status)
         WEBHOOK_REJECTIONS.labels(source=source, reason=reason or "malformed_body").inc()
         raise
 
@@ -161,9 +173,13 @@ async def hubspot_webhook(
     """Receive a HubSpot webhook batch (up to 100 events).
 
     Verified by `X-HubSpot-Signature-v3` over `RELAY_PUBLIC_URL` + this path + the query
-    string (v1/v2 only when no v3 header is sent). `company.creation` identifies the company,
-    `company.propertyChange` sets one mapped property (`""` removes it); other types are
-    acknowledged. Redeliveries and events older than the value already applied store nothing.
+    string. v1/v2 signatures (`X-HubSpot-Signature`) carry no timestamp and can be replayed:
+    they are refused unless `HUBSPOT_ACCEPT_LEGACY_SIGNATURES=true`, and then used only when no
+    v3 header is sent. `company.creation` identifies the company, `company.propertyChange` sets
+    one mapped property (`""` removes it); other types are acknowledged. Redeliveries and
+    events older than the value already applied store nothing; an event whose company id or
+    identity cannot be stored (a bad `objectId`, control characters) is skipped and counted
+    while the rest of the batch is stored.
     """
     request.state.caller = "hubspot"
     secret = settings.hubspot_client_secret
@@ -180,6 +196,7 @@ async def hubspot_webhook(
             body=body,
             headers=request.headers,
             now=time.time(),
+            accept_legacy=settings.hubspot_accept_legacy_signatures,
         )
     except SignatureError as exc:
         raise _reject("hubspot", exc.reason, 401, exc.message) from None

@@ -7,6 +7,9 @@ Outcomes label `userpilot_relay_webhook_events_total{source,outcome}`:
 - `unmapped`: a HubSpot property change of a property no mapping names;
 - `invalid_value`: a value did not convert to its mapped type: it was dropped and logged, the
   event's other fields were forwarded;
+- `invalid_event`: an event whose company id, identity or property name cannot be stored as
+  given (an `objectId` that is not an id, a blank or over-long company id, control characters):
+  skipped and logged, the other events of its batch were stored;
 - `unresolved`: a Stripe subscription event whose company is not known yet: kept and retried;
 - `resolved`: such an event, later forwarded once its company became known;
 - `no_company`: a Stripe customer without a company id, skipped as configured.
@@ -29,6 +32,7 @@ Outcome = Literal[
     "ignored",
     "unmapped",
     "invalid_value",
+    "invalid_event",
     "unresolved",
     "resolved",
     "no_company",
@@ -58,6 +62,7 @@ class EventPlan:
     outcome: Outcome = "forwarded"
     unmapped: int = 0
     invalid_fields: list[str] = field(default_factory=list)
+    problem: str | None = None  # why an `invalid_event` was skipped
 
 
 async def commit(
@@ -83,6 +88,16 @@ async def commit(
             outcome = "resolved"
         WEBHOOK_EVENTS.labels(source=source, outcome=outcome).inc()
         unmapped += plan.unmapped
+        if plan.problem is not None:
+            log.warning(
+                "webhook event skipped: it cannot be stored as given",
+                extra={
+                    "source": source,
+                    "event_id": plan.event_id,
+                    "event_type": plan.event_type,
+                    "problem": plan.problem,
+                },
+            )
         if plan.invalid_fields:
             log.warning(
                 "webhook values did not convert to their mapped type and were dropped",

@@ -6,6 +6,9 @@ A mapping file is JSON, one per source: sections by object type (`company` for H
 Keys starting with `_` are comments. Only mapped fields are forwarded: anything else, personal
 data included, is dropped and counted. A value that does not convert to its type is reported,
 never guessed. Dates become ISO 8601 in UTC (`2024-05-01T12:00:00Z`).
+
+Conversions are total: whatever a signed source sends (5,000 digits, `1e999999`, digits of
+other scripts), the answer is a value or a `ConversionError`, never another exception.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Annotated, Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
+from app.domain import property_name_problem
 from app.queue.models import Metadata, Primitive
 
 FieldType = Literal["string", "number", "boolean", "date"]
@@ -31,8 +35,11 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "stripe": ("customer", "subscription"),
 }
 DEFAULTS_DIR = Path(__file__).resolve().parent / "mappings"
-_NUMBER = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?$")
-_INTEGER = re.compile(r"^[+-]?\d+$")
+# ASCII digits only: `\d` alone would take other scripts' digits, which int() and float() accept.
+_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
+_INTEGER = re.compile(r"([+-]?)(\d+)", re.ASCII)
+# 2**64 has 20 digits: a longer integer is out of range, and int() of over 4,300 digits raises.
+_MAX_INTEGER_DIGITS = 20
 _MAX_FLATTEN_DEPTH = 4
 
 
@@ -108,6 +115,9 @@ def load_mapping(source: str, path: str | Path | None = None) -> SourceMapping:
     for name, rules in parsed.sections.items():
         seen: dict[str, str] = {}
         for source_field, rule in rules.items():
+            problem = property_name_problem(rule.property)
+            if problem is not None:
+                raise MappingError(f"the mapping file {where}: {name}: {source_field!r}: {problem}")
             if rule.property in seen:
                 raise MappingError(
                     f"the mapping file {where}: {name}: {seen[rule.property]!r} and "
@@ -124,8 +134,8 @@ def load_mapping(source: str, path: str | Path | None = None) -> SourceMapping:
 # conversions ----------------------------------------------------------------------------------
 def iso_from_epoch(value: float, unit: EpochUnit) -> str:
     """Epoch seconds or milliseconds as ISO 8601 UTC, milliseconds shown only when present."""
-    seconds = value / 1000 if unit == "ms" else value
     try:
+        seconds = value / 1000 if unit == "ms" else value
         moment = datetime.fromtimestamp(seconds, tz=UTC)
     except (OverflowError, OSError, ValueError):
         raise ConversionError("is out of the range of dates") from None
@@ -135,6 +145,21 @@ def iso_from_epoch(value: float, unit: EpochUnit) -> str:
 def _iso(moment: datetime) -> str:
     spec = "milliseconds" if moment.microsecond else "seconds"
     return moment.astimezone(UTC).isoformat(timespec=spec).replace("+00:00", "Z")
+
+
+def _integer(text: str) -> int | None:
+    """`text` as an integer when it is one (ASCII digits, an optional sign), else None.
+
+    Raises `ConversionError` for an integer beyond the 64-bit range, before `int()` is asked.
+    """
+    match = _INTEGER.fullmatch(text)
+    if match is None:
+        return None
+    sign, digits = match.groups()
+    digits = digits.lstrip("0") or "0"
+    if len(digits) > _MAX_INTEGER_DIGITS:
+        raise ConversionError("is an integer out of the 64-bit range")
+    return _in_range(int(sign + digits))
 
 
 def _number(value: Primitive) -> int | float:
@@ -147,12 +172,17 @@ def _number(value: Primitive) -> int | float:
             raise ConversionError("is not a finite number")
         return value
     text = value.strip()
-    if _INTEGER.match(text):
-        return _in_range(int(text))
-    if _NUMBER.match(text):
-        number = float(text)
+    integer = _integer(text)
+    if integer is not None:
+        return integer
+    if _NUMBER.fullmatch(text):
+        try:
+            number = float(text)
+        except (ValueError, OverflowError):
+            raise ConversionError("is not a number") from None
         if math.isfinite(number):
             return number
+        raise ConversionError("is not a finite number")
     raise ConversionError("is not a number")
 
 
@@ -170,15 +200,22 @@ def _date(value: Primitive, unit: EpochUnit) -> str:
             raise ConversionError("is not a date")
         return iso_from_epoch(value, unit)
     text = value.strip()
-    if _INTEGER.match(text):
-        return iso_from_epoch(int(text), unit)
+    try:
+        epoch = _integer(text)
+    except ConversionError:
+        raise ConversionError("is out of the range of dates") from None
+    if epoch is not None:
+        return iso_from_epoch(epoch, unit)
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
         raise ConversionError("is neither an epoch time nor an ISO 8601 date") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return _iso(moment)
+    try:
+        return _iso(moment)
+    except (OverflowError, ValueError):
+        raise ConversionError("is out of the range of dates") from None
 
 
 def convert(value: Primitive, kind: FieldType, *, epoch: EpochUnit) -> Primitive:

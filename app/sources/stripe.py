@@ -12,7 +12,12 @@ Subscriptions give `plan` (the prices' nicknames), `status`, `mrr`, `currency`,
 normalised to a month (year / 12, week * 52 / 12, day * 365 / 12, divided by the interval
 count), in major currency units, before discounts; it is 0 unless the subscription is
 `active` or `past_due` (Stripe's own definition: trials and cancelled subscriptions bring no
-revenue). A price without a unit amount (tiered, metered) makes it unknown: reported, not sent.
+revenue). A price without a unit amount (tiered, metered) makes it unknown: reported, not sent;
+so does an amount no real price has (`1e999999`, beyond 10^15 minor units): never a 500.
+
+An event id, a customer id or a company id that a store could not hold as given (control
+characters such as NUL, blank, too long) never reaches the store: the event is refused (400)
+or, for a customer's company id, the customer is skipped (`invalid_event`).
 """
 
 from __future__ import annotations
@@ -20,17 +25,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import re
 from collections.abc import Callable, Mapping
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, Literal
 from urllib.parse import quote
 
 import httpx
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+)
 
 from app import __version__
-from app.api.schemas import MAX_COMPANY_ID
+from app.domain import company_id_problem, has_control
 from app.metrics import WEBHOOK_EVENTS
 from app.queue.dispatcher import Dispatcher
 from app.queue.models import NewUpdate, Primitive
@@ -66,6 +81,11 @@ _ZERO_DECIMAL = frozenset(
     "bif clp djf gnf jpy kmf krw mga pyg rwf ugx vnd vuv xaf xof xpf".split()  # noqa: SIM905
 )
 _THREE_DECIMAL = frozenset(["bhd", "jod", "kwd", "omr", "tnd"])
+# Stripe amounts are at most 12 digits (unit_amount_decimal: 12 decimals more); anything at or
+# beyond 10^15 minor units is no price, and Decimal arithmetic on it could overflow.
+_MAX_UNIT_EXPONENT = 15
+# A decimal string in ASCII (Decimal() would also read other scripts' digits, NaN, Infinity).
+_DECIMAL = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
 _PARKED_BATCH = 500
 _API_TIMEOUT = 10.0
 
@@ -82,10 +102,18 @@ class StripeEvent(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    id: str = Field(min_length=1, max_length=255)
-    type: str = Field(min_length=1)
-    created: int = Field(ge=0)
+    id: StrictStr = Field(min_length=1, max_length=255)
+    type: StrictStr = Field(min_length=1, max_length=255)
+    created: StrictInt = Field(ge=0)
     data: StripeEventData
+
+    @field_validator("id")
+    @classmethod
+    def _storable_id(cls, value: str) -> str:
+        # The id is the deduplication key: PostgreSQL text cannot hold NUL.
+        if not value.strip() or has_control(value):
+            raise ValueError("must not be blank nor hold control characters (NUL, newline...)")
+        return value
 
 
 def parse_event(body: bytes) -> StripeEvent:
@@ -116,10 +144,23 @@ def customer_id_of(event: StripeEvent) -> str:
     value = obj.get("id") if event.type in CUSTOMER_EVENTS else obj.get("customer")
     if isinstance(value, dict):
         value = value.get("id")
+    field = "data.object.id" if event.type in CUSTOMER_EVENTS else "data.object.customer"
     if not isinstance(value, str) or not value.strip():
-        field = "data.object.id" if event.type in CUSTOMER_EVENTS else "data.object.customer"
         raise Malformed(f"{field} must be a Stripe customer id", [(field, "is required")])
+    # Stored (customer links, and the company id of a customer without one): same rules.
+    problem = company_id_problem(value)
+    if problem is not None:
+        raise Malformed(f"{field} must be a Stripe customer id: it {problem}", [(field, problem)])
     return value
+
+
+def company_id_refusal(customer: Mapping[str, Any], *, key: str) -> str | None:
+    """Why the company id in the customer's metadata cannot be used, or None (also when absent)."""
+    metadata = customer.get("metadata")
+    value = metadata.get(key) if isinstance(metadata, dict) else None
+    if not isinstance(value, str) or not value.strip():
+        return None
+    return company_id_problem(value.strip())
 
 
 def company_from_customer(
@@ -130,11 +171,15 @@ def company_from_customer(
     if isinstance(metadata, dict):
         value = metadata.get(key)
         if isinstance(value, str) and value.strip():
-            # Userpilot's company id is at most 255 characters (as on POST /companies); a
-            # longer one is refused rather than cut or replaced by a guess.
-            return value.strip() if len(value.strip()) <= MAX_COMPANY_ID else None
+            # As on POST /companies: at most 255 characters, no control character (NUL...); an
+            # unusable id is refused rather than cut, cleaned or replaced by a guess.
+            return value.strip() if company_id_problem(value.strip()) is None else None
     customer_id = customer.get("id")
-    if missing == "customer_id" and isinstance(customer_id, str) and customer_id:
+    if (
+        missing == "customer_id"
+        and isinstance(customer_id, str)
+        and company_id_problem(customer_id) is None
+    ):
         return customer_id
     return None
 
@@ -161,24 +206,38 @@ def _item_monthly_minor(item: Mapping[str, Any]) -> Decimal:
     recurring: dict[str, Any] = nested if isinstance(nested, dict) else price
     interval = recurring.get("interval")
     count = recurring.get("interval_count") or 1
-    if interval not in _PER_MONTH or not isinstance(count, int) or count < 1:
+    if interval not in _PER_MONTH or type(count) is not int or count < 1:
         raise UnknownAmount("an item's price has no recurring interval")
     if recurring.get("usage_type") == "metered":
         raise UnknownAmount("an item's price is metered")
     amount: Any = price.get("unit_amount")
     if amount is None:
         amount = price.get("unit_amount_decimal") or price.get("amount")
-    try:
-        unit = Decimal(str(amount)) if amount is not None and not isinstance(amount, bool) else None
-    except InvalidOperation:
-        unit = None
-    if unit is None or not unit.is_finite():
+    unit = _amount(amount)
+    if unit is None:
         raise UnknownAmount("an item's price has no unit amount (tiered pricing?)")
     quantity = item.get("quantity")
     quantity = 1 if quantity is None else quantity
-    if not isinstance(quantity, int) or isinstance(quantity, bool) or quantity < 0:
+    if type(quantity) is not int or quantity < 0:
         raise UnknownAmount("an item has no valid quantity")
     return unit * quantity * _PER_MONTH[interval] / count
+
+
+def _amount(value: Any) -> Decimal | None:
+    """A price's amount in minor units: a finite number below 10^15, else None."""
+    if type(value) is int or type(value) is float:
+        text = repr(value)
+    elif type(value) is str and len(value) <= 64 and _DECIMAL.fullmatch(value.strip()):
+        text = value.strip()
+    else:
+        return None
+    try:
+        unit = Decimal(text)
+    except ArithmeticError:  # decimal.InvalidOperation
+        return None
+    if not unit.is_finite() or (unit and unit.adjusted() >= _MAX_UNIT_EXPONENT):
+        return None
+    return unit
 
 
 def _items(subscription: Mapping[str, Any]) -> list[Mapping[str, Any]]:
@@ -195,10 +254,15 @@ def monthly_recurring_revenue(subscription: Mapping[str, Any]) -> float:
     if not isinstance(currency, str):
         price = next((i.get("price") for i in _items(subscription)), None)
         currency = price.get("currency") if isinstance(price, dict) else None
-    minor = sum((_item_monthly_minor(i) for i in _items(subscription)), Decimal(0))
     decimals = _decimals(currency if isinstance(currency, str) else None)
-    major = minor / (Decimal(10) ** decimals)
-    return float(round(major, max(decimals, 2)))
+    try:
+        minor = sum((_item_monthly_minor(i) for i in _items(subscription)), Decimal(0))
+        major = float(round(minor / (Decimal(10) ** decimals), max(decimals, 2)))
+    except ArithmeticError:  # a sum beyond Decimal's precision or float's range
+        raise UnknownAmount("the subscription's amounts are out of range") from None
+    if not math.isfinite(major):
+        raise UnknownAmount("the subscription's amounts are out of range")
+    return major
 
 
 def plan_name(subscription: Mapping[str, Any]) -> str | None:
@@ -237,7 +301,7 @@ def subscription_record(subscription: Mapping[str, Any]) -> tuple[dict[str, Prim
         ends = [
             i["current_period_end"]
             for i in _items(subscription)
-            if isinstance(i.get("current_period_end"), int)
+            if type(i.get("current_period_end")) is int
         ]
         record["current_period_end"] = max(ends) if ends else None
     return record, unknown
@@ -371,6 +435,21 @@ class StripeProcessor:
     async def _customer(self, event: StripeEvent) -> tuple[str, int]:
         customer = event.data.object
         company_id = self.company_of(customer)
+        refusal = company_id_refusal(customer, key=self.metadata_key)
+        if refusal is not None:
+            # The customer names its company, but an id no store or Userpilot takes: not
+            # replaced by the customer id, which would be another company.
+            WEBHOOK_EVENTS.labels(source="stripe", outcome="invalid_event").inc()
+            log.warning(
+                "stripe customer's company id is unusable: the event is skipped",
+                extra={
+                    "event_id": event.id,
+                    "customer_id": customer_id_of(event),
+                    "metadata_key": self.metadata_key,
+                    "problem": f"the company id {refusal}",
+                },
+            )
+            return "invalid_event", 0
         if company_id is None:
             WEBHOOK_EVENTS.labels(source="stripe", outcome="no_company").inc()
             log.info(
