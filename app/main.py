@@ -1,8 +1,9 @@
 """The ASGI app: `uvicorn app.main:app`.
 
 `create_app` builds the routes (the same whatever the settings, so the OpenAPI document is
-stable); the lifespan reads the settings, refuses to start without a Userpilot key or a relay
-key, and builds the shared resources: the store, the one Userpilot client, the dispatcher.
+stable, and complete: see `RelayApp.openapi`); the lifespan reads the settings, refuses to
+start without a Userpilot key or a relay key, and builds the shared resources: the store, the
+one Userpilot client, the dispatcher.
 """
 
 from __future__ import annotations
@@ -11,14 +12,17 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
+from pydantic import BaseModel
 from starlette.types import Message, Receive, Scope, Send
 
 from app import __version__
 from app.api import companies, deliveries, health, webhooks
 from app.api.deps import State
 from app.api.middleware import RequestMetricsMiddleware
+from app.api.schemas import BulkIn, CompanyIn
 from app.api.webhooks import WebhookState
 from app.config import ConfigError, Settings, load_settings
 from app.errors import install_error_handlers
@@ -43,6 +47,37 @@ Errors are JSON: `{"error": code, "message": text, "errors": [{"field", "message
 """
 
 
+# The request bodies that routes read and validate themselves (app/api/companies.py declares
+# them by `$ref` in `openapi_extra`): FastAPI never sees them as parameters, so their schemas
+# are added to the document here. Without them the document references schemas it never
+# defines, and client generators drop POST /companies and POST /companies/bulk.
+REQUEST_BODY_MODELS: tuple[type[BaseModel], ...] = (CompanyIn, BulkIn)
+SCHEMA_REF = "#/components/schemas/{model}"
+
+
+def request_body_schemas(models: tuple[type[BaseModel], ...]) -> dict[str, dict[str, Any]]:
+    """Each model's JSON schema under its class name, with its `$defs` hoisted beside it."""
+    schemas: dict[str, dict[str, Any]] = {}
+    for model in models:
+        schema = model.model_json_schema(ref_template=SCHEMA_REF)
+        nested: dict[str, dict[str, Any]] = schema.pop("$defs", {})
+        for name, definition in [*nested.items(), (model.__name__, schema)]:
+            if schemas.setdefault(name, definition) != definition:
+                raise RuntimeError(f"two different OpenAPI schemas are named {name}")
+    return schemas
+
+
+def add_schemas(document: dict[str, Any], extra: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """`document` with `extra` in components/schemas, all sorted by name (a stable document)."""
+    components: dict[str, Any] = document.setdefault("components", {})
+    schemas: dict[str, Any] = dict(components.get("schemas", {}))
+    for name, schema in extra.items():
+        if schemas.setdefault(name, schema) != schema:
+            raise RuntimeError(f"two different OpenAPI schemas are named {name}")
+    components["schemas"] = dict(sorted(schemas.items()))
+    return document
+
+
 class StartupError(Exception):
     """The relay must not start; the message says what to fix."""
 
@@ -63,6 +98,14 @@ class RelayApp(FastAPI):
             await send(message)
 
         await super().__call__(scope, receive, send_clean)
+
+    def openapi(self) -> dict[str, Any]:
+        """FastAPI's document plus the schemas of the bodies routes read themselves (cached)."""
+        if self.openapi_schema is None:
+            document = super().openapi()
+            self.openapi_schema = None  # not cached until complete
+            self.openapi_schema = add_schemas(document, request_body_schemas(REQUEST_BODY_MODELS))
+        return self.openapi_schema
 
 
 def _settings_or_fail(app: FastAPI, settings: Settings | None) -> Settings:

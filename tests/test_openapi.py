@@ -121,3 +121,79 @@ def _check(method: str, template: str, response: Any) -> None:
     schema = _schema_for(method, template, response.status_code)
     if response.headers.get("content-type", "").startswith("application/json"):
         jsonschema.Draft202012Validator(schema).validate(response.json())
+
+
+def _refs(node: Any, where: str = "#") -> list[tuple[str, str]]:
+    """Every `$ref` in the document, with the JSON pointer of the object holding it."""
+    found: list[tuple[str, str]] = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "$ref" and isinstance(value, str):
+                found.append((where, value))
+            else:
+                found += _refs(value, f"{where}/{key}")
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            found += _refs(value, f"{where}/{index}")
+    return found
+
+
+def _resolve(document: dict[str, Any], ref: str) -> Any:
+    assert ref.startswith("#/"), f"{ref} points outside the document"
+    node: Any = document
+    for token in ref[2:].split("/"):
+        token = token.replace("~1", "/").replace("~0", "~")
+        if isinstance(node, list):
+            assert token.isdigit() and int(token) < len(node), f"{ref}: no item {token}"
+            node = node[int(token)]
+        else:
+            assert isinstance(node, dict) and token in node, f"{ref}: no {token!r}"
+            node = node[token]
+    return node
+
+
+def test_every_reference_in_the_document_resolves() -> None:
+    """Generators skip an operation whose schema is a dangling `$ref` (as POST /companies was)."""
+    refs = _refs(SPEC)
+    assert refs
+    for where, ref in refs:
+        target = _resolve(SPEC, ref)
+        assert isinstance(target, dict), f"{where}: {ref} is not a schema"
+    used = {ref for _, ref in refs}
+    for name in ("CompanyIn", "BulkIn"):
+        assert f"#/components/schemas/{name}" in used
+
+
+def test_request_body_schemas_are_the_models_and_keep_flat_metadata() -> None:
+    from app.api.schemas import BulkIn, CompanyIn
+
+    schemas = SPEC["components"]["schemas"]
+    assert list(schemas) == sorted(schemas), "components/schemas is kept in a stable order"
+    assert "$defs" not in json.dumps(SPEC), "nested definitions are hoisted into components"
+    company = schemas["CompanyIn"]
+    assert company == CompanyIn.model_json_schema(ref_template="#/components/schemas/{model}")
+    assert company["additionalProperties"] is False
+    assert company["properties"]["metadata"]["additionalProperties"] == {
+        "type": ["string", "number", "boolean", "null"]
+    }
+    bulk = BulkIn.model_json_schema(ref_template="#/components/schemas/{model}")
+    assert bulk.pop("$defs") == {"CompanyIn": company}
+    assert schemas["BulkIn"] == bulk
+    assert bulk["properties"]["companies"]["items"] == {"$ref": "#/components/schemas/CompanyIn"}
+
+    def valid(body: dict[str, Any], name: str) -> bool:
+        schema = {**schemas[name], "components": SPEC["components"]}
+        return jsonschema.Draft202012Validator(schema).is_valid(body)
+
+    good = {"company_id": "acme", "metadata": {"plan": "pro", "seats": 3, "trial": None}}
+    assert valid(good, "CompanyIn")
+    assert valid({"companies": [good]}, "BulkIn")
+    assert not valid({"company_id": "acme", "metadata": {"nested": {"a": 1}}}, "CompanyIn")
+    assert not valid({"companies": [{"company_id": "acme", "metadata": {"n": [1]}}]}, "BulkIn")
+    assert not valid({"companies": []}, "BulkIn")
+
+
+def test_the_document_is_the_same_every_time() -> None:
+    app = create_app()
+    assert app.openapi() is app.openapi()  # built once, then cached
+    assert render() == render()
