@@ -10,8 +10,9 @@ from __future__ import annotations
 import re
 
 MAX_COMPANY_ID = 255
-# C0 controls (NUL included) and DEL. Values may hold them: they are stored as JSON escapes.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# C0 and C1 controls (NUL included), DEL, and the Unicode line and paragraph separators.
+# Values may hold them: they are stored as JSON escapes.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _ASCII_DIGITS = re.compile(r"[0-9]+", re.ASCII)
 
 

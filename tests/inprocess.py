@@ -69,7 +69,7 @@ def settings_for(
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
 
-class _WithState:
+class WithState:
     """Hands the lifespan's state to every request, as uvicorn does."""
 
     def __init__(self, app: FastAPI, state: dict[str, Any]) -> None:
@@ -92,7 +92,7 @@ class InProcessRelay:
     async def __aenter__(self) -> InProcessRelay:
         state = await self._stack.enter_async_context(self.app.router.lifespan_context(self.app))
         self.state = dict(state or {})
-        transport = httpx.ASGITransport(app=_WithState(self.app, self.state))
+        transport = httpx.ASGITransport(app=WithState(self.app, self.state))
         self.client = await self._stack.enter_async_context(
             httpx.AsyncClient(transport=transport, base_url="http://relay", timeout=30)
         )

@@ -231,7 +231,8 @@ def test_every_exported_metric_is_on_the_dashboard(scrape: str) -> None:
     assert not hidden, f"exported but on no dashboard panel: {hidden}"
 
 
-def test_metrics_pass_promtool(scrape: str) -> None:
+def test_metrics_pass_promtool(scrape: str, rendered: dict[str, list[dict[str, Any]]]) -> None:
+    # `rendered` runs scripts/check-deploy first, which installs promtool where it may.
     promtool = shutil.which("promtool")
     if promtool is None:
         missing("promtool is not installed (apt-get install prometheus)")

@@ -21,11 +21,10 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
-from starlette.types import Receive, Scope, Send
 
 from app.config import Settings
 from app.main import create_app
+from tests.inprocess import WithState
 from tests.relay import INGEST_KEY, RELAY_KEYS, UPSTREAM_KEY
 
 GENERATOR = Path(sys.executable).parent / "openapi-python-client"
@@ -103,18 +102,6 @@ def _module(dotted: str) -> ModuleType:
     return importlib.import_module(dotted)
 
 
-class _WithState:
-    """Hands the lifespan's state to every request, as uvicorn does."""
-
-    def __init__(self, app: FastAPI, state: dict[str, Any]) -> None:
-        self.app = app
-        self.state = state
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        scope["state"] = dict(self.state)
-        await self.app(scope, receive, send)
-
-
 def _settings(tmp_path: Path) -> Settings:
     return Settings(  # type: ignore[call-arg]
         _env_file=None,
@@ -149,7 +136,7 @@ def test_generated_client_sends_updates_to_a_real_relay(generated: Path, tmp_pat
     async def scenario() -> None:
         app = create_app(_settings(tmp_path))
         async with app.router.lifespan_context(app) as state:
-            transport = httpx.ASGITransport(app=_WithState(app, dict(state or {})))
+            transport = httpx.ASGITransport(app=WithState(app, dict(state or {})))
             client = client_module.AuthenticatedClient(
                 base_url="http://relay",
                 token=INGEST_KEY,

@@ -7,6 +7,7 @@ Userpilot simulator where delivery matters.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -175,8 +176,7 @@ def test_sqlite_file_removed_refuses_writes_and_readiness(
             path.unlink()
             refused = await relay.post("/companies", json={"company_id": "after"})
             assert refused.status_code == 503, refused.text
-            ready = await relay.get("/readyz", key=None)
-            assert ready.status_code == 503
+            ready = await _ready_within(relay, 503)
             assert ready.json() == {"status": "unavailable", "store": "unreachable"}
             scrape = (await relay.get("/metrics", key=None)).text
             assert "userpilot_relay_store_up 0.0" in scrape
@@ -199,6 +199,36 @@ def test_sqlite_file_removed_refuses_writes_and_readiness(
     assert created[0]["path"] == str(path)
 
 
+async def _ready_within(relay: InProcessRelay, status: int, within: float = 5.0) -> httpx.Response:
+    """/readyz once it answers `status` (a probe's answer is reused for a second)."""
+    deadline = time.monotonic() + within
+    while True:
+        ready = await relay.get("/readyz", key=None)
+        if ready.status_code == status or time.monotonic() > deadline:
+            assert ready.status_code == status, ready.text
+            return ready
+        await asyncio.sleep(0.1)
+
+
+def test_readiness_probes_are_shared_not_one_write_each(tmp_path: Any) -> None:
+    async def main() -> None:
+        async with InProcessRelay(f"sqlite:///{tmp_path / 'r.db'}") as relay:
+            pings = 0
+            real = relay.store.ping
+
+            async def counted() -> bool:
+                nonlocal pings
+                pings += 1
+                return await real()
+
+            relay.store.ping = counted  # type: ignore[method-assign]
+            answers = await asyncio.gather(*(relay.get("/readyz", key=None) for _ in range(50)))
+            assert {a.status_code for a in answers} == {200}
+            assert pings == 1
+
+    run(main())
+
+
 def test_sqlite_file_replaced_refuses_writes(tmp_path: Any) -> None:
     path = tmp_path / "relay.db"
 
@@ -209,7 +239,7 @@ def test_sqlite_file_replaced_refuses_writes(tmp_path: Any) -> None:
             path.write_bytes(b"")  # another file under the same name
             r = await relay.post("/companies", json={"company_id": "b"})
             assert r.status_code == 503
-            assert (await relay.get("/readyz", key=None)).status_code == 503
+            await _ready_within(relay, 503)
 
     run(main())
 
@@ -294,17 +324,50 @@ def test_bulk_bodies_are_parsed_a_few_at_a_time(database_url: str) -> None:
         ) as relay:
             body = {"companies": [{"company_id": "q"}]}
             assert (await relay.post("/companies/bulk", json=body)).status_code == 202
-            slots: asyncio.Semaphore = relay.app.state.bulk_slots
-            await slots.acquire()  # another caller's bulk holds the only turn
-            busy = await relay.post("/companies/bulk", json=body)
+            admission = relay.app.state.bulk_admission
+            # Another caller's bulk is being parsed: the turn is taken, this one waits, then
+            # gives up with a 503 and stores nothing.
+            async with admission.turn():
+                busy = await relay.post("/companies/bulk", json=body)
             assert busy.status_code == 503
             assert busy.json()["error"] == "busy"
             assert busy.headers["retry-after"] == "5"
-            slots.release()
+            # Bodies held in memory are bounded too: past them, a 503 before reading the body.
+            async with contextlib.AsyncExitStack() as held:
+                for _ in range(3):  # one parsing + two waiting, with a concurrency of 1
+                    await held.enter_async_context(admission.holding())
+                started = time.monotonic()
+                full = await relay.post("/companies/bulk", json=body)
+                assert full.status_code == 503 and full.json()["error"] == "busy"
+                assert time.monotonic() - started < 0.2  # refused at once, not after waiting
             assert (await relay.post("/companies/bulk", json=body)).status_code == 202
             assert (await relay.store.stats()).queued == 2
 
     run(main())
+
+
+def test_a_bad_stored_update_is_refused_alone_and_its_company_siblings_are_delivered(
+    database_url: str, sim: SimulatorProcess
+) -> None:
+    """An update stored before the door refused it must not take its company's others down."""
+
+    async def main() -> None:
+        async with InProcessRelay(
+            database_url, endpoint=sim.url, relay_merge_window_seconds=0.5
+        ) as relay:
+            bad = await relay.store.enqueue(
+                [NewUpdate(company_id="sib", metadata={"tab\tkey": 1})], source="api", caller="svc"
+            )
+            good = await relay.post(
+                "/companies", json={"company_id": "sib", "metadata": {"plan": "pro"}}
+            )
+            await relay.wait_for(good.json()["id"], "delivered")
+            dead = await relay.wait_for(str(bad.ids[0]), "dead")
+            assert dead["last_error"].startswith(REFUSED)
+            assert dead["metadata"] == {"tab\tkey": 1}  # kept as stored, for the operator
+
+    run(main())
+    assert sim.company("sib") == {"plan": "pro"}
 
 
 # --- 12. bodies that stall or trickle; 5. megabyte headers ------------------------------------

@@ -7,12 +7,12 @@ import contextlib
 import hashlib
 import re
 import time
-from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Header, Request, Response
 
+from app.api.admission import bulk_admission
 from app.api.body import parse, read_body
 from app.api.deps import (
     DispatcherDep,
@@ -43,7 +43,7 @@ from app.queue.store import Store
 router = APIRouter(tags=["companies"])
 
 MAX_WAIT_SECONDS = 30.0
-_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*\"?(\d+(?:\.\d+)?)\"?", re.IGNORECASE)
+_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*\"?([0-9]+(?:\.[0-9]+)?)\"?", re.IGNORECASE)
 
 IdempotencyKey = Annotated[
     str | None,
@@ -298,47 +298,25 @@ async def post_companies_bulk(
     stores nothing. Follow the batch with GET /batches/{batch_id}; item i's delivery is
     GET /deliveries/{batch_id}.{i}.
     """
-    body = await read_body(request, limit=settings.relay_max_bulk_body_bytes)
-    async with _bulk_turn(request, settings):
-        return await _store_bulk(body, caller.name, settings, store, dispatcher, idempotency_key)
-
-
-@contextlib.asynccontextmanager
-async def _bulk_turn(request: Request, settings: SettingsDep) -> AsyncIterator[None]:
-    """One of RELAY_BULK_CONCURRENCY turns to parse and store a bulk body.
-
-    Parsing a 20 MB body takes about ten times its size in memory: bounding how many are
-    parsed at once bounds the relay's memory, whoever sends them. A request that cannot get
-    a turn within RELAY_BULK_QUEUE_SECONDS is a 503 with Retry-After: nothing was stored.
-    """
-    slots: asyncio.Semaphore | None = getattr(request.app.state, "bulk_slots", None)
-    if slots is None:
-        slots = request.app.state.bulk_slots = asyncio.Semaphore(settings.relay_bulk_concurrency)
-    try:
-        await asyncio.wait_for(slots.acquire(), timeout=settings.relay_bulk_queue_seconds)
-    except TimeoutError:
-        raise RelayError(
-            503,
-            "busy",
-            "other bulk requests are being stored; nothing was stored, retry shortly",
-            headers={"Retry-After": "5"},
-        ) from None
-    try:
-        yield
-    finally:
-        slots.release()
+    admission = bulk_admission(request, settings)
+    async with admission.holding():
+        body = await read_body(request, limit=settings.relay_max_bulk_body_bytes)
+        async with admission.turn():
+            companies = await asyncio.to_thread(validated, body, bulk=True)
+            del body  # the parsed form replaces it
+            return await _store_bulk(
+                companies, caller.name, settings, store, dispatcher, idempotency_key
+            )
 
 
 async def _store_bulk(
-    body: bytes,
+    companies: Companies,
     caller: str,
     settings: SettingsDep,
     store: Store,
     dispatcher: DispatcherDep,
     idempotency_key: str | None,
 ) -> Response:
-    companies = validated(body, bulk=True)
-    del body
     idempotency = None
     if idempotency_key is not None:
         idempotency = Idempotency(

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.api.deps import StoreDep
@@ -16,8 +17,37 @@ from app.metrics import (
     STORE_UP,
     WEBHOOK_PARKED,
 )
+from app.queue.store import Store
 
 router = APIRouter(tags=["operations"])
+
+_PROBE_TTL = 1.0  # seconds a probe's answer is reused: a flood of probes costs one write
+_PROBE_TIMEOUT = 3.0
+
+
+class _Probe:
+    """One store probe at a time, its answer shared for a second."""
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.checked_at = -_PROBE_TTL
+        self.ok = False
+
+
+async def _probe(request: Request, store: Store) -> bool:
+    probe: _Probe | None = getattr(request.app.state, "store_probe", None)
+    if probe is None:
+        probe = request.app.state.store_probe = _Probe()
+    async with probe.lock:
+        if time.monotonic() - probe.checked_at < _PROBE_TTL:
+            return probe.ok
+        try:
+            async with asyncio.timeout(_PROBE_TIMEOUT):
+                probe.ok = await store.ping()
+        except Exception:
+            probe.ok = False
+        probe.checked_at = time.monotonic()
+        return probe.ok
 
 
 @router.get("/healthz", response_model=Health, response_model_exclude_none=True)
@@ -31,13 +61,10 @@ async def healthz() -> Health:
     response_model=Health,
     responses={503: {"model": Health, "description": "The store is unreachable."}},
 )
-async def readyz(store: StoreDep) -> Response:
+async def readyz(request: Request, store: StoreDep) -> Response:
     """Readiness: the store answers a read and commits a write. Userpilot being down does not
     make the relay unready: updates are still stored and delivered later."""
-    try:
-        ok = await store.ping()
-    except Exception:
-        ok = False
+    ok = await _probe(request, store)
     body = Health(status="ok" if ok else "unavailable", store="ok" if ok else "unreachable")
     return Response(
         body.model_dump_json(), status_code=200 if ok else 503, media_type="application/json"
@@ -49,10 +76,10 @@ async def readyz(store: StoreDep) -> Response:
     response_class=Response,
     responses={200: {"content": {"text/plain": {}}, "description": "Prometheus exposition."}},
 )
-async def metrics(store: StoreDep) -> Response:
+async def metrics(request: Request, store: StoreDep) -> Response:
     """Prometheus metrics, all prefixed `userpilot_relay_`; the queue gauges are read now."""
+    up = await _probe(request, store)  # a write: a store that reads but cannot write is down
     try:
-        up = await store.ping()  # a write: a store that reads but cannot write is down
         stats = await store.stats()
         parked = await store.count_parked()
     except Exception:

@@ -17,6 +17,13 @@ from app.metrics import HTTP_DURATION, HTTP_REQUESTS
 
 access_log = logging.getLogger("userpilot_relay.access")
 _UNMEASURED = frozenset({"/metrics", "/healthz", "/readyz"})
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def method_label(scope: Scope) -> str:
+    """The request method as a metric label: a known one, or `other` (labels stay bounded)."""
+    method = str(scope.get("method", ""))
+    return method if method in _METHODS else "other"
 
 
 _HEADERS_TOO_LARGE = orjson.dumps(
@@ -62,7 +69,7 @@ class RequestMetricsMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and headers_too_large(scope):
             HTTP_REQUESTS.labels(
-                route="unmatched", method=scope["method"], caller="anonymous", status="431"
+                route="unmatched", method=method_label(scope), caller="anonymous", status="431"
             ).inc()
             await refuse_headers(send)
             return
@@ -85,7 +92,7 @@ class RequestMetricsMiddleware:
             route = getattr(scope.get("route"), "path", None) or "unmatched"
             state = scope.get("state") or {}
             caller = state.get("caller") or "anonymous"
-            method = scope["method"]
+            method = method_label(scope)
             HTTP_REQUESTS.labels(
                 route=route, method=method, caller=caller, status=str(status)
             ).inc()

@@ -18,9 +18,11 @@ import random
 import socket
 import time
 from collections.abc import Iterable
+from dataclasses import replace
 
 from app.config import Settings
 from app.domain import REFUSED, update_problem
+from app.lifecycle import cancel_and_wait
 from app.metrics import (
     DELIVERIES,
     RETRIES,
@@ -45,22 +47,15 @@ PACING_MARGIN = 1.02
 _PRUNE_EVERY = 600.0
 
 
-async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
-    """Cancel the tasks and wait for them, cancelling again if one swallowed it.
-
-    A cancellation that lands while a pooled connection is handed back can be absorbed by
-    the pool; one cancel is then not enough, and shutdown would wait for ever.
-    """
-    pending = {t for t in tasks if not t.done()}
-    for _ in range(10):
-        if not pending:
-            break
-        for task in pending:
-            task.cancel()
-        _, pending = await asyncio.wait(pending, timeout=1.0)
-    for task in tasks:
-        if task.done() and not task.cancelled():
-            task.exception()  # retrieved: a crash was logged where it happened
+def _context(claim: Claim) -> dict[str, object]:
+    """What every log line about this claim carries."""
+    return {
+        "company_id": claim.company_id,
+        "delivery_id": claim.updates[-1].id,
+        "delivery_ids": claim.ids if len(claim.ids) <= 20 else claim.ids[:20],
+        "merged": len(claim.updates),
+        "attempt": claim.attempts,
+    }
 
 
 def backoff_delay(attempts: int, *, base: float, cap: float) -> float:
@@ -144,7 +139,7 @@ class Dispatcher:
     async def stop(self) -> None:
         """Stop claiming, let in-flight calls finish within the grace period, release the rest."""
         self._stopping = True
-        await _cancel(self._tasks)
+        await cancel_and_wait(self._tasks)
         if self._inflight:
             _, pending = await asyncio.wait(
                 self._inflight, timeout=self.settings.relay_shutdown_grace_seconds
@@ -220,20 +215,11 @@ class Dispatcher:
 
     # one call ------------------------------------------------------------------------------
     async def _deliver(self, claim: Claim, send_at: float) -> None:
-        metadata, sent_versions = merge_claim(claim)
-        context = {
-            "company_id": claim.company_id,
-            "delivery_id": claim.updates[-1].id,
-            "delivery_ids": claim.ids if len(claim.ids) <= 20 else claim.ids[:20],
-            "merged": len(claim.updates),
-            "attempt": claim.attempts,
-        }
-        problem = update_problem(claim.company_id, metadata)
-        if problem is not None:
-            # Stored before the relay refused such input at the door: it can be neither sent
-            # nor recorded as it is. Dead-letter it with the reason; the queue moves on.
-            await self._refuse(claim, REFUSED + problem, context)
+        claim = await self._without_unsendable(claim)
+        if not claim.updates:
             return
+        metadata, sent_versions = merge_claim(claim)
+        context = _context(claim)
         try:
             await asyncio.sleep(max(0.0, send_at - time.time()))
             result = await self.client.identify_company(
@@ -266,8 +252,26 @@ class Dispatcher:
             # The store cannot hold something in this claim: re-sending it every lease would
             # never end. Dead-letter it with the reason, so that an operator sees it.
             log.exception("the store cannot record this delivery's outcome", extra=context)
-            reason = f"{REFUSED}the store cannot record it ({type(exc).__name__})"
+            reason = (
+                f"{REFUSED}Userpilot answered {result.status}, but the store cannot record "
+                f"the outcome ({type(exc).__name__})"
+            )
             await self._refuse(claim, reason, context, status=result.status)
+
+    async def _without_unsendable(self, claim: Claim) -> Claim:
+        """The claim less the updates that can be neither sent nor recorded as stored.
+
+        Those were stored before the relay refused such input at the door (a control
+        character in a property name, say). Each is dead-lettered with the reason on its own;
+        the company's other updates go out as usual, and the queue moves on.
+        """
+        bad = [u for u in claim.updates if update_problem(claim.company_id, u.metadata)]
+        if not bad:
+            return claim
+        refused = replace(claim, updates=bad)
+        problem = update_problem(claim.company_id, bad[0].metadata) or "cannot be sent"
+        await self._refuse(refused, REFUSED + problem, _context(refused))
+        return replace(claim, updates=[u for u in claim.updates if u not in bad])
 
     async def _refuse(
         self,

@@ -44,6 +44,7 @@ from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from app.domain import REFUSED, parse_ascii_int
+from app.lifecycle import cancel_and_wait
 from app.queue.migrations import POSTGRES_MIGRATIONS
 from app.queue.models import (
     STATUSES,
@@ -138,13 +139,15 @@ _PICK_COMPANY = _PICK.format(lane="")
 _PICK_SINGLE = _PICK.format(lane="AND d.batch_id IS NULL")
 _MAX_EXPANSIONS = 16
 _PRUNE_VERSIONS = """
-    DELETE FROM property_versions WHERE updated_at < %(before)s
-      AND seq <= COALESCE(
-        (SELECT min(seq_from + expanded) FROM batches WHERE expanded < total),
-        9223372036854775807)
-      AND NOT EXISTS (
-        SELECT 1 FROM deliveries d WHERE d.company_id = property_versions.company_id
-          AND d.status IN ('queued', 'delivering', 'dead') AND d.seq < property_versions.seq)
+    DELETE FROM property_versions WHERE ctid IN (
+      SELECT v.ctid FROM property_versions v WHERE v.updated_at < %(before)s
+        AND v.seq <= COALESCE(
+          (SELECT min(seq_from + expanded) FROM batches WHERE expanded < total),
+          9223372036854775807)
+        AND NOT EXISTS (
+          SELECT 1 FROM deliveries d WHERE d.company_id = v.company_id
+            AND d.status IN ('queued', 'delivering', 'dead') AND d.seq < v.seq)
+      LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
 """
 # Under the company lock, with a fresh snapshot: still free and ready? Then lease its updates.
 _LEASE = f"""
@@ -332,8 +335,7 @@ class PostgresStore(Store):
 
     async def close(self) -> None:
         if self._checking is not None:
-            self._checking.cancel()
-            await asyncio.gather(self._checking, return_exceptions=True)
+            await cancel_and_wait([self._checking])
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
@@ -691,10 +693,6 @@ class PostgresStore(Store):
             await conn.execute(
                 "DELETE FROM webhook_events WHERE received_at < %s", (delivered_before,)
             )
-            await conn.execute(_PRUNE_VERSIONS, {"before": delivered_before})
-            await conn.execute(
-                "DELETE FROM source_property_times WHERE event_time < %s", (delivered_before,)
-            )
 
         total = 0
         while True:
@@ -703,6 +701,16 @@ class PostgresStore(Store):
             if n < _PRUNE_BATCH:
                 break
         await self._run(tidy)
+
+        async def versions_batch(conn: Conn) -> int:
+            cur = await conn.execute(
+                _PRUNE_VERSIONS, {"before": delivered_before, "limit": _PRUNE_BATCH}
+            )
+            return cur.rowcount
+
+        # Property versions in short transactions of their own, like the deliveries.
+        while await self._run(versions_batch) >= _PRUNE_BATCH:
+            pass
         return total
 
     # dispatcher ----------------------------------------------------------------------------

@@ -272,7 +272,7 @@ class SQLiteStore(Store):
                     result = fn(conn)
                 except Exception as exc:
                     conn.execute("ROLLBACK")
-                    if isinstance(exc, sqlite3.Error):  # the file, the disk: not the request
+                    if _unavailable(exc):  # the file, the disk: not the request
                         exc = StoreUnavailable(f"SQLite write failed: {exc}")
                     outcomes.append((future, None, exc))
                 else:
@@ -490,11 +490,18 @@ class SQLiteStore(Store):
             )
             c.execute("DELETE FROM idempotency_keys WHERE expires_at < ?", (now,))
             c.execute("DELETE FROM webhook_events WHERE received_at < ?", (delivered_before,))
-            c.execute(PRUNE_VERSIONS, {"before": delivered_before})
-            c.execute("DELETE FROM source_property_times WHERE event_time < ?", (delivered_before,))
             return n
 
-        return await self._write(write)
+        pruned = await self._write(write)
+        # Property versions in short batches: the writer never stops for one long delete.
+        while (
+            await self._write(
+                lambda c: c.execute(PRUNE_VERSIONS, {"before": delivered_before}).rowcount
+            )
+            >= _PRUNE_BATCH
+        ):
+            pass
+        return pruned
 
     # dispatcher ----------------------------------------------------------------------------
     async def claim(
@@ -636,6 +643,13 @@ class SQLiteStore(Store):
     async def count_parked(self) -> int:
         row = await self._read(lambda c: c.execute("SELECT COUNT(*) FROM parked_events").fetchone())
         return int(row[0])
+
+
+def _unavailable(exc: BaseException) -> bool:
+    """A failure of the file or the disk (I/O, full, read-only, locked), not of one request."""
+    return isinstance(exc, sqlite3.DatabaseError) and not isinstance(
+        exc, sqlite3.IntegrityError | sqlite3.ProgrammingError | sqlite3.DataError
+    )
 
 
 def _exists(path: str) -> bool:
@@ -790,14 +804,17 @@ _MAX_EXPANSIONS = 16  # chunks expanded at most per claim to put a single update
 # A property version matters only while an older update of the company may still be sent: a
 # queued, delivering or dead one with a lower sequence number, or a stored batch's update not
 # yet expanded (those all have sequence numbers at or above the oldest pending one).
+_PRUNE_BATCH = 5000
 PRUNE_VERSIONS = """
-    DELETE FROM property_versions WHERE updated_at < :before
-      AND seq <= COALESCE(
-        (SELECT MIN(seq_from + expanded) FROM batches WHERE expanded < total),
-        9223372036854775807)
-      AND NOT EXISTS (
-        SELECT 1 FROM deliveries d WHERE d.company_id = property_versions.company_id
-          AND d.status IN ('queued', 'delivering', 'dead') AND d.seq < property_versions.seq)
+    DELETE FROM property_versions WHERE (company_id, key) IN (
+      SELECT v.company_id, v.key FROM property_versions v WHERE v.updated_at < :before
+        AND v.seq <= COALESCE(
+          (SELECT MIN(seq_from + expanded) FROM batches WHERE expanded < total),
+          9223372036854775807)
+        AND NOT EXISTS (
+          SELECT 1 FROM deliveries d WHERE d.company_id = v.company_id
+            AND d.status IN ('queued', 'delivering', 'dead') AND d.seq < v.seq)
+      LIMIT 5000)
 """
 
 
@@ -899,7 +916,8 @@ def expansion_item(item: Any) -> tuple[str, Any, str, str | None]:
     problem = update_problem(company_id, metadata)
     if problem is None:
         return company_id, metadata, "queued", None
-    return printable(company_id), {}, "dead", REFUSED + problem
+    kept = metadata if isinstance(metadata, dict) else {"value": metadata}
+    return printable(company_id), kept, "dead", REFUSED + problem
 
 
 def _newest_only(conn: sqlite3.Connection, update: NewUpdate, now: float) -> dict[str, Any]:
@@ -926,17 +944,32 @@ def _newest_only(conn: sqlite3.Connection, update: NewUpdate, now: float) -> dic
     return kept
 
 
+# The oldest ready update (of the lane) whose company is free: nothing of it being delivered
+# and nothing of it waiting out a retry backoff.
+_PICK = """
+    SELECT d.company_id, d.seq FROM deliveries d
+    WHERE d.status = 'queued' {lane} AND d.next_attempt_at <= :now
+      AND d.enqueued_at <= :settled AND NOT EXISTS (
+        SELECT 1 FROM deliveries b WHERE b.company_id = d.company_id AND (
+          b.status = 'delivering'
+          OR (b.status = 'queued' AND b.attempts > 0 AND b.next_attempt_at > :now)))
+    ORDER BY d.seq LIMIT 1
+"""
+
+
 def _pick_single(conn: sqlite3.Connection, now: float, settle: float) -> tuple[str, int] | None:
     """The company of the oldest ready single update (not from a batch) that is free."""
+    # Cheap first: during an outage every single update waits out a backoff, and the search
+    # below would walk them all.
+    ready = conn.execute(
+        "SELECT 1 FROM deliveries WHERE status = 'queued' AND next_attempt_at <= ? "
+        "AND batch_id IS NULL LIMIT 1",
+        (now,),
+    ).fetchone()
+    if ready is None:
+        return None
     row = conn.execute(
-        "SELECT d.company_id, d.seq FROM deliveries d "
-        "WHERE d.status = 'queued' AND d.batch_id IS NULL AND d.next_attempt_at <= :now "
-        "AND d.enqueued_at <= :settled AND NOT EXISTS ("
-        "  SELECT 1 FROM deliveries b WHERE b.company_id = d.company_id AND ("
-        "    b.status = 'delivering' OR"
-        "    (b.status = 'queued' AND b.attempts > 0 AND b.next_attempt_at > :now))) "
-        "ORDER BY d.seq LIMIT 1",
-        {"now": now, "settled": now - settle},
+        _PICK.format(lane="AND d.batch_id IS NULL"), {"now": now, "settled": now - settle}
     ).fetchone()
     return (row[0], row[1]) if row else None
 
@@ -978,14 +1011,7 @@ def _claim(
             None
             if ready is None
             else conn.execute(
-                "SELECT d.company_id, d.seq FROM deliveries d "
-                "WHERE d.status = 'queued' AND d.next_attempt_at <= :now "
-                "AND d.enqueued_at <= :settled AND NOT EXISTS ("
-                "  SELECT 1 FROM deliveries b WHERE b.company_id = d.company_id AND ("
-                "    b.status = 'delivering' OR"
-                "    (b.status = 'queued' AND b.attempts > 0 AND b.next_attempt_at > :now))) "
-                "ORDER BY d.seq LIMIT 1",
-                {"now": now, "settled": now - settle},
+                _PICK.format(lane=""), {"now": now, "settled": now - settle}
             ).fetchone()
         )
         # A stored batch whose next update arrived earlier goes first: expand it and look again.

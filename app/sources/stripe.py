@@ -46,6 +46,7 @@ from pydantic import (
 
 from app import __version__
 from app.domain import company_id_problem, has_control
+from app.lifecycle import cancel_and_wait
 from app.metrics import WEBHOOK_EVENTS
 from app.queue.dispatcher import Dispatcher
 from app.queue.models import NewUpdate, Primitive
@@ -511,6 +512,7 @@ class StripeResolver:
         self.interval = interval
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         processor.on_change.append(self.poke)
 
     def poke(self) -> None:
@@ -521,15 +523,14 @@ class StripeResolver:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            self._stopping = True
+            await cancel_and_wait([self._task])
             self._task = None
         if self.api is not None:
             await self.api.aclose()
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             self._wake.clear()
             try:
                 await self.run_once()
