@@ -561,3 +561,28 @@ def test_httpx_never_logs_request_urls(caplog: pytest.LogCaptureFixture) -> None
         assert not [r for r in caplog.records if r.name.startswith("httpx")]
     finally:
         configure_logging("INFO")
+
+
+def test_the_fair_lane_keeps_order_per_company(database_url: str, sim: SimulatorProcess) -> None:
+    """A single update that jumps the queue carries the older batch value of its company with
+    it (merged, newer wins): the older value never lands after the newer one."""
+
+    async def main() -> None:
+        async with InProcessRelay(database_url, endpoint=sim.url) as relay:
+            companies = [{"company_id": f"b{i}", "metadata": {"v": "old"}} for i in range(2500)]
+            companies[2400] = {"company_id": "same", "metadata": {"v": "old", "kept": 1}}
+            assert (
+                await relay.post("/companies/bulk", json={"companies": companies})
+            ).status_code == 202
+            r = await relay.post(
+                "/companies",
+                json={"company_id": "same", "metadata": {"v": "new"}},
+                headers={"Prefer": "wait=10"},
+            )
+            assert r.status_code == 200, r.text
+
+    run(main())
+    calls = [r["body"] for r in sim.requests("/v1/companies/identify")]
+    same = [c["metadata"] for c in calls if c["company_id"] == "same"]
+    assert same == [{"v": "new", "kept": 1}], same  # one call, merged in arrival order
+    assert sim.company("same") == {"v": "new", "kept": 1}
