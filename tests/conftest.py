@@ -2,16 +2,40 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from app.config import Settings
 from app.simulator.process import SimulatorProcess
 from tests import pg
 from tests.relay import RELAY_KEYS, UPSTREAM_KEY, RelayProcess
 
 RelayFactory = Callable[..., RelayProcess]
+_SETTING_PREFIXES = ("USERPILOT_", "RELAY_", "HUBSPOT_", "STRIPE_")
+
+
+def _is_setting(name: str) -> bool:
+    upper = name.upper()
+    return upper.startswith(_SETTING_PREFIXES) and not upper.startswith("RELAY_TEST_")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def no_developer_settings() -> Iterator[None]:
+    """The suite never reads the developer's `.env` or relay settings from the environment:
+    every test says what it runs with (RELAY_TEST_* settings of the suite itself stay)."""
+    saved = {name: value for name, value in os.environ.items() if _is_setting(name)}
+    for name in saved:
+        del os.environ[name]
+    env_file = Settings.model_config.get("env_file")
+    Settings.model_config["env_file"] = None
+    try:
+        yield
+    finally:
+        Settings.model_config["env_file"] = env_file
+        os.environ.update(saved)
 
 
 @pytest.fixture(scope="session")

@@ -54,7 +54,8 @@ class RelayProcess:
                 str(self.port),
             ],
             env=env,
-            cwd=ROOT,
+            # Not the checkout: a developer's .env there must not reach the relay under test.
+            cwd=self.log_path.parent,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
