@@ -17,8 +17,10 @@ _ASCII_DIGITS = re.compile(r"[0-9]+", re.ASCII)
 
 
 def has_control(text: str) -> bool:
-    """True when `text` holds a C0 control character (NUL, tab, newline...) or DEL."""
-    return _CONTROL.search(text) is not None
+    """True when `text` holds a control character (NUL, tab, newline...), DEL or U+2028/9."""
+    # isprintable() is one C loop and true for nearly every real id and name: the regular
+    # expression runs only for the rare text it cannot clear.
+    return not text.isprintable() and _CONTROL.search(text) is not None
 
 
 def company_id_problem(company_id: str) -> str | None:

@@ -271,7 +271,8 @@ class Dispatcher:
         refused = replace(claim, updates=bad)
         problem = update_problem(claim.company_id, bad[0].metadata) or "cannot be sent"
         await self._refuse(refused, REFUSED + problem, _context(refused))
-        return replace(claim, updates=[u for u in claim.updates if u not in bad])
+        refused_ids = set(refused.ids)
+        return replace(claim, updates=[u for u in claim.updates if u.id not in refused_ids])
 
     async def _refuse(
         self,

@@ -805,7 +805,7 @@ _MAX_EXPANSIONS = 16  # chunks expanded at most per claim to put a single update
 # queued, delivering or dead one with a lower sequence number, or a stored batch's update not
 # yet expanded (those all have sequence numbers at or above the oldest pending one).
 _PRUNE_BATCH = 5000
-PRUNE_VERSIONS = """
+PRUNE_VERSIONS = f"""
     DELETE FROM property_versions WHERE (company_id, key) IN (
       SELECT v.company_id, v.key FROM property_versions v WHERE v.updated_at < :before
         AND v.seq <= COALESCE(
@@ -814,7 +814,7 @@ PRUNE_VERSIONS = """
         AND NOT EXISTS (
           SELECT 1 FROM deliveries d WHERE d.company_id = v.company_id
             AND d.status IN ('queued', 'delivering', 'dead') AND d.seq < v.seq)
-      LIMIT 5000)
+      LIMIT {_PRUNE_BATCH})
 """
 
 
@@ -946,7 +946,7 @@ def _newest_only(conn: sqlite3.Connection, update: NewUpdate, now: float) -> dic
 
 # The oldest ready update (of the lane) whose company is free: nothing of it being delivered
 # and nothing of it waiting out a retry backoff.
-_PICK = """
+_PICK_LANE = """
     SELECT d.company_id, d.seq FROM deliveries d
     WHERE d.status = 'queued' {lane} AND d.next_attempt_at <= :now
       AND d.enqueued_at <= :settled AND NOT EXISTS (
@@ -955,6 +955,8 @@ _PICK = """
           OR (b.status = 'queued' AND b.attempts > 0 AND b.next_attempt_at > :now)))
     ORDER BY d.seq LIMIT 1
 """
+_PICK = _PICK_LANE.format(lane="")
+_PICK_SINGLE = _PICK_LANE.format(lane="AND d.batch_id IS NULL")
 
 
 def _pick_single(conn: sqlite3.Connection, now: float, settle: float) -> tuple[str, int] | None:
@@ -968,9 +970,7 @@ def _pick_single(conn: sqlite3.Connection, now: float, settle: float) -> tuple[s
     ).fetchone()
     if ready is None:
         return None
-    row = conn.execute(
-        _PICK.format(lane="AND d.batch_id IS NULL"), {"now": now, "settled": now - settle}
-    ).fetchone()
+    row = conn.execute(_PICK_SINGLE, {"now": now, "settled": now - settle}).fetchone()
     return (row[0], row[1]) if row else None
 
 
@@ -1010,9 +1010,7 @@ def _claim(
         row = (
             None
             if ready is None
-            else conn.execute(
-                _PICK.format(lane=""), {"now": now, "settled": now - settle}
-            ).fetchone()
+            else conn.execute(_PICK, {"now": now, "settled": now - settle}).fetchone()
         )
         # A stored batch whose next update arrived earlier goes first: expand it and look again.
         if not _expand(conn, before_seq=row[1] if row else None):
