@@ -18,9 +18,9 @@ from pydantic import ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.config import Settings
-from app.queue.migrations import POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS
-from app.queue.models import StoreUnavailable
-from app.queue.store import open_store
+from app.domain.errors import StoreUnavailable
+from app.store.connect import open_store
+from app.store.migrations import POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS
 
 
 class DatabaseSettings(BaseSettings):

@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.queue.models import StoreUnavailable
+from app.domain.errors import StoreUnavailable
 
 log = logging.getLogger("userpilot_relay.errors")
 

@@ -25,13 +25,14 @@ from app.api.middleware import RequestMetricsMiddleware
 from app.api.schemas import BulkIn, CompanyIn
 from app.api.webhooks import WebhookState
 from app.config import ConfigError, Settings, load_settings
+from app.delivery.dispatcher import Dispatcher, Outcomes
+from app.domain.errors import StoreUnavailable
 from app.errors import install_error_handlers
 from app.logs import configure_logging
-from app.queue.dispatcher import Dispatcher, Outcomes
-from app.queue.models import StoreUnavailable
-from app.queue.store import Store, open_store
 from app.sources.mapping import MappingError
 from app.sources.service import WebhookSources
+from app.store.base import Store
+from app.store.connect import open_store
 from app.userpilot.client import UserpilotClient
 
 log = logging.getLogger("userpilot_relay")

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from app.main import create_app
-from app.queue.models import (
+from app.domain.models import (
     Batch,
     Claim,
     Delivery,
@@ -19,8 +18,9 @@ from app.queue.models import (
     QueueStats,
     Status,
 )
-from app.queue.sqlite import new_ids
-from app.queue.store import Store
+from app.main import create_app
+from app.store.base import Store
+from app.store.sqlite import new_ids
 
 
 class NullStore(Store):

@@ -18,7 +18,7 @@ from starlette.types import Receive, Scope, Send
 
 from app.config import Settings
 from app.main import create_app
-from app.queue.store import Store
+from app.store.base import Store
 from tests.relay import ADMIN_KEY, INGEST_KEY, RELAY_KEYS, UPSTREAM_KEY
 
 T = TypeVar("T")

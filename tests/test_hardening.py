@@ -18,9 +18,9 @@ import orjson
 import pytest
 
 from app.config import ConfigError, Settings, load_settings
-from app.domain import REFUSED
+from app.domain.models import NewUpdate
+from app.domain.rules import REFUSED
 from app.logs import configure_logging
-from app.queue.models import NewUpdate
 from app.simulator.process import SimulatorProcess
 from tests.inprocess import InProcessRelay, run
 from tests.relay import ADMIN_KEY, INGEST_KEY, UPSTREAM_KEY

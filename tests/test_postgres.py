@@ -21,11 +21,11 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-from app.queue.merge import merge_claim
-from app.queue.migrations import POSTGRES_MIGRATIONS
-from app.queue.models import Idempotency, NewUpdate
-from app.queue.postgres import PostgresStore, conninfo_from_url
+from app.delivery.merge import merge_claim
+from app.domain.models import Idempotency, NewUpdate
 from app.simulator.process import SimulatorProcess
+from app.store.migrations import POSTGRES_MIGRATIONS
+from app.store.postgres import PostgresStore, conninfo_from_url
 from tests import pg
 from tests.relay import ADMIN_KEY, INGEST_KEY, ROOT, RelayProcess, wait_until
 

@@ -9,9 +9,9 @@ import pytest
 from app.api.companies import parse_wait
 from app.api.deps import find_key
 from app.config import REGION_URLS, Settings, parse_api_keys
-from app.queue.dispatcher import backoff_delay, classify
-from app.queue.merge import merge_claim
-from app.queue.models import Claim, ClaimedUpdate
+from app.delivery.dispatcher import backoff_delay, classify
+from app.delivery.merge import merge_claim
+from app.domain.models import Claim, ClaimedUpdate
 from app.userpilot.client import UpstreamResult, parse_retry_after
 
 

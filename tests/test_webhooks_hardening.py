@@ -17,7 +17,7 @@ import stripe
 from hubspot.utils.signature import Signature
 from prometheus_client import REGISTRY
 
-from app.queue.models import Delivery
+from app.domain.models import Delivery
 from app.simulator.process import SimulatorProcess
 from app.sources import signatures
 from app.sources.signatures import MAX_SIGNATURE_HEADER, MAX_STRIPE_V1

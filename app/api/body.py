@@ -11,7 +11,7 @@ from fastapi import Request
 from pydantic import BaseModel, ValidationError
 
 from app.config import Settings
-from app.domain import parse_ascii_int
+from app.domain.rules import parse_ascii_int
 from app.errors import RelayError, validation_errors
 
 M = TypeVar("M", bound=BaseModel)

@@ -29,16 +29,11 @@ from app.api.schemas import (
     DeliveryOut,
     fast_companies,
 )
+from app.domain.errors import IdempotencyConflict, StoreUnavailable
+from app.domain.models import EnqueueResult, Idempotency, NewUpdate
 from app.errors import ErrorBody, RelayError
 from app.metrics import UPDATES_ACCEPTED
-from app.queue.models import (
-    EnqueueResult,
-    Idempotency,
-    IdempotencyConflict,
-    NewUpdate,
-    StoreUnavailable,
-)
-from app.queue.store import Store
+from app.store.base import Store
 
 router = APIRouter(tags=["companies"])
 

@@ -10,9 +10,9 @@ from app.api.companies import AUTH_ERRORS, _error
 from app.api.deps import AdminCaller, AnyCaller, DispatcherDep, StoreDep
 from app.api.schemas import BatchOut, DeliveryOut, DeliveryPage, Purged, Replayed
 from app.config import ApiKey
-from app.domain import MAX_COMPANY_ID, has_control, parse_ascii_int
+from app.domain.errors import NotDead
+from app.domain.rules import MAX_COMPANY_ID, has_control, parse_ascii_int
 from app.errors import FieldError, RelayError
-from app.queue.models import NotDead
 
 router = APIRouter(tags=["deliveries"])
 

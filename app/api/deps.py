@@ -16,9 +16,9 @@ from typing import Annotated, TypedDict
 from fastapi import Depends, Request
 
 from app.config import ApiKey, Role, Settings
+from app.delivery.dispatcher import Dispatcher, Outcomes
 from app.errors import RelayError
-from app.queue.dispatcher import Dispatcher, Outcomes
-from app.queue.store import Store
+from app.store.base import Store
 
 
 class State(TypedDict):

@@ -17,7 +17,7 @@ from app.metrics import (
     STORE_UP,
     WEBHOOK_PARKED,
 )
-from app.queue.store import Store
+from app.store.base import Store
 
 router = APIRouter(tags=["operations"])
 

@@ -12,9 +12,9 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 from pydantic_core import PydanticCustomError
 
-from app.domain import MAX_COMPANY_ID as MAX_COMPANY_ID
-from app.domain import company_id_problem, has_control, property_name_problem
-from app.queue.models import Batch, Delivery, Metadata
+from app.domain.models import Batch, Delivery, Metadata
+from app.domain.rules import MAX_COMPANY_ID as MAX_COMPANY_ID
+from app.domain.rules import company_id_problem, has_control, property_name_problem
 
 _SCALARS = frozenset({str, bool, type(None)})
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1  # what a JSON number carries without loss here

@@ -22,9 +22,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from app.domain.models import EnqueueResult, NewUpdate
 from app.metrics import UPDATES_ACCEPTED, WEBHOOK_EVENTS, WEBHOOK_UNMAPPED_FIELDS
-from app.queue.models import EnqueueResult, NewUpdate
-from app.queue.store import Store
+from app.store.base import Store
 
 Outcome = Literal[
     "forwarded",

@@ -31,8 +31,8 @@ from pydantic import (
     model_validator,
 )
 
-from app.domain import company_id_problem, has_control, printable, property_name_problem
-from app.queue.models import NewUpdate, Primitive
+from app.domain.models import NewUpdate, Primitive
+from app.domain.rules import company_id_problem, has_control, printable, property_name_problem
 from app.sources.common import EventPlan, Malformed
 from app.sources.mapping import ConversionError, FieldRule, convert
 

@@ -24,8 +24,8 @@ from typing import Annotated, Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from app.domain import property_name_problem
-from app.queue.models import Metadata, Primitive
+from app.domain.models import Metadata, Primitive
+from app.domain.rules import property_name_problem
 
 FieldType = Literal["string", "number", "boolean", "date"]
 EpochUnit = Literal["ms", "s"]

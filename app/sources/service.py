@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from app.config import Settings
-from app.queue.dispatcher import Dispatcher
-from app.queue.store import Store
+from app.delivery.dispatcher import Dispatcher
 from app.sources.mapping import FieldRule, SourceMapping, load_mapping
 from app.sources.stripe import StripeApi, StripeProcessor, StripeResolver
+from app.store.base import Store
 
 
 class WebhookSources:

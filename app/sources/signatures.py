@@ -25,7 +25,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
-from app.domain import parse_ascii_int
+from app.domain.rules import parse_ascii_int
 
 Reason = Literal["missing_signature", "bad_signature", "stale_timestamp", "legacy_signature"]
 

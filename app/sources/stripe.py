@@ -45,14 +45,14 @@ from pydantic import (
 )
 
 from app import __version__
-from app.domain import company_id_problem, has_control
+from app.delivery.dispatcher import Dispatcher
+from app.domain.models import NewUpdate, Primitive
+from app.domain.rules import company_id_problem, has_control
 from app.lifecycle import cancel_and_wait
 from app.metrics import WEBHOOK_EVENTS
-from app.queue.dispatcher import Dispatcher
-from app.queue.models import NewUpdate, Primitive
-from app.queue.store import Store
 from app.sources.common import EventPlan, Malformed, commit
 from app.sources.mapping import FieldRule, SourceMapping, apply, flatten
+from app.store.base import Store
 
 log = logging.getLogger("userpilot_relay.webhooks.stripe")
 

@@ -21,7 +21,10 @@ from collections.abc import Iterable
 from dataclasses import replace
 
 from app.config import Settings
-from app.domain import REFUSED, update_problem
+from app.delivery.merge import merge_claim
+from app.domain.errors import StoreUnavailable
+from app.domain.models import Claim
+from app.domain.rules import REFUSED, update_problem
 from app.lifecycle import cancel_and_wait
 from app.metrics import (
     DELIVERIES,
@@ -30,9 +33,7 @@ from app.metrics import (
     UPSTREAM_AUTH_FAILURES,
     UPSTREAM_THROTTLED,
 )
-from app.queue.merge import merge_claim
-from app.queue.models import Claim, StoreUnavailable
-from app.queue.store import Store
+from app.store.base import Store
 from app.userpilot.client import UpstreamResult, UserpilotClient
 
 log = logging.getLogger("userpilot_relay.dispatcher")

@@ -43,10 +43,8 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from app.domain import REFUSED, parse_ascii_int
-from app.lifecycle import cancel_and_wait
-from app.queue.migrations import POSTGRES_MIGRATIONS
-from app.queue.models import (
+from app.domain.errors import IdempotencyConflict, NotDead, StoreUnavailable
+from app.domain.models import (
     STATUSES,
     Batch,
     Claim,
@@ -54,21 +52,21 @@ from app.queue.models import (
     Delivery,
     EnqueueResult,
     Idempotency,
-    IdempotencyConflict,
     NewUpdate,
-    NotDead,
     QueueStats,
     Status,
-    StoreUnavailable,
 )
-from app.queue.sqlite import (
+from app.domain.rules import REFUSED, parse_ascii_int
+from app.lifecycle import cancel_and_wait
+from app.store.base import Store, listing_query
+from app.store.migrations import POSTGRES_MIGRATIONS
+from app.store.sqlite import (
     DELIVERY_COLUMNS,
     batch_ids,
     expansion_item,
     new_ids,
     row_to_delivery,
 )
-from app.queue.store import Store, listing_query
 
 log = logging.getLogger("userpilot_relay.store")
 
@@ -279,6 +277,7 @@ class PostgresStore(Store):
         acquire_timeout: float = 5.0,
         operation_timeout: float = 30.0,
     ) -> None:
+        super().__init__()
         self.conninfo = conninfo_from_url(database_url)
         self.where = describe(self.conninfo)
         self.min_connections = min_connections

@@ -25,9 +25,8 @@ from typing import IO, Any, TypeVar
 
 import orjson
 
-from app.domain import REFUSED, parse_ascii_int, printable, update_problem
-from app.queue.migrations import SQLITE_MIGRATIONS
-from app.queue.models import (
+from app.domain.errors import IdempotencyConflict, NotDead, StoreUnavailable
+from app.domain.models import (
     STATUSES,
     Batch,
     Claim,
@@ -35,14 +34,13 @@ from app.queue.models import (
     Delivery,
     EnqueueResult,
     Idempotency,
-    IdempotencyConflict,
     NewUpdate,
-    NotDead,
     QueueStats,
     Status,
-    StoreUnavailable,
 )
-from app.queue.store import Store, listing_query
+from app.domain.rules import REFUSED, parse_ascii_int, printable, update_problem
+from app.store.base import Store, listing_query
+from app.store.migrations import SQLITE_MIGRATIONS
 
 log = logging.getLogger("userpilot_relay.store")
 
@@ -87,6 +85,7 @@ class SQLiteStore(Store):
     """`Store` on one SQLite file in WAL mode, synchronous=FULL."""
 
     def __init__(self, path: str) -> None:
+        super().__init__()
         self.path = path
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.queue.models import Claim, Metadata
+from app.domain.models import Claim, Metadata
 
 
 def merge_claim(claim: Claim) -> tuple[Metadata, dict[str, int]]:

@@ -127,15 +127,3 @@ class QueueStats:
     delivering: int
     dead: int
     oldest_queued_at: float | None
-
-
-class IdempotencyConflict(Exception):
-    """The idempotency key was used before with a different request body."""
-
-
-class StoreUnavailable(Exception):
-    """The store cannot be reached; nothing was stored."""
-
-
-class NotDead(Exception):
-    """Only a dead delivery can be replayed."""

@@ -1,7 +1,8 @@
 """The store interface: everything the routes and the dispatcher ask of durable storage.
 
-Two backends implement it (`sqlite.py` for one replica, `postgres.py` for several); nothing
-outside `app/queue/` knows which one runs. `open_store` picks one from the database URL.
+Two backends implement it (`sqlite` for one replica, `postgres` for several); nothing
+outside `app/store/` knows which one runs. `app.store.connect.open_store` picks one from the
+database URL.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Mapping, Sequence
 
-from app.queue.models import (
+from app.domain.models import (
     Batch,
     Claim,
     Delivery,
@@ -19,10 +20,18 @@ from app.queue.models import (
     QueueStats,
     Status,
 )
+from app.store.signals import Signals
 
 
 class Store(abc.ABC):
-    """Durable queue of company updates plus the small shared state around it."""
+    """Durable queue of company updates plus the small shared state around it.
+
+    `signals` is set after commits: new work for the dispatcher, settled deliveries for
+    requests that wait on them.
+    """
+
+    def __init__(self) -> None:
+        self.signals = Signals()
 
     # lifecycle -----------------------------------------------------------------------------
     @abc.abstractmethod
@@ -212,14 +221,3 @@ def listing_query(
         f"SELECT {columns} FROM deliveries WHERE {' AND '.join(where)} ORDER BY seq LIMIT {mark}"
     )
     return query, [*args, limit]
-
-
-def open_store(database_url: str) -> Store:
-    """The backend for a database URL (not yet opened)."""
-    if database_url.startswith("sqlite:///"):
-        from app.queue.sqlite import SQLiteStore
-
-        return SQLiteStore(database_url.removeprefix("sqlite:///"))
-    from app.queue.postgres import PostgresStore  # type: ignore[import-not-found,unused-ignore]
-
-    return PostgresStore(database_url)  # type: ignore[no-any-return,unused-ignore]

@@ -1,0 +1,1 @@
+"""Delivery: the dispatcher that takes stored updates to Userpilot, paced, merged, retried."""

@@ -1,1 +1,0 @@
-"""Durable delivery: the store interface, its SQLite and PostgreSQL backends, the dispatcher."""
