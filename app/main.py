@@ -25,7 +25,7 @@ from app.api.middleware import RequestMetricsMiddleware
 from app.api.schemas import BulkIn, CompanyIn
 from app.api.webhooks import WebhookState
 from app.config import ConfigError, Settings, load_settings
-from app.delivery.dispatcher import Dispatcher, Outcomes
+from app.delivery.dispatcher import Dispatcher
 from app.domain.errors import StoreUnavailable
 from app.errors import install_error_handlers
 from app.logs import configure_logging
@@ -148,10 +148,9 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
             api_key=active.userpilot_api_key.get_secret_value(),
             timeout=active.relay_upstream_timeout_seconds,
         )
-        outcomes = Outcomes()
-        dispatcher = Dispatcher(store=store, client=client, settings=active, outcomes=outcomes)
+        dispatcher = Dispatcher(store=store, client=client, settings=active)
         dispatcher.start()
-        sources.start(store=store, dispatcher=dispatcher)
+        sources.start(store=store)
         log.info(
             "relay started",
             extra={
@@ -166,8 +165,6 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
             yield WebhookState(
                 settings=active,
                 store=store,
-                dispatcher=dispatcher,
-                outcomes=outcomes,
                 webhooks=sources,
             )
         finally:

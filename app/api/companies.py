@@ -15,9 +15,7 @@ from fastapi import APIRouter, Header, Request, Response
 from app.api.admission import bulk_admission
 from app.api.body import parse, read_body
 from app.api.deps import (
-    DispatcherDep,
     IngestCaller,
-    OutcomesDep,
     SettingsDep,
     StoreDep,
 )
@@ -197,8 +195,6 @@ async def post_company(
     caller: IngestCaller,
     settings: SettingsDep,
     store: StoreDep,
-    dispatcher: DispatcherDep,
-    outcomes: OutcomesDep,
     idempotency_key: IdempotencyKey = None,
     prefer: Prefer = None,
 ) -> Response:
@@ -235,20 +231,16 @@ async def post_company(
         status = first.status if first else status
     else:
         UPDATES_ACCEPTED.labels(source="api").inc()
-        dispatcher.poke()
     wait = parse_wait(prefer)
     if wait is None:
         return _json(202, {"id": delivery_id, "status": status})
-    return await _wait_for_outcome(store, outcomes, delivery_id, wait)
+    return await _wait_for_outcome(store, delivery_id, wait)
 
 
-async def _wait_for_outcome(
-    store: Store, outcomes: OutcomesDep, delivery_id: str, wait: float
-) -> Response:
+async def _wait_for_outcome(store: Store, delivery_id: str, wait: float) -> Response:
     applied = {"Preference-Applied": f"wait={wait:g}"}
     deadline = time.monotonic() + wait
-    event = outcomes.event(delivery_id)
-    try:
+    with store.signals.watching(delivery_id) as event:
         while True:
             delivery = await store.get_delivery(delivery_id)
             if delivery is not None and delivery.status in ("delivered", "dead"):
@@ -258,11 +250,9 @@ async def _wait_for_outcome(
             if remaining <= 0:
                 current = delivery.status if delivery else "queued"
                 return _json(202, {"id": delivery_id, "status": current}, applied)
-            # Woken at once by this replica's dispatcher; polled for the others'.
+            # Woken at once when this replica records it; polled for the others'.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(event.wait(), timeout=min(remaining, 0.25))
-    finally:
-        outcomes.forget(delivery_id)
 
 
 @router.post(
@@ -284,7 +274,6 @@ async def post_companies_bulk(
     caller: IngestCaller,
     settings: SettingsDep,
     store: StoreDep,
-    dispatcher: DispatcherDep,
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
     """Store up to 10,000 company updates at once, all or none.
@@ -299,9 +288,7 @@ async def post_companies_bulk(
         async with admission.turn():
             companies = await asyncio.to_thread(validated, body, bulk=True)
             del body  # the parsed form replaces it
-            return await _store_bulk(
-                companies, caller.name, settings, store, dispatcher, idempotency_key
-            )
+            return await _store_bulk(companies, caller.name, settings, store, idempotency_key)
 
 
 async def _store_bulk(
@@ -309,7 +296,6 @@ async def _store_bulk(
     caller: str,
     settings: SettingsDep,
     store: Store,
-    dispatcher: DispatcherDep,
     idempotency_key: str | None,
 ) -> Response:
     idempotency = None
@@ -330,5 +316,4 @@ async def _store_bulk(
     )
     if not result.replayed:
         UPDATES_ACCEPTED.labels(source="bulk").inc(result.stored)
-        dispatcher.poke()
     return _json(202, {"batch_id": result.batch_id, "accepted": result.stored})

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Path, Query
 
 from app.api.companies import AUTH_ERRORS, _error
-from app.api.deps import AdminCaller, AnyCaller, DispatcherDep, StoreDep
+from app.api.deps import AdminCaller, AnyCaller, StoreDep
 from app.api.schemas import BatchOut, DeliveryOut, DeliveryPage, Purged, Replayed
 from app.config import ApiKey
 from app.domain.errors import NotDead
@@ -119,9 +119,7 @@ async def list_deliveries(
     response_model=DeliveryOut,
     responses={**READ_ERRORS, 409: _error("The delivery is not dead.")},
 )
-async def replay_delivery(
-    delivery_id: DeliveryId, _: AdminCaller, store: StoreDep, dispatcher: DispatcherDep
-) -> DeliveryOut:
+async def replay_delivery(delivery_id: DeliveryId, _: AdminCaller, store: StoreDep) -> DeliveryOut:
     """Put one dead delivery back in the queue (admin).
 
     It never overwrites a property that a later update of the same company has already set.
@@ -134,7 +132,6 @@ async def replay_delivery(
         ) from None
     if delivery is None:
         raise _missing("delivery")
-    dispatcher.poke()
     return DeliveryOut.of(delivery)
 
 
@@ -146,15 +143,12 @@ async def replay_delivery(
 async def replay_all(
     _: AdminCaller,
     store: StoreDep,
-    dispatcher: DispatcherDep,
     company_id: CompanyFilter = None,
 ) -> Replayed:
     """Put every dead delivery (of one company, when given) back in the queue (admin).
 
     Deliveries the relay itself refused (they cannot be sent as stored) stay dead."""
     count = await store.replay_dead(company_id=_company(company_id))
-    if count:
-        dispatcher.poke()
     return Replayed(replayed=count)
 
 

@@ -16,7 +16,6 @@ from typing import Annotated, TypedDict
 from fastapi import Depends, Request
 
 from app.config import ApiKey, Role, Settings
-from app.delivery.dispatcher import Dispatcher, Outcomes
 from app.errors import RelayError
 from app.store.base import Store
 
@@ -26,8 +25,6 @@ class State(TypedDict):
 
     settings: Settings
     store: Store
-    dispatcher: Dispatcher
-    outcomes: Outcomes
 
 
 async def get_settings(request: Request) -> Settings:
@@ -40,20 +37,8 @@ async def get_store(request: Request) -> Store:
     return store
 
 
-async def get_dispatcher(request: Request) -> Dispatcher:
-    dispatcher: Dispatcher = request.state.dispatcher
-    return dispatcher
-
-
-async def get_outcomes(request: Request) -> Outcomes:
-    outcomes: Outcomes = request.state.outcomes
-    return outcomes
-
-
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[Store, Depends(get_store)]
-DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
-OutcomesDep = Annotated[Outcomes, Depends(get_outcomes)]
 
 _CHALLENGE = 'Bearer realm="userpilot-relay"'
 

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 
 from app.api.body import read_body
-from app.api.deps import DispatcherDep, SettingsDep, State, StoreDep
+from app.api.deps import SettingsDep, State, StoreDep
 from app.errors import ErrorBody, FieldError, RelayError
 from app.metrics import WEBHOOK_REJECTIONS
 from app.sources.common import Malformed, Source, commit
@@ -167,7 +167,6 @@ async def hubspot_webhook(
     request: Request,
     settings: SettingsDep,
     store: StoreDep,
-    dispatcher: DispatcherDep,
     webhooks: WebhooksDep,
 ) -> WebhookAck:
     """Receive a HubSpot webhook batch (up to 100 events).
@@ -206,8 +205,6 @@ async def hubspot_webhook(
         raise _malformed("hubspot", exc) from None
     plans = plan_batch(events, rules, settings.hubspot_company_id_prefix)
     result = await commit(store, plans, source="hubspot")
-    if result.stored:
-        dispatcher.poke()
     return WebhookAck(received=len(events), accepted=result.stored)
 
 

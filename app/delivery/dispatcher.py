@@ -17,7 +17,6 @@ import os
 import random
 import socket
 import time
-from collections.abc import Iterable
 from dataclasses import replace
 
 from app.config import Settings
@@ -86,50 +85,23 @@ def retry_reason(result: UpstreamResult) -> str:
     return "connection_error"
 
 
-class Outcomes:
-    """Lets a request wait for its delivery's outcome without polling hard."""
-
-    def __init__(self) -> None:
-        self._events: dict[str, asyncio.Event] = {}
-
-    def event(self, delivery_id: str) -> asyncio.Event:
-        return self._events.setdefault(delivery_id, asyncio.Event())
-
-    def forget(self, delivery_id: str) -> None:
-        self._events.pop(delivery_id, None)
-
-    def notify(self, delivery_ids: Iterable[str]) -> None:
-        for delivery_id in delivery_ids:
-            event = self._events.get(delivery_id)
-            if event is not None:
-                event.set()
-
-
 class Dispatcher:
     """Runs inside the service: started and stopped by the lifespan."""
 
-    def __init__(
-        self, *, store: Store, client: UserpilotClient, settings: Settings, outcomes: Outcomes
-    ) -> None:
+    def __init__(self, *, store: Store, client: UserpilotClient, settings: Settings) -> None:
         self.store = store
         self.client = client
         self.settings = settings
-        self.outcomes = outcomes
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{random.getrandbits(32):08x}"
         self._interval = 60.0 / settings.relay_rate_limit_per_minute * PACING_MARGIN
         self._last_send = 0.0
         self._claims = itertools.count(1)
         self._single_turn = False  # every other claim puts a single update first
         self._slots = asyncio.Semaphore(settings.relay_delivery_concurrency)
-        self._work = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self._store_down = False
-
-    def poke(self) -> None:
-        """New updates were stored: wake the feeder."""
-        self._work.set()
 
     def start(self) -> None:
         self._tasks = [
@@ -162,6 +134,8 @@ class Dispatcher:
                 # Fairness: every other call goes to the oldest single update (not from a
                 # batch), so one caller's import never holds up another caller's update.
                 self._single_turn = not self._single_turn
+                # Work stored from now on wakes the feeder from its idle wait at once.
+                self.store.signals.work.clear()
                 claim = await self.store.claim(
                     # One token per claim: a call that outlived its lease cannot record over
                     # the claim that took the company over.
@@ -208,9 +182,10 @@ class Dispatcher:
         self._slots.release()
 
     async def _idle(self, settle: float) -> None:
-        self._work.clear()
+        """Wait for the store to signal new work (or a retry to come due: the poll)."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._work.wait(), timeout=_IDLE_POLL)
+            async with asyncio.timeout(_IDLE_POLL):
+                await self.store.signals.work.wait()
             # Something arrived: give its siblings the merge window to join it.
             await asyncio.sleep(settle)
 
@@ -291,7 +266,6 @@ class Dispatcher:
         log.error(
             "dead-lettered: the relay cannot send this update", extra=context | {"error": reason}
         )
-        self.outcomes.notify(claim.ids)
 
     async def _record(
         self,
@@ -313,7 +287,6 @@ class Dispatcher:
             DELIVERIES.labels(outcome="delivered").inc(count)
             UPDATES_MERGED.inc(count - 1)
             log.info("delivered", extra=context)
-            self.outcomes.notify(claim.ids)
             return
         error = result.error or "unknown error"
         if outcome == "retry":
@@ -349,7 +322,6 @@ class Dispatcher:
             log.error(
                 "Userpilot rejected the update; dead-lettered", extra=context | {"error": error}
             )
-        self.outcomes.notify(claim.ids)
 
     # background chores ---------------------------------------------------------------------
     async def _prune(self) -> None:

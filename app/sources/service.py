@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from app.config import Settings
-from app.delivery.dispatcher import Dispatcher
 from app.sources.mapping import FieldRule, SourceMapping, load_mapping
 from app.sources.stripe import StripeApi, StripeProcessor, StripeResolver
 from app.store.base import Store
@@ -31,13 +30,12 @@ class WebhookSources:
         if settings.stripe_webhook_secret is not None:
             self._stripe_mapping = load_mapping("stripe", settings.stripe_mapping_file)
 
-    def start(self, *, store: Store, dispatcher: Dispatcher) -> None:
+    def start(self, *, store: Store) -> None:
         settings = self.settings
         if self._stripe_mapping is None:
             return
         self.stripe = StripeProcessor(
             store=store,
-            dispatcher=dispatcher,
             mapping=self._stripe_mapping,
             metadata_key=settings.stripe_company_id_metadata_key,
             missing=settings.stripe_missing_company,

@@ -45,7 +45,6 @@ from pydantic import (
 )
 
 from app import __version__
-from app.delivery.dispatcher import Dispatcher
 from app.domain.models import NewUpdate, Primitive
 from app.domain.rules import company_id_problem, has_control
 from app.lifecycle import cancel_and_wait
@@ -394,13 +393,11 @@ class StripeProcessor:
         self,
         *,
         store: Store,
-        dispatcher: Dispatcher,
         mapping: SourceMapping,
         metadata_key: str,
         missing: MissingCompany,
     ) -> None:
         self.store = store
-        self.dispatcher = dispatcher
         self.customer_rules = mapping.section("customer")
         self.subscription_rules = mapping.section("subscription")
         self.metadata_key = metadata_key
@@ -485,8 +482,6 @@ class StripeProcessor:
 
     async def _commit(self, plan: EventPlan, *, resolved: bool = False) -> tuple[str, int]:
         result = await commit(self.store, [plan], source="stripe", resolved=resolved)
-        if result.stored:
-            self.dispatcher.poke()
         stored = result.ids[0] if result.ids else None
         if plan.update is not None and stored is None:
             return "skipped", 0
