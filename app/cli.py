@@ -20,7 +20,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from app.config import Settings
 from app.domain.errors import StoreUnavailable
 from app.store.connect import open_store
-from app.store.migrations import POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS
+from app.store.migrations import migrations
 
 
 class DatabaseSettings(BaseSettings):
@@ -53,10 +53,10 @@ async def _migrate(database_url: str) -> str:
     await store.open()
     await store.close()
     postgres = not database_url.startswith("sqlite:///")
-    versions = POSTGRES_MIGRATIONS if postgres else SQLITE_MIGRATIONS
-    applied: list[int] = list(getattr(store, "applied_migrations", []))
+    versions = migrations("postgres" if postgres else "sqlite")
+    applied = store.applied_migrations
     kind = "PostgreSQL" if postgres else "SQLite"
-    latest = max(v for v, _ in versions)
+    latest = max(m.version for m in versions)
     if applied:
         done = ", ".join(str(v) for v in applied)
         return f"{kind} schema migrated to version {latest} (applied {done})"

@@ -20,7 +20,7 @@ from app.domain.models import (
 )
 from app.main import create_app
 from app.store.base import Store
-from app.store.sqlite import new_ids
+from app.store.rows import new_ids
 
 
 class NullStore(Store):

@@ -24,8 +24,9 @@ import pytest
 from app.delivery.merge import merge_claim
 from app.domain.models import Idempotency, NewUpdate
 from app.simulator.process import SimulatorProcess
-from app.store.migrations import POSTGRES_MIGRATIONS
-from app.store.postgres import PostgresStore, conninfo_from_url
+from app.store.migrations import migrations
+from app.store.postgres.connection import conninfo_from_url
+from app.store.postgres.store import PostgresStore
 from tests import pg
 from tests.relay import ADMIN_KEY, INGEST_KEY, ROOT, RelayProcess, wait_until
 
@@ -82,7 +83,7 @@ def test_migrations_are_safe_when_replicas_start_together(database_url: str) -> 
         return applied, again[0].applied_migrations
 
     applied, second_start = run(scenario)
-    latest = [v for v, _ in POSTGRES_MIGRATIONS]
+    latest = [m.version for m in migrations("postgres")]
     assert sorted(applied, key=len)[-1] == latest  # one replica applied everything ...
     assert sum(len(a) for a in applied) == len(latest)  # ... and nobody applied anything twice
     assert second_start == []
@@ -109,12 +110,12 @@ def test_migrate_command_on_both_stores(database_url: str, tmp_path: Path) -> No
     processes = [migrate(database_url) for _ in range(3)]
     outputs = [p.communicate(timeout=60) for p in processes]
     assert all(p.returncode == 0 for p in processes), outputs
-    latest = POSTGRES_MIGRATIONS[-1][0]
+    latest = migrations("postgres")[-1].version
     assert sorted(out for out, _ in outputs) == [
         f"PostgreSQL schema at version {latest}\n",
         f"PostgreSQL schema at version {latest}\n",
         f"PostgreSQL schema migrated to version {latest} "
-        f"(applied {', '.join(str(v) for v, _ in POSTGRES_MIGRATIONS)})\n",
+        f"(applied {', '.join(str(m.version) for m in migrations('postgres'))})\n",
     ]
 
     sqlite_url = f"sqlite:///{tmp_path / 'relay.db'}"

@@ -21,6 +21,8 @@ from dataclasses import replace
 
 from app.config import Settings
 from app.delivery.merge import merge_claim
+from app.delivery.pacing import Pacer
+from app.delivery.retry import backoff_delay, classify, retry_reason
 from app.domain.errors import StoreUnavailable
 from app.domain.models import Claim
 from app.domain.rules import REFUSED, update_problem
@@ -37,13 +39,7 @@ from app.userpilot.client import UpstreamResult, UserpilotClient
 
 log = logging.getLogger("userpilot_relay.dispatcher")
 
-# Retried: 408, 425, 429, every 5xx and every failure without an answer. Anything else that is
-# not a 2xx (400, 401, 403, 404, 413, other 4xx, redirects) is a permanent rejection.
-_RETRYABLE_4XX = frozenset({408, 425, 429})
 _IDLE_POLL = 0.25
-# Slots are spaced a little wider than the limit, so that delays between reserving a slot and
-# sending (the claim, the event loop) never push a 60 s window past Userpilot's limit.
-PACING_MARGIN = 1.02
 _PRUNE_EVERY = 600.0
 
 
@@ -58,33 +54,6 @@ def _context(claim: Claim) -> dict[str, object]:
     }
 
 
-def backoff_delay(attempts: int, *, base: float, cap: float) -> float:
-    """Capped exponential backoff with jitter: base * 2^(attempts-1), then 50-100% of it."""
-    exponent = min(max(attempts - 1, 0), 30)
-    return float(min(cap, base * (2**exponent)) * random.uniform(0.5, 1.0))
-
-
-def classify(result: UpstreamResult) -> str:
-    """`delivered`, `retry` or `dead` for one upstream answer."""
-    if result.ok:
-        return "delivered"
-    if result.status is None or result.status >= 500 or result.status in _RETRYABLE_4XX:
-        return "retry"
-    return "dead"
-
-
-def retry_reason(result: UpstreamResult) -> str:
-    if result.status == 429:
-        return "throttled"
-    if result.status in (408, 425):
-        return "request_timeout"
-    if result.status is not None:
-        return "server_error"
-    if result.error and result.error.startswith("timeout"):
-        return "timeout"
-    return "connection_error"
-
-
 class Dispatcher:
     """Runs inside the service: started and stopped by the lifespan."""
 
@@ -93,8 +62,7 @@ class Dispatcher:
         self.client = client
         self.settings = settings
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{random.getrandbits(32):08x}"
-        self._interval = 60.0 / settings.relay_rate_limit_per_minute * PACING_MARGIN
-        self._last_send = 0.0
+        self._pacer = Pacer(settings.relay_rate_limit_per_minute)
         self._claims = itertools.count(1)
         self._single_turn = False  # every other claim puts a single update first
         self._slots = asyncio.Semaphore(settings.relay_delivery_concurrency)
@@ -127,10 +95,15 @@ class Dispatcher:
         while not self._stopping:
             await self._slots.acquire()
             try:
-                slot = await self.store.reserve_send_slot(self._interval)
+                slot = await self.store.reserve_send_slot(self._pacer.interval)
                 wait = slot - time.time()
                 if wait > 0:
                     await asyncio.sleep(wait)
+                if self._pacer.paused():
+                    # Userpilot said 429 after this slot was reserved: the next slot the
+                    # store gives out starts after the pause.
+                    self._slots.release()
+                    continue
                 # Fairness: every other call goes to the oldest single update (not from a
                 # batch), so one caller's import never holds up another caller's update.
                 self._single_turn = not self._single_turn
@@ -171,8 +144,7 @@ class Dispatcher:
                 continue
             # This process's own sends are never closer than the interval, however long the
             # claim took: Userpilot counts arrivals, not slots.
-            send_at = max(time.time(), self._last_send + self._interval)
-            self._last_send = send_at
+            send_at = self._pacer.next_send()
             task = asyncio.create_task(self._deliver(claim, send_at))
             self._inflight.add(task)
             task.add_done_callback(self._done)
@@ -299,7 +271,7 @@ class Dispatcher:
                 delay = result.retry_after
             if result.status == 429:
                 UPSTREAM_THROTTLED.inc()
-                await self.store.pause_sending(time.time() + delay)
+                await self.store.pause_sending(self._pacer.pause(delay))
             RETRIES.labels(reason=retry_reason(result)).inc()
             await self.store.mark_retry(claim, status=result.status, error=error, delay=delay)
             log.warning(

@@ -32,6 +32,7 @@ class Store(abc.ABC):
 
     def __init__(self) -> None:
         self.signals = Signals()
+        self.applied_migrations: list[int] = []  # by the last `open()`
 
     # lifecycle -----------------------------------------------------------------------------
     @abc.abstractmethod

@@ -1,0 +1,111 @@
+"""Rows to domain types and back, the same for both backends.
+
+A stored batch's payload holds one JSON line per update (`[company_id, metadata]`), so that a
+chunk, or one staged update, is read without parsing the rest. Batches stored before that
+(`payload_format = 'array'`) hold one JSON array and are still read.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from app.domain.models import Delivery, NewUpdate
+from app.domain.rules import REFUSED, printable, update_problem
+
+
+def new_ids(count: int) -> list[str]:
+    """`count` random 128-bit hex ids, drawn in one system call."""
+    raw = os.urandom(16 * count).hex()
+    return [raw[i : i + 32] for i in range(0, 32 * count, 32)]
+
+
+def batch_ids(batch_id: str, count: int) -> list[str | None]:
+    """The delivery ids a batch's updates get when they are expanded."""
+    return [f"{batch_id}.{i}" for i in range(count)]
+
+
+def row_to_delivery(row: Sequence[Any]) -> Delivery:
+    """A row of `queries.DELIVERY_COLUMNS`."""
+    return Delivery(
+        id=row[0],
+        seq=int(row[1]),
+        company_id=row[2],
+        metadata=orjson.loads(row[3]),
+        status=row[4],
+        attempts=row[5],
+        source=row[6],
+        caller=row[7],
+        batch_id=row[8],
+        created_at=row[9],
+        updated_at=row[10],
+        next_attempt_at=row[11] if row[4] == "queued" else None,
+        delivered_at=row[12],
+        last_status=row[13],
+        last_error=row[14],
+        last_request_id=row[15],
+    )
+
+
+def encode_batch(updates: Sequence[NewUpdate]) -> bytes:
+    """A batch's payload: one JSON line per update (JSON never holds a raw newline)."""
+    return b"\n".join(orjson.dumps([u.company_id, u.metadata]) for u in updates)
+
+
+def batch_items(payload: bytes, payload_format: str, start: int, stop: int) -> list[Any]:
+    """The stored updates `start` to `stop` (exclusive) of a batch, parsed alone."""
+    data = bytes(payload)
+    if payload_format != "lines":
+        items: list[Any] = orjson.loads(data)[start:stop]
+        return items
+    return [orjson.loads(line) for line in data.split(b"\n", stop)[start:stop]]
+
+
+def staged_delivery(
+    delivery_id: str, batch_id: str, index: int, row: Sequence[Any]
+) -> Delivery | None:
+    """A batch's update not expanded yet, as the queued delivery it is.
+
+    `row` is `queries.STAGED_BATCH`'s: caller, created_at, seq_from, source, payload, format.
+    """
+    caller, created_at, seq_from, source, payload, payload_format = row
+    items = batch_items(payload, payload_format, index, index + 1)
+    if not items:
+        return None
+    company_id, metadata = items[0]
+    return Delivery(
+        id=delivery_id,
+        seq=int(seq_from) + index,
+        company_id=company_id,
+        metadata=metadata,
+        status="queued",
+        attempts=0,
+        source=source,
+        caller=caller,
+        batch_id=batch_id,
+        created_at=created_at,
+        updated_at=created_at,
+        next_attempt_at=created_at,
+        delivered_at=None,
+        last_status=None,
+        last_error=None,
+        last_request_id=None,
+    )
+
+
+def expansion_item(item: Any) -> tuple[str, Any, str, str | None]:
+    """(company_id, metadata, status, error) for one stored batch update.
+
+    An update that cannot be sent as stored (a control character in an id, from before the
+    relay refused them at the door) becomes a dead letter with the reason, so that it can
+    never stall the queue for everyone.
+    """
+    company_id, metadata = item if isinstance(item, list) and len(item) == 2 else (item, None)
+    problem = update_problem(company_id, metadata)
+    if problem is None:
+        return company_id, metadata, "queued", None
+    kept = metadata if isinstance(metadata, dict) else {"value": metadata}
+    return printable(company_id), kept, "dead", REFUSED + problem

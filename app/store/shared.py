@@ -1,0 +1,204 @@
+"""`Store` written once over the shared plans; a backend supplies only how plans run.
+
+A backend implements `_write` (one transaction, committed before it answers) and `_read`,
+plus what truly differs: opening, health, and send-slot pacing. Signals fire here, after the
+commit: new work wakes the dispatcher, settled deliveries wake their waiters.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Mapping, Sequence
+from typing import TypeVar
+
+import orjson
+
+from app.domain.models import (
+    Batch,
+    Claim,
+    Delivery,
+    EnqueueResult,
+    Idempotency,
+    NewUpdate,
+    QueueStats,
+    Status,
+)
+from app.store import claims, plans
+from app.store.base import Store
+from app.store.rows import encode_batch, new_ids
+from app.store.sql import Dialect, Plan
+
+T = TypeVar("T")
+PlanFactory = Callable[[], Plan[T]]
+
+
+class SQLStore(Store):
+    """Every `Store` operation as a plan; the backend runs them."""
+
+    dialect: Dialect
+
+    @abc.abstractmethod
+    async def _write(self, plan: PlanFactory[T], *, atomic: bool = True) -> T:
+        """Run the plan in one committed transaction (from the factory: it may run again
+        if the backend retries it). Without `atomic`, the plan is one statement that is
+        safe to repeat, and may run without a transaction around it."""
+
+    @abc.abstractmethod
+    async def _read(self, plan: PlanFactory[T], *, snapshot: bool = False) -> T:
+        """Run a plan that only reads; with `snapshot`, all its statements see one moment."""
+
+    # ingest --------------------------------------------------------------------------------
+    async def enqueue(
+        self,
+        updates: Sequence[NewUpdate],
+        *,
+        source: str,
+        caller: str | None,
+        batch: bool = False,
+        idempotency: Idempotency | None = None,
+    ) -> EnqueueResult:
+        # Serialise before the transaction: it is the one thing that cannot run in parallel.
+        if batch:
+            if any(u.event_key or u.property_times for u in updates):
+                raise ValueError("a batch carries plain updates only")
+            limit = self.dialect.max_batch
+            if limit is not None and len(updates) > limit:
+                raise ValueError(f"a batch holds at most {limit} updates")
+            batch_id, payload, count = new_ids(1)[0], encode_batch(updates), len(updates)
+            result = await self._write(
+                lambda: plans.enqueue_batch(payload, count, batch_id, source, caller, idempotency)
+            )
+        else:
+            ids = new_ids(len(updates))
+            encoded = [orjson.dumps(u.metadata) for u in updates]
+            # One plain update, the common case: one statement, safe to repeat (the id is ours).
+            single = len(updates) == 1 and idempotency is None and _plain(updates[0])
+            result = await self._write(
+                lambda: plans.enqueue(updates, encoded, ids, source, caller, idempotency),
+                atomic=not single,
+            )
+        if result.stored and not result.replayed:
+            self.signals.work_arrived()
+        return result
+
+    # reads ---------------------------------------------------------------------------------
+    async def get_delivery(self, delivery_id: str) -> Delivery | None:
+        return await self._read(lambda: plans.get_delivery(delivery_id))
+
+    async def get_deliveries(self, delivery_ids: Sequence[str]) -> list[Delivery]:
+        ids = list(delivery_ids)
+        return await self._read(lambda: plans.get_deliveries(ids)) if ids else []
+
+    async def get_batch(self, batch_id: str) -> Batch | None:
+        return await self._read(lambda: plans.get_batch(batch_id), snapshot=True)
+
+    async def list_deliveries(
+        self, *, status: Status | None, company_id: str | None, after_seq: int, limit: int
+    ) -> list[Delivery]:
+        return await self._read(lambda: plans.list_deliveries(status, company_id, after_seq, limit))
+
+    async def stats(self) -> QueueStats:
+        return await self._read(plans.stats, snapshot=True)
+
+    # dead letters --------------------------------------------------------------------------
+    async def replay(self, delivery_id: str) -> Delivery | None:
+        delivery = await self._write(lambda: plans.replay(delivery_id))
+        if delivery is not None:
+            self.signals.work_arrived()
+        return delivery
+
+    async def replay_dead(self, *, company_id: str | None = None) -> int:
+        count = await self._write(lambda: plans.replay_dead(company_id))
+        if count:
+            self.signals.work_arrived()
+        return count
+
+    async def purge_dead(
+        self, *, delivery_id: str | None = None, company_id: str | None = None
+    ) -> int:
+        return await self._write(lambda: plans.purge_dead(delivery_id, company_id))
+
+    async def prune(self, *, delivered_before: float) -> int:
+        """In short transactions of their own, so pruning never holds up the queue."""
+        total = 0
+        while True:
+            n = await self._write(lambda: plans.prune_delivered(delivered_before))
+            total += n
+            if n < plans.PRUNE_BATCH:
+                break
+        await self._write(lambda: plans.prune_rest(delivered_before))
+        while await self._write(lambda: plans.prune_versions(delivered_before)) >= (
+            plans.PRUNE_BATCH
+        ):
+            pass
+        return total
+
+    # dispatcher ----------------------------------------------------------------------------
+    async def claim(
+        self,
+        *,
+        owner: str,
+        lease_seconds: float,
+        max_merge: int,
+        settle_seconds: float = 0.0,
+        single_first: bool = False,
+    ) -> Claim | None:
+        return await self._write(
+            lambda: claims.claim(
+                owner=owner,
+                lease_seconds=lease_seconds,
+                max_merge=max_merge,
+                settle_seconds=settle_seconds,
+                single_first=single_first,
+            )
+        )
+
+    async def mark_delivered(
+        self,
+        claim: Claim,
+        *,
+        status: int,
+        request_id: str | None,
+        sent_versions: Mapping[str, int],
+    ) -> None:
+        await self._write(lambda: claims.mark_delivered(claim, status, request_id, sent_versions))
+        self.signals.settled(claim.ids)
+
+    async def mark_retry(
+        self, claim: Claim, *, status: int | None, error: str, delay: float
+    ) -> None:
+        await self._write(lambda: claims.mark_retry(claim, status, error, delay))
+
+    async def mark_dead(
+        self, claim: Claim, *, status: int | None, error: str, request_id: str | None
+    ) -> None:
+        await self._write(lambda: claims.mark_dead(claim, status, error, request_id))
+        self.signals.settled(claim.ids)
+
+    async def release(self, claim: Claim) -> None:
+        await self._write(lambda: claims.release(claim))
+        self.signals.work_arrived()
+
+    # webhook state -------------------------------------------------------------------------
+    async def link_customers(self, links: Sequence[tuple[str, str]]) -> None:
+        await self._write(lambda: plans.link_customers(links))
+
+    async def company_for_customer(self, customer_id: str) -> str | None:
+        return await self._read(lambda: plans.company_for_customer(customer_id))
+
+    async def park_event(self, *, source: str, key: str, payload: bytes, reason: str) -> None:
+        await self._write(lambda: plans.park_event(source, key, payload, reason))
+
+    async def parked_events(self, *, source: str, limit: int) -> list[tuple[str, bytes]]:
+        return await self._read(lambda: plans.parked_events(source, limit))
+
+    async def unpark_event(self, *, source: str, key: str) -> None:
+        await self._write(lambda: plans.unpark_event(source, key))
+
+    async def count_parked(self) -> int:
+        return await self._read(plans.count_parked)
+
+
+def _plain(update: NewUpdate) -> bool:
+    """Nothing to check against other stored state: no event key, no source times."""
+    return update.event_key is None and not update.property_times

@@ -1,0 +1,157 @@
+"""SQLite's one writer thread, with group commit.
+
+The thread commits whatever has piled up in a single transaction: with many requests in
+flight, one fsync acknowledges all of them. If one request's work raises, the group is rolled
+back and every request runs again alone, so one request's error never undoes another's work.
+Before each group it checks that the database file is still the one opened: writes through
+the open handle to a removed or replaced file would vanish at restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from app.domain.errors import StoreUnavailable
+
+log = logging.getLogger("userpilot_relay.store")
+
+Job = tuple[Callable[[sqlite3.Connection], Any], "asyncio.Future[Any]"]
+Outcome = tuple["asyncio.Future[Any]", Any, BaseException | None]
+MAX_GROUP = 512
+
+
+class Writer:
+    """Runs write jobs on one connection in one thread; `submit` answers the job's result."""
+
+    def __init__(self, conn: sqlite3.Connection, path: str) -> None:
+        self.path = path
+        self._conn = conn
+        self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._loop = asyncio.get_running_loop()
+        stat = os.stat(path)
+        self._identity = (stat.st_dev, stat.st_ino)  # the file opened
+        self._failing = False
+        self._thread = threading.Thread(target=self._run, name="sqlite-writer", daemon=True)
+        self._thread.start()
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    async def submit(self, job: Callable[[sqlite3.Connection], Any]) -> Any:
+        future: asyncio.Future[Any] = self._loop.create_future()
+        self._jobs.put((job, future))
+        return await future
+
+    async def stop(self) -> None:
+        """Finish the jobs already submitted, then close the connection."""
+        self._jobs.put(None)
+        await asyncio.to_thread(self._thread.join)
+
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            first = self._jobs.get()
+            if first is None:
+                break
+            group = [first]
+            while len(group) < MAX_GROUP:
+                try:
+                    job = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if job is None:
+                    stop = True
+                    break
+                group.append(job)
+            outcomes = self._commit_checked(group)
+            self._loop.call_soon_threadsafe(_settle, outcomes)
+        self._conn.close()
+
+    def _commit_checked(self, group: list[Job]) -> list[Outcome]:
+        """Commit the group unless the file is gone or replaced; say so once per outage."""
+        problem = self._file_problem()
+        if problem is None:
+            outcomes = self._commit_group(group)
+            failed = next((e for _, _, e in outcomes if isinstance(e, StoreUnavailable)), None)
+            problem = str(failed) if failed is not None else None
+        else:
+            failure = StoreUnavailable(problem)
+            outcomes = [(future, None, failure) for _, future in group]
+        if problem is not None and not self._failing:
+            log.error(
+                "SQLite writes are failing: updates are refused (503) and readiness fails "
+                "until writes succeed",
+                extra={"store": "sqlite", "path": self.path, "error": problem[:300]},
+            )
+        elif problem is None and self._failing:
+            log.info("SQLite writes succeed again", extra={"store": "sqlite", "path": self.path})
+        self._failing = problem is not None
+        return outcomes
+
+    def _file_problem(self) -> str | None:
+        try:
+            stat = os.stat(self.path)
+        except OSError:
+            return f"the database file {self.path} was removed: restore it, then restart"
+        if (stat.st_dev, stat.st_ino) != self._identity:
+            return f"the database file {self.path} was replaced: restart the relay to use it"
+        return None
+
+    def _commit_group(self, group: list[Job]) -> list[Outcome]:
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                results = [fn(conn) for fn, _ in group]
+            except Exception:
+                conn.execute("ROLLBACK")
+            else:
+                conn.execute("COMMIT")
+                return [
+                    (future, result, None)
+                    for (_, future), result in zip(group, results, strict=True)
+                ]
+            outcomes: list[Outcome] = []
+            for fn, future in group:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    result = fn(conn)
+                except Exception as exc:
+                    conn.execute("ROLLBACK")
+                    if unavailable(exc):  # the file, the disk: not the request
+                        exc = StoreUnavailable(f"SQLite write failed: {exc}")
+                    outcomes.append((future, None, exc))
+                else:
+                    conn.execute("COMMIT")
+                    outcomes.append((future, result, None))
+            return outcomes
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            failure = StoreUnavailable(f"SQLite write failed: {exc}")
+            return [(future, None, failure) for _, future in group]
+
+
+def unavailable(exc: BaseException) -> bool:
+    """A failure of the file or the disk (I/O, full, read-only, locked), not of one request."""
+    return isinstance(exc, sqlite3.DatabaseError) and not isinstance(
+        exc, sqlite3.IntegrityError | sqlite3.ProgrammingError | sqlite3.DataError
+    )
+
+
+def _settle(outcomes: list[Outcome]) -> None:
+    for future, result, error in outcomes:
+        if future.cancelled():
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
