@@ -1,0 +1,252 @@
+"""The store layer written once: the same schema, signals and batch reading on both backends.
+
+Store-level tests: a store opened in this event loop, on SQLite and on PostgreSQL (the
+`database_url` fixture), driven through the `Store` interface the routes and dispatcher use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import orjson
+import psycopg
+import pytest
+
+from app.domain.models import NewUpdate
+from app.store.base import Store
+from app.store.connect import open_store
+from app.store.migrations import migrations
+from app.store.postgres.store import POSTGRES
+from app.store.sqlite.store import SQLITE
+from tests import pg
+
+T = TypeVar("T")
+
+
+def run(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    return asyncio.run(asyncio.wait_for(fn(*args), timeout=60))
+
+
+async def opened(url: str) -> Store:
+    store = open_store(url)
+    await store.open()
+    return store
+
+
+def claim_args(owner: str = "test") -> dict[str, Any]:
+    return {"owner": owner, "lease_seconds": 30, "max_merge": 100}
+
+
+async def execute(url: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Run SQL on the store's database behind its back (as an old relay version would have)."""
+    if url.startswith("sqlite:///"):
+        conn = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
+        try:
+            return conn.execute(sql.replace("%s", "?"), params).fetchall()
+        finally:
+            conn.close()
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as aconn:
+        cur = await aconn.execute(sql, params)  # type: ignore[arg-type]
+        return await cur.fetchall() if cur.description else []
+
+
+# signals -------------------------------------------------------------------------------------
+def test_commits_signal_new_work_and_settled_deliveries(database_url: str) -> None:
+    async def main() -> None:
+        store = await opened(database_url)
+        try:
+            store.signals.work.clear()
+            result = await store.enqueue(
+                [NewUpdate(company_id="acme", metadata={"plan": "pro"})], source="api", caller="t"
+            )
+            assert store.signals.work.is_set()  # set by the commit itself: nobody poked
+            (delivery_id,) = result.ids
+            assert delivery_id is not None
+            claim = await store.claim(**claim_args())
+            assert claim is not None and claim.ids == [delivery_id]
+            with store.signals.watching(delivery_id) as settled:
+                assert not settled.is_set()
+                await store.mark_delivered(claim, status=202, request_id="r", sent_versions={})
+                assert settled.is_set()
+        finally:
+            await store.close()
+
+    run(main)
+
+
+def test_postgres_wakes_every_replica_through_listen_notify() -> None:
+    """A replica's dispatcher wakes for work another replica stored, without its poll."""
+
+    async def main(url: str) -> None:
+        accepting, other = await opened(url), await opened(url)
+        try:
+            listener = other._listener  # type: ignore[attr-defined]
+            await asyncio.wait_for(listener.listening.wait(), timeout=10)
+            await asyncio.sleep(0.2)  # the listener's own start-up wake-up has passed
+            other.signals.work.clear()
+            await accepting.enqueue(
+                [NewUpdate(company_id="acme", metadata={"n": 1})], source="api", caller="t"
+            )
+            await asyncio.wait_for(other.signals.work.wait(), timeout=5)
+
+            # A dead letter replayed on one replica wakes the other one too.
+            claim = await other.claim(**claim_args())
+            assert claim is not None
+            await other.mark_dead(claim, status=400, error="bad", request_id=None)
+            other.signals.work.clear()
+            assert await accepting.replay(claim.ids[0]) is not None
+            await asyncio.wait_for(other.signals.work.wait(), timeout=5)
+        finally:
+            await accepting.close()
+            await other.close()
+
+    with pg.fresh_database() as name:
+        run(main, pg.database_url(name))
+
+
+# schema --------------------------------------------------------------------------------------
+def _sqlite_schema(path: str) -> dict[str, Any]:
+    conn = sqlite3.connect(path)
+    try:
+        tables = [
+            r[0]
+            for r in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' "
+                "AND name NOT LIKE 'sqlite_%' ORDER BY name"
+            )
+        ]
+        columns = {t: sorted(r[1] for r in conn.execute(f"PRAGMA table_info({t})")) for t in tables}
+        indexes = sorted(
+            r[0]
+            for r in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"
+            )
+        )
+        return {"columns": columns, "indexes": indexes}
+    finally:
+        conn.close()
+
+
+async def _postgres_schema(url: str) -> dict[str, Any]:
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        cur = await conn.execute(
+            "SELECT table_name, column_name FROM information_schema.columns "
+            "WHERE table_schema = 'public' ORDER BY table_name, column_name"
+        )
+        columns: dict[str, list[str]] = {}
+        for table, column in await cur.fetchall():
+            columns.setdefault(table, []).append(column)
+        cur = await conn.execute(
+            "SELECT indexname FROM pg_indexes WHERE schemaname = 'public' "
+            "AND indexname NOT LIKE '%%_pkey' AND indexname NOT LIKE '%%_key' ORDER BY indexname"
+        )
+        indexes = [r[0] for r in await cur.fetchall()]
+        return {"columns": columns, "indexes": indexes}
+
+
+def test_both_backends_migrate_to_the_same_tables_columns_and_indexes(tmp_path: Any) -> None:
+    async def main(path: str, url: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        for store_url in (f"sqlite:///{path}", url):
+            store = await opened(store_url)
+            await store.close()
+        return _sqlite_schema(path), await _postgres_schema(url)
+
+    with pg.fresh_database() as name:
+        sqlite_schema, postgres_schema = run(main, str(tmp_path / "r.db"), pg.database_url(name))
+    # PostgreSQL alone keeps the shared send-slot row (SQLite's slots live in the process).
+    postgres_schema["columns"].pop("pacing")
+    assert sqlite_schema == postgres_schema
+
+
+def test_the_status_rule_holds_on_both_backends(database_url: str) -> None:
+    async def main() -> None:
+        store = await opened(database_url)
+        try:
+            await store.enqueue(
+                [NewUpdate(company_id="acme", metadata={})], source="api", caller="t"
+            )
+        finally:
+            await store.close()
+        with pytest.raises((sqlite3.IntegrityError, psycopg.errors.CheckViolation)):
+            await execute(database_url, "UPDATE deliveries SET status = 'lost'")
+
+    run(main)
+
+
+def test_every_migration_is_numbered_in_order_on_both_backends() -> None:
+    for backend in ("sqlite", "postgres"):
+        found = migrations(backend)  # type: ignore[arg-type]
+        assert [m.version for m in found] == list(range(1, len(found) + 1))
+        assert all(m.statements() for m in found)
+
+
+# batches -------------------------------------------------------------------------------------
+def test_a_batch_stored_before_the_line_format_still_expands_in_order(database_url: str) -> None:
+    """Batches stored by an earlier version (one JSON array) are still read and delivered."""
+
+    async def main() -> None:
+        store = await opened(database_url)
+        try:
+            updates = [NewUpdate(company_id=f"c{i}", metadata={"i": i}) for i in range(5)]
+            result = await store.enqueue(updates, source="bulk", caller="t", batch=True)
+            old_payload = orjson.dumps([[u.company_id, u.metadata] for u in updates])
+            await execute(
+                database_url,
+                "UPDATE batches SET payload = %s, payload_format = 'array' WHERE id = %s",
+                (old_payload, result.batch_id),
+            )
+            staged = await store.get_delivery(f"{result.batch_id}.3")
+            assert staged is not None
+            assert (staged.company_id, staged.metadata, staged.status) == ("c3", {"i": 3}, "queued")
+            claimed = []
+            while (claim := await store.claim(**claim_args())) is not None:
+                claimed.append((claim.company_id, claim.updates[0].metadata))
+                await store.mark_delivered(claim, status=202, request_id=None, sent_versions={})
+            assert claimed == [(f"c{i}", {"i": i}) for i in range(5)]
+        finally:
+            await store.close()
+
+    run(main)
+
+
+def test_a_staged_update_is_read_from_its_own_line(database_url: str) -> None:
+    async def main() -> None:
+        store = await opened(database_url)
+        try:
+            updates = [
+                NewUpdate(company_id=f"c{i}", metadata={"note": f"line\nbreak {i}"})
+                for i in range(3000)
+            ]
+            result = await store.enqueue(updates, source="bulk", caller="t", batch=True)
+            (payload,) = (
+                await execute(
+                    database_url, "SELECT payload FROM batches WHERE id = %s", (result.batch_id,)
+                )
+            )[0]
+            assert bytes(payload).count(b"\n") == 2999  # one line per update: newlines escaped
+            last = await store.get_delivery(f"{result.batch_id}.2999")
+            assert last is not None and last.metadata == {"note": "line\nbreak 2999"}
+            assert await store.get_delivery(f"{result.batch_id}.3000") is None
+        finally:
+            await store.close()
+
+    run(main)
+
+
+# the dialects --------------------------------------------------------------------------------
+def test_one_statement_renders_for_each_engine() -> None:
+    sql = (
+        "UPDATE t SET n = GREATEST(n, :n), at = {now} "
+        "WHERE id = ANY(:ids) AND id <> ALL(:skip) FOR UPDATE SKIP LOCKED"
+    )
+    assert SQLITE.render(sql) == (
+        "UPDATE t SET n = MAX(n, :n), at = :now WHERE id IN (SELECT value FROM json_each(:ids)) "
+        "AND id NOT IN (SELECT value FROM json_each(:skip))"
+    )
+    assert POSTGRES.render(sql) == (
+        "UPDATE t SET n = GREATEST(n, %(n)s), at = extract(epoch FROM now())::float8 "
+        "WHERE id = ANY(%(ids)s) AND id <> ALL(%(skip)s) FOR UPDATE SKIP LOCKED"
+    )
