@@ -1,8 +1,10 @@
-"""HubSpot and Stripe webhooks end to end: a real relay process, signed requests over HTTP, the
-Userpilot simulator on the other side (and a local Stripe API stand-in for customer lookups).
+"""HubSpot and Stripe webhooks end to end: signed requests to the real app in process (its
+lifespan, a real store), the Userpilot simulator on the other side, and a local Stripe API
+stand-in for customer lookups. One test runs a real relay process: what uvicorn hands the
+route (the raw query string HubSpot signs) is the point there.
 
-Requests are signed with the official SDKs' own code (`hubspot-api-client`, `stripe`), so the
-relay is checked against the providers' reading of their schemes, not against itself.
+The backend matrix runs where store semantics decide the outcome (redeliveries, out-of-order
+events, customer links, parked events); refusals and routing run on SQLite only.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,192 +21,43 @@ import stripe
 from hubspot.utils.signature import Signature
 
 from app.simulator.process import SimulatorProcess
-from tests.conftest import RelayFactory
-from tests.relay import ADMIN_KEY, RelayProcess, wait_until
+from tests.inprocess import InProcessRelay, run
+from tests.relay import RELAY_KEYS, UPSTREAM_KEY, RelayProcess
 from tests.stripe_stub import StripeStub
+from tests.webhook_helpers import (
+    EVENTS,
+    HS_SECRET,
+    IDENTIFY,
+    JSON,
+    PUBLIC_URL,
+    REJECTIONS,
+    STRIPE_NEW,
+    STRIPE_OLD,
+    Counters,
+    captured_logs,
+    customer_event,
+    eventually,
+    hs_change,
+    hs_creation,
+    hubspot_relay,
+    price,
+    resolver,
+    settled,
+    stored,
+    stripe_headers,
+    stripe_relay,
+    subscription_event,
+    v3_headers,
+)
 
-HS_SECRET = "hs-client-secret-5e0b7a"
-PUBLIC_URL = "https://relay.example.com/crm"  # behind an ingress, with a path prefix
-STRIPE_OLD, STRIPE_NEW = "whsec_old_4c1d8e", "whsec_new_93ab20"
-IDENTIFY = "/v1/companies/identify"
-V3_DECODE = {
-    "%3A": ":", "%2F": "/", "%3F": "?", "%40": "@", "%21": "!", "%24": "$",
-    "%27": "'", "%28": "(", "%29": ")", "%2A": "*", "%2C": ",", "%3B": ";",
-}  # fmt: skip
 MAY_1_NOON_MS = 1714564800000
+QUERY = "portal=62515&next=https%3A%2F%2Fapp.example.com%2Fa%20b"
 
 
-# signing, as the providers do it ---------
-def hubspot_headers(
-    body: bytes, query: str = "", *, ts_ms: int | None = None, secret: str = HS_SECRET
-) -> dict[str, str]:
-    ts = str(int(time.time() * 1000) if ts_ms is None else ts_ms)
-    uri = f"{PUBLIC_URL}/webhooks/hubspot" + (f"?{query}" if query else "")
-    for escape, char in V3_DECODE.items():
-        uri = uri.replace(escape, char)
-    signature = Signature.get_signature(secret, body.decode(), "v3", uri, "POST", ts)
-    return {
-        "Content-Type": "application/json",
-        "X-HubSpot-Signature-v3": signature,
-        "X-HubSpot-Request-Timestamp": ts,
-    }
-
-
-def post_hubspot(
-    relay: RelayProcess,
-    events: list[dict[str, Any]],
-    query: str = "",
-    headers: dict[str, str] | None = None,
-    **sign: Any,
-) -> httpx.Response:
-    body = json.dumps(events).encode()
-    path = "/webhooks/hubspot" + (f"?{query}" if query else "")
-    return relay.request(
-        "POST",
-        path,
-        key=None,
-        content=body,
-        headers=headers or hubspot_headers(body, query, **sign),
-    )
-
-
-def stripe_headers(
-    body: bytes, *, secret: str = STRIPE_NEW, at: int | None = None
-) -> dict[str, str]:
-    header = stripe.WebhookSignature.generate_signature_header(body.decode(), secret, at)
-    return {"Content-Type": "application/json", "Stripe-Signature": header}
-
-
-def post_stripe(relay: RelayProcess, event: dict[str, Any], **sign: Any) -> httpx.Response:
-    body = json.dumps(event).encode()
-    return relay.request(
-        "POST", "/webhooks/stripe", key=None, content=body, headers=stripe_headers(body, **sign)
-    )
-
-
-# payloads ---------
-def hs_change(object_id: int, name: str, value: str, *, at: int, event_id: int) -> dict[str, Any]:
-    return {
-        "eventId": event_id,
-        "subscriptionId": 2203,
-        "portalId": 62515,
-        "appId": 54321,
-        "occurredAt": at,
-        "subscriptionType": "company.propertyChange",
-        "attemptNumber": 0,
-        "objectId": object_id,
-        "changeSource": "CRM_UI",
-        "propertyName": name,
-        "propertyValue": value,
-    }
-
-
-def hs_creation(object_id: int, *, at: int, event_id: int) -> dict[str, Any]:
-    return {
-        "eventId": event_id,
-        "subscriptionId": 2202,
-        "portalId": 62515,
-        "appId": 54321,
-        "occurredAt": at,
-        "subscriptionType": "company.creation",
-        "attemptNumber": 0,
-        "objectId": object_id,
-        "changeSource": "CRM_UI",
-    }
-
-
-def customer_event(
-    event_id: str, customer_id: str, *, created: int, company_id: str | None, **fields: Any
-) -> dict[str, Any]:
-    customer = {
-        "id": customer_id,
-        "object": "customer",
-        "email": "jane.doe@example.com",
-        "name": "Jane Doe",
-        "phone": "+1 555 0100",
-        "created": 1700000000,
-        "currency": "usd",
-        "delinquent": False,
-        "address": {"country": "DE", "line1": "Hauptstr. 1", "city": "Berlin"},
-        "metadata": {"company_id": company_id} if company_id else {},
-        **fields,
-    }
-    return {
-        "id": event_id,
-        "object": "event",
-        "type": "customer.created",
-        "created": created,
-        "livemode": False,
-        "data": {"object": customer},
-    }
-
-
-def subscription_event(
-    event_id: str,
-    customer_id: str,
-    *,
-    created: int,
-    status: str = "active",
-    kind: str = "customer.subscription.created",
-    unit_amount: int = 4900,
-    quantity: int = 2,
-    trial_end: int | None = None,
-) -> dict[str, Any]:
-    subscription = {
-        "id": "sub_1N",
-        "object": "subscription",
-        "customer": customer_id,
-        "status": status,
-        "currency": "usd",
-        "current_period_end": 1717243200,  # 2024-06-01T12:00:00Z
-        "trial_end": trial_end,
-        "cancel_at_period_end": False,
-        "items": {
-            "object": "list",
-            "data": [
-                {
-                    "id": "si_1",
-                    "object": "subscription_item",
-                    "quantity": quantity,
-                    "price": {
-                        "id": "price_pro_monthly",
-                        "object": "price",
-                        "nickname": "Pro",
-                        "currency": "usd",
-                        "unit_amount": unit_amount,
-                        "recurring": {"interval": "month", "interval_count": 1},
-                    },
-                }
-            ],
-        },
-    }
-    return {
-        "id": event_id,
-        "object": "event",
-        "type": kind,
-        "created": created,
-        "livemode": False,
-        "data": {"object": subscription},
-    }
-
-
-# helpers ---------
-def identify_calls(sim: SimulatorProcess, company_id: str) -> list[dict[str, Any]]:
-    return [r for r in sim.requests(path=IDENTIFY) if r["body"]["company_id"] == company_id]
-
-
-def deliveries(relay: RelayProcess, company_id: str | None = None) -> list[dict[str, Any]]:
-    params = {"company_id": company_id} if company_id else {}
-    r = relay.request("GET", "/deliveries", key=ADMIN_KEY, params=params)
-    assert r.status_code == 200, r.text
-    items: list[dict[str, Any]] = r.json()["items"]
-    return items
-
-
-def settle(relay: RelayProcess) -> None:
-    """Wait until nothing is queued or in flight (no further upstream call can come)."""
-    wait_until(lambda: all(d["status"] in ("delivered", "dead") for d in deliveries(relay)))
-    time.sleep(0.4)  # longer than the merge window and the dispatcher's idle poll
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """A fresh SQLite store, for what does not depend on the backend."""
+    return f"sqlite:///{tmp_path / 'relay.db'}"
 
 
 @pytest.fixture
@@ -212,25 +66,30 @@ def stripe_stub() -> Iterator[StripeStub]:
         yield stub
 
 
-@pytest.fixture
-def hubspot_relay(relay_factory: RelayFactory) -> RelayProcess:
-    return relay_factory(
-        HUBSPOT_CLIENT_SECRET=HS_SECRET,
-        RELAY_PUBLIC_URL=PUBLIC_URL,
-        HUBSPOT_COMPANY_ID_PREFIX="hs-",
+async def post_hubspot(
+    relay: InProcessRelay, events: list[dict[str, Any]], query: str = "", **sign: Any
+) -> httpx.Response:
+    body = json.dumps(events).encode()
+    path = "/webhooks/hubspot" + (f"?{query}" if query else "")
+    return await relay.post(path, key=None, content=body, headers=v3_headers(body, query, **sign))
+
+
+async def post_stripe(relay: InProcessRelay, event: dict[str, Any], **sign: Any) -> httpx.Response:
+    body = json.dumps(event).encode()
+    return await relay.post(
+        "/webhooks/stripe", key=None, content=body, headers=stripe_headers(body, **sign)
     )
 
 
-@pytest.fixture
-def stripe_relay(relay_factory: RelayFactory) -> RelayProcess:
-    return relay_factory(STRIPE_WEBHOOK_SECRET=f"{STRIPE_OLD},{STRIPE_NEW}")
+def identify_calls(sim: SimulatorProcess, company_id: str) -> list[dict[str, Any]]:
+    return [r for r in sim.requests(path=IDENTIFY) if r["body"]["company_id"] == company_id]
 
 
 # HubSpot ---------
 def test_hubspot_batch_reaches_userpilot_as_one_merged_identify(
-    hubspot_relay: RelayProcess, sim: SimulatorProcess
+    database_url: str, sim: SimulatorProcess
 ) -> None:
-    relay, now = hubspot_relay, int(time.time() * 1000)
+    now = int(time.time() * 1000)
     batch = [
         hs_creation(501, at=now - 50, event_id=1),
         hs_change(501, "name", "Acme GmbH", at=now, event_id=2),
@@ -242,171 +101,179 @@ def test_hubspot_batch_reaches_userpilot_as_one_merged_identify(
         hs_change(501, "annualrevenue", "a lot", at=now, event_id=8),
         {**hs_creation(502, at=now, event_id=9), "subscriptionType": "company.deletion"},
     ]
-    query = "portal=62515&next=https%3A%2F%2Fapp.example.com%2Fa%20b"
-    r = post_hubspot(relay, batch, query)
-    assert r.status_code == 200, r.text
-    assert r.json() == {"received": 9, "accepted": 6}
 
-    wait_until(lambda: identify_calls(sim, "hs-501"))
-    settle(relay)
-    calls = identify_calls(sim, "hs-501")
-    assert len(calls) == 1, calls
-    assert calls[0]["body"]["metadata"] == {
-        "name": "Acme GmbH",
-        "employees": 42,
-        "hubspot_created_at": "2024-05-01T12:00:00Z",
-        "is_public": False,
-        "domain": None,
-    }
-    assert sim.company("hs-501") == {
-        "name": "Acme GmbH",
-        "employees": 42,
-        "hubspot_created_at": "2024-05-01T12:00:00Z",
-        "is_public": False,
-    }
-    assert "Jane" not in json.dumps(sim.requests())
-    assert relay.metric("userpilot_relay_webhook_unmapped_fields_total", source="hubspot") == 1
-    events = "userpilot_relay_webhook_events_total"
-    assert relay.metric(events, source="hubspot", outcome="forwarded") == 6
-    assert relay.metric(events, source="hubspot", outcome="invalid_value") == 1
-    assert relay.metric(events, source="hubspot", outcome="ignored") == 1
-    assert relay.metric(events, source="hubspot", outcome="unmapped") == 1
-    assert relay.metric("userpilot_relay_updates_accepted_total", source="hubspot") == 6
-    assert "a lot" not in relay.logs() and "annualrevenue" in relay.logs()
+    async def scenario() -> None:
+        async with hubspot_relay(database_url, sim.url) as relay:
+            counters = Counters()
+            with captured_logs() as logs:
+                r = await post_hubspot(relay, batch, QUERY)
+            assert r.status_code == 200, r.text
+            assert r.json() == {"received": 9, "accepted": 6}
+            rows = await settled(relay)
+            assert len(rows) == 6 and {d.status for d in rows} == {"delivered"}
+            calls = identify_calls(sim, "hs-501")
+            assert len(calls) == 1, calls
+            assert calls[0]["body"]["metadata"] == {
+                "name": "Acme GmbH",
+                "employees": 42,
+                "hubspot_created_at": "2024-05-01T12:00:00Z",
+                "is_public": False,
+                "domain": None,
+            }
+            assert sim.company("hs-501") == {
+                "name": "Acme GmbH",
+                "employees": 42,
+                "hubspot_created_at": "2024-05-01T12:00:00Z",
+                "is_public": False,
+            }
+            assert "Jane" not in json.dumps(sim.requests())
+            assert counters("userpilot_relay_webhook_unmapped_fields_total", source="hubspot") == 1
+            assert counters(EVENTS, source="hubspot", outcome="forwarded") == 6
+            assert counters(EVENTS, source="hubspot", outcome="invalid_value") == 1
+            assert counters(EVENTS, source="hubspot", outcome="ignored") == 1
+            assert counters(EVENTS, source="hubspot", outcome="unmapped") == 1
+            assert counters("userpilot_relay_updates_accepted_total", source="hubspot") == 6
+            text = "\n".join(logs)
+            assert "a lot" not in text and "annualrevenue" in text
 
-    # HubSpot retries the same batch (a new attempt is signed anew): nothing new upstream.
-    stored = len(deliveries(relay, "hs-501"))
-    again = post_hubspot(relay, [{**e, "attemptNumber": 1} for e in batch], query)
-    assert again.status_code == 200, again.text
-    assert again.json()["accepted"] == 0
-    settle(relay)
-    assert len(identify_calls(sim, "hs-501")) == 1
-    assert len(deliveries(relay, "hs-501")) == stored
-    assert relay.metric(events, source="hubspot", outcome="skipped") == 6
+            # HubSpot retries the same batch (a new attempt is signed anew): nothing is stored,
+            # so nothing new can go upstream.
+            again = await post_hubspot(relay, [{**e, "attemptNumber": 1} for e in batch], QUERY)
+            assert again.status_code == 200, again.text
+            assert again.json()["accepted"] == 0
+            assert counters(EVENTS, source="hubspot", outcome="skipped") == 6
+            assert len(await settled(relay)) == 6
+            assert len(identify_calls(sim, "hs-501")) == 1
+
+    run(scenario())
 
 
 def test_hubspot_out_of_order_events_leave_the_newest_value(
-    hubspot_relay: RelayProcess, sim: SimulatorProcess
+    database_url: str, sim: SimulatorProcess
 ) -> None:
-    relay, now = hubspot_relay, int(time.time() * 1000)
-    newest = hs_change(77, "name", "Newest", at=now, event_id=30)
-    assert post_hubspot(relay, [newest]).json()["accepted"] == 1
-    wait_until(lambda: sim.company("hs-77") == {"name": "Newest"})
-    older = hs_change(77, "name", "Older", at=now - 5000, event_id=29)
-    r = post_hubspot(relay, [older])
-    assert r.status_code == 200 and r.json()["accepted"] == 0
-    # Within one batch too: the late event of the pair loses whatever its position.
-    pair = [
-        hs_change(77, "industry", "Software", at=now + 10, event_id=32),
-        hs_change(77, "industry", "Hardware", at=now + 5, event_id=31),
-    ]
-    assert post_hubspot(relay, pair).json()["accepted"] == 1
-    settle(relay)
-    assert sim.company("hs-77") == {"name": "Newest", "industry": "Software"}
-    assert len(identify_calls(sim, "hs-77")) == 2
+    now = int(time.time() * 1000)
+
+    async def scenario() -> None:
+        async with hubspot_relay(database_url, sim.url) as relay:
+            newest = hs_change(77, "name", "Newest", at=now, event_id=30)
+            assert (await post_hubspot(relay, [newest])).json()["accepted"] == 1
+            await settled(relay)
+            assert sim.company("hs-77") == {"name": "Newest"}
+            older = hs_change(77, "name", "Older", at=now - 5000, event_id=29)
+            r = await post_hubspot(relay, [older])
+            assert r.status_code == 200 and r.json()["accepted"] == 0
+            # Within one batch too: the late event of the pair loses whatever its position.
+            pair = [
+                hs_change(77, "industry", "Software", at=now + 10, event_id=32),
+                hs_change(77, "industry", "Hardware", at=now + 5, event_id=31),
+            ]
+            assert (await post_hubspot(relay, pair)).json()["accepted"] == 1
+            assert len(await settled(relay)) == 2
+            assert sim.company("hs-77") == {"name": "Newest", "industry": "Software"}
+            assert len(identify_calls(sim, "hs-77")) == 2
+
+    run(scenario())
 
 
 def test_hubspot_refuses_unsigned_forged_stale_and_malformed_requests(
-    hubspot_relay: RelayProcess, sim: SimulatorProcess
+    sqlite_url: str, sim: SimulatorProcess
 ) -> None:
-    relay, now = hubspot_relay, int(time.time() * 1000)
+    now = int(time.time() * 1000)
     events = [hs_change(9, "name", "Evil", at=now, event_id=1)]
     body = json.dumps(events).encode()
 
-    def send(headers: dict[str, str], payload: bytes = body, query: str = "") -> httpx.Response:
-        path = "/webhooks/hubspot" + (f"?{query}" if query else "")
-        return relay.request("POST", path, key=None, content=payload, headers=headers)
+    async def scenario() -> None:
+        async with hubspot_relay(sqlite_url, sim.url) as relay:
 
-    cases = {
-        "missing_signature": {"Content-Type": "application/json"},
-        "bad_signature": hubspot_headers(body, secret="not-the-secret"),
-        "stale_timestamp": hubspot_headers(body, ts_ms=now - 6 * 60_000),
-    }
-    for reason, headers in cases.items():
-        r = send(headers)
-        assert r.status_code == 401, (reason, r.text)
-        assert r.json()["error"] == reason
-        assert HS_SECRET not in r.text
-    future = send(hubspot_headers(body, ts_ms=now + 6 * 60_000))
-    assert future.status_code == 401 and future.json()["error"] == "stale_timestamp"
-    # Signed for one query string, sent with another.
-    assert send(hubspot_headers(body, "a=1"), query="a=2").status_code == 401
-    # Signed for the relay's internal address instead of the public URL.
-    internal = Signature.get_signature(
-        HS_SECRET, body.decode(), "v3", f"{relay.url}/webhooks/hubspot", "POST", str(now)
-    )
-    headers = {
-        "Content-Type": "application/json",
-        "X-HubSpot-Signature-v3": internal,
-        "X-HubSpot-Request-Timestamp": str(now),
-    }
-    assert send(headers).status_code == 401
-    # v1/v2 carry no timestamp (replayable forever): refused unless enabled, whatever version.
-    legacy = {"X-HubSpot-Signature": "x", "X-HubSpot-Signature-Version": "v0"}
-    r = send({"Content-Type": "application/json", **legacy})
-    assert r.status_code == 401 and r.json()["error"] == "legacy_signature", r.text
-    assert "HUBSPOT_ACCEPT_LEGACY_SIGNATURES=true" in r.json()["message"]
+            async def send(
+                headers: dict[str, str], payload: bytes = body, query: str = ""
+            ) -> httpx.Response:
+                path = "/webhooks/hubspot" + (f"?{query}" if query else "")
+                return await relay.post(path, key=None, content=payload, headers=headers)
 
-    malformed = json.dumps({"events": events}).encode()
-    r = send(hubspot_headers(malformed), malformed)
-    assert r.status_code == 400 and r.json()["error"] == "malformed_body"
-    missing_object = json.dumps([{**events[0], "objectId": None}]).encode()
-    r = send(hubspot_headers(missing_object), missing_object)
-    assert r.status_code == 400 and r.json()["errors"][0]["field"] == "[0]"
-    assert send({"Content-Type": "text/plain"}).status_code == 415
+            counters = Counters()
+            cases = {
+                "missing_signature": JSON,
+                "bad_signature": v3_headers(body, secret="not-the-secret"),
+                "stale_timestamp": v3_headers(body, ts_ms=now - 6 * 60_000),
+            }
+            for reason, headers in cases.items():
+                r = await send(headers)
+                assert r.status_code == 401, (reason, r.text)
+                assert r.json()["error"] == reason
+                assert HS_SECRET not in r.text
+            future = await send(v3_headers(body, ts_ms=now + 6 * 60_000))
+            assert future.status_code == 401 and future.json()["error"] == "stale_timestamp"
+            # Signed for one query string, sent with another.
+            assert (await send(v3_headers(body, "a=1"), query="a=2")).status_code == 401
+            # Signed for the relay's own address instead of the public URL.
+            internal = Signature.get_signature(
+                HS_SECRET, body.decode(), "v3", "http://relay/webhooks/hubspot", "POST", str(now)
+            )
+            headers = {
+                **JSON,
+                "X-HubSpot-Signature-v3": internal,
+                "X-HubSpot-Request-Timestamp": str(now),
+            }
+            assert (await send(headers)).status_code == 401
+            # v1/v2 carry no timestamp (replayable forever): refused unless enabled.
+            legacy = {"X-HubSpot-Signature": "x", "X-HubSpot-Signature-Version": "v0"}
+            r = await send({**JSON, **legacy})
+            assert r.status_code == 401 and r.json()["error"] == "legacy_signature", r.text
+            assert "HUBSPOT_ACCEPT_LEGACY_SIGNATURES=true" in r.json()["message"]
 
-    rejections = "userpilot_relay_webhook_rejections_total"
-    assert relay.metric(rejections, source="hubspot", reason="missing_signature") == 1
-    assert relay.metric(rejections, source="hubspot", reason="bad_signature") == 3
-    assert relay.metric(rejections, source="hubspot", reason="legacy_signature") == 1
-    assert relay.metric(rejections, source="hubspot", reason="stale_timestamp") == 2
-    assert relay.metric(rejections, source="hubspot", reason="malformed_body") == 2
-    assert relay.metric(rejections, source="hubspot", reason="unsupported_media_type") == 1
-    assert deliveries(relay) == []
+            malformed = json.dumps({"events": events}).encode()
+            r = await send(v3_headers(malformed), malformed)
+            assert r.status_code == 400 and r.json()["error"] == "malformed_body"
+            missing_object = json.dumps([{**events[0], "objectId": None}]).encode()
+            r = await send(v3_headers(missing_object), missing_object)
+            assert r.status_code == 400 and r.json()["errors"][0]["field"] == "[0]"
+            assert (await send({"Content-Type": "text/plain"})).status_code == 415
+
+            assert counters(REJECTIONS, source="hubspot", reason="missing_signature") == 1
+            assert counters(REJECTIONS, source="hubspot", reason="bad_signature") == 3
+            assert counters(REJECTIONS, source="hubspot", reason="legacy_signature") == 1
+            assert counters(REJECTIONS, source="hubspot", reason="stale_timestamp") == 2
+            assert counters(REJECTIONS, source="hubspot", reason="malformed_body") == 2
+            assert counters(REJECTIONS, source="hubspot", reason="unsupported_media_type") == 1
+            assert await stored(relay) == []
+
+    run(scenario())
     assert sim.requests(path=IDENTIFY) == []
 
 
-def test_hubspot_legacy_v1_and_v2_signatures_are_verified_by_their_scheme_when_enabled(
-    relay_factory: RelayFactory, sim: SimulatorProcess
+def test_a_relay_process_verifies_hubspot_over_the_query_string_as_uvicorn_hands_it_over(
+    sim: SimulatorProcess, tmp_path: Path
 ) -> None:
-    relay = relay_factory(
-        HUBSPOT_CLIENT_SECRET=HS_SECRET,
-        RELAY_PUBLIC_URL=PUBLIC_URL,
-        HUBSPOT_COMPANY_ID_PREFIX="hs-",
-        HUBSPOT_ACCEPT_LEGACY_SIGNATURES="true",
+    relay = RelayProcess(
+        {
+            "USERPILOT_API_KEY": UPSTREAM_KEY,
+            "USERPILOT_ENDPOINT": sim.url,
+            "RELAY_API_KEYS": RELAY_KEYS,
+            "RELAY_DATABASE_URL": f"sqlite:///{tmp_path / 'relay.db'}",
+            "HUBSPOT_CLIENT_SECRET": HS_SECRET,
+            "RELAY_PUBLIC_URL": PUBLIC_URL,
+            "HUBSPOT_COMPANY_ID_PREFIX": "hs-",
+        },
+        tmp_path / "relay.log",
     )
-    now = int(time.time() * 1000)
-    for version, object_id in (("v1", 11), ("v2", 12)):
-        body = json.dumps([hs_change(object_id, "name", version, at=now, event_id=1)]).encode()
-        signature = Signature.get_signature(
-            HS_SECRET, body.decode(), version, f"{PUBLIC_URL}/webhooks/hubspot", "POST"
-        )
-        headers = {
-            "Content-Type": "application/json",
-            "X-HubSpot-Signature": signature,
-            "X-HubSpot-Signature-Version": version,
-        }
-        r = relay.request("POST", "/webhooks/hubspot", key=None, content=body, headers=headers)
-        assert r.status_code == 200, r.text
-        forged = {**headers, "X-HubSpot-Signature": "0" * 64}
-        r = relay.request("POST", "/webhooks/hubspot", key=None, content=body, headers=forged)
-        assert r.status_code == 401 and r.json()["error"] == "bad_signature"
-    wait_until(
-        lambda: sim.company("hs-11") == {"name": "v1"} and sim.company("hs-12") == {"name": "v2"}
-    )
+    try:
+        body = json.dumps([hs_change(601, "name", "Over HTTP", event_id=1)]).encode()
+        path = f"/webhooks/hubspot?{QUERY}"
+        r = relay.request("POST", path, key=None, content=body, headers=v3_headers(body, QUERY))
+        assert r.status_code == 200 and r.json() == {"received": 1, "accepted": 1}, r.text
+        r = relay.request("POST", path, key=None, content=body, headers=v3_headers(body, "x=1"))
+        assert r.status_code == 401 and r.json()["error"] == "bad_signature", r.text
+        assert relay.metric(REJECTIONS, source="hubspot", reason="bad_signature") == 1
+    finally:
+        relay.stop()
 
 
 # Stripe ---------
 def test_stripe_customer_and_subscription_reach_userpilot_merged(
-    stripe_relay: RelayProcess, sim: SimulatorProcess
+    database_url: str, sim: SimulatorProcess
 ) -> None:
-    relay, t0 = stripe_relay, int(time.time())
-    r = post_stripe(relay, customer_event("evt_c1", "cus_A", created=t0, company_id="acme"))
-    assert r.status_code == 200 and r.json() == {"received": 1, "accepted": 1}, r.text
-    sub = subscription_event("evt_s1", "cus_A", created=t0 + 1, trial_end=None)
-    # Signed with the old secret while it is being rolled.
-    r = post_stripe(relay, sub, secret=STRIPE_OLD)
-    assert r.status_code == 200 and r.json()["accepted"] == 1, r.text
+    t0 = int(time.time())
     expected = {
         "stripe_customer_id": "cus_A",
         "currency": "usd",
@@ -419,72 +286,103 @@ def test_stripe_customer_and_subscription_reach_userpilot_merged(
         "current_period_end": "2024-06-01T12:00:00Z",
         "cancel_at_period_end": False,
     }
-    wait_until(lambda: sim.company("acme") == expected)
-    settle(relay)
-    upstream = json.dumps(sim.requests())
-    for personal in ("jane.doe@example.com", "Jane Doe", "555 0100", "Hauptstr"):
-        assert personal not in upstream
-    calls = identify_calls(sim, "acme")
-    assert calls[-1]["body"]["metadata"]["trial_end"] is None
 
-    # Stripe redelivers the subscription event: acknowledged, not enqueued, not sent.
-    before = len(calls)
-    r = post_stripe(relay, sub)
-    assert r.status_code == 200 and r.json()["accepted"] == 0
-    settle(relay)
-    assert len(identify_calls(sim, "acme")) == before
-    assert (
-        relay.metric("userpilot_relay_webhook_events_total", source="stripe", outcome="skipped")
-        == 1
-    )
+    async def scenario() -> None:
+        async with stripe_relay(database_url, sim.url) as relay:
+            counters = Counters()
+            customer = customer_event("evt_c1", "cus_A", "acme", created=t0)
+            r = await post_stripe(relay, customer)
+            assert r.status_code == 200 and r.json() == {"received": 1, "accepted": 1}, r.text
+            sub = subscription_event("evt_s1", "cus_A", created=t0 + 1, trial_end=None)
+            # Signed with the old secret while it is being rolled.
+            r = await post_stripe(relay, sub, secret=STRIPE_OLD)
+            assert r.status_code == 200 and r.json()["accepted"] == 1, r.text
+            await settled(relay)
+            assert sim.company("acme") == expected
+            upstream = json.dumps(sim.requests())
+            for personal in ("jane.doe@example.com", "Jane Doe", "555 0100", "Hauptstr"):
+                assert personal not in upstream
+            calls = identify_calls(sim, "acme")
+            assert calls[-1]["body"]["metadata"]["trial_end"] is None
 
-    # Out of order: the newer update arrives first; the older one must not overwrite it.
-    newer = subscription_event(
-        "evt_s3", "cus_A", created=t0 + 20, status="past_due", kind="customer.subscription.updated"
-    )
-    older = subscription_event(
-        "evt_s2", "cus_A", created=t0 + 10, status="canceled", kind="customer.subscription.deleted"
-    )
-    assert post_stripe(relay, newer).json()["accepted"] == 1
-    assert post_stripe(relay, older).json()["accepted"] == 0
-    wait_until(lambda: (sim.company("acme") or {}).get("subscription_status") == "past_due")
-    settle(relay)
-    assert sim.company("acme") == {**expected, "subscription_status": "past_due"}
-    assert len(identify_calls(sim, "acme")) == before + 1
+            # Stripe redelivers the subscription event: acknowledged, not stored, not sent.
+            r = await post_stripe(relay, sub)
+            assert r.status_code == 200 and r.json()["accepted"] == 0
+            assert counters(EVENTS, source="stripe", outcome="skipped") == 1
+            assert len(await settled(relay)) == 2
+            assert len(identify_calls(sim, "acme")) == len(calls)
+
+            # Out of order: the newer update arrives first; the older one must not overwrite it.
+            newer = subscription_event(
+                "evt_s3",
+                "cus_A",
+                created=t0 + 20,
+                status="past_due",
+                kind="customer.subscription.updated",
+            )
+            older = subscription_event(
+                "evt_s2",
+                "cus_A",
+                created=t0 + 10,
+                status="canceled",
+                kind="customer.subscription.deleted",
+            )
+            assert (await post_stripe(relay, newer)).json()["accepted"] == 1
+            assert (await post_stripe(relay, older)).json()["accepted"] == 0
+            assert len(await settled(relay)) == 3
+            assert sim.company("acme") == {**expected, "subscription_status": "past_due"}
+            assert len(identify_calls(sim, "acme")) == len(calls) + 1
+
+    run(scenario())
 
 
 def test_stripe_subscription_of_an_unknown_customer_waits_for_its_company(
-    relay_factory: RelayFactory, sim: SimulatorProcess
+    database_url: str, sim: SimulatorProcess
 ) -> None:
-    relay = relay_factory(STRIPE_WEBHOOK_SECRET=STRIPE_NEW, STRIPE_UNRESOLVED_RETRY_SECONDS="0.5")
     t0 = int(time.time())
-    sub = subscription_event("evt_s9", "cus_B", created=t0, unit_amount=12000, quantity=1)
-    r = post_stripe(relay, sub)
-    assert r.status_code == 200 and r.json()["accepted"] == 0
-    time.sleep(1.2)  # a couple of retries: still nothing to send, and no guessed id
-    assert sim.requests(path=IDENTIFY) == []
-    assert deliveries(relay) == []
-    events = "userpilot_relay_webhook_events_total"
-    assert relay.metric(events, source="stripe", outcome="unresolved") == 1
-    # Redelivered while it waits: still one event waiting, still nothing sent.
-    assert post_stripe(relay, sub).status_code == 200
+    # The periodic retry is an hour away: what resolves the event is the customer's link.
+    options = {"stripe_webhook_secret": STRIPE_NEW, "stripe_unresolved_retry_seconds": 3600}
 
-    r = post_stripe(relay, customer_event("evt_c9", "cus_B", created=t0 + 5, company_id="late-co"))
-    assert r.status_code == 200
-    wait_until(lambda: (sim.company("late-co") or {}).get("plan") == "Pro")
-    settle(relay)
-    assert (sim.company("late-co") or {})["mrr"] == 120.0
-    assert sim.company("cus_B") is None
-    assert relay.metric(events, source="stripe", outcome="resolved") == 1
+    async def scenario() -> None:
+        async with stripe_relay(database_url, sim.url, **options) as relay:
+            counters = Counters()
+            sub = subscription_event(
+                "evt_s9", "cus_B", created=t0, item_price=price(12000), quantity=1
+            )
+            r = await post_stripe(relay, sub)
+            assert r.status_code == 200 and r.json()["accepted"] == 0
+            assert counters(EVENTS, source="stripe", outcome="unresolved") == 1
+            # A round of retries finds no company: the event stays parked, no id is guessed.
+            assert await resolver(relay).run_once() == 0
+            assert [k for k, _ in await relay.store.parked_events(source="stripe", limit=10)] == [
+                "evt_s9"
+            ]
+            assert await stored(relay) == []
+            # Redelivered while it waits: still the one event waiting, still nothing stored.
+            assert (await post_stripe(relay, sub)).status_code == 200
+            assert await relay.store.count_parked() == 1
+            assert await stored(relay) == []
 
-    # A customer without the metadata key stands for the company with its Stripe id (default).
-    r = post_stripe(relay, customer_event("evt_c10", "cus_C", created=t0, company_id=None))
-    assert r.status_code == 200
-    wait_until(lambda: sim.company("cus_C") is not None)
+            customer = customer_event("evt_c9", "cus_B", "late-co", created=t0 + 5)
+            assert (await post_stripe(relay, customer)).status_code == 200
+            await eventually(lambda: counters(EVENTS, source="stripe", outcome="resolved") == 1)
+            assert await relay.store.count_parked() == 0
+            await settled(relay)
+            company = sim.company("late-co") or {}
+            assert company["plan"] == "Pro" and company["mrr"] == 120.0
+            assert sim.company("cus_B") is None
+
+            # A customer without the metadata key stands for the company with its Stripe id.
+            r = await post_stripe(relay, customer_event("evt_c10", "cus_C", None, created=t0))
+            assert r.status_code == 200 and r.json()["accepted"] == 1
+            await settled(relay)
+            assert (sim.company("cus_C") or {}).get("stripe_customer_id") == "cus_C"
+
+    run(scenario())
 
 
 def test_stripe_unknown_customer_is_looked_up_through_the_api(
-    relay_factory: RelayFactory, sim: SimulatorProcess, stripe_stub: StripeStub
+    database_url: str, sim: SimulatorProcess, stripe_stub: StripeStub
 ) -> None:
     stripe_stub.customers["cus_R"] = {
         "id": "cus_R",
@@ -492,121 +390,154 @@ def test_stripe_unknown_customer_is_looked_up_through_the_api(
         "email": "ops@remote.example",
         "metadata": {"company_id": "remote-co"},
     }
-    relay = relay_factory(
-        STRIPE_WEBHOOK_SECRET=STRIPE_NEW,
-        STRIPE_API_KEY="sk_test_relay_51",
-        STRIPE_API_BASE=stripe_stub.url,
-        STRIPE_UNRESOLVED_RETRY_SECONDS="0.5",
-    )
-    t0 = int(time.time())
-    r = post_stripe(relay, subscription_event("evt_r1", "cus_R", created=t0))
-    assert r.status_code == 200, r.text
-    wait_until(lambda: (sim.company("remote-co") or {}).get("subscription_status") == "active")
-    assert stripe_stub.requests[0] == {
-        "path": "/v1/customers/cus_R",
-        "authorization": "Bearer sk_test_relay_51",
+    options = {
+        "stripe_webhook_secret": STRIPE_NEW,
+        "stripe_api_key": "sk_test_relay_51",
+        "stripe_api_base": stripe_stub.url,
+        "stripe_unresolved_retry_seconds": 3600,  # rounds run when an event is parked, or here
     }
-    # The link is remembered: the next event of that customer needs no lookup.
-    lookups = len(stripe_stub.requests)
-    updated = subscription_event(
-        "evt_r2", "cus_R", created=t0 + 1, status="past_due", kind="customer.subscription.updated"
-    )
-    assert post_stripe(relay, updated).json()["accepted"] == 1
-    wait_until(lambda: (sim.company("remote-co") or {}).get("subscription_status") == "past_due")
-    assert len(stripe_stub.requests) == lookups
-
-    # Stripe does not know the customer yet (or is down): the event waits and is retried.
-    stripe_stub.fail_with = 503
-    r = post_stripe(relay, subscription_event("evt_x1", "cus_X", created=t0))
-    assert r.status_code == 200
-    wait_until(lambda: any(q["path"] == "/v1/customers/cus_X" for q in stripe_stub.requests))
-    stripe_stub.fail_with = None
-    time.sleep(0.6)
-    assert sim.company("cus_X") is None
-    stripe_stub.customers["cus_X"] = {"id": "cus_X", "object": "customer", "metadata": {}}
-    # Without the metadata key it stands for the company named by its customer id.
-    wait_until(lambda: (sim.company("cus_X") or {}).get("plan") == "Pro")
-    assert "sk_test_relay_51" not in relay.logs()
-
-
-def test_stripe_skip_mode_and_other_event_types(
-    relay_factory: RelayFactory, sim: SimulatorProcess
-) -> None:
-    relay = relay_factory(STRIPE_WEBHOOK_SECRET=STRIPE_NEW, STRIPE_MISSING_COMPANY="skip")
     t0 = int(time.time())
-    r = post_stripe(relay, customer_event("evt_k1", "cus_K", created=t0, company_id=None))
-    assert r.status_code == 200 and r.json()["accepted"] == 0
-    invoice = {
-        "id": "evt_i1",
-        "object": "event",
-        "type": "invoice.paid",
-        "created": t0,
-        "data": {"object": {"id": "in_1", "object": "invoice", "customer": "cus_K"}},
-    }
-    r = post_stripe(relay, invoice)
-    assert r.status_code == 200 and r.json() == {"received": 1, "accepted": 0}
-    events = "userpilot_relay_webhook_events_total"
-    assert relay.metric(events, source="stripe", outcome="no_company") == 1
-    assert relay.metric(events, source="stripe", outcome="ignored") == 1
-    assert deliveries(relay) == []
-    assert sim.requests(path=IDENTIFY) == []
+
+    async def scenario() -> None:
+        async with stripe_relay(database_url, sim.url, **options) as relay:
+            with captured_logs() as logs:
+                counters = Counters()
+                r = await post_stripe(relay, subscription_event("evt_r1", "cus_R", created=t0))
+                assert r.status_code == 200, r.text
+                await eventually(lambda: counters(EVENTS, source="stripe", outcome="resolved"))
+                await settled(relay)
+                assert (sim.company("remote-co") or {}).get("subscription_status") == "active"
+                assert stripe_stub.requests == [
+                    {"path": "/v1/customers/cus_R", "authorization": "Bearer sk_test_relay_51"}
+                ]
+                # The link is remembered: the next event of that customer needs no lookup.
+                updated = subscription_event(
+                    "evt_r2",
+                    "cus_R",
+                    created=t0 + 1,
+                    status="past_due",
+                    kind="customer.subscription.updated",
+                )
+                assert (await post_stripe(relay, updated)).json()["accepted"] == 1
+                await settled(relay)
+                assert (sim.company("remote-co") or {}).get("subscription_status") == "past_due"
+                assert len(stripe_stub.requests) == 1
+
+                # Stripe is down: the lookup fails, the event waits (parked again).
+                stripe_stub.fail_with = 503
+                r = await post_stripe(relay, subscription_event("evt_x1", "cus_X", created=t0))
+                assert r.status_code == 200 and r.json()["accepted"] == 0
+                await eventually(
+                    lambda: any("wait for their customer's company" in line for line in logs)
+                )
+                assert any(q["path"] == "/v1/customers/cus_X" for q in stripe_stub.requests)
+                assert any("stripe customer lookup failed" in line for line in logs)
+                assert await relay.store.count_parked() == 1
+                assert await stored(relay, "cus_X") == []
+                # Back, and it knows the customer now; without the metadata key it stands for
+                # the company named by its customer id.
+                stripe_stub.fail_with = None
+                stripe_stub.customers["cus_X"] = {"id": "cus_X", "object": "customer"}
+                assert await resolver(relay).run_once() == 1
+                await settled(relay)
+                assert (sim.company("cus_X") or {}).get("plan") == "Pro"
+            assert "sk_test_relay_51" not in "\n".join(logs)
+
+    run(scenario())
+
+
+def test_stripe_skip_mode_and_other_event_types(sqlite_url: str, sim: SimulatorProcess) -> None:
+    options = {"stripe_webhook_secret": STRIPE_NEW, "stripe_missing_company": "skip"}
+
+    async def scenario() -> None:
+        async with stripe_relay(sqlite_url, sim.url, **options) as relay:
+            counters = Counters()
+            r = await post_stripe(relay, customer_event("evt_k1", "cus_K", None))
+            assert r.status_code == 200 and r.json()["accepted"] == 0
+            invoice = {
+                "id": "evt_i1",
+                "object": "event",
+                "type": "invoice.paid",
+                "created": int(time.time()),
+                "data": {"object": {"id": "in_1", "object": "invoice", "customer": "cus_K"}},
+            }
+            r = await post_stripe(relay, invoice)
+            assert r.status_code == 200 and r.json() == {"received": 1, "accepted": 0}
+            assert counters(EVENTS, source="stripe", outcome="no_company") == 1
+            assert counters(EVENTS, source="stripe", outcome="ignored") == 1
+            assert await relay.store.company_for_customer("cus_K") is None
+            assert await stored(relay) == []
+
+    run(scenario())
 
 
 def test_stripe_refuses_forged_stale_future_v0_and_malformed_requests(
-    stripe_relay: RelayProcess, sim: SimulatorProcess
+    sqlite_url: str, sim: SimulatorProcess
 ) -> None:
-    relay, now = stripe_relay, int(time.time())
-    event = subscription_event("evt_f1", "cus_F", created=now)
-    body = json.dumps(event).encode()
-
-    def send(signature: str | None, payload: bytes = body) -> httpx.Response:
-        headers = {"Content-Type": "application/json"}
-        if signature is not None:
-            headers["Stripe-Signature"] = signature
-        return relay.request("POST", "/webhooks/stripe", key=None, content=payload, headers=headers)
-
+    now = int(time.time())
+    body = json.dumps(subscription_event("evt_f1", "cus_F", created=now)).encode()
     good = stripe.WebhookSignature._compute_signature(f"{now}.{body.decode()}", STRIPE_NEW)
-    cases = [
-        ("missing_signature", None),
-        ("bad_signature", f"t={now},v1={'0' * 64}"),
-        ("bad_signature", stripe_headers(body, secret="whsec_forged")["Stripe-Signature"]),
-        ("bad_signature", f"t={now},v0={good}"),  # v0 only: never accepted
-        ("bad_signature", f"t={now + 1},v1={good}"),  # the timestamp is signed too
-        ("stale_timestamp", stripe_headers(body, at=now - 360)["Stripe-Signature"]),
-        ("stale_timestamp", stripe_headers(body, at=now + 360)["Stripe-Signature"]),
-    ]
-    for reason, signature in cases:
-        r = send(signature)
-        assert r.status_code == 401, (reason, r.text)
-        assert r.json()["error"] == reason
-        assert STRIPE_NEW not in r.text and good not in r.text
-    # A captured request replayed after the tolerance: refused though its signature matches.
-    captured = stripe_headers(body, at=now - 400)["Stripe-Signature"]
-    assert send(captured).status_code == 401
 
-    malformed = b'{"id": "evt_m1", "object": "event"}'
-    r = send(stripe_headers(malformed)["Stripe-Signature"], malformed)
-    assert r.status_code == 400 and r.json()["error"] == "malformed_body"
-    not_json = b"{oops"
-    assert send(stripe_headers(not_json)["Stripe-Signature"], not_json).status_code == 400
+    def signed(payload: bytes, **sign: Any) -> str:
+        return stripe_headers(payload, **sign)["Stripe-Signature"]
 
-    rejections = "userpilot_relay_webhook_rejections_total"
-    assert relay.metric(rejections, source="stripe", reason="missing_signature") == 1
-    assert relay.metric(rejections, source="stripe", reason="bad_signature") == 4
-    assert relay.metric(rejections, source="stripe", reason="stale_timestamp") == 3
-    assert relay.metric(rejections, source="stripe", reason="malformed_body") == 2
-    assert deliveries(relay) == []
+    async def scenario() -> None:
+        async with stripe_relay(sqlite_url, sim.url) as relay:
+
+            async def send(signature: str | None, payload: bytes = body) -> httpx.Response:
+                headers = dict(JSON)
+                if signature is not None:
+                    headers["Stripe-Signature"] = signature
+                return await relay.post(
+                    "/webhooks/stripe", key=None, content=payload, headers=headers
+                )
+
+            counters = Counters()
+            with captured_logs() as logs:
+                cases = [
+                    ("missing_signature", None),
+                    ("bad_signature", f"t={now},v1={'0' * 64}"),
+                    ("bad_signature", signed(body, secret="whsec_forged")),
+                    ("bad_signature", f"t={now},v0={good}"),  # v0 only: never accepted
+                    ("bad_signature", f"t={now + 1},v1={good}"),  # the timestamp is signed too
+                    ("stale_timestamp", signed(body, at=now - 360)),
+                    ("stale_timestamp", signed(body, at=now + 360)),
+                ]
+                for reason, signature in cases:
+                    r = await send(signature)
+                    assert r.status_code == 401, (reason, r.text)
+                    assert r.json()["error"] == reason
+                    assert STRIPE_NEW not in r.text and good not in r.text
+                # A captured request replayed after the tolerance: refused though it matches.
+                assert (await send(signed(body, at=now - 400))).status_code == 401
+
+                malformed = b'{"id": "evt_m1", "object": "event"}'
+                r = await send(signed(malformed), malformed)
+                assert r.status_code == 400 and r.json()["error"] == "malformed_body"
+                not_json = b"{oops"
+                assert (await send(signed(not_json), not_json)).status_code == 400
+
+            assert counters(REJECTIONS, source="stripe", reason="missing_signature") == 1
+            assert counters(REJECTIONS, source="stripe", reason="bad_signature") == 4
+            assert counters(REJECTIONS, source="stripe", reason="stale_timestamp") == 3
+            assert counters(REJECTIONS, source="stripe", reason="malformed_body") == 2
+            assert await stored(relay) == []
+            text = "\n".join(logs)
+            assert "webhook rejected" in text  # the log was captured: its lines say no secret
+            assert STRIPE_NEW not in text and good not in text
+
+    run(scenario())
     assert sim.requests(path=IDENTIFY) == []
-    assert STRIPE_NEW not in relay.logs() and good not in relay.logs()
 
 
-def test_webhook_routes_answer_404_when_their_source_is_not_configured(
-    relay: RelayProcess,
-) -> None:
-    for source in ("hubspot", "stripe"):
-        headers = {"Content-Type": "application/json"}
-        r = relay.request("POST", f"/webhooks/{source}", key=None, content=b"[]", headers=headers)
-        assert r.status_code == 404, r.text
-        assert r.json()["error"] == "not_found"
-        rejections = "userpilot_relay_webhook_rejections_total"
-        assert relay.metric(rejections, source=source, reason="disabled") == 1
+def test_webhook_routes_answer_404_when_their_source_is_not_configured(sqlite_url: str) -> None:
+    async def scenario() -> None:
+        async with InProcessRelay(sqlite_url) as relay:
+            counters = Counters()
+            for source in ("hubspot", "stripe"):
+                r = await relay.post(f"/webhooks/{source}", key=None, content=b"[]", headers=JSON)
+                assert r.status_code == 404, r.text
+                assert r.json()["error"] == "not_found"
+                assert counters(REJECTIONS, source=source, reason="disabled") == 1
+
+    run(scenario())

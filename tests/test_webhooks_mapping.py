@@ -12,7 +12,7 @@ import pytest
 
 from app.config import Settings
 from app.sources.common import Malformed
-from app.sources.hubspot import parse_batch, plan_batch
+from app.sources.hubspot.events import parse_batch, plan_batch
 from app.sources.mapping import (
     ConversionError,
     MappingError,
@@ -21,14 +21,16 @@ from app.sources.mapping import (
     flatten,
     load_mapping,
 )
-from app.sources.stripe import (
+from app.sources.stripe.events import (
     StripeEvent,
-    StripeProcessor,
-    UnknownAmount,
     company_from_customer,
     company_id_refusal,
-    monthly_recurring_revenue,
     parse_event,
+)
+from app.sources.stripe.processor import StripeProcessor
+from app.sources.stripe.revenue import (
+    UnknownAmount,
+    monthly_recurring_revenue,
     plan_name,
     subscription_record,
 )
@@ -146,9 +148,10 @@ def test_bad_mapping_files_are_refused_with_the_reason(tmp_path: Path) -> None:
         "tab": {"company": {"name": {"property": "na\tme"}}},
     }
     for label, content in cases.items():
-        with pytest.raises(MappingError):
-            load_mapping("hubspot", _write(tmp_path, content))
-        assert label
+        path = _write(tmp_path, content)
+        with pytest.raises(MappingError) as info:
+            load_mapping("hubspot", path)
+        assert str(path) in str(info.value), label  # the message names the file
     with pytest.raises(MappingError, match="cannot read"):
         load_mapping("hubspot", tmp_path / "missing.json")
     custom = load_mapping(
@@ -512,8 +515,7 @@ def stripe_event(kind: str, obj: dict[str, Any], **data: Any) -> StripeEvent:
 
 def processor() -> StripeProcessor:
     return StripeProcessor(
-        store=None,  # type: ignore[arg-type]
-        dispatcher=None,  # type: ignore[arg-type]
+        store=None,  # type: ignore[arg-type]  # planning never touches the store
         mapping=load_mapping("stripe"),
         metadata_key="company_id",
         missing="customer_id",

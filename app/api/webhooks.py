@@ -7,21 +7,19 @@ They answer as soon as the events are committed to the store; delivery happens l
 from __future__ import annotations
 
 import logging
-import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 
 from app.api.body import read_body
-from app.api.deps import SettingsDep, State, StoreDep
+from app.api.deps import SettingsDep, State
 from app.errors import ErrorBody, FieldError, RelayError
 from app.metrics import WEBHOOK_REJECTIONS
-from app.sources.common import Malformed, Source, commit
-from app.sources.hubspot import MAX_EVENTS, parse_batch, plan_batch
+from app.sources.common import Malformed, Source
+from app.sources.hubspot import MAX_EVENTS
 from app.sources.service import WebhookSources
-from app.sources.signatures import SignatureError, hubspot_uri, verify_hubspot, verify_stripe
-from app.sources.stripe import parse_event
+from app.sources.signatures import SignatureError
 
 log = logging.getLogger("userpilot_relay.webhooks")
 router = APIRouter(tags=["webhooks"])
@@ -37,6 +35,7 @@ class WebhookState(State):
 
 
 async def get_webhooks(request: Request) -> WebhookSources:
+    """The sources the lifespan built (`WebhookState.webhooks`)."""
     webhooks: WebhookSources = request.state.webhooks
     return webhooks
 
@@ -164,10 +163,7 @@ def _malformed(source: Source, exc: Malformed) -> RelayError:
     openapi_extra=HUBSPOT_OPENAPI,
 )
 async def hubspot_webhook(
-    request: Request,
-    settings: SettingsDep,
-    store: StoreDep,
-    webhooks: WebhooksDep,
+    request: Request, settings: SettingsDep, webhooks: WebhooksDep
 ) -> WebhookAck:
     """Receive a HubSpot webhook batch (up to 100 events).
 
@@ -181,31 +177,23 @@ async def hubspot_webhook(
     while the rest of the batch is stored.
     """
     request.state.caller = "hubspot"
-    secret = settings.hubspot_client_secret
-    rules = webhooks.hubspot_rules
-    if secret is None or rules is None or settings.relay_public_url is None:
+    source = webhooks.hubspot
+    if source is None:
         raise _reject("hubspot", "disabled", 404, "not found: the HubSpot webhook is not enabled")
     body = await _read(request, "hubspot", settings.relay_max_body_bytes)
-    query = request.scope.get("query_string", b"").decode("latin-1")
     try:
-        verify_hubspot(
-            secret=secret.get_secret_value(),
+        ack = await source.handle(
             method=request.method,
-            uri=hubspot_uri(settings.relay_public_url, HUBSPOT_PATH, query),
-            body=body,
+            path=HUBSPOT_PATH,
+            query=request.scope.get("query_string", b"").decode("latin-1"),
             headers=request.headers,
-            now=time.time(),
-            accept_legacy=settings.hubspot_accept_legacy_signatures,
+            body=body,
         )
     except SignatureError as exc:
         raise _reject("hubspot", exc.reason, 401, exc.message) from None
-    try:
-        events = parse_batch(body)
     except Malformed as exc:
         raise _malformed("hubspot", exc) from None
-    plans = plan_batch(events, rules, settings.hubspot_company_id_prefix)
-    result = await commit(store, plans, source="hubspot")
-    return WebhookAck(received=len(events), accepted=result.stored)
+    return WebhookAck(received=ack.received, accepted=ack.accepted)
 
 
 @router.post(
@@ -225,24 +213,14 @@ async def stripe_webhook(
     is not known yet is kept and retried, never dropped. Other types are acknowledged.
     """
     request.state.caller = "stripe"
-    processor = webhooks.stripe
-    secrets = settings.stripe_webhook_secrets
-    if not secrets or processor is None:
+    source = webhooks.stripe
+    if source is None:
         raise _reject("stripe", "disabled", 404, "not found: the Stripe webhook is not enabled")
     body = await _read(request, "stripe", settings.relay_max_body_bytes)
     try:
-        verify_stripe(
-            secrets=[s.get_secret_value() for s in secrets],
-            header=request.headers.get("stripe-signature"),
-            body=body,
-            tolerance=settings.stripe_webhook_tolerance_seconds,
-            now=time.time(),
-        )
+        ack = await source.handle(headers=request.headers, body=body)
     except SignatureError as exc:
         raise _reject("stripe", exc.reason, 401, exc.message) from None
-    try:
-        event = parse_event(body)
     except Malformed as exc:
         raise _malformed("stripe", exc) from None
-    _, stored = await processor.process(event, body)
-    return WebhookAck(received=1, accepted=stored)
+    return WebhookAck(received=ack.received, accepted=ack.accepted)

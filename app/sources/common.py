@@ -1,4 +1,4 @@
-"""What both sources share: the malformed-body error, an event's planned update, outcomes.
+"""What both sources share: the malformed-body error, an event's plan, the commit, the answer.
 
 Outcomes label `userpilot_relay_webhook_events_total{source,outcome}`:
 - `forwarded`: stored for delivery;
@@ -49,6 +49,14 @@ class Malformed(Exception):
         super().__init__(message)
         self.message = message
         self.errors = list(errors)
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """What one webhook request became: the events it held and the updates stored from them."""
+
+    received: int
+    accepted: int
 
 
 @dataclass(slots=True)

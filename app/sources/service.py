@@ -1,7 +1,9 @@
-"""What the webhook routes share at run time: each enabled source's mapping and processor.
+"""The webhook sources of one relay, built from its settings; what the routes reach at run time.
 
-Built by the lifespan: `WebhookSources(settings)` loads the mappings (a bad file stops the
-start-up), `start()` wires the store and starts the Stripe resolver, `stop()` ends it.
+Built by the lifespan in two steps so that a bad mapping file stops the start-up before the
+store is opened: `WebhookSources(settings)` loads the mappings, `start(store=...)` builds the
+enabled sources over the store and starts the Stripe resolver, `stop()` ends it. The sources
+only store: the store itself signals the dispatcher after each commit.
 """
 
 from __future__ import annotations
@@ -9,49 +11,74 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from app.config import Settings
+from app.sources.hubspot import HubSpotSource
 from app.sources.mapping import FieldRule, SourceMapping, load_mapping
-from app.sources.stripe import StripeApi, StripeProcessor, StripeResolver
+from app.sources.stripe import StripeSource
+from app.sources.stripe.api import StripeApi
+from app.sources.stripe.customers import StripeResolver
+from app.sources.stripe.processor import StripeProcessor
 from app.store.base import Store
 
 
 class WebhookSources:
-    """The enabled sources; a disabled source is None and its route answers 404."""
+    """The enabled sources; a disabled one is None (before `start` too) and its route is 404."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.hubspot_rules: Mapping[str, FieldRule] | None = None
+        self.hubspot: HubSpotSource | None = None
+        self.stripe: StripeSource | None = None
+        self._hubspot_rules: Mapping[str, FieldRule] | None = None
         self._stripe_mapping: SourceMapping | None = None
-        self.stripe: StripeProcessor | None = None
-        self.resolver: StripeResolver | None = None
         if settings.hubspot_client_secret is not None:
-            self.hubspot_rules = load_mapping("hubspot", settings.hubspot_mapping_file).section(
+            self._hubspot_rules = load_mapping("hubspot", settings.hubspot_mapping_file).section(
                 "company"
             )
         if settings.stripe_webhook_secret is not None:
             self._stripe_mapping = load_mapping("stripe", settings.stripe_mapping_file)
 
     def start(self, *, store: Store) -> None:
+        """Build the enabled sources over `store` and start the Stripe resolver."""
         settings = self.settings
-        if self._stripe_mapping is None:
-            return
-        self.stripe = StripeProcessor(
-            store=store,
-            mapping=self._stripe_mapping,
-            metadata_key=settings.stripe_company_id_metadata_key,
-            missing=settings.stripe_missing_company,
-        )
-        api = None
-        if settings.stripe_api_key is not None:
-            api = StripeApi(
-                base_url=settings.stripe_api_base,
-                api_key=settings.stripe_api_key.get_secret_value(),
+        secret = settings.hubspot_client_secret
+        if (
+            secret is not None
+            and self._hubspot_rules is not None
+            and settings.relay_public_url is not None
+        ):
+            self.hubspot = HubSpotSource(
+                store=store,
+                rules=self._hubspot_rules,
+                secret=secret.get_secret_value(),
+                public_url=settings.relay_public_url,
+                company_id_prefix=settings.hubspot_company_id_prefix,
+                accept_legacy=settings.hubspot_accept_legacy_signatures,
             )
-        self.resolver = StripeResolver(
-            processor=self.stripe, api=api, interval=settings.stripe_unresolved_retry_seconds
-        )
-        self.resolver.start()
+        if self._stripe_mapping is not None and settings.stripe_webhook_secrets:
+            processor = StripeProcessor(
+                store=store,
+                mapping=self._stripe_mapping,
+                metadata_key=settings.stripe_company_id_metadata_key,
+                missing=settings.stripe_missing_company,
+            )
+            api = None
+            if settings.stripe_api_key is not None:
+                api = StripeApi(
+                    base_url=settings.stripe_api_base,
+                    api_key=settings.stripe_api_key.get_secret_value(),
+                )
+            self.stripe = StripeSource(
+                processor=processor,
+                resolver=StripeResolver(
+                    processor=processor,
+                    api=api,
+                    interval=settings.stripe_unresolved_retry_seconds,
+                ),
+                secrets=[s.get_secret_value() for s in settings.stripe_webhook_secrets],
+                tolerance=settings.stripe_webhook_tolerance_seconds,
+            )
+            self.stripe.start()
 
     async def stop(self) -> None:
-        if self.resolver is not None:
-            await self.resolver.stop()
-            self.resolver = None
+        """Stop the Stripe resolver and close its API client."""
+        if self.stripe is not None:
+            await self.stripe.stop()

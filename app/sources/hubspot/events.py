@@ -1,4 +1,4 @@
-"""HubSpot webhook batches: parsed, then turned into company updates.
+"""HubSpot webhook batches: parsed, then planned as company updates (pure: no store, no I/O).
 
 `company.creation` identifies the company; `company.propertyChange` sets one mapped property
 (`""` becomes null: the property is removed in Userpilot). Other types are acknowledged and
@@ -64,6 +64,7 @@ class HubSpotEvent(BaseModel):
 
     @property
     def kind(self) -> str:
+        """The event type: HubSpot names it `subscriptionType`, older payloads `eventType`."""
         return self.subscription_type or self.event_type or ""
 
     @model_validator(mode="after")
@@ -191,4 +192,5 @@ def plan_event(event: HubSpotEvent, rules: Mapping[str, FieldRule], prefix: str)
 def plan_batch(
     events: list[HubSpotEvent], rules: Mapping[str, FieldRule], prefix: str
 ) -> list[EventPlan]:
+    """Every event planned on its own: one event's problem never decides another's outcome."""
     return [plan_event(event, rules, prefix) for event in events]

@@ -1,0 +1,60 @@
+"""The Stripe source as the route sees it: one signed event in, what it means stored.
+
+Verification comes first and covers the raw body: nothing of an unverified request is parsed.
+Any `v1` may match any configured secret (several while a secret is rolled), within the
+tolerance either way. The source also owns the resolver of parked events, started and stopped
+with the relay.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+
+from app.sources.common import Ack
+from app.sources.signatures import verify_stripe
+from app.sources.stripe.customers import StripeResolver
+from app.sources.stripe.events import parse_event
+from app.sources.stripe.processor import StripeProcessor
+
+
+class StripeSource:
+    """Verifies and stores Stripe events for one relay's settings."""
+
+    def __init__(
+        self,
+        *,
+        processor: StripeProcessor,
+        resolver: StripeResolver,
+        secrets: Sequence[str],
+        tolerance: int,
+    ) -> None:
+        self.processor = processor
+        self.resolver = resolver
+        self._secrets = list(secrets)
+        self._tolerance = tolerance
+
+    async def handle(self, *, headers: Mapping[str, str], body: bytes) -> Ack:
+        """Store what an event means; `headers` is looked up with lower-case names.
+
+        Raises `SignatureError` (401), `Malformed` (400) or `StoreUnavailable` (503); in each
+        case nothing was stored.
+        """
+        verify_stripe(
+            secrets=self._secrets,
+            header=headers.get("stripe-signature"),
+            body=body,
+            tolerance=self._tolerance,
+            now=time.time(),
+        )
+        event = parse_event(body)
+        _, stored = await self.processor.process(event, body)
+        return Ack(received=1, accepted=stored)
+
+    def start(self) -> None:
+        """Start retrying parked events in the background."""
+        self.resolver.start()
+
+    async def stop(self) -> None:
+        """Stop the retries and close the Stripe API client."""
+        await self.resolver.stop()
