@@ -83,8 +83,8 @@ def test_postgres_wakes_every_replica_through_listen_notify() -> None:
     async def main(url: str) -> None:
         accepting, other = await opened(url), await opened(url)
         try:
-            listener = other._listener  # type: ignore[attr-defined]
-            await asyncio.wait_for(listener.listening.wait(), timeout=10)
+            channel = other._channel  # type: ignore[attr-defined]
+            await asyncio.wait_for(channel.listening.wait(), timeout=10)
             await asyncio.sleep(0.2)  # the listener's own start-up wake-up has passed
             other.signals.work.clear()
             await accepting.enqueue(

@@ -112,7 +112,9 @@ def enqueue(
                 "caller": caller,
             }
         )
-    if rows:
+    if len(rows) == 1:  # the common case: one plain statement, one round trip
+        yield Statement(q.INSERT_DELIVERY, rows[0])
+    elif rows:
         yield Statement(q.INSERT_DELIVERY, rows, many=True)
     if idem is not None:
         yield from remember(idem, {"ids": stored_ids})

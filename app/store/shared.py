@@ -2,7 +2,8 @@
 
 A backend implements `_write` (one transaction, committed before it answers) and `_read`,
 plus what truly differs: opening, health, and send-slot pacing. Signals fire here, after the
-commit: new work wakes the dispatcher, settled deliveries wake their waiters.
+commit: new work wakes the dispatcher (and, through `_work_committed`, other replicas'),
+settled deliveries wake their waiters.
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ class SQLStore(Store):
     """Every `Store` operation as a plan; the backend runs them."""
 
     dialect: Dialect
+
+    def _work_committed(self) -> None:
+        """Work became ready to deliver: wake this process's dispatcher."""
+        self.signals.work_arrived()
 
     @abc.abstractmethod
     async def _write(self, plan: PlanFactory[T], *, atomic: bool = True) -> T:
@@ -78,7 +83,7 @@ class SQLStore(Store):
                 atomic=not single,
             )
         if result.stored and not result.replayed:
-            self.signals.work_arrived()
+            self._work_committed()
         return result
 
     # reads ---------------------------------------------------------------------------------
@@ -104,13 +109,13 @@ class SQLStore(Store):
     async def replay(self, delivery_id: str) -> Delivery | None:
         delivery = await self._write(lambda: plans.replay(delivery_id))
         if delivery is not None:
-            self.signals.work_arrived()
+            self._work_committed()
         return delivery
 
     async def replay_dead(self, *, company_id: str | None = None) -> int:
         count = await self._write(lambda: plans.replay_dead(company_id))
         if count:
-            self.signals.work_arrived()
+            self._work_committed()
         return count
 
     async def purge_dead(
@@ -177,7 +182,7 @@ class SQLStore(Store):
 
     async def release(self, claim: Claim) -> None:
         await self._write(lambda: claims.release(claim))
-        self.signals.work_arrived()
+        self._work_committed()
 
     # webhook state -------------------------------------------------------------------------
     async def link_customers(self, links: Sequence[tuple[str, str]]) -> None:

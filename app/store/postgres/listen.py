@@ -1,16 +1,18 @@
-"""Wake-ups across replicas: `LISTEN userpilot_relay_work` on a connection of its own.
+"""Wake-ups across replicas: `NOTIFY` when work is committed, `LISTEN` on a connection of its own.
 
-Triggers (migration 3) notify the channel when a transaction stores or re-queues work; every
+After a commit that stores or re-queues work, the store announces it on the channel; every
 replica's listener then sets its store's `work` signal, so its dispatcher claims at once
-instead of at its next poll. A lost connection is reopened with a backoff; meanwhile the
-dispatcher's poll still finds the work, only later.
+instead of at its next poll. Announcements are coalesced (one per `ANNOUNCE_DELAY` at most,
+sent after the commits it covers) and sent outside the ingest transactions: a NOTIFY inside
+each one would serialise every commit on PostgreSQL's notification lock. A lost LISTEN
+connection is reopened with a backoff; meanwhile the dispatcher's poll still finds the work.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import psycopg
 
@@ -20,24 +22,46 @@ from app.store.postgres.connection import first_line
 log = logging.getLogger("userpilot_relay.store")
 
 CHANNEL = "userpilot_relay_work"
+NOTIFY = f"NOTIFY {CHANNEL}"
+ANNOUNCE_DELAY = 0.02
 
 
-class WorkListener:
-    """Calls `on_work` for every notification on the channel, from a background task."""
+class WorkChannel:
+    """Calls `on_work` for every notification on the channel; `announce` sends one."""
 
-    def __init__(self, conninfo: str, on_work: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        conninfo: str,
+        *,
+        on_work: Callable[[], None],
+        send: Callable[[], Awaitable[None]],
+    ) -> None:
         self._conninfo = conninfo
         self._on_work = on_work
-        self._task: asyncio.Task[None] | None = None
+        self._send = send
+        self._listening_task: asyncio.Task[None] | None = None
+        self._announcing: asyncio.Task[None] | None = None
         self.listening = asyncio.Event()  # set while LISTEN is in effect
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._listen(), name="relay-store-listen")
+        self._listening_task = asyncio.create_task(self._listen(), name="relay-store-listen")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            await cancel_and_wait([self._task])
-            self._task = None
+        tasks = [t for t in (self._listening_task, self._announcing) if t is not None]
+        await cancel_and_wait(tasks)
+        self._listening_task = self._announcing = None
+
+    def announce(self) -> None:
+        """Tell every replica that work was committed (soon, once for a burst of commits)."""
+        if self._announcing is None or self._announcing.done():
+            self._announcing = asyncio.create_task(self._announce(), name="relay-store-notify")
+
+    async def _announce(self) -> None:
+        await asyncio.sleep(ANNOUNCE_DELAY)  # sent after every commit it stands for
+        try:
+            await self._send()
+        except Exception as exc:  # the other replicas' poll finds the work instead
+            log.debug("NOTIFY failed", extra={"error": first_line(exc)})
 
     async def _listen(self) -> None:
         delay = 0.5
@@ -49,12 +73,10 @@ class WorkListener:
                     await conn.execute(f"LISTEN {CHANNEL}")
                     self.listening.set()
                     delay = 0.5
-                    # Work may have arrived while no one listened.
-                    self._on_work()
+                    self._on_work()  # work may have arrived while no one listened
                     async for _ in conn.notifies():
                         self._on_work()
             except psycopg.Error as exc:
-                self.listening.clear()
                 log.debug("LISTEN connection lost", extra={"error": first_line(exc)})
             self.listening.clear()
             await asyncio.sleep(delay)

@@ -52,7 +52,7 @@ from app.store.postgres.connection import (
     describe,
     first_line,
 )
-from app.store.postgres.listen import WorkListener
+from app.store.postgres.listen import NOTIFY, WorkChannel
 from app.store.shared import PlanFactory, SQLStore
 from app.store.sql import Dialect, Result, Statement, drive_async
 
@@ -158,7 +158,9 @@ class PostgresStore(SQLStore):
         self._healthy = True
         self._checking: asyncio.Task[None] | None = None
         self._clock = ClockOffset()
-        self._listener = WorkListener(self.conninfo, self.signals.work_arrived)
+        self._channel = WorkChannel(
+            self.conninfo, on_work=self.signals.work_arrived, send=self._notify_replicas
+        )
 
     # lifecycle -----------------------------------------------------------------------------
     async def open(self) -> None:
@@ -201,10 +203,10 @@ class PostgresStore(SQLStore):
                 f"cannot open connections to PostgreSQL at {self.where}: {first_line(exc)}"
             ) from None
         self._pool = pool
-        self._listener.start()
+        self._channel.start()
 
     async def close(self) -> None:
-        await self._listener.stop()
+        await self._channel.stop()
         if self._checking is not None:
             await cancel_and_wait([self._checking])
         if self._pool is not None:
@@ -291,6 +293,16 @@ class PostgresStore(SQLStore):
         with contextlib.suppress(*UNAVAILABLE_OR_SLOW):
             async with asyncio.timeout(self.acquire_timeout):
                 await asyncio.shield(checking)
+
+    def _work_committed(self) -> None:
+        super()._work_committed()
+        self._channel.announce()
+
+    async def _notify_replicas(self) -> None:
+        async def notify(conn: Conn) -> None:
+            await conn.execute(NOTIFY)
+
+        await self._run(notify, transaction=False)
 
     async def _write(self, plan: PlanFactory[T], *, atomic: bool = True) -> T:
         return await self._run(
