@@ -1,8 +1,8 @@
 """The store interface: everything the routes and the dispatcher ask of durable storage.
 
-Two backends implement it (`sqlite` for one replica, `postgres` for several); nothing
-outside `app/store/` knows which one runs. `app.store.connect.open_store` picks one from the
-database URL.
+Two backends implement it (`sqlite` for one replica, `postgres` for several), both through
+`shared.SQLStore`, which runs the same SQL on each; nothing outside `app/store/` knows which
+one runs. `app.store.connect.open_store` picks one from the database URL.
 """
 
 from __future__ import annotations
@@ -198,27 +198,3 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def count_parked(self) -> int: ...
-
-
-def listing_query(
-    columns: str,
-    *,
-    status: Status | None,
-    company_id: str | None,
-    after_seq: int,
-    limit: int,
-    mark: str,
-) -> tuple[str, list[object]]:
-    """The `list_deliveries` query and its arguments, for a driver whose placeholder is `mark`."""
-    where: list[str] = [f"seq > {mark}"]
-    args: list[object] = [after_seq]
-    if status is not None:
-        where.append(f"status = {mark}")
-        args.append(status)
-    if company_id is not None:
-        where.append(f"company_id = {mark}")
-        args.append(company_id)
-    query = (
-        f"SELECT {columns} FROM deliveries WHERE {' AND '.join(where)} ORDER BY seq LIMIT {mark}"
-    )
-    return query, [*args, limit]
