@@ -1,7 +1,8 @@
 """The `userpilot-relay` command: `migrate` the store's schema, print the `openapi` document.
 
 `userpilot-relay migrate` (or `python -m app.cli migrate`) applies pending migrations to
-`RELAY_DATABASE_URL` and exits: run it as a release step or a Helm hook when schema changes
+`RELAY_DATABASE_URL` (read from the environment and `.env` exactly as the service reads it,
+through `app.config`) and exits: run it as a release step or a Helm hook when schema changes
 should not wait for the first replica to start (they are applied at start-up anyway, safely
 when several replicas start at once).
 """
@@ -14,38 +15,19 @@ import json
 import sys
 from collections.abc import Sequence
 
-from pydantic import ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
-
-from app.config import Settings
+from app.config import ConfigError, load_store_settings
 from app.domain.errors import StoreUnavailable
 from app.store.connect import open_store
 from app.store.migrations import migrations
 
 
-class DatabaseSettings(BaseSettings):
-    """Only the database URL: migrating needs neither the Userpilot key nor relay keys."""
-
-    model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
-    )
-
-    relay_database_url: str = Settings.model_fields["relay_database_url"].default
-
-    @field_validator("relay_database_url")
-    @classmethod
-    def _database_url(cls, value: str) -> str:
-        return Settings._database_url(value)
-
-
 def _database_url(given: str | None) -> str:
+    """`--database-url`, else RELAY_DATABASE_URL read as the service reads it (the environment,
+    then `.env`), else the default; refused in the service's own words."""
     try:
-        if given is not None:
-            return DatabaseSettings(relay_database_url=given).relay_database_url
-        return DatabaseSettings().relay_database_url
-    except ValidationError as exc:
-        message = exc.errors(include_url=False)[0]["msg"].removeprefix("Value error, ")
-        raise SystemExit(f"userpilot-relay migrate: RELAY_DATABASE_URL {message}") from None
+        return load_store_settings(given).relay_database_url
+    except ConfigError as exc:
+        raise SystemExit(f"userpilot-relay migrate: {exc}") from None
 
 
 async def _migrate(database_url: str) -> str:
@@ -53,10 +35,9 @@ async def _migrate(database_url: str) -> str:
     await store.open()
     await store.close()
     postgres = not database_url.startswith("sqlite:///")
-    versions = migrations("postgres" if postgres else "sqlite")
     applied = store.applied_migrations
     kind = "PostgreSQL" if postgres else "SQLite"
-    latest = max(m.version for m in versions)
+    latest = max(m.version for m in migrations("postgres" if postgres else "sqlite"))
     if applied:
         done = ", ".join(str(v) for v in applied)
         return f"{kind} schema migrated to version {latest} (applied {done})"

@@ -1,8 +1,12 @@
 """Settings: one `BaseSettings`, read from the environment and `.env`, refused early when unsafe.
 
+`Settings` is what the service reads; it extends `StoreSettings`, the part a command that only
+touches the store reads (`userpilot-relay migrate`), so both read the same sources (the
+environment, then `.env` in the working directory) with the same validation.
+
 Every secret is a `SecretStr` so it never shows in a repr, a log line or an exception.
-`load_settings` turns pydantic's errors into one message per problem that names the
-environment variable to set.
+`load_settings` and `load_store_settings` turn pydantic's errors into one message per problem
+that names the environment variable to set.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -97,19 +101,39 @@ def _check_postgres_url(url: str) -> None:
         ) from None
 
 
-class Settings(BaseSettings):
-    """Everything the relay reads from its environment."""
+class StoreSettings(BaseSettings):
+    """Where the queue lives: all that `userpilot-relay migrate` needs (no Userpilot key, no
+    relay keys). `Settings` extends it."""
 
     model_config = SettingsConfigDict(
         env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
     )
+
+    relay_database_url: str = "sqlite:///relay.db"
+
+    @field_validator("relay_database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        value = value.strip()
+        if value.startswith("sqlite:///"):
+            if value in ("sqlite:///", "sqlite:///:memory:"):
+                raise ValueError("needs a file path (an in-memory database is not durable)")
+            return value
+        if value.startswith(("postgresql://", "postgres://", "postgresql+psycopg://")):
+            _check_postgres_url(value)
+            return value
+        raise ValueError("must be sqlite:///<path> or postgresql://user@host/db")
+
+
+class Settings(StoreSettings):
+    """Everything the relay reads from its environment."""
 
     userpilot_api_key: SecretStr
     userpilot_region: Literal["us", "eu"] = "us"
     userpilot_endpoint: str | None = None
 
     relay_api_keys: Annotated[tuple[ApiKey, ...], NoDecode]
-    relay_database_url: str = "sqlite:///relay.db"
+    # relay_database_url: see StoreSettings
     relay_rate_limit_per_minute: int = Field(default=600, gt=0, le=100_000)
 
     relay_max_body_bytes: int = Field(default=1024 * 1024, gt=0)
@@ -190,19 +214,6 @@ class Settings(BaseSettings):
         if parts.query or parts.fragment:
             raise ValueError("must not carry a query string or fragment")
         return value
-
-    @field_validator("relay_database_url")
-    @classmethod
-    def _database_url(cls, value: str) -> str:
-        value = value.strip()
-        if value.startswith("sqlite:///"):
-            if value in ("sqlite:///", "sqlite:///:memory:"):
-                raise ValueError("needs a file path (an in-memory database is not durable)")
-            return value
-        if value.startswith(("postgresql://", "postgres://", "postgresql+psycopg://")):
-            _check_postgres_url(value)
-            return value
-        raise ValueError("must be sqlite:///<path> or postgresql://user@host/db")
 
     @field_validator(
         "hubspot_client_secret", "stripe_webhook_secret", "stripe_api_key", mode="before"
@@ -305,10 +316,24 @@ _HINTS = {
 }
 
 
+S = TypeVar("S", bound=StoreSettings)
+
+
 def load_settings() -> Settings:
-    """Read the settings or raise `ConfigError` with one actionable line per problem."""
+    """The service's settings, or `ConfigError` with one actionable line per problem."""
+    return _load(Settings)
+
+
+def load_store_settings(database_url: str | None = None) -> StoreSettings:
+    """Where the store is, read as `load_settings` reads it (`database_url` overrides
+    RELAY_DATABASE_URL), or `ConfigError`. Needs neither the Userpilot key nor relay keys."""
+    given = {} if database_url is None else {"relay_database_url": database_url}
+    return _load(StoreSettings, **given)
+
+
+def _load(model: type[S], **given: Any) -> S:
     try:
-        return Settings()
+        return model(**given)
     except ValidationError as exc:
         problems = []
         for error in exc.errors(include_input=False, include_url=False):

@@ -1,5 +1,10 @@
 """One error type with a status code, one handler that renders every error as the same JSON.
 
+This is the one place errors become HTTP answers: routes raise `RelayError` for what they
+refuse themselves, and let the domain's errors (`app/domain/errors.py`: the store unreachable,
+an idempotency key reused, a replay of a delivery that is not dead) propagate to the handlers
+registered here.
+
 The body is `{"error": <code>, "message": <what to do>, "errors": [{"field", "message"}]}`;
 `errors` lists every offending field (`companies[3].metadata.plan` in bulk) on a 422.
 Nothing from the request's headers or from Userpilot's internals is echoed.
@@ -17,7 +22,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.domain.errors import StoreUnavailable
+from app.domain.errors import IdempotencyConflict, NotDead, StoreUnavailable
 
 log = logging.getLogger("userpilot_relay.errors")
 
@@ -105,6 +110,17 @@ def validation_errors(errors: list[Any], *, prefix: tuple[str, ...] = ()) -> lis
     return out
 
 
+# The routes that store new updates: their 503 says nothing was *stored*, and is not logged
+# once a request (an outage under ingest load would flood the log with one line a request; the
+# access log counts them). Every other route's 503 says nothing was changed, and is logged.
+STORING_ROUTES = frozenset({"/companies", "/companies/bulk"})
+
+
+def _route(request: Request) -> str | None:
+    """The matched route's path template (`/deliveries/{delivery_id}`), if any."""
+    return getattr(request.scope.get("route"), "path", None)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RelayError)
     async def _relay(_: Request, exc: RelayError) -> JSONResponse:
@@ -131,14 +147,37 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     @app.exception_handler(StoreUnavailable)
-    async def _store(_: Request, exc: StoreUnavailable) -> JSONResponse:
-        log.error("store unavailable", extra={"error": str(exc)[:300]})
+    async def _store(request: Request, exc: StoreUnavailable) -> JSONResponse:
+        storing = _route(request) in STORING_ROUTES
+        if not storing:
+            log.error("store unavailable", extra={"error": str(exc)[:300]})
         return error_response(
             RelayError(
                 503,
                 "store_unavailable",
-                "the relay cannot reach its store; nothing was changed, retry later",
+                "the relay cannot reach its store; "
+                f"nothing was {'stored' if storing else 'changed'}, retry later",
                 headers={"Retry-After": "1"},
+            )
+        )
+
+    @app.exception_handler(IdempotencyConflict)
+    async def _idempotency(_: Request, exc: IdempotencyConflict) -> JSONResponse:
+        return error_response(
+            RelayError(
+                422,
+                "idempotency_key_reused",
+                "this Idempotency-Key was already used with a different body",
+            )
+        )
+
+    @app.exception_handler(NotDead)
+    async def _not_dead(_: Request, exc: NotDead) -> JSONResponse:
+        return error_response(
+            RelayError(
+                409,
+                "not_dead",
+                f"only a dead delivery can be {exc.action}; this one is {exc.status}",
             )
         )
 

@@ -1,15 +1,15 @@
 """The ASGI app: `uvicorn app.main:app`.
 
-`create_app` builds the routes (the same whatever the settings, so the OpenAPI document is
-stable, and complete: see `RelayApp.openapi`); the lifespan reads the settings, refuses to
-start without a Userpilot key or a relay key, and builds the shared resources: the store, the
-one Userpilot client, the dispatcher.
+`app` is the service (`service_app`): the settings are read once, when uvicorn imports it, and
+logging is configured once, from them, before uvicorn's first line. `create_app` builds the
+routes (the same whatever the settings, so the OpenAPI document is stable, and complete: see
+`RelayApp.openapi`); its lifespan refuses to start without a Userpilot key or a relay key, and
+builds the shared resources: the store, the one Userpilot client, the dispatcher.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -119,9 +119,16 @@ def _settings_or_fail(app: FastAPI, settings: Settings | None) -> Settings:
         raise StartupError(app.state.startup_error) from None
 
 
-def create_app(settings: Settings | None = None, *, store: Store | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    *,
+    store: Store | None = None,
+    logging_configured: bool = False,
+) -> FastAPI:
     """The relay app; settings are read from the environment at start-up when not given.
 
+    Its start-up configures logging from the settings (once), unless `logging_configured`:
+    the process's entry point (`service_app`) did it already, before the app was made.
     `store` replaces the one `RELAY_DATABASE_URL` names (the benchmark's no-storage floor).
     """
 
@@ -129,9 +136,9 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[State]:
-        configure_logging(settings.relay_log_level if settings else "INFO")
         active = _settings_or_fail(app, settings)
-        logging.getLogger().setLevel(active.relay_log_level)
+        if not logging_configured:
+            configure_logging(active.relay_log_level)
         try:
             sources = WebhookSources(active)
         except MappingError as exc:
@@ -189,7 +196,31 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
     return app
 
 
-# The entry point owns the process's logging: configured here, before uvicorn's first line, so
-# every line the process prints is JSON.
-configure_logging(os.environ.get("RELAY_LOG_LEVEL", "INFO").upper())
-app = create_app()
+def service_app(*, store: Store | None = None) -> FastAPI:
+    """The app a relay process serves: `app` below, for `uvicorn app.main:app`.
+
+    The entry point owns the process's settings and logging: the settings are read here (the
+    environment, then `.env`), once, and logging is configured from them (RELAY_LOG_LEVEL),
+    once, before uvicorn prints its first line, so every line the process prints is JSON.
+    Settings that cannot start a relay leave logging at INFO; the app's start-up then refuses,
+    in one line that says what to set, exactly as `create_app()` does.
+    """
+    try:
+        settings: Settings | None = load_settings()
+    except ConfigError:
+        settings = None  # read again, and refused, by the start-up
+    configure_logging(settings.relay_log_level if settings else "INFO")
+    return create_app(settings, store=store, logging_configured=True)
+
+
+app: FastAPI  # made on its first read: see __getattr__
+
+
+def __getattr__(name: str) -> FastAPI:
+    """`app`, made when first read (`uvicorn app.main:app` reads it), not when this module is
+    imported: tests and `userpilot-relay openapi` import `create_app` from here without
+    reading any settings or touching the process's logging."""
+    if name != "app":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    made = globals()["app"] = service_app()
+    return made

@@ -18,7 +18,7 @@ from app.domain.models import (
     QueueStats,
     Status,
 )
-from app.main import create_app
+from app.main import service_app
 from app.store.base import Store
 from app.store.rows import new_ids
 
@@ -115,4 +115,4 @@ class NullStore(Store):
         return 0
 
 
-app = create_app(store=NullStore())
+app = service_app(store=NullStore())

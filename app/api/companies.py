@@ -27,9 +27,8 @@ from app.api.schemas import (
     DeliveryOut,
     fast_companies,
 )
-from app.domain.errors import IdempotencyConflict, StoreUnavailable
-from app.domain.models import EnqueueResult, Idempotency, NewUpdate
-from app.errors import ErrorBody, RelayError
+from app.domain.models import Idempotency, NewUpdate
+from app.errors import ErrorBody
 from app.metrics import UPDATES_ACCEPTED
 from app.store.base import Store
 
@@ -135,35 +134,6 @@ def fingerprint(route: str, companies: Companies) -> str:
     return hashlib.sha256(canonical).hexdigest()
 
 
-async def enqueue(
-    store: Store,
-    updates: list[NewUpdate],
-    *,
-    source: str,
-    caller: str,
-    batch: bool,
-    idempotency: Idempotency | None,
-) -> EnqueueResult:
-    try:
-        return await store.enqueue(
-            updates, source=source, caller=caller, batch=batch, idempotency=idempotency
-        )
-    except IdempotencyConflict:
-        raise RelayError(
-            422,
-            "idempotency_key_reused",
-            "this Idempotency-Key was already used with a different body",
-            errors=None,
-        ) from None
-    except StoreUnavailable:
-        raise RelayError(
-            503,
-            "store_unavailable",
-            "the relay cannot reach its store; nothing was stored, retry later",
-            headers={"Retry-After": "1"},
-        ) from None
-
-
 def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
     return Response(
         orjson.dumps(body), status_code=status, media_type="application/json", headers=headers
@@ -215,8 +185,9 @@ async def post_company(
             ttl_seconds=settings.relay_idempotency_ttl_seconds,
         )
     ((company_id, metadata),) = companies
-    result = await enqueue(
-        store,
+    # A reused Idempotency-Key (422) and an unreachable store (503) are answered by the
+    # handlers in app/errors.py.
+    result = await store.enqueue(
         [NewUpdate(company_id=company_id, metadata=metadata)],
         source="api",
         caller=caller.name,
@@ -306,8 +277,7 @@ async def _store_bulk(
             fingerprint=fingerprint("companies/bulk", companies),
             ttl_seconds=settings.relay_idempotency_ttl_seconds,
         )
-    result = await enqueue(
-        store,
+    result = await store.enqueue(
         [NewUpdate(company_id=c, metadata=m) for c, m in companies],
         source="bulk",
         caller=caller,

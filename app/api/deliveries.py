@@ -124,12 +124,8 @@ async def replay_delivery(delivery_id: DeliveryId, _: AdminCaller, store: StoreD
 
     It never overwrites a property that a later update of the same company has already set.
     """
-    try:
-        delivery = None if has_control(delivery_id) else await store.replay(delivery_id)
-    except NotDead as exc:
-        raise RelayError(
-            409, "not_dead", f"only a dead delivery can be replayed; this one is {exc}"
-        ) from None
+    # A delivery that is not dead raises `NotDead`: a 409 (app/errors.py).
+    delivery = None if has_control(delivery_id) else await store.replay(delivery_id)
     if delivery is None:
         raise _missing("delivery")
     return DeliveryOut.of(delivery)
@@ -166,9 +162,7 @@ async def purge_delivery(delivery_id: DeliveryId, _: AdminCaller, store: StoreDe
         delivery = await store.get_delivery(delivery_id)
         if delivery is None:
             raise _missing("delivery")
-        raise RelayError(
-            409, "not_dead", f"only a dead delivery can be purged; this one is {delivery.status}"
-        )
+        raise NotDead(delivery.status, action="purged")
     return Purged(purged=count)
 
 

@@ -1,6 +1,9 @@
-"""Domain errors: raised by the store and the sources, mapped to HTTP answers in `app/errors.py`."""
+"""Domain errors: raised by the store and the sources, mapped to HTTP answers in `app/errors.py`
+(one handler each, registered once: routes let them propagate)."""
 
 from __future__ import annotations
+
+from typing import Literal
 
 
 class IdempotencyConflict(Exception):
@@ -12,4 +15,13 @@ class StoreUnavailable(Exception):
 
 
 class NotDead(Exception):
-    """Only a dead delivery can be replayed."""
+    """Only a dead delivery can be replayed (or purged).
+
+    `status` is where the delivery stands (`queued`, ...), or why it can never be replayed;
+    `action` is what was asked of it.
+    """
+
+    def __init__(self, status: str, *, action: Literal["replayed", "purged"] = "replayed") -> None:
+        super().__init__(status)
+        self.status = status
+        self.action = action
