@@ -20,7 +20,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
+
+import orjson
 
 from app.domain.models import EnqueueResult, NewUpdate
 from app.metrics import UPDATES_ACCEPTED, WEBHOOK_EVENTS, WEBHOOK_UNMAPPED_FIELDS
@@ -49,6 +51,14 @@ class Malformed(Exception):
         super().__init__(message)
         self.message = message
         self.errors = list(errors)
+
+
+def load_json(body: bytes) -> Any:
+    """A verified body parsed, or `Malformed` saying it is not JSON."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise Malformed(f"the body is not valid JSON ({exc})") from None
 
 
 @dataclass(frozen=True, slots=True)

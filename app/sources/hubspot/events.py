@@ -19,7 +19,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import orjson
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -33,7 +32,7 @@ from pydantic import (
 
 from app.domain.models import NewUpdate, Primitive
 from app.domain.rules import company_id_problem, has_control, printable, property_name_problem
-from app.sources.common import EventPlan, Malformed
+from app.sources.common import EventPlan, Malformed, load_json
 from app.sources.mapping import ConversionError, FieldRule, convert
 
 MAX_EVENTS = 100
@@ -130,10 +129,7 @@ _BATCH = TypeAdapter(list[HubSpotEvent])
 
 def parse_batch(body: bytes) -> list[HubSpotEvent]:
     """The events of a verified body, or `Malformed` naming what is wrong."""
-    try:
-        data: Any = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise Malformed(f"the body is not valid JSON ({exc})") from None
+    data = load_json(body)
     if not isinstance(data, list):
         raise Malformed("the body must be a JSON array of events")
     if len(data) > MAX_EVENTS:

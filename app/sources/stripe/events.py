@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
-import orjson
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -24,7 +23,7 @@ from pydantic import (
 )
 
 from app.domain.rules import company_id_problem, has_control
-from app.sources.common import Malformed
+from app.sources.common import Malformed, load_json
 
 CUSTOMER_EVENTS = frozenset({"customer.created", "customer.updated"})
 SUBSCRIPTION_EVENTS = frozenset(
@@ -67,10 +66,7 @@ class StripeEvent(BaseModel):
 
 def parse_event(body: bytes) -> StripeEvent:
     """The event of a verified body, or `Malformed` naming what is wrong."""
-    try:
-        data: Any = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise Malformed(f"the body is not valid JSON ({exc})") from None
+    data = load_json(body)
     if not isinstance(data, dict):
         raise Malformed("the body must be a JSON object (a Stripe event)")
     try:
