@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from app.config import Settings
+from app.config import Settings, StoreSettings
 from app.simulator.process import SimulatorProcess
 from tests import pg
 from tests.relay import RELAY_KEYS, UPSTREAM_KEY, RelayProcess
@@ -29,12 +29,15 @@ def no_developer_settings() -> Iterator[None]:
     saved = {name: value for name, value in os.environ.items() if _is_setting(name)}
     for name in saved:
         del os.environ[name]
-    env_file = Settings.model_config.get("env_file")
-    Settings.model_config["env_file"] = None
+    models = (Settings, StoreSettings)  # each has its own config: both ignore `.env`
+    env_files = [model.model_config.get("env_file") for model in models]
+    for model in models:
+        model.model_config["env_file"] = None
     try:
         yield
     finally:
-        Settings.model_config["env_file"] = env_file
+        for model, env_file in zip(models, env_files, strict=True):
+            model.model_config["env_file"] = env_file
         os.environ.update(saved)
 
 
@@ -66,6 +69,13 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         return
     with pg.fresh_database() as name:
         yield pg.database_url(name)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """A fresh SQLite store, for tests whose behaviour does not depend on the backend (auth,
+    validation, headers, probes): they run once, not once per store."""
+    return f"sqlite:///{tmp_path / 'relay.db'}"
 
 
 @pytest.fixture

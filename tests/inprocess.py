@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Coroutine
+import inspect
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, TypeVar
 
 import httpx
@@ -19,7 +20,7 @@ from starlette.types import Receive, Scope, Send
 from app.config import Settings
 from app.main import create_app
 from app.store.base import Store
-from tests.relay import ADMIN_KEY, INGEST_KEY, RELAY_KEYS, UPSTREAM_KEY
+from tests.relay import ADMIN_KEY, INGEST_KEY, RELAY_KEYS, UPSTREAM_KEY, metric_value
 
 T = TypeVar("T")
 
@@ -120,6 +121,30 @@ class InProcessRelay:
     async def get(self, path: str, **kwargs: Any) -> httpx.Response:
         return await self.request("GET", path, **kwargs)
 
+    async def delete(self, path: str, **kwargs: Any) -> httpx.Response:
+        return await self.request("DELETE", path, **kwargs)
+
+    async def post_company(
+        self, company_id: str, metadata: dict[str, Any], **kwargs: Any
+    ) -> httpx.Response:
+        body = {"company_id": company_id, "metadata": metadata}
+        return await self.post("/companies", json=body, **kwargs)
+
+    async def metric(self, name: str, **labels: str) -> float:
+        """One sample of /metrics (0 when absent). The registry is the process's: counters
+        carry what earlier tests counted, so compare against a reading taken before."""
+        return metric_value((await self.get("/metrics", key=None)).text, name, **labels)
+
+    async def batch_done(self, batch_id: str, *, within: float = 30.0) -> dict[str, Any]:
+        """The batch once every update in it is delivered or dead."""
+
+        async def done() -> dict[str, Any] | None:
+            body: dict[str, Any] = (await self.get(f"/batches/{batch_id}", key=ADMIN_KEY)).json()
+            return body if body.get("done") else None
+
+        result: dict[str, Any] = await eventually(done, within=within)
+        return result
+
     async def wait_for(
         self, delivery_id: str, status: str, *, within: float = 15.0, key: str = ADMIN_KEY
     ) -> dict[str, Any]:
@@ -131,6 +156,23 @@ class InProcessRelay:
             if asyncio.get_running_loop().time() > deadline:
                 raise AssertionError(f"{delivery_id} is {body.get('status')}, not {status}")
             await asyncio.sleep(0.05)
+
+
+async def eventually(
+    check: Callable[[], Any], *, within: float = 15.0, interval: float = 0.05
+) -> Any:
+    """The first truthy answer of `check` (sync or async), polled without blocking the loop
+    for longer than one call; fails after `within` seconds."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        value = check()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"condition not met within {within}s (last: {value!r})")
+        await asyncio.sleep(interval)
 
 
 @contextlib.asynccontextmanager

@@ -20,6 +20,10 @@ import psycopg
 import pytest
 from psycopg import sql
 
+# For a test that starts relay processes (`relay_factory`) but whose behaviour is the same on
+# both stores: it runs on SQLite only instead of once per backend.
+SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+
 ADMIN_URL = os.environ.get(
     "RELAY_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )

@@ -130,17 +130,21 @@ class RelayProcess:
 
     def metric(self, name: str, **labels: str) -> float:
         """The value of one sample of /metrics (0 when absent)."""
-        text = httpx.get(f"{self.url}/metrics", timeout=10).text
-        want = name + (
-            "{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}" if labels else ""
-        )
-        for line in text.splitlines():
-            if line.startswith("#"):
-                continue
-            sample, _, value = line.rpartition(" ")
-            if _normalise(sample) == want:
-                return float(value)
-        return 0.0
+        return metric_value(httpx.get(f"{self.url}/metrics", timeout=10).text, name, **labels)
+
+
+def metric_value(exposition: str, name: str, **labels: str) -> float:
+    """The value of one sample of a Prometheus text exposition (0 when absent)."""
+    want = name + (
+        "{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}" if labels else ""
+    )
+    for line in exposition.splitlines():
+        if line.startswith("#"):
+            continue
+        sample, _, value = line.rpartition(" ")
+        if _normalise(sample) == want:
+            return float(value)
+    return 0.0
 
 
 def _normalise(sample: str) -> str:

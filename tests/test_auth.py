@@ -1,4 +1,6 @@
-"""Relay keys and roles, over real HTTP; and the relay refusing to run open."""
+"""Relay keys and roles, in process over the real app (`tests/inprocess.py`): the store does not
+change who may call what, so these run on SQLite only. The relay refusing to run open, or to
+share its SQLite file, is about the process: those start real ones."""
 
 from __future__ import annotations
 
@@ -7,58 +9,80 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
-import pytest
-
-from tests.relay import ADMIN_KEY, INGEST_KEY, ROOT, UPSTREAM_KEY, RelayProcess
+from tests.inprocess import InProcessRelay, run
+from tests.pg import SQLITE_ONLY
+from tests.relay import ADMIN_KEY, INGEST_KEY, ROOT, UPSTREAM_KEY
 
 BODY = {"company_id": "acme", "metadata": {"plan": "pro"}}
 
 
-def test_missing_key_is_401_with_challenge(relay: RelayProcess) -> None:
-    r = relay.request("POST", "/companies", key=None, json=BODY)
-    assert r.status_code == 401
-    assert r.headers["www-authenticate"].startswith("Bearer")
-    assert r.json()["error"] == "unauthorized"
+def test_missing_key_is_401_with_challenge(sqlite_url: str) -> None:
+    async def main() -> None:
+        async with InProcessRelay(sqlite_url) as relay:
+            r = await relay.post("/companies", key=None, json=BODY)
+            assert r.status_code == 401
+            assert r.headers["www-authenticate"].startswith("Bearer")
+            assert r.json()["error"] == "unauthorized"
+            assert (await relay.store.stats()).queued == 0
+
+    run(main())
 
 
-@pytest.mark.parametrize(
-    "header", ["Bearer not-a-key", "Basic c3ZjOmluZ2VzdA==", "Bearer", f"Token {INGEST_KEY}"]
-)
-def test_unknown_or_malformed_key_is_401(relay: RelayProcess, header: str) -> None:
-    r = relay.request("POST", "/companies", key=None, json=BODY, headers={"Authorization": header})
-    assert r.status_code == 401
-    assert "www-authenticate" in r.headers
+def test_unknown_or_malformed_keys_are_401(sqlite_url: str) -> None:
+    headers = ["Bearer not-a-key", "Basic c3ZjOmluZ2VzdA==", "Bearer", f"Token {INGEST_KEY}"]
+
+    async def main() -> None:
+        async with InProcessRelay(sqlite_url) as relay:
+            for header in headers:
+                r = await relay.post(
+                    "/companies", key=None, json=BODY, headers={"Authorization": header}
+                )
+                assert r.status_code == 401, header
+                assert "www-authenticate" in r.headers, header
+            assert (await relay.store.stats()).queued == 0
+
+    run(main())
 
 
-def test_roles(relay: RelayProcess) -> None:
-    assert relay.request("POST", "/companies", key=ADMIN_KEY, json=BODY).status_code == 403
-    assert relay.request("GET", "/deliveries?status=dead", key=INGEST_KEY).status_code == 403
-    assert relay.request("POST", "/deliveries/replay", key=INGEST_KEY).status_code == 403
-    created = relay.request("POST", "/companies", key=INGEST_KEY, json=BODY)
-    assert created.status_code == 202
-    delivery = created.json()["id"]
-    for key in (INGEST_KEY, ADMIN_KEY):
-        assert relay.request("GET", f"/deliveries/{delivery}", key=key).status_code == 200
-    assert relay.request("GET", "/deliveries?status=dead", key=ADMIN_KEY).status_code == 200
+def test_roles(sqlite_url: str) -> None:
+    async def main() -> None:
+        async with InProcessRelay(sqlite_url) as relay:
+            assert (await relay.post("/companies", key=ADMIN_KEY, json=BODY)).status_code == 403
+            assert (await relay.get("/deliveries?status=dead")).status_code == 403
+            assert (await relay.post("/deliveries/replay")).status_code == 403
+            created = await relay.post("/companies", json=BODY)
+            assert created.status_code == 202
+            delivery = created.json()["id"]
+            for key in (INGEST_KEY, ADMIN_KEY):
+                assert (await relay.get(f"/deliveries/{delivery}", key=key)).status_code == 200
+            assert (await relay.get("/deliveries?status=dead", key=ADMIN_KEY)).status_code == 200
+
+    run(main())
 
 
-def test_hashed_keys_and_caller_name_in_metrics(relay_factory: object) -> None:
+def test_hashed_keys_and_caller_name_in_metrics(sqlite_url: str) -> None:
     digest = hashlib.sha256(b"hashed-caller-key").hexdigest()
-    relay = relay_factory(RELAY_API_KEYS=f"billing:ingest:sha256:{digest}")  # type: ignore[operator]
-    r = relay.request("POST", "/companies", key="hashed-caller-key", json=BODY)
-    assert r.status_code == 202
-    assert relay.request("POST", "/companies", key=digest, json=BODY).status_code == 401
-    assert (
-        relay.metric(
-            "userpilot_relay_http_requests_total",
-            route="/companies",
-            method="POST",
-            caller="billing",
-            status="202",
-        )
-        == 1
-    )
+    sample: dict[str, Any] = {
+        "route": "/companies",
+        "method": "POST",
+        "caller": "billing",
+        "status": "202",
+    }
+
+    async def main() -> None:
+        async with InProcessRelay(
+            sqlite_url, relay_api_keys=f"billing:ingest:sha256:{digest}"
+        ) as relay:
+            before = await relay.metric("userpilot_relay_http_requests_total", **sample)
+            r = await relay.post("/companies", key="hashed-caller-key", json=BODY)
+            assert r.status_code == 202
+            assert (await relay.post("/companies", key=digest, json=BODY)).status_code == 401
+            after = await relay.metric("userpilot_relay_http_requests_total", **sample)
+            assert after - before == 1
+
+    run(main())
 
 
 def _start_without(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
@@ -101,10 +125,9 @@ def test_refuses_a_bad_key_list_without_echoing_it(tmp_path: Path) -> None:
     assert "plain-secret-123" not in out
 
 
-def test_two_processes_never_share_one_sqlite_file(relay_factory: object, tmp_path: Path) -> None:
-    relay = relay_factory()  # type: ignore[operator]
-    if not relay.env["RELAY_DATABASE_URL"].startswith("sqlite"):
-        pytest.skip("SQLite only: PostgreSQL is made for several replicas")
+@SQLITE_ONLY
+def test_two_processes_never_share_one_sqlite_file(relay_factory: Any, tmp_path: Path) -> None:
+    relay = relay_factory()
     env = {**relay.env}
     done = _start_without(tmp_path, **env)
     assert done.returncode != 0

@@ -1,5 +1,6 @@
 """What was acknowledged is never lost: kill -9 with a backlog, restart, all delivered.
-SIGTERM stops cleanly and hands back what was in flight."""
+SIGTERM stops cleanly and hands back what was in flight. Those are about the process, so they
+start real ones, on both stores; the arrival order of a bulk import runs in process."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 import httpx
 
 from app.simulator.process import SimulatorProcess
+from tests.inprocess import InProcessRelay, run
 from tests.relay import INGEST_KEY, RelayProcess, wait_until
 
 IDENTIFY = "/v1/companies/identify"
@@ -86,8 +88,8 @@ def test_sigterm_exits_cleanly_and_releases_in_flight(
 
 
 def test_kill_9_right_after_a_bulk_ack(relay_factory: Any, sim: SimulatorProcess) -> None:
-    sim.configure(rate_limit_per_minute=100_000)
-    relay = relay_factory(RELAY_RATE_LIMIT_PER_MINUTE="12000")
+    sim.configure(rate_limit_per_minute=1_000_000)
+    relay = relay_factory(RELAY_RATE_LIMIT_PER_MINUTE="60000")
     body = {
         "companies": [{"company_id": f"k{i % 150}", "metadata": {f"p{i}": i}} for i in range(600)]
     }
@@ -101,16 +103,24 @@ def test_kill_9_right_after_a_bulk_ack(relay_factory: Any, sim: SimulatorProcess
         assert companies[f"k{i % 150}"][f"p{i}"] == i
 
 
-def test_bulk_keeps_its_place_in_arrival_order(relay_factory: Any, sim: SimulatorProcess) -> None:
+def test_bulk_keeps_its_place_in_arrival_order(database_url: str, sim: SimulatorProcess) -> None:
     # A bulk import with stale values, then a live update: the live one must win, however
     # the bulk's updates are staged inside the store.
-    sim.configure(rate_limit_per_minute=100_000)
-    relay = relay_factory(RELAY_RATE_LIMIT_PER_MINUTE="12000")
+    sim.configure(rate_limit_per_minute=1_000_000)
     body = {
         "companies": [{"company_id": f"o{i}", "metadata": {"plan": "free"}} for i in range(1500)]
     }
-    batch = relay.request("POST", "/companies/bulk", json=body).json()["batch_id"]
-    live = relay.post_company("o1400", {"plan": "enterprise"}).json()["id"]
-    relay.wait_for(live, "delivered", timeout=60)
-    relay.wait_for(f"{batch}.1400", "delivered", timeout=10)
+
+    async def main() -> None:
+        async with InProcessRelay(
+            database_url, endpoint=sim.url, relay_rate_limit_per_minute=60_000
+        ) as relay:
+            batch = (await relay.post("/companies/bulk", json=body)).json()["batch_id"]
+            live = (await relay.post_company("o1400", {"plan": "enterprise"})).json()["id"]
+            await relay.wait_for(live, "delivered", within=60)
+            await relay.wait_for(f"{batch}.1400", "delivered", within=30)
+
+    run(main())
     assert sim.company("o1400") == {"plan": "enterprise"}
+    calls = [c["body"] for c in sim.requests(path=IDENTIFY) if c["company_id"] == "o1400"]
+    assert calls[-1]["metadata"] == {"plan": "enterprise"}

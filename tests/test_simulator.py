@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import time
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -78,7 +79,7 @@ def test_identify_without_a_valid_token_is_401(
     response = httpx.post(sim.url + IDENTIFY, json={"company_id": "acme"}, headers=headers)
     assert response.status_code == 401
     assert error_of(response)["error_code"] == "UNAUTHORIZED"
-    assert response.headers["x-request-id"]
+    assert uuid.UUID(response.headers["x-request-id"])
     assert sim.companies() == {}
 
 
@@ -150,7 +151,7 @@ def test_every_response_has_a_fresh_request_id(client: httpx.Client, sim: Simula
     ]
     assert [r.status_code for r in responses] == [202, 400, 401, 404, 404, 200]
     ids = [r.headers["x-request-id"] for r in responses]
-    assert all(ids) and len(set(ids)) == len(ids)
+    assert [str(uuid.UUID(i)) for i in ids] == ids and len(set(ids)) == len(ids)
 
 
 def test_unknown_paths_are_404_json(client: httpx.Client) -> None:
@@ -219,7 +220,7 @@ def test_status_fault_matches_company_and_path(client: httpx.Client, sim: Simula
     failed = client.post(IDENTIFY, json={"company_id": "flaky"})
     assert failed.status_code == 503
     assert error_of(failed)["error_code"] == "SERVICE_UNAVAILABLE"
-    assert failed.headers["x-request-id"]
+    assert uuid.UUID(failed.headers["x-request-id"])
     assert client.post(IDENTIFY, json={"company_id": "flaky"}).status_code == 202
 
     bulk = client.post(BULK, json={"companies": [{"company_id": "b"}]})

@@ -9,8 +9,8 @@ import pytest
 from app.api.companies import parse_wait
 from app.api.deps import find_key
 from app.config import REGION_URLS, Settings, parse_api_keys
-from app.delivery.retry import backoff_delay, classify
 from app.delivery.merge import merge_claim
+from app.delivery.retry import backoff_delay, classify
 from app.domain.models import Claim, ClaimedUpdate
 from app.userpilot.client import UpstreamResult, parse_retry_after
 
