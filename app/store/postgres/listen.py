@@ -78,6 +78,8 @@ class WorkChannel:
                         self._on_work()
             except psycopg.Error as exc:
                 log.debug("LISTEN connection lost", extra={"error": first_line(exc)})
+            except Exception as exc:  # never let the wake-ups die: the poll alone is slower
+                log.warning("LISTEN failed unexpectedly", extra={"error": first_line(exc)})
             self.listening.clear()
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)
