@@ -20,6 +20,7 @@ from app.store.base import Store
 from app.store.connect import open_store
 from app.store.migrations import migrations
 from app.store.postgres.store import POSTGRES
+from app.store.rows import PAYLOAD_CHUNK, batch_items, encode_batch
 from app.store.sqlite.store import SQLITE
 from tests import pg
 
@@ -212,13 +213,16 @@ def test_a_batch_stored_before_the_line_format_still_expands_in_order(database_u
     run(main)
 
 
-def test_a_staged_update_is_read_from_its_own_line(database_url: str) -> None:
+def test_a_staged_update_is_read_from_its_chunk_across_chunk_boundaries(
+    database_url: str,
+) -> None:
     async def main() -> None:
         store = await opened(database_url)
         try:
+            count = 2 * PAYLOAD_CHUNK + 500
             updates = [
                 NewUpdate(company_id=f"c{i}", metadata={"note": f"line\nbreak {i}"})
-                for i in range(3000)
+                for i in range(count)
             ]
             result = await store.enqueue(updates, source="bulk", caller="t", batch=True)
             (payload,) = (
@@ -226,14 +230,37 @@ def test_a_staged_update_is_read_from_its_own_line(database_url: str) -> None:
                     database_url, "SELECT payload FROM batches WHERE id = %s", (result.batch_id,)
                 )
             )[0]
-            assert bytes(payload).count(b"\n") == 2999  # one line per update: newlines escaped
-            last = await store.get_delivery(f"{result.batch_id}.2999")
-            assert last is not None and last.metadata == {"note": "line\nbreak 2999"}
-            assert await store.get_delivery(f"{result.batch_id}.3000") is None
+            assert bytes(payload).count(b"\n") == 2  # one line per chunk: newlines escaped
+            for i in (0, PAYLOAD_CHUNK - 1, PAYLOAD_CHUNK, 2 * PAYLOAD_CHUNK, count - 1):
+                staged = await store.get_delivery(f"{result.batch_id}.{i}")
+                assert staged is not None
+                assert (staged.company_id, staged.metadata) == (
+                    f"c{i}",
+                    {"note": f"line\nbreak {i}"},
+                )
+            assert await store.get_delivery(f"{result.batch_id}.{count}") is None
         finally:
             await store.close()
 
     run(main)
+
+
+def test_any_slice_of_a_stored_batch_reads_the_same_as_the_updates() -> None:
+    updates = [
+        NewUpdate(company_id=f"c{i}", metadata={"i": i}) for i in range(2 * PAYLOAD_CHUNK + 7)
+    ]
+    payload = encode_batch(updates)
+    expected = [[u.company_id, u.metadata] for u in updates]
+    for start, stop in [
+        (0, 1),
+        (0, PAYLOAD_CHUNK),
+        (PAYLOAD_CHUNK - 3, PAYLOAD_CHUNK + 3),
+        (PAYLOAD_CHUNK, 3 * PAYLOAD_CHUNK),
+        (2 * PAYLOAD_CHUNK + 6, 2 * PAYLOAD_CHUNK + 7),
+        (5, 2 * PAYLOAD_CHUNK + 7),
+    ]:
+        assert batch_items(payload, "chunks", start, stop) == expected[start:stop], (start, stop)
+    assert batch_items(orjson.dumps(expected), "array", 3, 9) == expected[3:9]
 
 
 # the dialects --------------------------------------------------------------------------------

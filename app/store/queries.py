@@ -52,7 +52,7 @@ RESERVE_SEQS = "{reserve_seqs}"
 INSERT_BATCH = """
     INSERT INTO batches (id, caller, source, total, seq_from, expanded, payload, payload_format,
         created_at)
-    VALUES (:id, :caller, :source, :total, :seq_from, 0, :payload, 'lines', {now})
+    VALUES (:id, :caller, :source, :total, :seq_from, 0, :payload, 'chunks', {now})
 """
 
 # reads -------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """Rows to domain types and back, the same for both backends.
 
-A stored batch's payload holds one JSON line per update (`[company_id, metadata]`), so that a
-chunk, or one staged update, is read without parsing the rest. Batches stored before that
-(`payload_format = 'array'`) hold one JSON array and are still read.
+A stored batch's payload is one JSON array of `[company_id, metadata]` items per line, each line
+holding `PAYLOAD_CHUNK` updates (`payload_format = 'chunks'`): expanding a chunk, or reading one
+staged update, parses one line, not the whole batch, and storing it costs one encoder call a
+chunk. Batches stored before that (`'array'`) hold one JSON array and are still read.
 """
 
 from __future__ import annotations
@@ -50,18 +51,31 @@ def row_to_delivery(row: Sequence[Any]) -> Delivery:
     )
 
 
+# Part of the stored format: a batch stored with one chunk size is read with the same one, so
+# another size would be another `payload_format`.
+PAYLOAD_CHUNK = 2000
+
+
 def encode_batch(updates: Sequence[NewUpdate]) -> bytes:
-    """A batch's payload: one JSON line per update (JSON never holds a raw newline)."""
-    return b"\n".join(orjson.dumps([u.company_id, u.metadata]) for u in updates)
+    """A batch's payload: a JSON array per `PAYLOAD_CHUNK` updates, one per line (JSON that
+    orjson writes never holds a raw newline)."""
+    items = [[u.company_id, u.metadata] for u in updates]
+    return b"\n".join(
+        orjson.dumps(items[i : i + PAYLOAD_CHUNK]) for i in range(0, len(items), PAYLOAD_CHUNK)
+    )
 
 
 def batch_items(payload: bytes, payload_format: str, start: int, stop: int) -> list[Any]:
-    """The stored updates `start` to `stop` (exclusive) of a batch, parsed alone."""
+    """The stored updates `start` to `stop` (exclusive) of a batch, parsing only their lines."""
     data = bytes(payload)
-    if payload_format != "lines":
-        items: list[Any] = orjson.loads(data)[start:stop]
-        return items
-    return [orjson.loads(line) for line in data.split(b"\n", stop)[start:stop]]
+    if payload_format != "chunks":
+        whole: list[Any] = orjson.loads(data)[start:stop]
+        return whole
+    first, last = start // PAYLOAD_CHUNK, (stop - 1) // PAYLOAD_CHUNK
+    lines = data.split(b"\n", last + 1)[first : last + 1]
+    items: list[Any] = [item for line in lines for item in orjson.loads(line)]
+    offset = start - first * PAYLOAD_CHUNK
+    return items[offset : offset + stop - start]
 
 
 def staged_delivery(

@@ -1,7 +1,7 @@
--- One SQL for both stores. A batch says how its payload is stored ('lines': one JSON line per
--- update, read a chunk at a time; 'array': one JSON array, from before); the counter that
--- reserves a batch's sequence numbers always exists; and the indexes and the status rule that
--- PostgreSQL has had from the start.
+-- One SQL for both stores. A batch says how its payload is stored ('chunks': a JSON array per
+-- chunk of updates, one per line, read a chunk at a time; 'array': one JSON array, from
+-- before); the counter that reserves a batch's sequence numbers always exists; and the indexes
+-- and the status rule that PostgreSQL has had from the start.
 ALTER TABLE batches ADD COLUMN payload_format TEXT NOT NULL DEFAULT 'array';
 INSERT INTO sqlite_sequence (name, seq)
     SELECT 'deliveries', 0
