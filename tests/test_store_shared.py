@@ -15,6 +15,7 @@ import orjson
 import psycopg
 import pytest
 
+from app.domain.errors import NothingStored, StoreUnavailable
 from app.domain.models import NewUpdate
 from app.store.base import Store
 from app.store.connect import open_store
@@ -108,6 +109,22 @@ def test_postgres_wakes_every_replica_through_listen_notify() -> None:
         run(main, pg.database_url(name))
 
 
+def test_only_a_failed_enqueue_says_nothing_was_stored(database_url: str) -> None:
+    """The 503 of a route says "nothing was stored" only when storing itself failed: a read
+    that fails after the commit (the `Prefer: wait` poll) must not invite a duplicate."""
+
+    async def main() -> None:
+        store = await opened(database_url)
+        await store.close()
+        with pytest.raises(NothingStored):
+            await store.enqueue([NewUpdate(company_id="a", metadata={})], source="api", caller="t")
+        with pytest.raises(StoreUnavailable) as read_failure:
+            await store.get_delivery("x")
+        assert not isinstance(read_failure.value, NothingStored)
+
+    run(main)
+
+
 # schema --------------------------------------------------------------------------------------
 def _sqlite_schema(path: str) -> dict[str, Any]:
     conn = sqlite3.connect(path)
@@ -185,7 +202,7 @@ def test_every_migration_is_numbered_in_order_on_both_backends() -> None:
 
 
 # batches -------------------------------------------------------------------------------------
-def test_a_batch_stored_before_the_line_format_still_expands_in_order(database_url: str) -> None:
+def test_a_batch_stored_before_chunks_still_expands_in_order(database_url: str) -> None:
     """Batches stored by an earlier version (one JSON array) are still read and delivered."""
 
     async def main() -> None:
@@ -261,6 +278,11 @@ def test_any_slice_of_a_stored_batch_reads_the_same_as_the_updates() -> None:
     ]:
         assert batch_items(payload, "chunks", start, stop) == expected[start:stop], (start, stop)
     assert batch_items(orjson.dumps(expected), "array", 3, 9) == expected[3:9]
+    # Still one JSON array: a relay of the previous version (mid-rollout, or after a rollback)
+    # reads it whole.
+    assert orjson.loads(payload) == expected
+    with pytest.raises(ValueError, match="unknown batch payload format"):
+        batch_items(payload, "lines", 0, 1)
 
 
 # the dialects --------------------------------------------------------------------------------

@@ -14,6 +14,10 @@ class StoreUnavailable(Exception):
     """The store cannot be reached; nothing was stored."""
 
 
+class NothingStored(StoreUnavailable):
+    """Storing new updates failed: none of them was stored (the caller may send them again)."""
+
+
 class NotDead(Exception):
     """Only a dead delivery can be replayed (or purged).
 

@@ -1,7 +1,7 @@
 """The store interface: everything the routes and the dispatcher ask of durable storage.
 
 Two backends implement it (`sqlite` for one replica, `postgres` for several), both through
-`shared.SQLStore`, which runs the same SQL on each; nothing outside `app/store/` knows which
+`sqlstore.SQLStore`, which runs the same SQL on each; nothing outside `app/store/` knows which
 one runs. `app.store.connect.open_store` picks one from the database URL.
 """
 

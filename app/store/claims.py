@@ -15,10 +15,10 @@ import orjson
 
 from app.domain.models import Claim, ClaimedUpdate
 from app.store import queries as q
-from app.store.rows import batch_items, expansion_item
+from app.store.rows import PAYLOAD_CHUNK, batch_items, expansion_item
 from app.store.sql import Plan, Statement
 
-EXPAND_CHUNK = 2000  # stored batch updates turned into deliveries at a time
+EXPAND_CHUNK = PAYLOAD_CHUNK  # a stored chunk at a time: one line parsed
 CANDIDATES = 64  # ready updates a pick looks through for a free company
 CLAIM_TRIES = 3  # companies a claim tries when others take them first
 EXPANSIONS_PER_CLAIM = 4

@@ -1,7 +1,8 @@
 """The store's transactions as plans (see `app/store/sql.py`): ingest, reads, dead letters.
 
-Claims and their outcomes are in `claims.py`. Each plan is one transaction; the backend
-commits it, or rolls it back when the plan raises.
+Claims and their outcomes are in `claims.py`. A plan that writes runs in one transaction,
+committed by the backend, or rolled back when the plan raises (one that is a single statement
+safe to repeat may run on its own, in autocommit); a plan that only reads may run without one.
 """
 
 from __future__ import annotations

@@ -156,10 +156,9 @@ PICK_COMPANY = _PICK.replace("@lane", "")
 # Fairness: the oldest ready single update (not from a batch), on its own partial index.
 PICK_SINGLE = _PICK.replace("@lane", "AND batch_id IS NULL")
 # Under the company lock, with a fresh snapshot: still free and ready? Then lease its updates.
+# The rows are picked in a CTE: evaluated once, so LIMIT bounds what is leased.
 LEASE = """
-    UPDATE deliveries SET status = 'delivering', attempts = attempts + 1,
-        lease_owner = :owner, lease_until = {now} + :lease, updated_at = {now}
-    WHERE seq IN (
+    WITH picked AS (
         SELECT seq FROM deliveries
         WHERE company_id = :company AND status = 'queued'
           AND NOT EXISTS (@busy)
@@ -168,7 +167,11 @@ LEASE = """
               AND r.status = 'queued' AND r.next_attempt_at <= {now}
               AND r.enqueued_at <= {now} - :settle)
         ORDER BY seq LIMIT :max_merge
-        FOR UPDATE)
+        FOR UPDATE
+    )
+    UPDATE deliveries SET status = 'delivering', attempts = attempts + 1,
+        lease_owner = :owner, lease_until = {now} + :lease, updated_at = {now}
+    WHERE seq IN (SELECT seq FROM picked)
     RETURNING id, seq, metadata, attempts
 """.replace("@busy", _BUSY.replace("@company", ":company"))
 VERSIONS = "SELECT key, seq FROM property_versions WHERE company_id = :company"

@@ -1,9 +1,11 @@
 """Rows to domain types and back, the same for both backends.
 
-A stored batch's payload is one JSON array of `[company_id, metadata]` items per line, each line
-holding `PAYLOAD_CHUNK` updates (`payload_format = 'chunks'`): expanding a chunk, or reading one
-staged update, parses one line, not the whole batch, and storing it costs one encoder call a
-chunk. Batches stored before that (`'array'`) hold one JSON array and are still read.
+A stored batch's payload is one JSON array of `[company_id, metadata]` items with a line break
+after every `PAYLOAD_CHUNK`th item (`payload_format = 'chunks'`): expanding a chunk, or reading
+one staged update, parses one line, not the whole batch, and storing it costs one encoder call
+a chunk. It stays one JSON array, so a relay of the previous version (a replica mid-rollout, or
+after a rollback) still reads it whole. Batches stored without the breaks (`'array'`) are read
+whole.
 """
 
 from __future__ import annotations
@@ -57,23 +59,31 @@ PAYLOAD_CHUNK = 2000
 
 
 def encode_batch(updates: Sequence[NewUpdate]) -> bytes:
-    """A batch's payload: a JSON array per `PAYLOAD_CHUNK` updates, one per line (JSON that
-    orjson writes never holds a raw newline)."""
+    """A batch's payload: one JSON array, broken into lines of `PAYLOAD_CHUNK` items (the break
+    is JSON white space; the JSON that orjson writes never holds a raw newline)."""
     items = [[u.company_id, u.metadata] for u in updates]
-    return b"\n".join(
-        orjson.dumps(items[i : i + PAYLOAD_CHUNK]) for i in range(0, len(items), PAYLOAD_CHUNK)
-    )
+    chunks = [
+        orjson.dumps(items[i : i + PAYLOAD_CHUNK])[1:-1]
+        for i in range(0, len(items), PAYLOAD_CHUNK)
+    ]
+    return b"[" + b",\n".join(chunks) + b"]"
 
 
 def batch_items(payload: bytes, payload_format: str, start: int, stop: int) -> list[Any]:
     """The stored updates `start` to `stop` (exclusive) of a batch, parsing only their lines."""
     data = bytes(payload)
-    if payload_format != "chunks":
+    if payload_format == "array":
         whole: list[Any] = orjson.loads(data)[start:stop]
         return whole
+    if payload_format != "chunks":
+        raise ValueError(f"unknown batch payload format {payload_format!r}")
     first, last = start // PAYLOAD_CHUNK, (stop - 1) // PAYLOAD_CHUNK
-    lines = data.split(b"\n", last + 1)[first : last + 1]
-    items: list[Any] = [item for line in lines for item in orjson.loads(line)]
+    items: list[Any] = []
+    for number, line in enumerate(data.split(b"\n", last + 1)[first : last + 1], start=first):
+        # The first line opens the array; every line ends with its comma but the last, which
+        # closes the array.
+        inner = (line[1:] if number == 0 else line)[:-1]
+        items.extend(orjson.loads(b"[" + inner + b"]"))
     offset = start - first * PAYLOAD_CHUNK
     return items[offset : offset + stop - start]
 

@@ -2,8 +2,9 @@
 
 Every store operation is a *plan*: a generator that yields `Statement`s and receives each one's
 `Result`, so the transaction's logic (what to read, what to write, when to stop) is written
-once. A backend only runs plans: SQLite in its writer thread with the sync driver, PostgreSQL
-on a pooled connection with the async one (`drive` and `drive_async`).
+once. A backend only runs plans: SQLite with the sync driver (writes in its writer thread,
+reads in a small pool), PostgreSQL on a pooled connection with the async one (`drive` and
+`drive_async`).
 
 Statements are written in one SQL that both engines accept, in PostgreSQL's spelling, with
 `:name` parameters and `{now}` for the transaction's clock. Each backend's `Dialect` renders

@@ -41,6 +41,7 @@ class WorkChannel:
         self._send = send
         self._listening_task: asyncio.Task[None] | None = None
         self._announcing: asyncio.Task[None] | None = None
+        self._pending = False  # committed work not announced yet
         self.listening = asyncio.Event()  # set while LISTEN is in effect
 
     def start(self) -> None:
@@ -53,15 +54,19 @@ class WorkChannel:
 
     def announce(self) -> None:
         """Tell every replica that work was committed (soon, once for a burst of commits)."""
+        self._pending = True
         if self._announcing is None or self._announcing.done():
             self._announcing = asyncio.create_task(self._announce(), name="relay-store-notify")
 
     async def _announce(self) -> None:
-        await asyncio.sleep(ANNOUNCE_DELAY)  # sent after every commit it stands for
-        try:
-            await self._send()
-        except Exception as exc:  # the other replicas' poll finds the work instead
-            log.debug("NOTIFY failed", extra={"error": first_line(exc)})
+        # Work committed while a NOTIFY is on its way gets one of its own: none goes unsaid.
+        while self._pending:
+            await asyncio.sleep(ANNOUNCE_DELAY)  # sent after every commit it stands for
+            self._pending = False
+            try:
+                await self._send()
+            except Exception as exc:  # the other replicas' poll finds the work instead
+                log.debug("NOTIFY failed", extra={"error": first_line(exc)})
 
     async def _listen(self) -> None:
         delay = 0.5

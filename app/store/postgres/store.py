@@ -53,8 +53,8 @@ from app.store.postgres.connection import (
     first_line,
 )
 from app.store.postgres.listen import NOTIFY, WorkChannel
-from app.store.shared import PlanFactory, SQLStore
 from app.store.sql import Dialect, Result, Statement, drive_async
+from app.store.sqlstore import PlanFactory, SQLStore
 
 log = logging.getLogger("userpilot_relay.store")
 

@@ -25,13 +25,14 @@ import orjson
 from app.domain.errors import StoreUnavailable
 from app.store import plans
 from app.store.migrations import migrations
-from app.store.shared import PlanFactory, SQLStore
 from app.store.sql import Dialect, Params, Result, Statement, drive
 from app.store.sqlite.writer import Writer
+from app.store.sqlstore import PlanFactory, SQLStore
 
 log = logging.getLogger("userpilot_relay.store")
 T = TypeVar("T")
 
+MIN_SQLITE = (3, 35, 0)  # RETURNING and AS MATERIALIZED, which the shared SQL uses
 SQLITE = Dialect(
     name="sqlite",
     now=":now",
@@ -98,6 +99,12 @@ class SQLiteStore(SQLStore):
         return conn
 
     async def open(self) -> None:
+        if sqlite3.sqlite_version_info < MIN_SQLITE:
+            raise StoreUnavailable(
+                f"SQLite {sqlite3.sqlite_version} is too old: the relay needs "
+                f"{'.'.join(map(str, MIN_SQLITE))} or newer (RETURNING, MATERIALIZED); use a "
+                "Python built with a newer SQLite (the official image has one)"
+            )
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         ran_here_before = _exists(f"{self.path}.lock")
         self._lock_file = _lock_exclusively(f"{self.path}.lock")
@@ -155,6 +162,8 @@ class SQLiteStore(SQLStore):
         return conn
 
     async def _read(self, plan: PlanFactory[T], *, snapshot: bool = False) -> T:
+        if self._writer is None:
+            raise StoreUnavailable("the store is closed")
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(

@@ -14,6 +14,7 @@ from typing import TypeVar
 
 import orjson
 
+from app.domain.errors import NothingStored, StoreUnavailable
 from app.domain.models import (
     Batch,
     Claim,
@@ -50,7 +51,9 @@ class SQLStore(Store):
 
     @abc.abstractmethod
     async def _read(self, plan: PlanFactory[T], *, snapshot: bool = False) -> T:
-        """Run a plan that only reads; with `snapshot`, all its statements see one moment."""
+        """Run a plan that only reads; with `snapshot`, in one transaction where the backend
+        has them for reads (PostgreSQL; each statement still reads what was committed before it
+        began, so counts taken apart may differ by what committed in between)."""
 
     # ingest --------------------------------------------------------------------------------
     async def enqueue(
@@ -62,6 +65,22 @@ class SQLStore(Store):
         batch: bool = False,
         idempotency: Idempotency | None = None,
     ) -> EnqueueResult:
+        try:
+            result = await self._enqueue(updates, source, caller, batch, idempotency)
+        except StoreUnavailable as exc:  # the commit did not happen: say so, for the answer
+            raise NothingStored(str(exc)) from None
+        if result.stored and not result.replayed:
+            self._work_committed()
+        return result
+
+    async def _enqueue(
+        self,
+        updates: Sequence[NewUpdate],
+        source: str,
+        caller: str | None,
+        batch: bool,
+        idempotency: Idempotency | None,
+    ) -> EnqueueResult:
         # Serialise before the transaction: it is the one thing that cannot run in parallel.
         if batch:
             if any(u.event_key or u.property_times for u in updates):
@@ -70,21 +89,17 @@ class SQLStore(Store):
             if limit is not None and len(updates) > limit:
                 raise ValueError(f"a batch holds at most {limit} updates")
             batch_id, payload, count = new_ids(1)[0], encode_batch(updates), len(updates)
-            result = await self._write(
+            return await self._write(
                 lambda: plans.enqueue_batch(payload, count, batch_id, source, caller, idempotency)
             )
-        else:
-            ids = new_ids(len(updates))
-            encoded = [orjson.dumps(u.metadata) for u in updates]
-            # One plain update, the common case: one statement, safe to repeat (the id is ours).
-            single = len(updates) == 1 and idempotency is None and _plain(updates[0])
-            result = await self._write(
-                lambda: plans.enqueue(updates, encoded, ids, source, caller, idempotency),
-                atomic=not single,
-            )
-        if result.stored and not result.replayed:
-            self._work_committed()
-        return result
+        ids = new_ids(len(updates))
+        encoded = [orjson.dumps(u.metadata) for u in updates]
+        # One plain update, the common case: one statement, safe to repeat (the id is ours).
+        single = len(updates) == 1 and idempotency is None and _plain(updates[0])
+        return await self._write(
+            lambda: plans.enqueue(updates, encoded, ids, source, caller, idempotency),
+            atomic=not single,
+        )
 
     # reads ---------------------------------------------------------------------------------
     async def get_delivery(self, delivery_id: str) -> Delivery | None:
