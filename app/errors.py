@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.domain.errors import IdempotencyConflict, NotDead, StoreUnavailable
+from app.domain.errors import IdempotencyConflict, NotDead, NothingStored, StoreUnavailable
 
 log = logging.getLogger("userpilot_relay.errors")
 
@@ -110,9 +110,10 @@ def validation_errors(errors: list[Any], *, prefix: tuple[str, ...] = ()) -> lis
     return out
 
 
-# The routes that store new updates: their 503 says nothing was *stored*, and is not logged
-# once a request (an outage under ingest load would flood the log with one line a request; the
-# access log counts them). Every other route's 503 says nothing was changed, and is logged.
+# The routes that store new updates: when storing them failed (`NothingStored`), their 503 says
+# nothing was *stored*, and is not logged once a request (an outage under ingest load would
+# flood the log with one line a request; the access log counts them). Any other 503, there
+# too (a read after the commit, say), says nothing was changed, and is logged.
 STORING_ROUTES = frozenset({"/companies", "/companies/bulk"})
 
 
@@ -148,7 +149,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StoreUnavailable)
     async def _store(request: Request, exc: StoreUnavailable) -> JSONResponse:
-        storing = _route(request) in STORING_ROUTES
+        storing = isinstance(exc, NothingStored) and _route(request) in STORING_ROUTES
         if not storing:
             log.error("store unavailable", extra={"error": str(exc)[:300]})
         return error_response(

@@ -222,5 +222,8 @@ def __getattr__(name: str) -> FastAPI:
     reading any settings or touching the process's logging."""
     if name != "app":
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    made = globals()["app"] = service_app()
+    try:
+        made = globals()["app"] = service_app()
+    except AttributeError as exc:  # uvicorn would report it as "no attribute app"
+        raise RuntimeError(f"building the relay app failed: {exc!r}") from exc
     return made

@@ -48,7 +48,7 @@ class WebhookSources:
             self.hubspot = HubSpotSource(
                 store=store,
                 rules=self._hubspot_rules,
-                secret=secret.get_secret_value(),
+                secret=secret,
                 public_url=settings.relay_public_url,
                 company_id_prefix=settings.hubspot_company_id_prefix,
                 accept_legacy=settings.hubspot_accept_legacy_signatures,
@@ -73,7 +73,7 @@ class WebhookSources:
                     api=api,
                     interval=settings.stripe_unresolved_retry_seconds,
                 ),
-                secrets=[s.get_secret_value() for s in settings.stripe_webhook_secrets],
+                secrets=settings.stripe_webhook_secrets,
                 tolerance=settings.stripe_webhook_tolerance_seconds,
             )
             self.stripe.start()

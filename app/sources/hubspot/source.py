@@ -10,6 +10,8 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 
+from pydantic import SecretStr
+
 from app.sources.common import Ack, commit
 from app.sources.hubspot.events import parse_batch, plan_batch
 from app.sources.mapping import FieldRule
@@ -25,7 +27,7 @@ class HubSpotSource:
         *,
         store: Store,
         rules: Mapping[str, FieldRule],
-        secret: str,
+        secret: SecretStr,
         public_url: str,
         company_id_prefix: str,
         accept_legacy: bool,
@@ -46,7 +48,7 @@ class HubSpotSource:
         case nothing was stored.
         """
         verify_hubspot(
-            secret=self._secret,
+            secret=self._secret.get_secret_value(),
             method=method,
             uri=hubspot_uri(self._public_url, path, query),
             body=body,

@@ -11,6 +11,8 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 
+from pydantic import SecretStr
+
 from app.sources.common import Ack
 from app.sources.signatures import verify_stripe
 from app.sources.stripe.customers import StripeResolver
@@ -26,7 +28,7 @@ class StripeSource:
         *,
         processor: StripeProcessor,
         resolver: StripeResolver,
-        secrets: Sequence[str],
+        secrets: Sequence[SecretStr],
         tolerance: int,
     ) -> None:
         self.processor = processor
@@ -41,7 +43,7 @@ class StripeSource:
         case nothing was stored.
         """
         verify_stripe(
-            secrets=self._secrets,
+            secrets=[s.get_secret_value() for s in self._secrets],
             header=headers.get("stripe-signature"),
             body=body,
             tolerance=self._tolerance,
