@@ -21,7 +21,7 @@ import stripe
 from hubspot.utils.signature import Signature
 
 from app.simulator.process import SimulatorProcess
-from tests.inprocess import InProcessRelay, run
+from tests.inprocess import InProcessRelay, eventually, run
 from tests.relay import RELAY_KEYS, UPSTREAM_KEY, RelayProcess
 from tests.stripe_stub import StripeStub
 from tests.webhook_helpers import (
@@ -36,7 +36,6 @@ from tests.webhook_helpers import (
     Counters,
     captured_logs,
     customer_event,
-    eventually,
     hs_change,
     hs_creation,
     hubspot_relay,

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import stripe
@@ -242,20 +242,6 @@ async def settled(relay: InProcessRelay, *, within: float = 15.0) -> list[Delive
             return rows
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"still pending: {[(d.id, d.status) for d in rows]}")
-        await asyncio.sleep(0.02)
-
-
-async def eventually(check: Callable[[], Any], *, within: float = 15.0) -> Any:
-    """Poll `check` (sync or async) until it answers something truthy; answer that."""
-    deadline = asyncio.get_running_loop().time() + within
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return result
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"not true within {within}s: {check}")
         await asyncio.sleep(0.02)
 
 
