@@ -17,6 +17,7 @@ import pytest
 
 from app.domain.errors import NothingStored, StoreUnavailable
 from app.domain.models import NewUpdate
+from app.simulator.process import SimulatorProcess
 from app.store.base import Store
 from app.store.connect import open_store
 from app.store.migrations import migrations
@@ -24,6 +25,9 @@ from app.store.postgres.store import POSTGRES
 from app.store.rows import PAYLOAD_CHUNK, batch_items, encode_batch
 from app.store.sqlite.store import SQLITE
 from tests import pg
+from tests.inprocess import InProcessRelay
+from tests.inprocess import run as run_app
+from tests.relay import ADMIN_KEY
 
 T = TypeVar("T")
 
@@ -299,3 +303,52 @@ def test_one_statement_renders_for_each_engine() -> None:
         "UPDATE t SET n = GREATEST(n, %(n)s), at = extract(epoch FROM now())::float8 "
         "WHERE id = ANY(%(ids)s) AND id <> ALL(%(skip)s) FOR UPDATE SKIP LOCKED"
     )
+
+
+# input that looks like the shared SQL's own syntax ---------------------------------------------
+SQL_LOOKALIKES = [
+    ":now",
+    "{now}",
+    "%(id)s",
+    "100%",
+    "= ANY(:ids)",
+    "'; DROP TABLE deliveries; --",
+    "FOR UPDATE SKIP LOCKED",
+    "GREATEST(",
+    "a\\nb",
+    '["x",{}]',
+]
+
+
+def test_values_that_look_like_sql_syntax_are_stored_and_sent_as_given(
+    database_url: str, sim: SimulatorProcess
+) -> None:
+    """Ids, property names and values are parameters, never SQL text: what looks like a
+    placeholder, a dialect token or a payload line break is stored and delivered unchanged."""
+
+    async def main() -> None:
+        async with InProcessRelay(database_url, endpoint=sim.url) as relay:
+            singles = []
+            for i, text in enumerate(SQL_LOOKALIKES):
+                r = await relay.post_company(f"single {text}", {text: text, f"n{i}": i})
+                assert r.status_code == 202, r.text
+                singles.append(r.json()["id"])
+            bulk = {
+                "companies": [
+                    {"company_id": f"bulk {text}", "metadata": {text: text}}
+                    for text in SQL_LOOKALIKES
+                ]
+            }
+            batch = (await relay.post("/companies/bulk", json=bulk)).json()["batch_id"]
+            listed = await relay.get(
+                "/deliveries", params={"company_id": "single :now"}, key=ADMIN_KEY
+            )
+            assert [d["company_id"] for d in listed.json()["items"]] == ["single :now"], listed.text
+            for delivery_id in singles:
+                await relay.wait_for(delivery_id, "delivered", within=30)
+            await relay.batch_done(batch)
+
+    run_app(main())
+    for i, text in enumerate(SQL_LOOKALIKES):
+        assert sim.company(f"single {text}") == {text: text, f"n{i}": i}
+        assert sim.company(f"bulk {text}") == {text: text}
