@@ -56,6 +56,9 @@ class NullStore(Store):
     ) -> list[Delivery]:
         return []
 
+    async def newest_deliveries(self, limit: int) -> list[Delivery]:
+        return []
+
     async def stats(self) -> QueueStats:
         return QueueStats(queued=0, delivering=0, dead=0, oldest_queued_at=None)
 

@@ -129,6 +129,22 @@ def test_only_a_failed_enqueue_says_nothing_was_stored(database_url: str) -> Non
     run(main)
 
 
+def test_newest_deliveries_come_newest_first(database_url: str) -> None:
+    async def main() -> None:
+        store = await opened(database_url)
+        try:
+            for i in range(5):
+                await store.enqueue(
+                    [NewUpdate(company_id=f"c{i}", metadata={})], source="api", caller="t"
+                )
+            newest = await store.newest_deliveries(3)
+            assert [d.company_id for d in newest] == ["c4", "c3", "c2"]
+        finally:
+            await store.close()
+
+    run(main)
+
+
 # schema --------------------------------------------------------------------------------------
 def _sqlite_schema(path: str) -> dict[str, Any]:
     conn = sqlite3.connect(path)

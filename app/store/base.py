@@ -88,6 +88,10 @@ class Store(abc.ABC):
         """Deliveries in arrival order after `after_seq` (a page cursor)."""
 
     @abc.abstractmethod
+    async def newest_deliveries(self, limit: int) -> list[Delivery]:
+        """The `limit` most recently stored deliveries, newest first (expanded ones only)."""
+
+    @abc.abstractmethod
     async def stats(self) -> QueueStats: ...
 
     # dead letters --------------------------------------------------------------------------

@@ -202,6 +202,11 @@ def list_deliveries(
     return [row_to_delivery(r) for r in rows]
 
 
+def newest_deliveries(limit: int) -> Plan[list[Delivery]]:
+    rows = (yield Statement(q.NEWEST, {"limit": limit})).rows
+    return [row_to_delivery(r) for r in rows]
+
+
 def stats() -> Plan[QueueStats]:
     counts = dict.fromkeys(STATUSES, 0)
     for status, n in (yield Statement(q.STATUS_COUNTS)).rows:

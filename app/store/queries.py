@@ -66,6 +66,7 @@ BATCH = "SELECT caller, total, created_at, seq_from, expanded FROM batches WHERE
 BATCH_COUNTS = """
     SELECT status, count(*) FROM deliveries WHERE seq BETWEEN :first AND :last GROUP BY status
 """
+NEWEST = f"SELECT {DELIVERY_COLUMNS} FROM deliveries ORDER BY seq DESC LIMIT :limit"
 STATUS_COUNTS = """
     SELECT status, count(*) FROM deliveries
     WHERE status IN ('queued', 'delivering', 'dead') GROUP BY status

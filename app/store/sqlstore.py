@@ -117,6 +117,9 @@ class SQLStore(Store):
     ) -> list[Delivery]:
         return await self._read(lambda: plans.list_deliveries(status, company_id, after_seq, limit))
 
+    async def newest_deliveries(self, limit: int) -> list[Delivery]:
+        return await self._read(lambda: plans.newest_deliveries(limit))
+
     async def stats(self) -> QueueStats:
         return await self._read(plans.stats, snapshot=True)
 
