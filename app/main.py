@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from starlette.types import Message, Receive, Scope, Send
 
 from app import __version__
-from app.api import companies, deliveries, health, webhooks
+from app.api import companies, deliveries, health, status, webhooks
 from app.api.deps import State
 from app.api.middleware import RequestMetricsMiddleware
 from app.api.schemas import BulkIn, CompanyIn
@@ -192,6 +192,7 @@ def create_app(
     app.include_router(deliveries.router)
     app.include_router(webhooks.router)
     app.include_router(health.router)
+    app.include_router(status.router)
     app.add_middleware(RequestMetricsMiddleware)
     return app
 

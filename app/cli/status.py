@@ -1,0 +1,91 @@
+"""`userpilot-relay status`: a running relay's queue, store, Userpilot's last answer, pacing.
+
+Two calls: `GET /status` (admin: the queue, the last answer, the pacing) and `GET /readyz`
+(the store's health). Exits 1 when the store is unreachable, after printing what is known.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+
+from app.cli.output import age, console, fail, plural, print_json, short, when
+from app.cli.remote import DEFAULT_URL, AdminKeyOption, JsonOption, Relay, UrlOption
+
+
+def collect(relay: Relay) -> dict[str, Any]:
+    """The report `--json` prints; the table shows the same."""
+    answer = relay.call("GET", "/status", expect=(200, 404, 503))
+    if answer.status_code == 404:
+        relay.fail(f"the relay at {relay.url} has no GET /status (a version before 0.1.0?)")
+    status: dict[str, Any] | None = answer.json() if answer.status_code == 200 else None
+    ready = relay.call("GET", "/readyz", auth=False, expect=(200, 503))
+    try:
+        store = str(ready.json().get("store") or "unreachable")
+    except ValueError:
+        store = "unreachable"
+    if status is None:
+        store = "unreachable"
+    queue = status["queue"] if status else None
+    return {
+        "relay": relay.url,
+        "version": status["version"] if status else None,
+        "store": store,
+        "queue": queue,
+        "dead_letters": queue["dead"] if queue else None,
+        "last_upstream": status["last_upstream"] if status else None,
+        "last_upstream_window": status["recent_window"] if status else None,
+        "rate_limit_per_minute": status["rate_limit_per_minute"] if status else None,
+        "delivery_concurrency": status["delivery_concurrency"] if status else None,
+    }
+
+
+def table(report: dict[str, Any]) -> Table:
+    version = f" {report['version']}" if report["version"] else ""
+    grid = Table(title=f"userpilot-relay{version} at {report['relay']}", show_header=False)
+    grid.add_column("what", style="bold")
+    grid.add_column("value", overflow="fold")
+    queue = report["queue"]
+    unknown = "unknown (store unreachable)"
+    for name in ("queued", "delivering"):
+        grid.add_row(name, str(queue[name]) if queue else unknown)
+    grid.add_row(
+        "dead letters",
+        (f"[red]{queue['dead']}[/red]" if queue["dead"] else "0") if queue else unknown,
+    )
+    grid.add_row("oldest queued", age(queue["oldest_queued_age_seconds"]) if queue else unknown)
+    store = report["store"]
+    grid.add_row("store (/readyz)", "ok" if store == "ok" else f"[red]{store}[/red]")
+    last = report["last_upstream"]
+    label = "last upstream answer"
+    if report["last_upstream_window"]:
+        label += f"\n(newest {report['last_upstream_window']} updates)"
+    if last:
+        status = "network error" if last["status"] is None else str(last["status"])
+        grid.add_row(label, f"{status} at {when(last['at'])} (company {last['company_id']})")
+        grid.add_row("last upstream error", short(last["error"], 80))
+    else:
+        grid.add_row(label, "none recorded" if queue else unknown)
+    rate, concurrency = report["rate_limit_per_minute"], report["delivery_concurrency"]
+    pacing = (
+        f"{rate} calls/min, at most {plural(concurrency, 'call')} in flight" if rate else unknown
+    )
+    grid.add_row("pacing", pacing)
+    return grid
+
+
+def status(
+    json_out: JsonOption = False,
+    url: UrlOption = DEFAULT_URL,
+    admin_key: AdminKeyOption = None,
+) -> None:
+    """Show a running relay's queue, store health, Userpilot's last answer and pacing."""
+    relay = Relay("status", url, admin_key)
+    report = collect(relay)
+    if json_out:
+        print_json(report)
+    else:
+        console().print(table(report))
+    if report["store"] != "ok":
+        fail("userpilot-relay status: the relay's store is unreachable")
