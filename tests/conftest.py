@@ -1,10 +1,14 @@
-"""Fixtures: a real Userpilot simulator process and real relay processes on 127.0.0.1."""
+"""Fixtures: a real Userpilot simulator process and real relay processes on 127.0.0.1; and
+`StillRunning`, which names a test that runs longer than 10 s while it runs."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -15,6 +19,61 @@ from tests.relay import RELAY_KEYS, UPSTREAM_KEY, RelayProcess
 
 RelayFactory = Callable[..., RelayProcess]
 _SETTING_PREFIXES = ("USERPILOT_", "RELAY_", "HUBSPOT_", "STRIPE_")
+
+# --- progress a person can read: a test that runs long says its name ----------------------
+STILL_RUNNING_AFTER = 10.0  # seconds before the first line, then one every STILL_RUNNING_EVERY
+STILL_RUNNING_EVERY = 30.0
+
+
+class StillRunning:
+    """Prints `still running: <nodeid> (N s)` while a test runs past STILL_RUNNING_AFTER, so a
+    slow or hung test is named while it runs (`-q` shows only dots; `--durations` comes last).
+
+    It writes to a duplicate of the terminal's stdout taken outside capturing: pytest captures
+    file descriptor 1 while a test runs, and these lines are not the test's output."""
+
+    def __init__(self, out: IO[str]) -> None:
+        self.out = out
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def pytest_runtest_logstart(self, nodeid: str) -> None:
+        self._stop()
+        self._done = threading.Event()
+        self._thread = threading.Thread(
+            target=self._watch, args=(nodeid, self._done), name="still-running", daemon=True
+        )
+        self._thread.start()
+
+    def pytest_runtest_logfinish(self) -> None:
+        self._stop()
+
+    def pytest_unconfigure(self) -> None:
+        self._stop()
+        self.out.close()
+
+    def _stop(self) -> None:
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def _watch(self, nodeid: str, done: threading.Event) -> None:
+        waited, wait = 0.0, STILL_RUNNING_AFTER
+        while not done.wait(wait):
+            waited += wait
+            wait = STILL_RUNNING_EVERY
+            self.out.write(f"\nstill running: {nodeid} ({waited:.0f} s)\n")
+            self.out.flush()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.option.collectonly:
+        return
+    capman = config.pluginmanager.getplugin("capturemanager")
+    with capman.global_and_fixture_disabled() if capman else contextlib.nullcontext():
+        out = os.fdopen(os.dup(1), "w", encoding="utf-8", errors="replace")
+    config.pluginmanager.register(StillRunning(out), "still-running")
 
 
 def _is_setting(name: str) -> bool:
