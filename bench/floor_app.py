@@ -17,6 +17,7 @@ from app.domain.models import (
     NewUpdate,
     QueueStats,
     Status,
+    UpstreamAnswer,
 )
 from app.main import service_app
 from app.store.base import Store
@@ -56,7 +57,7 @@ class NullStore(Store):
     ) -> list[Delivery]:
         return []
 
-    async def newest_deliveries(self, limit: int) -> list[Delivery]:
+    async def recent_answers(self, limit: int) -> list[UpstreamAnswer]:
         return []
 
     async def stats(self) -> QueueStats:

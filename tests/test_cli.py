@@ -250,6 +250,12 @@ def test_a_refused_or_missing_key_is_one_line_without_the_key(relay: RelayProces
     missing = cli("status", RELAY_URL=relay.url)
     assert missing.returncode == 2
     assert "set RELAY_ADMIN_KEY or pass --admin-key" in missing.stderr
+    # A badly quoted secret (a newline inside): refused before any request, never quoted.
+    for mangled in ("top\nsecret-8e1f", "top secret-8e1f", "clé-secret-8e1f"):
+        bad = cli("status", RELAY_URL=relay.url, RELAY_ADMIN_KEY=mangled)
+        assert bad.returncode == 2, bad.stderr
+        assert "secret-8e1f" not in bad.stderr + bad.stdout
+        assert "no request could present it" in bad.stderr
 
 
 # --- dead letters ----------------------------------------------------------------------------
@@ -354,6 +360,6 @@ def test_on_a_terminal_it_asks_first(relay: RelayProcess, sim: SimulatorProcess)
     assert dead_ids(relay, "tty-co") == [delivery_id]
     yes = answer("y\n", "replay", "--company", "tty-co")
     assert yes.returncode == 0, yes.stderr
-    assert "Replay 1 dead letter of company tty-co?" in yes.stdout
+    assert "Replay 1 dead letter of company tty-co (and any that die before this runs" in yes.stdout
     assert yes.stdout.endswith("replayed 1 dead letter of company tty-co\n")
     relay.wait_for(delivery_id, "delivered")

@@ -17,6 +17,7 @@ import pytest
 
 from app.domain.errors import NothingStored, StoreUnavailable
 from app.domain.models import NewUpdate
+from app.domain.rules import REFUSED
 from app.simulator.process import SimulatorProcess
 from app.store.base import Store
 from app.store.connect import open_store
@@ -129,16 +130,32 @@ def test_only_a_failed_enqueue_says_nothing_was_stored(database_url: str) -> Non
     run(main)
 
 
-def test_newest_deliveries_come_newest_first(database_url: str) -> None:
+def test_recent_answers_come_newest_first_without_the_relays_refusals(
+    database_url: str,
+) -> None:
     async def main() -> None:
         store = await opened(database_url)
         try:
-            for i in range(5):
+            for i in range(4):
                 await store.enqueue(
                     [NewUpdate(company_id=f"c{i}", metadata={})], source="api", caller="t"
                 )
-            newest = await store.newest_deliveries(3)
-            assert [d.company_id for d in newest] == ["c4", "c3", "c2"]
+            outcomes = [(202, None), (500, "boom"), (None, REFUSED + "control character")]
+            for status, error in outcomes:
+                claim = await store.claim(**claim_args())
+                assert claim is not None
+                if status == 202:
+                    await store.mark_delivered(claim, status=202, request_id="r", sent_versions={})
+                elif status == 500:
+                    await store.mark_retry(claim, status=500, error="boom", delay=60)
+                else:
+                    await store.mark_dead(claim, status=None, error=str(error), request_id=None)
+            answers = await store.recent_answers(10)  # c3 is queued, never sent: no answer
+            assert [(a.company_id, a.status, a.error) for a in answers] == [
+                ("c1", 500, "boom"),
+                ("c0", 202, None),
+            ]
+            assert [a.company_id for a in await store.recent_answers(1)] == ["c1"]
         finally:
             await store.close()
 

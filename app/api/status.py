@@ -15,11 +15,11 @@ from pydantic import BaseModel, Field
 from app import __version__
 from app.api.companies import AUTH_ERRORS
 from app.api.deps import AdminCaller, SettingsDep, StoreDep
-from app.domain.models import Delivery
+from app.domain.models import UpstreamAnswer as StoredAnswer
 
 router = APIRouter(tags=["operations"])
 
-# Userpilot's last answer is looked for among this many of the newest stored updates.
+# Userpilot's last answer is looked for among this many of the newest updates that have one.
 RECENT = 200
 
 
@@ -51,26 +51,27 @@ class RelayStatus(BaseModel):
     queue: QueueDepth
     last_upstream: UpstreamAnswer | None = Field(
         description=(
-            f"The most recently recorded answer among the {RECENT} newest stored updates "
-            "(null when none of them has been sent yet)."
+            f"The most recently recorded answer among the {RECENT} newest updates that have one "
+            "(null when none has been sent yet)."
         )
     )
-    recent_window: int = Field(description="How many of the newest updates were looked at.")
+    recent_window: int = Field(
+        description="How many of the newest updates with an answer were looked at."
+    )
     rate_limit_per_minute: int = Field(description="RELAY_RATE_LIMIT_PER_MINUTE: upstream calls.")
     delivery_concurrency: int = Field(description="RELAY_DELIVERY_CONCURRENCY: calls in flight.")
 
 
-def last_answer(deliveries: list[Delivery]) -> UpstreamAnswer | None:
-    answered = [d for d in deliveries if d.last_status is not None or d.last_error is not None]
-    if not answered:
+def last_answer(answers: list[StoredAnswer]) -> UpstreamAnswer | None:
+    if not answers:
         return None
-    latest = max(answered, key=lambda d: (d.updated_at, d.seq))
+    latest = max(answers, key=lambda a: (a.at, a.seq))
     return UpstreamAnswer(
-        delivery_id=latest.id,
+        delivery_id=latest.delivery_id,
         company_id=latest.company_id,
-        status=latest.last_status,
-        error=latest.last_error,
-        at=latest.updated_at,
+        status=latest.status,
+        error=latest.error,
+        at=latest.at,
     )
 
 
@@ -87,7 +88,7 @@ async def get_status(_: AdminCaller, settings: SettingsDep, store: StoreDep) -> 
             dead=stats.dead,
             oldest_queued_age_seconds=None if oldest is None else max(0.0, time.time() - oldest),
         ),
-        last_upstream=last_answer(await store.newest_deliveries(RECENT)),
+        last_upstream=last_answer(await store.recent_answers(RECENT)),
         recent_window=RECENT,
         rate_limit_per_minute=settings.relay_rate_limit_per_minute,
         delivery_concurrency=settings.relay_delivery_concurrency,

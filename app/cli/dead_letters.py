@@ -131,7 +131,10 @@ def _target(
             print(f"no dead letters{whose} to {verb}")
             raise typer.Exit(0)
         count = f"{PAGE} or more" if more else str(len(items))
-        question = f"{verb.capitalize()} {count} dead letter{'s' if count != '1' else ''}{whose}?"
+        question = (
+            f"{verb.capitalize()} {count} dead letter{'s' if count != '1' else ''}{whose} "
+            "(and any that die before this runs: it acts on every one there is then)?"
+        )
     if not typer.confirm(question, default=False):
         relay.fail("not confirmed: nothing was done")
 

@@ -47,6 +47,13 @@ class Relay:
         if not admin_key or not admin_key.strip():
             fail(f"{self.command}: no admin key: set RELAY_ADMIN_KEY or pass --admin-key", code=2)
         self._key = admin_key.strip()
+        if not all(0x20 < ord(c) < 0x7F for c in self._key):
+            # A header cannot carry it, and an HTTP library's complaint would quote it.
+            fail(
+                f"{self.command}: the admin key holds a space, a control or a non-ASCII "
+                "character: no request could present it (check how RELAY_ADMIN_KEY is quoted)",
+                code=2,
+            )
 
     def __repr__(self) -> str:
         return f"Relay(url={self.url!r})"
@@ -114,6 +121,8 @@ def error_message(response: httpx.Response) -> str:
 
 
 def _reason(exc: httpx.HTTPError) -> str:
+    if isinstance(exc, httpx.LocalProtocolError):  # its text may quote a header: the key
+        return type(exc).__name__
     text = str(exc).strip()
     for inner in (exc.__cause__, exc.__context__):
         if not text and inner is not None:

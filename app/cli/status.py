@@ -18,13 +18,21 @@ def collect(relay: Relay) -> dict[str, Any]:
     """The report `--json` prints; the table shows the same."""
     answer = relay.call("GET", "/status", expect=(200, 404, 503))
     if answer.status_code == 404:
-        relay.fail(f"the relay at {relay.url} has no GET /status (a version before 0.1.0?)")
-    status: dict[str, Any] | None = answer.json() if answer.status_code == 200 else None
+        relay.fail(f"the relay at {relay.url} has no GET /status (an older relay?)")
+    status: dict[str, Any] | None = None
+    if answer.status_code == 200:
+        try:
+            status = answer.json()
+        except ValueError:
+            status = None
+        if not isinstance(status, dict) or not isinstance(status.get("queue"), dict):
+            relay.fail(f"GET /status: the answer is not a relay's status (is {relay.url} a relay?)")
     ready = relay.call("GET", "/readyz", auth=False, expect=(200, 503))
     try:
-        store = str(ready.json().get("store") or "unreachable")
+        body = ready.json()
     except ValueError:
-        store = "unreachable"
+        body = None
+    store = str(body.get("store") or "unreachable") if isinstance(body, dict) else "unreachable"
     if status is None:
         store = "unreachable"
     queue = status["queue"] if status else None

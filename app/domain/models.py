@@ -81,6 +81,18 @@ class Delivery:
 
 
 @dataclass(frozen=True, slots=True)
+class UpstreamAnswer:
+    """Userpilot's answer (or the network's error) as recorded on the update it was for."""
+
+    delivery_id: str
+    seq: int
+    company_id: str
+    status: int | None
+    error: str | None
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
 class Batch:
     """A bulk request and its deliveries counted by status."""
 

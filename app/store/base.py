@@ -19,6 +19,7 @@ from app.domain.models import (
     NewUpdate,
     QueueStats,
     Status,
+    UpstreamAnswer,
 )
 from app.store.signals import Signals
 
@@ -88,8 +89,9 @@ class Store(abc.ABC):
         """Deliveries in arrival order after `after_seq` (a page cursor)."""
 
     @abc.abstractmethod
-    async def newest_deliveries(self, limit: int) -> list[Delivery]:
-        """The `limit` most recently stored deliveries, newest first (expanded ones only)."""
+    async def recent_answers(self, limit: int) -> list[UpstreamAnswer]:
+        """The answers recorded on the `limit` newest updates that have one, newest first
+        (the relay's own refusals left out); no update's metadata is read."""
 
     @abc.abstractmethod
     async def stats(self) -> QueueStats: ...

@@ -21,6 +21,7 @@ from app.domain.models import (
     Idempotency,
     NewUpdate,
     QueueStats,
+    UpstreamAnswer,
 )
 from app.domain.rules import REFUSED, parse_ascii_int
 from app.store import queries as q
@@ -202,9 +203,10 @@ def list_deliveries(
     return [row_to_delivery(r) for r in rows]
 
 
-def newest_deliveries(limit: int) -> Plan[list[Delivery]]:
-    rows = (yield Statement(q.NEWEST, {"limit": limit})).rows
-    return [row_to_delivery(r) for r in rows]
+def recent_answers(limit: int) -> Plan[list[UpstreamAnswer]]:
+    params = {"limit": limit, "refused_len": len(REFUSED), "refused": REFUSED}
+    rows = (yield Statement(q.RECENT_ANSWERS, params)).rows
+    return [UpstreamAnswer(str(r[0]), int(r[1]), r[2], r[3], r[4], r[5]) for r in rows]
 
 
 def stats() -> Plan[QueueStats]:

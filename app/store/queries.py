@@ -66,7 +66,12 @@ BATCH = "SELECT caller, total, created_at, seq_from, expanded FROM batches WHERE
 BATCH_COUNTS = """
     SELECT status, count(*) FROM deliveries WHERE seq BETWEEN :first AND :last GROUP BY status
 """
-NEWEST = f"SELECT {DELIVERY_COLUMNS} FROM deliveries ORDER BY seq DESC LIMIT :limit"
+RECENT_ANSWERS = """
+    SELECT id, seq, company_id, last_status, last_error, updated_at FROM deliveries
+    WHERE (last_status IS NOT NULL OR last_error IS NOT NULL)
+      AND (last_error IS NULL OR substr(last_error, 1, :refused_len) <> :refused)
+    ORDER BY seq DESC LIMIT :limit
+"""
 STATUS_COUNTS = """
     SELECT status, count(*) FROM deliveries
     WHERE status IN ('queued', 'delivering', 'dead') GROUP BY status

@@ -24,6 +24,7 @@ from app.domain.models import (
     NewUpdate,
     QueueStats,
     Status,
+    UpstreamAnswer,
 )
 from app.store import claims, plans
 from app.store.base import Store
@@ -117,8 +118,8 @@ class SQLStore(Store):
     ) -> list[Delivery]:
         return await self._read(lambda: plans.list_deliveries(status, company_id, after_seq, limit))
 
-    async def newest_deliveries(self, limit: int) -> list[Delivery]:
-        return await self._read(lambda: plans.newest_deliveries(limit))
+    async def recent_answers(self, limit: int) -> list[UpstreamAnswer]:
+        return await self._read(lambda: plans.recent_answers(limit))
 
     async def stats(self) -> QueueStats:
         return await self._read(plans.stats, snapshot=True)
