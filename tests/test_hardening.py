@@ -180,6 +180,10 @@ def test_sqlite_file_removed_refuses_writes_and_readiness(
             assert ready.json() == {"status": "unavailable", "store": "unreachable"}
             scrape = (await relay.get("/metrics", key=None)).text
             assert "userpilot_relay_store_up 0.0" in scrape
+            for _ in range(3):  # reads on every reader thread: none recreates the file
+                await relay.get("/deliveries/x", key=ADMIN_KEY)
+                await relay.get("/readyz", key=None)
+            assert not path.exists()
 
     run(main())
     lines = [orjson.loads(line) for line in capsys.readouterr().out.splitlines() if line]

@@ -385,3 +385,22 @@ def test_values_that_look_like_sql_syntax_are_stored_and_sent_as_given(
     for i, text in enumerate(SQL_LOOKALIKES):
         assert sim.company(f"single {text}") == {text: text, f"n{i}": i}
         assert sim.company(f"bulk {text}") == {text: text}
+
+
+def test_a_reader_never_recreates_a_removed_sqlite_file(tmp_path: Any) -> None:
+    """Reads after the file was removed fail (readiness says so) and leave no new, empty
+    database behind, which a restart would use without the warning a new database gets."""
+
+    async def main() -> None:
+        path = tmp_path / "relay.db"
+        store = await opened(f"sqlite:///{path}")
+        try:
+            path.unlink()  # before any reader thread has connected
+            with pytest.raises(StoreUnavailable):
+                await store.get_delivery("x")
+            assert not await store.ping()
+            assert not path.exists()
+        finally:
+            await store.close()
+
+    run(main)

@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any, TypeVar
+from urllib.parse import quote
 
 import orjson
 
@@ -91,8 +92,12 @@ class SQLiteStore(SQLStore):
         self._lock_file: IO[bytes] | None = None
 
     # lifecycle -----------------------------------------------------------------------------
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+    def _connect(self, *, create: bool = False) -> sqlite3.Connection:
+        """A connection to the file; only the one `open()` makes may create it: a reader that
+        connects after the file was removed must fail, not leave a new, empty database there
+        (a restart would then use it without saying so)."""
+        target = f"file:{quote(os.path.abspath(self.path))}?mode={'rwc' if create else 'rw'}"
+        conn = sqlite3.connect(target, uri=True, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA busy_timeout = 5000")
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA foreign_keys = ON")
@@ -109,7 +114,7 @@ class SQLiteStore(SQLStore):
         ran_here_before = _exists(f"{self.path}.lock")
         self._lock_file = _lock_exclusively(f"{self.path}.lock")
         existed = _exists(self.path)
-        conn = self._connect()
+        conn = self._connect(create=True)
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             raise StoreUnavailable(f"SQLite at {self.path} refused WAL mode ({mode})")
