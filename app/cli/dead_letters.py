@@ -144,6 +144,23 @@ def _one_of(command: str, delivery_id: str | None, company: str | None) -> None:
         fail(f"userpilot-relay {command}: give a delivery id or --company, not both", code=2)
 
 
+def _confirmed(
+    verb: str,
+    delivery_id: str | None,
+    company: str | None,
+    yes: bool,
+    url: str,
+    admin_key: str | None,
+) -> Relay:
+    """The relay to act on, once the arguments hold and the operator said yes (or `--yes`)."""
+    command = f"dead-letters {verb}"
+    _one_of(command, delivery_id, company)
+    _refuse_without_terminal(command, verb, yes)
+    relay = Relay(command, url, admin_key)
+    _target(relay, delivery_id, company, verb, yes)
+    return relay
+
+
 @app.command("replay")
 def replay(
     delivery_id: IdArgument = None,
@@ -153,11 +170,7 @@ def replay(
     admin_key: AdminKeyOption = None,
 ) -> None:
     """Put dead letters back in the queue: one (its id), one company's, or all."""
-    command = "dead-letters replay"
-    _one_of(command, delivery_id, company)
-    _refuse_without_terminal(command, "replay", yes)
-    relay = Relay(command, url, admin_key)
-    _target(relay, delivery_id, company, "replay", yes)
+    relay = _confirmed("replay", delivery_id, company, yes, url, admin_key)
     if delivery_id is not None:
         path = f"/deliveries/{quote(delivery_id, safe='')}/replay"
         delivery = relay.json("POST", path)
@@ -178,11 +191,7 @@ def purge(
     admin_key: AdminKeyOption = None,
 ) -> None:
     """Delete dead letters for good: one (its id), one company's, or all."""
-    command = "dead-letters purge"
-    _one_of(command, delivery_id, company)
-    _refuse_without_terminal(command, "purge", yes)
-    relay = Relay(command, url, admin_key)
-    _target(relay, delivery_id, company, "purge", yes)
+    relay = _confirmed("purge", delivery_id, company, yes, url, admin_key)
     if delivery_id is not None:
         count = int(relay.json("DELETE", f"/deliveries/{quote(delivery_id, safe='')}")["purged"])
         print(f"purged {plural(count, 'dead letter')}: {delivery_id}")
