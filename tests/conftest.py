@@ -111,7 +111,14 @@ def sim(simulator_process: SimulatorProcess) -> SimulatorProcess:
     """The shared simulator, emptied and set back to Userpilot's defaults."""
     simulator_process.reset()
     simulator_process.configure(
-        rate_limit_per_minute=600, success_status=202, latency=0, bulk_rows_per_minute=1_000_000
+        rate_limit_per_minute=600,
+        success_status=202,
+        latency=0,
+        bulk_rows_per_minute=1_000_000,
+        bulk_phase_seconds=0.1,
+        bulk_refresh_seconds=0.1,
+        bulk_success_status=202,
+        invalid_company_ids=[],
     )
     return simulator_process
 

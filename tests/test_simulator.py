@@ -20,6 +20,8 @@ KEY = "test-key"
 OTHER_KEY = "other-key"
 IDENTIFY = "/v1/companies/identify"
 BULK = "/v1/companies/bulk_identify"
+USERS_BULK = "/v1/users/bulk_identify"
+JOBS = "/v1/background_jobs"
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +39,9 @@ def fresh(sim: SimulatorProcess) -> None:
         latency=0,
         bulk_rows_per_minute=1_000_000,
         bulk_phase_seconds=0.02,
+        bulk_refresh_seconds=0.02,
+        bulk_success_status=202,
+        invalid_company_ids=[],
     )
 
 
@@ -60,12 +65,40 @@ def job_url(job_id: str) -> str:
 
 
 def wait_for_job(client: httpx.Client, job_id: str, timeout: float = 5.0) -> dict[str, Any]:
+    """The job once it has ended (`completed` or `failed`), or as it is after `timeout`."""
     deadline = time.monotonic() + timeout
     while True:
         job = client.get(job_url(job_id)).json()
-        if job["status"] == "completed" or time.monotonic() > deadline:
+        if job["status"] in ("completed", "failed") or time.monotonic() > deadline:
             return dict(job)
         time.sleep(0.02)
+
+
+def watch_job(client: httpx.Client, job_id: str, timeout: float = 5.0) -> list[str]:
+    """The distinct statuses the job showed, polled until it ended."""
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = client.get(job_url(job_id)).json()["status"]
+        if not seen or seen[-1] != status:
+            seen.append(status)
+        if status in ("completed", "failed"):
+            break
+        time.sleep(0.01)
+    return seen
+
+
+def wait_until(condition: Any, timeout: float = 5.0) -> Any:
+    """Poll `condition()` until it returns something truthy; fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not (result := condition()):
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+    return result
+
+
+def companies_body(*ids: str) -> dict[str, Any]:
+    return {"companies": [{"company_id": i, "metadata": {"n": n}} for n, i in enumerate(ids)]}
 
 
 # Identify: auth, validation, merge
@@ -364,7 +397,7 @@ def test_bulk_job_runs_to_completion(client: httpx.Client, sim: SimulatorProcess
 
 
 def test_bulk_job_passes_through_its_states(client: httpx.Client, sim: SimulatorProcess) -> None:
-    sim.configure(bulk_phase_seconds=0.15, bulk_rows_per_minute=600)
+    sim.configure(bulk_phase_seconds=0.15, bulk_rows_per_minute=600, bulk_refresh_seconds=0.15)
     job_id = client.post(
         BULK, json={"companies": [{"company_id": f"c{i}"} for i in range(4)]}
     ).json()["job_id"]
@@ -379,7 +412,7 @@ def test_bulk_job_passes_through_its_states(client: httpx.Client, sim: Simulator
         if job["status"] == "completed":
             break
         time.sleep(0.02)
-    assert seen == ["queued", "validating", "processing", "completed"]
+    assert seen == ["queued", "validating", "processing", "pending_refresh", "completed"]
     assert progress == sorted(progress) and progress[-1] == 4
     assert any(0 < rows < 4 for rows in progress)
 
@@ -447,6 +480,287 @@ def test_bulk_ndjson_with_a_bad_line_is_400(client: httpx.Client) -> None:
     response = client.post(BULK, files={"file": ("c.ndjson", b'{"company_id": "a"}\n{oops\n')})
     assert response.status_code == 400
     assert error_of(response)["details"] == {"line": 2}
+
+
+# Bulk: failures, the shared slot, listing, history, stats
+
+
+def test_job_fault_fail_applies_after_rows_then_fails(
+    client: httpx.Client, sim: SimulatorProcess
+) -> None:
+    assert sim.add_job_fault(action="fail", after_rows=2) == [
+        {"action": "fail", "times": 1, "company_id": None, "after_rows": 2}
+    ]
+    job_id = client.post(BULK, json=companies_body("a", "b", "c", "d")).json()["job_id"]
+    assert sim.job_faults() == []
+
+    job = wait_for_job(client, job_id)
+    assert (job["status"], job["completed_rows"], job["total_rows"]) == ("failed", 2, 4)
+    assert job["end_time"] is not None
+    assert sim.companies() == {"a": {"n": 0}, "b": {"n": 1}}
+    stats = sim.stats()
+    assert stats["jobs_failed"] == 1
+    assert (stats["bulk_rows_received"], stats["bulk_rows_applied"]) == (4, 2)
+    assert stats["faults_applied"] == 1
+    # The slot is free again, and the fault was used up: the next job completes.
+    again = client.post(BULK, json=companies_body("c", "d")).json()["job_id"]
+    assert wait_for_job(client, again)["status"] == "completed"
+
+
+def test_job_fault_stall_holds_the_slot_until_reset(
+    client: httpx.Client, sim: SimulatorProcess
+) -> None:
+    sim.add_job_fault(action="stall", after_rows=1, company_id="target")
+    # A job without the company does not consume the fault.
+    other = client.post(BULK, json=companies_body("x")).json()["job_id"]
+    assert wait_for_job(client, other)["status"] == "completed"
+    assert len(sim.job_faults()) == 1
+
+    stalled = client.post(BULK, json=companies_body("a", "target", "c")).json()["job_id"]
+    wait_until(lambda: client.get(job_url(stalled)).json()["completed_rows"] == 1)
+    # Another environment's job runs start to end meanwhile; this one makes no progress.
+    elsewhere = client.post(
+        BULK, json=companies_body("e"), headers={"Authorization": f"Token {OTHER_KEY}"}
+    ).json()["job_id"]
+    other_headers = {"Authorization": f"Token {OTHER_KEY}"}
+    wait_until(
+        lambda: (
+            client.get(job_url(elsewhere), headers=other_headers).json()["status"] == "completed"
+        )
+    )
+    job = client.get(job_url(stalled)).json()
+    assert (job["status"], job["completed_rows"], job["end_time"]) == ("processing", 1, None)
+    assert sim.company("target") is None
+    assert client.post(BULK, json=companies_body("z")).status_code == 409
+
+    sim.reset()
+    assert client.get(job_url(stalled)).status_code == 404
+    assert client.post(BULK, json=companies_body("z")).status_code == 202
+
+
+def test_job_faults_are_listed_consumed_in_order_and_cleared(
+    client: httpx.Client, sim: SimulatorProcess
+) -> None:
+    faults = sim.add_job_faults(
+        [{"action": "fail", "times": 2, "after_rows": 1}, {"action": "stall", "company_id": "q"}]
+    )
+    assert [(f["action"], f["times"]) for f in faults] == [("fail", 2), ("stall", 1)]
+    first = client.post(BULK, json=companies_body("a", "b")).json()["job_id"]
+    assert wait_for_job(client, first)["status"] == "failed"
+    assert [(f["action"], f["times"]) for f in sim.job_faults()] == [("fail", 1), ("stall", 1)]
+
+    sim.clear_job_faults()
+    assert sim.job_faults() == []
+    second = client.post(BULK, json=companies_body("a", "b")).json()["job_id"]
+    assert wait_for_job(client, second)["status"] == "completed"
+
+    sim.add_job_fault(action="fail")
+    sim.reset()
+    assert sim.job_faults() == []
+    for bad in ({"action": "explode"}, {"action": "fail", "times": 0}, {"after_rows": -1}):
+        response = httpx.post(sim.url + "/_sim/job_faults", json=bad)
+        assert response.status_code == 400
+        assert error_of(response)["error_code"] == "BAD_REQUEST"
+
+
+def test_invalid_company_is_refused_in_real_time_and_fails_its_job(
+    client: httpx.Client, sim: SimulatorProcess
+) -> None:
+    assert sim.configure(invalid_company_ids=["bad"])["invalid_company_ids"] == ["bad"]
+    assert sim.config()["invalid_company_ids"] == ["bad"]
+
+    refused = client.post(IDENTIFY, json={"company_id": "bad", "metadata": {"a": 1}})
+    assert refused.status_code == 400
+    assert refused.json() == {
+        "errors": [
+            {
+                "error": "invalid_input",
+                "error_code": "INVALID_COMPANY",
+                "message": "company bad was refused",
+                "details": {},
+            }
+        ]
+    }
+    assert client.post(IDENTIFY, json={"company_id": "good"}).status_code == 202
+
+    sim.configure(bulk_phase_seconds=0.15)  # long enough for the poll to see each state
+    accepted = client.post(BULK, json=companies_body("ok", "bad", "fine"))
+    assert accepted.status_code == 202
+    job_id = accepted.json()["job_id"]
+    assert watch_job(client, job_id) == ["queued", "validating", "failed"]
+    job = client.get(job_url(job_id)).json()
+    assert (job["completed_rows"], job["total_rows"]) == (0, 3)
+    assert job["end_time"] is not None
+    assert sim.companies() == {"good": {}}
+    stats = sim.stats()
+    assert (stats["jobs_failed"], stats["bulk_rows_applied"], stats["identify_accepted"]) == (
+        1,
+        0,
+        1,
+    )
+
+
+def test_a_users_job_holds_the_environment_slot(
+    client: httpx.Client, sim: SimulatorProcess
+) -> None:
+    sim.configure(bulk_rows_per_minute=0)  # paused: the users job stays running
+    users = {"users": [{"user_id": "u1", "metadata": {"role": "admin"}}, {"user_id": "u2"}]}
+    response = client.post(USERS_BULK, json=users)
+    assert response.status_code == 202
+    job = response.json()
+    assert job["job_id"].startswith("job:users:")
+    assert (job["type"], job["status"], job["total_rows"]) == ("users_bulk_identify", "queued", 2)
+
+    conflict = client.post(BULK, json=companies_body("acme"))
+    assert conflict.status_code == 409
+    assert error_of(conflict)["details"]["job_id"] == job["job_id"]
+    ndjson = b'{"user_id": "u3"}\n'
+    assert client.post(USERS_BULK, files={"file": ("u.ndjson", ndjson)}).status_code == 409
+
+    sim.configure(bulk_rows_per_minute=1_000_000)
+    done = wait_for_job(client, job["job_id"])
+    assert (done["status"], done["completed_rows"]) == ("completed", 2)
+    assert sim.companies() == {}
+    companies_job = client.post(BULK, json=companies_body("acme"))
+    assert companies_job.status_code == 202
+    assert client.post(USERS_BULK, json=users).status_code == 409
+    assert wait_for_job(client, companies_job.json()["job_id"])["status"] == "completed"
+
+    stats = sim.stats()
+    assert (stats["jobs_created"], stats["jobs_conflicted"], stats["max_running_jobs"]) == (2, 3, 1)
+    assert (stats["bulk_rows_received"], stats["bulk_rows_applied"]) == (1, 1)
+    bad = client.post(USERS_BULK, json={"users": [{"user_id": ""}]})
+    assert (bad.status_code, error_of(bad)["details"]) == (400, {"field": "user_id", "index": 0})
+
+
+def test_background_jobs_are_listed_newest_first_per_environment(
+    client: httpx.Client, sim: SimulatorProcess
+) -> None:
+    first = client.post(BULK, json=companies_body("a")).json()["job_id"]
+    wait_for_job(client, first)
+    second = client.post(USERS_BULK, json={"users": [{"user_id": "u"}]}).json()["job_id"]
+    wait_for_job(client, second)
+    client.post(BULK, json=companies_body("b"), headers={"Authorization": f"Token {OTHER_KEY}"})
+
+    sim.configure(rate_limit_per_minute=1)  # listing is not rate limited
+    for _ in range(3):
+        listed = client.get(JOBS)
+        assert listed.status_code == 200
+        jobs = listed.json()["jobs"]
+        assert [j["job_id"] for j in jobs] == [second, first]
+        assert [j["status"] for j in jobs] == ["completed", "completed"]
+    assert client.get(JOBS, headers={"Authorization": "Token nope"}).status_code == 401
+    assert len(sim.jobs()) == 3
+
+
+def test_bulk_success_status_is_configurable(client: httpx.Client, sim: SimulatorProcess) -> None:
+    for status in (200, 201):
+        sim.configure(bulk_success_status=status)
+        response = client.post(BULK, json=companies_body(f"c{status}"))
+        assert response.status_code == status
+        job = response.json()
+        assert job["status"] == "queued"
+        assert wait_for_job(client, job["job_id"])["status"] == "completed"
+    assert sim.config()["bulk_success_status"] == 201
+    assert httpx.put(sim.url + "/_sim/config", json={"bulk_success_status": 204}).status_code == 400
+
+
+def test_company_history_records_every_write_in_order(
+    client: httpx.Client, sim: SimulatorProcess
+) -> None:
+    started = time.time()
+    client.post(IDENTIFY, json={"company_id": "org/acme", "metadata": {"plan": "free"}})
+    job_id = client.post(
+        BULK,
+        json={"companies": [{"company_id": "org/acme", "metadata": {"plan": "pro", "x": None}}]},
+    ).json()["job_id"]
+    assert wait_for_job(client, job_id)["status"] == "completed"
+    client.post(IDENTIFY, json={"company_id": "org/acme", "metadata": {"seats": 3}})
+
+    history = sim.history("org/acme")
+    assert history is not None
+    assert [(w["via"], w["job_id"], w["metadata"]) for w in history] == [
+        ("identify", None, {"plan": "free"}),
+        ("bulk", job_id, {"plan": "pro", "x": None}),
+        ("identify", None, {"seats": 3}),
+    ]
+    times = [w["at"] for w in history]
+    assert started <= times[0] and times == sorted(times) and times[-1] <= time.time()
+    # The plain company route still works for ids with a slash, and unknown ids are 404.
+    assert sim.company("org/acme") == {"plan": "pro", "seats": 3}
+    assert sim.history("missing") is None
+    assert httpx.get(sim.url + "/_sim/companies/missing/history").status_code == 404
+
+
+def test_company_history_keeps_the_last_50_writes(
+    client: httpx.Client, sim: SimulatorProcess
+) -> None:
+    rows = [{"company_id": "busy", "metadata": {"n": n}} for n in range(60)]
+    job_id = client.post(BULK, json={"companies": rows}).json()["job_id"]
+    assert wait_for_job(client, job_id)["status"] == "completed"
+    history = sim.history("busy")
+    assert history is not None
+    assert [w["metadata"]["n"] for w in history] == list(range(10, 60))
+    sim.reset()
+    assert sim.history("busy") is None
+
+
+def test_job_status_route_takes_the_percent_encoded_id(
+    client: httpx.Client, sim: SimulatorProcess
+) -> None:
+    job_id = client.post(BULK, json=companies_body("a")).json()["job_id"]
+    encoded = f"{JOBS}/{quote(job_id, safe='')}"
+    assert "%3A" in encoded and ":" not in encoded
+    response = client.get(encoded)
+    assert (response.status_code, response.json()["job_id"]) == (200, job_id)
+    assert client.get(f"{JOBS}/{job_id}").json()["job_id"] == job_id
+    links = response.json()["links"]["self"]
+    assert links == sim.url + encoded
+    missing = client.get(f"{JOBS}/{quote('job:companies:' + str(uuid.uuid4()), safe='')}")
+    assert missing.status_code == 404
+    assert error_of(missing)["error_code"] == "NOT_FOUND"
+
+
+def test_request_log_keeps_bulk_uploads_as_a_summary(
+    client: httpx.Client, sim: SimulatorProcess
+) -> None:
+    ids = [f"c{i}" for i in range(10_000)]
+    assert client.post(BULK, json=companies_body(*ids)).status_code == 202
+    (logged,) = sim.requests()
+    assert logged["body"] == {
+        "format": "json",
+        "rows": 10_000,
+        "company_ids_sample": ["c0", "c1", "c2", "c3", "c4"],
+    }
+    assert (logged["path"], logged["status"]) == (BULK, 202)
+    assert sim.stats()["bulk_calls"] == 1
+
+    sim.reset()  # cancels the job, freeing the slot
+    ndjson = b'{"user_id": "u1"}\n{"user_id": "u2"}\n\n{"user_id": "u3"}\n'
+    assert client.post(USERS_BULK, files={"file": ("u.ndjson", ndjson)}).status_code == 202
+    (logged,) = sim.requests()
+    assert logged["body"] == {"format": "ndjson", "rows": 3, "user_ids_sample": ["u1", "u2", "u3"]}
+
+
+def test_command_line_sets_the_bulk_options() -> None:
+    args = [
+        "--bulk-phase-seconds",
+        "0.01",
+        "--bulk-refresh-seconds",
+        "0.3",
+        "--bulk-success-status",
+        "201",
+        "--invalid-company-id",
+        "bad",
+        "--invalid-company-id",
+        "worse",
+    ]
+    with SimulatorProcess(api_keys=["k"], extra_args=args) as process:
+        config = process.config()
+    assert config["bulk_phase_seconds"] == 0.01
+    assert config["bulk_refresh_seconds"] == 0.3
+    assert config["bulk_success_status"] == 201
+    assert config["invalid_company_ids"] == ["bad", "worse"]
 
 
 # Process lifecycle

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from types import FrameType
 
 from app.simulator.config import (
+    DEFAULT_BULK_PHASE_SECONDS,
+    DEFAULT_BULK_REFRESH_SECONDS,
     DEFAULT_BULK_ROWS_PER_MINUTE,
     DEFAULT_RATE_LIMIT_PER_MINUTE,
     SimulatorConfig,
@@ -41,6 +43,33 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--bulk-rows-per-minute", type=int, default=DEFAULT_BULK_ROWS_PER_MINUTE)
     parser.add_argument(
+        "--bulk-phase-seconds",
+        type=float,
+        default=DEFAULT_BULK_PHASE_SECONDS,
+        help="seconds a bulk job spends queued, and again validating",
+    )
+    parser.add_argument(
+        "--bulk-refresh-seconds",
+        type=float,
+        default=DEFAULT_BULK_REFRESH_SECONDS,
+        help="seconds a bulk job shows pending_refresh before completed",
+    )
+    parser.add_argument(
+        "--bulk-success-status",
+        type=int,
+        choices=(200, 201, 202),
+        default=202,
+        help="status of an accepted bulk upload",
+    )
+    parser.add_argument(
+        "--invalid-company-id",
+        dest="invalid_company_ids",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="a company Userpilot refuses (repeat for several)",
+    )
+    parser.add_argument(
         "--request-log-limit",
         type=int,
         default=100_000,
@@ -68,6 +97,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         success_status=args.success_status,
         latency=args.latency,
         bulk_rows_per_minute=args.bulk_rows_per_minute,
+        bulk_phase_seconds=args.bulk_phase_seconds,
+        bulk_refresh_seconds=args.bulk_refresh_seconds,
+        bulk_success_status=args.bulk_success_status,
+        invalid_company_ids=list(args.invalid_company_ids),
         request_log_limit=args.request_log_limit,
     )
     for signum in (signal.SIGINT, signal.SIGTERM):

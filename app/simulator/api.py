@@ -3,23 +3,31 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Protocol
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from app.simulator.config import BULK_PATH, IDENTIFY_PATH, JOBS_PATH
+from app.simulator.config import BULK_PATH, IDENTIFY_PATH, JOBS_PATH, USERS_BULK_PATH
 from app.simulator.deps import ApiKeyDep, RateLimitedApiKeyDep, StateDep
 from app.simulator.errors import SimulatorError
-from app.simulator.jobs import BulkJob, new_job_id
+from app.simulator.jobs import JOB_TYPE, USERS_JOB_TYPE, BulkJob, JobType, Row, new_job_id
+from app.simulator.state import SimulatorState
 from app.simulator.validation import (
     invalid,
     parse_company,
     parse_json,
     parse_multipart,
     parse_ndjson,
+    parse_user,
+    refused,
 )
 
 router = APIRouter(tags=["userpilot"])
+
+
+class _RowParser(Protocol):
+    def __call__(self, value: object, *, index: int | None = None) -> Row: ...
 
 
 @router.post(IDENTIFY_PATH, status_code=202)
@@ -28,6 +36,8 @@ async def identify_company(request: Request, state: StateDep, _: RateLimitedApiK
     if state.config.latency > 0:
         await asyncio.sleep(state.config.latency)
     record = parse_company(parse_json(await request.body()))
+    if record.company_id in state.config.invalid_company_ids:
+        raise refused(record.company_id)
     state.apply(record)
     state.stats.identify_accepted += 1
     if state.config.success_status == 200:
@@ -35,11 +45,16 @@ async def identify_company(request: Request, state: StateDep, _: RateLimitedApiK
     return Response(status_code=state.config.success_status)
 
 
-@router.post(BULK_PATH, status_code=202)
-async def bulk_identify_companies(
-    request: Request, state: StateDep, api_key: RateLimitedApiKeyDep
+async def _submit(
+    request: Request,
+    state: SimulatorState,
+    api_key: str,
+    *,
+    job_type: JobType,
+    collection: str,
+    parse: _RowParser,
 ) -> JSONResponse:
-    """Queue a job merging up to 10,000 companies: JSON `{"companies": [...]}` or NDJSON `file`."""
+    """Validate a bulk upload of `collection` and start its job if the slot is free."""
     config = state.config
     raw = await request.body()
     if len(raw) > config.max_bulk_bytes:
@@ -51,38 +66,65 @@ async def bulk_identify_companies(
         if part is None:
             raise invalid("multipart upload needs a 'file' field holding NDJSON", field="file")
         rows = parse_ndjson(part.content)
-        filename, file_size = part.filename or "companies.ndjson", len(part.content)
+        filename, file_size = part.filename or f"{collection}.ndjson", len(part.content)
     else:
         payload = parse_json(raw)
-        companies = payload.get("companies") if isinstance(payload, dict) else None
-        if not isinstance(companies, list):
-            raise invalid('body must be {"companies": [...]}', field="companies")
-        rows = companies
-        filename, file_size = "companies.json", len(raw)
+        items = payload.get(collection) if isinstance(payload, dict) else None
+        if not isinstance(items, list):
+            raise invalid(f'body must be {{"{collection}": [...]}}', field=collection)
+        rows = items
+        filename, file_size = f"{collection}.json", len(raw)
     if len(rows) > config.max_bulk_records:
         raise SimulatorError(
             413, f"{len(rows)} records: at most {config.max_bulk_records} per request"
         )
     if not rows:
-        raise invalid("no companies to identify", field="companies")
-    records = [parse_company(row, index=index) for index, row in enumerate(rows)]
+        raise invalid(f"no {collection} to identify", field=collection)
+    records = [parse(row, index=index) for index, row in enumerate(rows)]
     running = state.running_job(api_key)
     if running is not None:
+        state.stats.jobs_conflicted += 1
         raise SimulatorError(
             409, "a bulk job is already running for this environment", {"job_id": running.job_id}
         )
     job = BulkJob(
-        job_id=new_job_id(),
+        job_id=new_job_id(job_type),
         api_key=api_key,
         records=records,
         file_size=file_size,
         filename=filename,
         base_url=str(request.base_url).rstrip("/"),
+        job_type=job_type,
+        fault=state.take_job_fault(records),
     )
-    state.jobs[job.job_id] = job
-    state.stats.jobs_created += 1
-    job.task = asyncio.create_task(job.run(config, state.apply))
-    return JSONResponse(job.to_json(), status_code=202)
+    state.add_job(job)
+    return JSONResponse(job.to_json(), status_code=config.bulk_success_status)
+
+
+@router.post(BULK_PATH, status_code=202)
+async def bulk_identify_companies(
+    request: Request, state: StateDep, api_key: RateLimitedApiKeyDep
+) -> JSONResponse:
+    """Queue a job merging up to 10,000 companies: JSON `{"companies": [...]}` or NDJSON `file`."""
+    return await _submit(
+        request, state, api_key, job_type=JOB_TYPE, collection="companies", parse=parse_company
+    )
+
+
+@router.post(USERS_BULK_PATH, status_code=202)
+async def bulk_identify_users(
+    request: Request, state: StateDep, api_key: RateLimitedApiKeyDep
+) -> JSONResponse:
+    """Queue a users job (`{"users": [...]}` or NDJSON `file`): it takes the one-job slot."""
+    return await _submit(
+        request, state, api_key, job_type=USERS_JOB_TYPE, collection="users", parse=parse_user
+    )
+
+
+@router.get(JOBS_PATH)
+async def list_background_jobs(state: StateDep, api_key: ApiKeyDep) -> JSONResponse:
+    """The environment's jobs of both types, newest first."""
+    return JSONResponse({"jobs": [job.to_json() for job in state.jobs_of(api_key)]})
 
 
 @router.get(JOBS_PATH + "/{job_id}")

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 IDENTIFY_PATH = "/v1/companies/identify"
 BULK_PATH = "/v1/companies/bulk_identify"
+USERS_BULK_PATH = "/v1/users/bulk_identify"
 JOBS_PATH = "/v1/background_jobs"
 CONTROL_PREFIX = "/_sim"
 
@@ -17,6 +18,10 @@ DEFAULT_RATE_LIMIT_PER_MINUTE = 600
 DEFAULT_BULK_ROWS_PER_MINUTE = 1_800
 MAX_BULK_RECORDS = 10_000
 MAX_BULK_BYTES = 50 * 1024 * 1024
+DEFAULT_BULK_PHASE_SECONDS = 0.1
+DEFAULT_BULK_REFRESH_SECONDS = 0.1
+# How many writes `/_sim/companies/{id}/history` keeps per company (the most recent).
+HISTORY_LIMIT = 50
 
 
 @dataclass
@@ -32,11 +37,22 @@ class SimulatorConfig:
     # 0 pauses bulk processing (handy to keep a job "running" in a test).
     bulk_rows_per_minute: int = DEFAULT_BULK_ROWS_PER_MINUTE
     # Time a bulk job spends in each of the `queued` and `validating` states.
-    bulk_phase_seconds: float = 0.1
+    bulk_phase_seconds: float = DEFAULT_BULK_PHASE_SECONDS
+    # Time a bulk job shows `pending_refresh` after its last row, before `completed`.
+    bulk_refresh_seconds: float = DEFAULT_BULK_REFRESH_SECONDS
+    # The status of an accepted bulk upload (200, 201 or 202; the body is the job either way).
+    bulk_success_status: int = 202
+    # Companies Userpilot refuses: identify answers 400 INVALID_COMPANY, a bulk job holding
+    # one fails in `validating` with no row applied.
+    invalid_company_ids: list[str] = field(default_factory=list)
     max_bulk_records: int = MAX_BULK_RECORDS
     max_bulk_bytes: int = MAX_BULK_BYTES
     # `/_sim/requests` keeps the most recent this many requests (bounded for long benchmarks).
     request_log_limit: int = 100_000
+
+    def __post_init__(self) -> None:
+        # Our own copy: `dataclasses.replace` would otherwise share the caller's list.
+        self.invalid_company_ids = list(self.invalid_company_ids)
 
     def to_json(self) -> dict[str, object]:
         """The settings as `GET`/`PUT /_sim/config` show them (keys included: it is a test tool)."""
@@ -47,6 +63,9 @@ class SimulatorConfig:
             "latency": self.latency,
             "bulk_rows_per_minute": self.bulk_rows_per_minute,
             "bulk_phase_seconds": self.bulk_phase_seconds,
+            "bulk_refresh_seconds": self.bulk_refresh_seconds,
+            "bulk_success_status": self.bulk_success_status,
+            "invalid_company_ids": list(self.invalid_company_ids),
             "max_bulk_records": self.max_bulk_records,
             "max_bulk_bytes": self.max_bulk_bytes,
             "request_log_limit": self.request_log_limit,

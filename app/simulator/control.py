@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter, Valid
 from app.simulator.config import CONTROL_PREFIX
 from app.simulator.deps import StateDep
 from app.simulator.errors import SimulatorError
+from app.simulator.jobs import JobFault, JobFaultAction
 from app.simulator.state import Fault, FaultAction
 
 router = APIRouter(prefix=CONTROL_PREFIX, tags=["control"])
@@ -37,6 +38,20 @@ class FaultIn(BaseModel):
         return Fault(**self.model_dump())
 
 
+class JobFaultIn(BaseModel):
+    """A bad ending (`fail` or `stall` after `after_rows` rows) for the next `times` jobs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    action: JobFaultAction
+    times: int = Field(default=1, ge=1)
+    company_id: str | None = None
+    after_rows: int = Field(default=0, ge=0)
+
+    def to_fault(self) -> JobFault:
+        return JobFault(**self.model_dump())
+
+
 class ConfigIn(BaseModel):
     """The settings that may change while the simulator runs."""
 
@@ -47,11 +62,15 @@ class ConfigIn(BaseModel):
     latency: float | None = Field(default=None, ge=0)
     bulk_rows_per_minute: int | None = Field(default=None, ge=0)
     bulk_phase_seconds: float | None = Field(default=None, ge=0)
+    bulk_refresh_seconds: float | None = Field(default=None, ge=0)
+    bulk_success_status: Literal[200, 201, 202] | None = None
+    invalid_company_ids: list[str] | None = None
 
 
 T = TypeVar("T")
 
 _FAULTS = TypeAdapter(FaultIn | list[FaultIn])
+_JOB_FAULTS = TypeAdapter(JobFaultIn | list[JobFaultIn])
 _CONFIG = TypeAdapter(ConfigIn)
 
 
@@ -94,6 +113,32 @@ async def clear_faults(state: StateDep) -> dict[str, object]:
     return _faults(state)
 
 
+def _job_faults(state: StateDep) -> dict[str, object]:
+    return {"job_faults": [fault.to_json() for fault in state.job_faults]}
+
+
+@router.post("/job_faults")
+async def add_job_faults(request: Request, state: StateDep) -> dict[str, object]:
+    """Queue one job fault or a list; each new job consumes the oldest one matching it."""
+    faults = await _parse(_JOB_FAULTS, request)
+    for fault in faults if isinstance(faults, list) else [faults]:
+        state.job_faults.append(fault.to_fault())
+    return _job_faults(state)
+
+
+@router.get("/job_faults")
+async def list_job_faults(state: StateDep) -> dict[str, object]:
+    """Job faults not yet consumed, with their remaining `times`."""
+    return _job_faults(state)
+
+
+@router.delete("/job_faults")
+async def clear_job_faults(state: StateDep) -> dict[str, object]:
+    """Drop every pending job fault (jobs already stalled stay stalled until a reset)."""
+    state.job_faults.clear()
+    return _job_faults(state)
+
+
 @router.get("/config")
 async def get_config(state: StateDep) -> dict[str, object]:
     """The current settings."""
@@ -127,6 +172,15 @@ async def list_companies(state: StateDep) -> dict[str, object]:
     return {"companies": state.companies}
 
 
+# Registered before the plain company route, whose path converter would swallow `/history`.
+@router.get("/companies/{company_id:path}/history")
+async def get_company_history(company_id: str, state: StateDep) -> dict[str, object]:
+    """The company's last writes, oldest first: `{at, via, job_id, metadata}` each."""
+    if company_id not in state.companies:
+        raise SimulatorError(404, f"no company {company_id!r}")
+    return {"history": [write.to_json() for write in state.history.get(company_id, ())]}
+
+
 @router.get("/companies/{company_id:path}")
 async def get_company(company_id: str, state: StateDep) -> dict[str, object]:
     """One company's merged metadata."""
@@ -150,6 +204,6 @@ async def get_stats(state: StateDep) -> dict[str, object]:
 
 @router.post("/reset")
 async def reset(state: StateDep) -> dict[str, object]:
-    """Forget companies, requests, faults, jobs, rate windows and stats; keep the config."""
+    """Forget companies, history, requests, faults, jobs, rate windows, stats; keep config."""
     state.reset()
     return {"reset": True}

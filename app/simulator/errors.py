@@ -36,9 +36,18 @@ def error_names(status: int) -> tuple[str, str]:
     return name, name.upper()
 
 
-def error_body(status: int, message: str, details: dict[str, object] | None = None) -> object:
-    """The JSON body of an error answer."""
-    error, error_code = error_names(status)
+def error_body(
+    status: int,
+    message: str,
+    details: dict[str, object] | None = None,
+    *,
+    error: str | None = None,
+    error_code: str | None = None,
+) -> object:
+    """The JSON body of an error answer; `error`/`error_code` default to the status's names."""
+    default_error, default_code = error_names(status)
+    error = default_error if error is None else error
+    error_code = default_code if error_code is None else error_code
     return {
         "errors": [
             {"error": error, "error_code": error_code, "message": message, "details": details or {}}
@@ -55,12 +64,19 @@ class SimulatorError(Exception):
         message: str,
         details: dict[str, object] | None = None,
         headers: dict[str, str] | None = None,
+        *,
+        error: str | None = None,
+        error_code: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.details = details or {}
         self.headers = headers or {}
+        self.error = error
+        self.error_code = error_code
 
     def body(self) -> object:
-        return error_body(self.status, self.message, self.details)
+        return error_body(
+            self.status, self.message, self.details, error=self.error, error_code=self.error_code
+        )

@@ -16,11 +16,14 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.simulator.config import BULK_PATH, CONTROL_PREFIX, IDENTIFY_PATH
+from app.simulator.config import BULK_PATH, CONTROL_PREFIX, IDENTIFY_PATH, USERS_BULK_PATH
 from app.simulator.connection import drop_connection
 from app.simulator.errors import error_body
 from app.simulator.state import Fault, RecordedRequest, SimulatorState
-from app.simulator.validation import try_parse_json
+from app.simulator.validation import summarize_bulk, try_parse_json
+
+# Bulk uploads are logged as a summary (row count, first ids), not their up to 10,000 rows.
+_BULK_LOGGED = {BULK_PATH: ("companies", "company_id"), USERS_BULK_PATH: ("users", "user_id")}
 
 
 class _ClientGoneError(Exception):
@@ -125,7 +128,15 @@ class SimulatorMiddleware:
     def _record(self, scope: Scope, body: bytes) -> RecordedRequest:
         headers = Headers(scope=scope)
         path: str = scope["path"]
-        parsed = None if "multipart/" in headers.get("content-type", "") else try_parse_json(body)
+        content_type = headers.get("content-type", "")
+        parsed: object
+        if path in _BULK_LOGGED:
+            collection, id_field = _BULK_LOGGED[path]
+            parsed = summarize_bulk(body, content_type, collection=collection, id_field=id_field)
+        elif "multipart/" in content_type:
+            parsed = None
+        else:
+            parsed = try_parse_json(body)
         company_id: str | None = None
         if path == IDENTIFY_PATH and isinstance(parsed, dict):
             value = parsed.get("company_id")

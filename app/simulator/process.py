@@ -130,6 +130,21 @@ class SimulatorProcess:
     def clear_faults(self) -> None:
         self._call("DELETE", "/_sim/faults")
 
+    def add_job_fault(self, **fault: Any) -> list[dict[str, Any]]:
+        """Queue one job fault, e.g. `add_job_fault(action="fail", after_rows=2)`."""
+        return list(self._call("POST", "/_sim/job_faults", json=fault)["job_faults"])
+
+    def add_job_faults(self, faults: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Queue several job faults at once, consumed in order by the jobs they match."""
+        return list(self._call("POST", "/_sim/job_faults", json=list(faults))["job_faults"])
+
+    def job_faults(self) -> list[dict[str, Any]]:
+        """Job faults not consumed yet."""
+        return list(self._call("GET", "/_sim/job_faults")["job_faults"])
+
+    def clear_job_faults(self) -> None:
+        self._call("DELETE", "/_sim/job_faults")
+
     def requests(self, path: str | None = None) -> list[dict[str, Any]]:
         """Requests received on Userpilot paths, oldest first; `path` filters by prefix."""
         params = {} if path is None else {"path": path}
@@ -146,6 +161,14 @@ class SimulatorProcess:
         response.raise_for_status()
         return dict(response.json())
 
+    def history(self, company_id: str) -> list[dict[str, Any]] | None:
+        """The company's last writes (`{at, via, job_id, metadata}`), or None if unknown."""
+        response = self._client.get(f"/_sim/companies/{quote(company_id, safe='')}/history")
+        if response.status_code == 404:
+            return None
+        response.raise_for_status()
+        return list(response.json()["history"])
+
     def jobs(self) -> list[dict[str, Any]]:
         return list(self._call("GET", "/_sim/jobs")["jobs"])
 
@@ -156,7 +179,11 @@ class SimulatorProcess:
         return dict(self._call("GET", "/_sim/config"))
 
     def configure(self, **config: Any) -> dict[str, Any]:
-        """Change live settings: rate_limit_per_minute, success_status, latency, ..."""
+        """Change live settings: rate_limit_per_minute, success_status, latency, ...
+
+        Bulk: bulk_rows_per_minute, bulk_phase_seconds, bulk_refresh_seconds,
+        bulk_success_status (200/201/202) and invalid_company_ids (a list).
+        """
         return dict(self._call("PUT", "/_sim/config", json=config))
 
 

@@ -1,22 +1,26 @@
 """Everything one simulator instance remembers, held in memory on its app.
 
-Companies, the request log, pending faults, bulk jobs, the per-key rate windows and the
-counters behind `/_sim/stats`. One object per app (no module globals) so several simulators
-can run in one process, and `/_sim/reset` can clear it between tests.
+Companies and their write history, the request log, pending request and job faults, bulk
+jobs, the per-key rate windows and the counters behind `/_sim/stats`. One object per app (no
+module globals) so several simulators can run in one process, and `/_sim/reset` can clear it
+between tests.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter, deque
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-from app.simulator.config import SimulatorConfig
-from app.simulator.jobs import BulkJob
+from app.simulator.config import HISTORY_LIMIT, SimulatorConfig
+from app.simulator.jobs import BulkJob, JobFault, Row
 from app.simulator.validation import CompanyRecord, Metadata, merge_metadata
 
 FaultAction = Literal["status", "delay", "drop", "retry_after"]
+WriteVia = Literal["identify", "bulk"]
 
 
 @dataclass
@@ -60,6 +64,19 @@ class RecordedRequest:
 
 
 @dataclass
+class Write:
+    """One write applied to a company, as `/_sim/companies/{id}/history` lists it."""
+
+    at: float
+    via: WriteVia
+    job_id: str | None
+    metadata: Metadata
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass
 class RateWindow:
     """Timestamps of the requests one key had accepted in the last minute and second."""
 
@@ -79,7 +96,15 @@ class Stats:
     max_in_any_60s_window: int = 0
     max_in_any_1s_window: int = 0
     bulk_calls: int = 0
+    # Company rows of accepted companies jobs, and those applied so far.
+    bulk_rows_received: int = 0
+    bulk_rows_applied: int = 0
+    # Jobs of both types (companies and users).
     jobs_created: int = 0
+    jobs_failed: int = 0
+    jobs_conflicted: int = 0
+    # Most jobs running at once in one environment (the one-job slot keeps it at 1).
+    max_running_jobs: int = 0
     faults_applied: int = 0
     dropped: int = 0
 
@@ -95,7 +120,9 @@ class SimulatorState:
         self.companies: dict[str, Metadata] = {}
         self.requests: deque[RecordedRequest] = deque(maxlen=config.request_log_limit)
         self.faults: list[Fault] = []
+        self.job_faults: list[JobFault] = []
         self.jobs: dict[str, BulkJob] = {}
+        self.history: dict[str, deque[Write]] = {}
         self.windows: dict[str, RateWindow] = {}
         self.stats = Stats()
         self.in_flight = 0
@@ -107,7 +134,9 @@ class SimulatorState:
         self.companies.clear()
         self.requests.clear()
         self.faults.clear()
+        self.job_faults.clear()
         self.jobs.clear()
+        self.history.clear()
         self.windows.clear()
         self.stats = Stats()
 
@@ -129,6 +158,17 @@ class SimulatorState:
                     del self.faults[index]
                 self.stats.faults_applied += 1
                 return fault
+        return None
+
+    def take_job_fault(self, rows: Sequence[Row]) -> JobFault | None:
+        """Consume one use of the oldest job fault matching a new job's rows (FIFO)."""
+        for index, fault in enumerate(self.job_faults):
+            if fault.matches(rows):
+                fault.times -= 1
+                if fault.times <= 0:
+                    del self.job_faults[index]
+                self.stats.faults_applied += 1
+                return JobFault(fault.action, 1, fault.company_id, fault.after_rows)
         return None
 
     # Rate limiting
@@ -171,11 +211,41 @@ class SimulatorState:
 
     # Companies and jobs
 
-    def apply(self, record: CompanyRecord) -> None:
+    def apply(
+        self, record: CompanyRecord, via: WriteVia = "identify", job_id: str | None = None
+    ) -> None:
+        """Merge one write into its company and append it to the company's history."""
         merge_metadata(self.companies.setdefault(record.company_id, {}), record.metadata)
+        history = self.history.get(record.company_id)
+        if history is None:
+            history = self.history[record.company_id] = deque(maxlen=HISTORY_LIMIT)
+        history.append(Write(time.time(), via, job_id, dict(record.metadata)))
+
+    def apply_row(self, job: BulkJob, row: Row) -> None:
+        """A job's row completed: companies are merged, users rows change nothing."""
+        if isinstance(row, CompanyRecord):
+            self.apply(row, "bulk", job.job_id)
+            self.stats.bulk_rows_applied += 1
+
+    def job_failed(self, job: BulkJob) -> None:
+        self.stats.jobs_failed += 1
 
     def running_job(self, api_key: str) -> BulkJob | None:
         for job in self.jobs.values():
             if job.api_key == api_key and job.running:
                 return job
         return None
+
+    def add_job(self, job: BulkJob) -> None:
+        """Register a new job (the caller checked the slot) and start it."""
+        self.jobs[job.job_id] = job
+        stats = self.stats
+        stats.jobs_created += 1
+        stats.bulk_rows_received += sum(isinstance(r, CompanyRecord) for r in job.records)
+        running = sum(1 for j in self.jobs.values() if j.api_key == job.api_key and j.running)
+        stats.max_running_jobs = max(stats.max_running_jobs, running)
+        job.task = asyncio.create_task(job.run(self))
+
+    def jobs_of(self, api_key: str) -> list[BulkJob]:
+        """The environment's jobs, newest first."""
+        return [job for job in reversed(self.jobs.values()) if job.api_key == api_key]

@@ -19,6 +19,10 @@ Metadata = dict[str, Primitive]
 
 _BOUNDARY = re.compile(r'boundary="?([^";]+)"?', re.IGNORECASE)
 _DISPOSITION_PARAM = re.compile(r';\s*([a-zA-Z_*-]+)="?([^";]*)"?')
+# The request log keeps the first few ids of a bulk upload, and bodies it cannot summarise
+# only up to this size.
+_SAMPLE_SIZE = 5
+_SMALL_BODY = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,14 @@ class CompanyRecord:
     """One validated company update."""
 
     company_id: str
+    metadata: Metadata
+
+
+@dataclass(frozen=True)
+class UserRecord:
+    """One validated user update (users bulk jobs only hold the slot: nothing is stored)."""
+
+    user_id: str
     metadata: Metadata
 
 
@@ -70,17 +82,19 @@ def _is_primitive(value: object) -> bool:
     return value is None or isinstance(value, str | int | bool)
 
 
-def parse_company(value: object, *, index: int | None = None) -> CompanyRecord:
-    """Validate one `{"company_id", "metadata"}` object; `index` locates it in a bulk upload."""
+def _parse_record(
+    value: object, *, id_field: str, collection: str, index: int | None
+) -> tuple[str, Metadata]:
+    """Validate one `{<id_field>, "metadata"}` object; `index` locates it in a bulk upload."""
     where: dict[str, object] = {} if index is None else {"index": index}
-    prefix = "" if index is None else f"companies[{index}]: "
+    prefix = "" if index is None else f"{collection}[{index}]: "
     if not isinstance(value, dict):
-        raise invalid(f"{prefix}expected a JSON object with company_id and metadata", **where)
-    company_id = value.get("company_id")
-    if not isinstance(company_id, str) or not company_id:
+        raise invalid(f"{prefix}expected a JSON object with {id_field} and metadata", **where)
+    record_id = value.get(id_field)
+    if not isinstance(record_id, str) or not record_id:
         raise invalid(
-            f"{prefix}company_id is required and must be a non-empty string",
-            field="company_id",
+            f"{prefix}{id_field} is required and must be a non-empty string",
+            field=id_field,
             **where,
         )
     metadata = value.get("metadata", {})
@@ -95,7 +109,31 @@ def parse_company(value: object, *, index: int | None = None) -> CompanyRecord:
                 field=f"metadata.{key}",
                 **where,
             )
-    return CompanyRecord(company_id=company_id, metadata=dict(metadata))
+    return record_id, dict(metadata)
+
+
+def parse_company(value: object, *, index: int | None = None) -> CompanyRecord:
+    """Validate one `{"company_id", "metadata"}` object; `index` locates it in a bulk upload."""
+    company_id, metadata = _parse_record(
+        value, id_field="company_id", collection="companies", index=index
+    )
+    return CompanyRecord(company_id=company_id, metadata=metadata)
+
+
+def parse_user(value: object, *, index: int | None = None) -> UserRecord:
+    """Validate one `{"user_id", "metadata"}` object of a users bulk upload."""
+    user_id, metadata = _parse_record(value, id_field="user_id", collection="users", index=index)
+    return UserRecord(user_id=user_id, metadata=metadata)
+
+
+def refused(company_id: str) -> SimulatorError:
+    """Userpilot's answer to a company it will not take (see `invalid_company_ids`)."""
+    return SimulatorError(
+        400,
+        f"company {company_id} was refused",
+        error="invalid_input",
+        error_code="INVALID_COMPANY",
+    )
 
 
 def parse_ndjson(data: bytes) -> list[object]:
@@ -146,3 +184,30 @@ def merge_metadata(stored: Metadata, update: Metadata) -> None:
             stored.pop(key, None)
         else:
             stored[key] = value
+
+
+def summarize_bulk(raw: bytes, content_type: str, *, collection: str, id_field: str) -> object:
+    """What the request log keeps of a bulk upload: its format, row count and first few ids.
+
+    `{"format": "json" | "ndjson", "rows": N, "company_ids_sample": [...]}` (`user_ids_sample`
+    for users), so a log of 10,000-row uploads stays small. A body of another shape is kept
+    as parsed JSON when small, else as None.
+    """
+    sample: list[object]
+    if content_type.lower().startswith("multipart/form-data"):
+        try:
+            part = parse_multipart(raw, content_type).get("file")
+        except SimulatorError:
+            return None
+        if part is None:
+            return None
+        lines = [line for line in part.content.splitlines() if line.strip()]
+        rows, sample, kind = len(lines), [try_parse_json(x) for x in lines[:_SAMPLE_SIZE]], "ndjson"
+    else:
+        parsed = try_parse_json(raw)
+        items = parsed.get(collection) if isinstance(parsed, dict) else None
+        if not isinstance(items, list):
+            return parsed if len(raw) <= _SMALL_BODY else None
+        rows, sample, kind = len(items), items[:_SAMPLE_SIZE], "json"
+    ids = [row.get(id_field) for row in sample if isinstance(row, dict)]
+    return {"format": kind, "rows": rows, f"{id_field}s_sample": ids}
