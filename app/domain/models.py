@@ -10,6 +10,16 @@ Primitive = str | int | float | bool | None
 Metadata = dict[str, Primitive]
 Status = Literal["queued", "delivering", "delivered", "dead"]
 STATUSES: tuple[Status, ...] = ("queued", "delivering", "delivered", "dead")
+Via = Literal["realtime", "bulk"]
+JobStatus = Literal["waiting", "running", "completed", "failed", "split", "rejected"]
+JOB_STATUSES: tuple[JobStatus, ...] = (
+    "waiting",
+    "running",
+    "completed",
+    "failed",
+    "split",
+    "rejected",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +38,8 @@ class NewUpdate:
     event_key: str | None = None
     property_times: Mapping[str, float] | None = None
     skip_if_empty: bool = False
+    # Never packed into a bulk job (its caller waits for the real-time answer).
+    realtime_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +90,8 @@ class Delivery:
     last_status: int | None
     last_error: str | None
     last_request_id: str | None
+    via: Via | None = None  # how it went out (or goes out, while delivering)
+    job_id: str | None = None  # the bulk job that carries or carried it
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,3 +153,43 @@ class QueueStats:
     delivering: int
     dead: int
     oldest_queued_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class BulkJob:
+    """One Userpilot bulk job the relay recorded (before submitting it).
+
+    `waiting`: not yet accepted by Userpilot (new, split from another, or retrying after a
+    409 or an outage); `running`: accepted, `upstream_id` is Userpilot's job id; the rest are
+    final: `completed` (its rows delivered), `failed` (Userpilot said so, or refused the
+    upload: its rows went to smaller jobs or real-time calls), `split` (too large: its rows
+    went to two smaller jobs), `rejected` (Userpilot refused the API key: rows dead-lettered).
+    """
+
+    id: str
+    parent_id: str | None
+    status: JobStatus
+    upstream_id: str | None
+    upstream_status: str | None
+    rows: int  # companies, one row each
+    updates: int  # the stored updates merged into those rows
+    completed_rows: int
+    attempts: int  # submissions so far
+    owner: str | None
+    next_attempt_at: float
+    created_at: float
+    updated_at: float
+    submitted_at: float | None
+    progress_at: float | None  # the last time Userpilot reported progress (or accepted it)
+    finished_at: float | None
+    last_error: str | None
+    outcome: str | None
+
+    @property
+    def token(self) -> str:
+        """The lease owner its deliveries carry while it holds them."""
+        return job_token(self.id)
+
+
+def job_token(job_id: str) -> str:
+    return f"job:{job_id}"

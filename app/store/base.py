@@ -12,10 +12,12 @@ from collections.abc import Mapping, Sequence
 
 from app.domain.models import (
     Batch,
+    BulkJob,
     Claim,
     Delivery,
     EnqueueResult,
     Idempotency,
+    JobStatus,
     NewUpdate,
     QueueStats,
     Status,
@@ -168,6 +170,111 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def release(self, claim: Claim) -> None:
         """Hand the claim back untouched (shutdown): it is delivered again later."""
+
+    @abc.abstractmethod
+    async def retry_now(self, *, one_company: bool = False) -> int:
+        """Bring updates waiting out a retry backoff forward (Userpilot is back): every one,
+        and every waiting bulk job's next submission, or (a probe) only the company of the
+        oldest such update. Answers how many updates moved."""
+
+    # bulk jobs (see `app/store/jobs.py`) ---------------------------------------------------------
+    @abc.abstractmethod
+    async def waiting_companies(self, limit: int) -> int:
+        """About how many companies wait for delivery, counted up to about `limit`."""
+
+    @abc.abstractmethod
+    async def pack_job(
+        self,
+        *,
+        owner: str,
+        lease_seconds: float,
+        max_rows: int,
+        max_merge: int,
+        settle_seconds: float,
+        fresh_seconds: float,
+    ) -> BulkJob | None:
+        """Record a `waiting` job of the oldest waiting companies, leased to `owner`.
+
+        A company rides only when every queued update of it is ready, allowed on a job (not
+        `realtime_only`) and not a single update younger than `fresh_seconds`, and nothing of
+        it is in flight; its updates (at most `max_merge`) are in flight from then on. None
+        when some job is unfinished, or no company may ride.
+        """
+
+    @abc.abstractmethod
+    async def take_job(self, *, owner: str, lease_seconds: float) -> BulkJob | None:
+        """Lease the job `owner` should drive now: the running one, else the oldest waiting
+        one that is due; None while another owner's lease on an unfinished job is live."""
+
+    @abc.abstractmethod
+    async def job_rows(self, job_id: str) -> list[Claim]:
+        """The job's deliveries, a `Claim` per company, oldest company first."""
+
+    @abc.abstractmethod
+    async def job_submitted(
+        self, job: BulkJob, *, owner: str, upstream_id: str, upstream_status: str, lease: float
+    ) -> bool:
+        """Userpilot accepted the job. False (here and below) when `owner` no longer holds it."""
+
+    @abc.abstractmethod
+    async def job_polled(
+        self,
+        job: BulkJob,
+        *,
+        owner: str,
+        upstream_status: str | None,
+        completed_rows: int | None,
+        error: str | None,
+        lease: float,
+    ) -> bool:
+        """Record a poll (`upstream_status` None: the poll failed) and renew the lease."""
+
+    @abc.abstractmethod
+    async def job_deferred(
+        self, job: BulkJob, *, owner: str, delay: float, error: str, counted: bool
+    ) -> bool:
+        """Not accepted (or lost): `waiting` again, submitted by any replica after `delay`."""
+
+    @abc.abstractmethod
+    async def job_completed(
+        self, job: BulkJob, *, owner: str, sent_versions: Mapping[str, Mapping[str, int]]
+    ) -> bool:
+        """Userpilot completed the job: its deliveries are delivered (via bulk)."""
+
+    @abc.abstractmethod
+    async def job_split(
+        self,
+        job: BulkJob,
+        *,
+        owner: str,
+        status: JobStatus,
+        error: str,
+        upstream_status: str | None,
+        min_rows: int,
+        http_status: int | None,
+    ) -> list[str] | None:
+        """End the job `failed` or `split`: its companies in two halves, a half of at least
+        `min_rows` a new waiting job, a smaller one back to real-time calls. Answers the new
+        jobs' ids (None when `owner` no longer holds it)."""
+
+    @abc.abstractmethod
+    async def job_rejected(
+        self, job: BulkJob, *, owner: str, status: int | None, error: str
+    ) -> bool:
+        """Userpilot refused the key: the job's deliveries are dead-lettered."""
+
+    @abc.abstractmethod
+    async def release_job(self, job: BulkJob, *, owner: str) -> None:
+        """Give the job's lease up (shutdown): another replica may drive it at once."""
+
+    @abc.abstractmethod
+    async def get_job(self, job_id: str) -> BulkJob | None: ...
+
+    @abc.abstractmethod
+    async def list_jobs(
+        self, *, status: JobStatus | None, before: str | None, limit: int
+    ) -> list[BulkJob]:
+        """Jobs newest first, older than the job `before` (a page cursor)."""
 
     # pacing, shared by every replica on the store -----------------------------------------------
     @abc.abstractmethod

@@ -75,6 +75,7 @@ def claim(
         "owner": owner,
         "lease": lease_seconds,
     }
+    yield Statement(q.LOCK_CLAIMS)
     yield Statement(q.EXPIRE_LEASES)
     skip: list[str] = []
     expansions = 0

@@ -112,6 +112,7 @@ def enqueue(
                 "metadata": body,
                 "source": source,
                 "caller": caller,
+                "realtime_only": 1 if update.realtime_only else 0,
             }
         )
     if len(rows) == 1:  # the common case: one plain statement, one round trip

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 DELIVERY_COLUMNS = (
     "id, seq, company_id, metadata, status, attempts, source, caller, batch_id, created_at, "
-    "updated_at, next_attempt_at, delivered_at, last_status, last_error, last_request_id"
+    "updated_at, next_attempt_at, delivered_at, last_status, last_error, last_request_id, "
+    "via, job_id"
 )
 
 # health ------------------------------------------------------------------------------------
@@ -44,8 +45,9 @@ SOURCE_TIME = """
 # The id is ours: a retry after a lost answer cannot store the update twice.
 INSERT_DELIVERY = """
     INSERT INTO deliveries (id, company_id, metadata, status, source, caller,
-        created_at, updated_at, next_attempt_at, enqueued_at)
-    VALUES (:id, :company, :metadata, 'queued', :source, :caller, {now}, {now}, {now}, {now})
+        created_at, updated_at, next_attempt_at, enqueued_at, realtime_only)
+    VALUES (:id, :company, :metadata, 'queued', :source, :caller, {now}, {now}, {now}, {now},
+        :realtime_only)
     ON CONFLICT (id) DO NOTHING
 """
 RESERVE_SEQS = "{reserve_seqs}"
@@ -85,7 +87,7 @@ BATCHES_WAITING = (
 DEAD_STATE = "SELECT status, last_error FROM deliveries WHERE id = :id FOR UPDATE"
 _REQUEUE = """
     UPDATE deliveries SET status = 'queued', next_attempt_at = {now}, enqueued_at = {now},
-        updated_at = {now}, attempts = 0
+        updated_at = {now}, attempts = 0, realtime_only = 0, via = NULL, job_id = NULL
 """
 REPLAY_ONE = _REQUEUE + "WHERE id = :id RETURNING " + DELIVERY_COLUMNS
 # Updates the relay itself refused (they cannot be sent as stored) stay dead.
@@ -123,6 +125,9 @@ PRUNE_VERSIONS = """
 """
 
 # claims ------------------------------------------------------------------------------------
+# PostgreSQL: a claim holds this shared, packing a bulk job holds it exclusively, so a company
+# is never leased for a real-time call while a job takes it, nor the other way round.
+LOCK_CLAIMS = "{lock_claims}"
 # A crashed holder's lease puts its updates back in line once it expires.
 EXPIRE_LEASES = """
     UPDATE deliveries SET status = 'queued', lease_owner = NULL, lease_until = NULL
@@ -175,7 +180,7 @@ LEASE = """
         ORDER BY seq LIMIT :max_merge
         FOR UPDATE
     )
-    UPDATE deliveries SET status = 'delivering', attempts = attempts + 1,
+    UPDATE deliveries SET status = 'delivering', attempts = attempts + 1, via = 'realtime',
         lease_owner = :owner, lease_until = {now} + :lease, updated_at = {now}
     WHERE seq IN (SELECT seq FROM picked)
     RETURNING id, seq, metadata, attempts
@@ -209,7 +214,7 @@ MARK_DELIVERED = (
     """
     UPDATE deliveries SET status = 'delivered', delivered_at = {now}, updated_at = {now},
         last_status = :status, last_error = NULL, last_request_id = :request_id,
-        lease_owner = NULL, lease_until = NULL"""
+        lease_owner = NULL, lease_until = NULL, via = 'realtime', job_id = NULL"""
     + _HELD
 )
 SENT_VERSION = """

@@ -11,6 +11,7 @@ whole.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,6 +25,11 @@ def new_ids(count: int) -> list[str]:
     """`count` random 128-bit hex ids, drawn in one system call."""
     raw = os.urandom(16 * count).hex()
     return [raw[i : i + 32] for i in range(0, 32 * count, 32)]
+
+
+def new_job_id() -> str:
+    """A bulk job's id: sortable by creation (milliseconds), then random."""
+    return f"job_{int(time.time() * 1000):013d}_{os.urandom(6).hex()}"
 
 
 def batch_ids(batch_id: str, count: int) -> list[str | None]:
@@ -50,6 +56,8 @@ def row_to_delivery(row: Sequence[Any]) -> Delivery:
         last_status=row[13],
         last_error=row[14],
         last_request_id=row[15],
+        via=row[16],
+        job_id=row[17],
     )
 
 

@@ -17,18 +17,20 @@ import orjson
 from app.domain.errors import NothingStored, StoreUnavailable
 from app.domain.models import (
     Batch,
+    BulkJob,
     Claim,
     Delivery,
     EnqueueResult,
     Idempotency,
+    JobStatus,
     NewUpdate,
     QueueStats,
     Status,
     UpstreamAnswer,
 )
-from app.store import claims, plans
+from app.store import claims, jobs, plans
 from app.store.base import Store
-from app.store.rows import encode_batch, new_ids
+from app.store.rows import encode_batch, new_ids, new_job_id
 from app.store.sql import Dialect, Plan
 
 T = TypeVar("T")
@@ -151,6 +153,7 @@ class SQLStore(Store):
             if n < plans.PRUNE_BATCH:
                 break
         await self._write(lambda: plans.prune_rest(delivered_before))
+        await self._write(lambda: jobs.prune_jobs(delivered_before))
         while await self._write(lambda: plans.prune_versions(delivered_before)) >= (
             plans.PRUNE_BATCH
         ):
@@ -202,6 +205,132 @@ class SQLStore(Store):
     async def release(self, claim: Claim) -> None:
         await self._write(lambda: claims.release(claim))
         self._work_committed()
+
+    async def retry_now(self, *, one_company: bool = False) -> int:
+        moved = await self._write(lambda: jobs.retry_now(one_company=one_company))
+        self._work_committed()
+        return moved
+
+    # bulk jobs -----------------------------------------------------------------------------
+    async def waiting_companies(self, limit: int) -> int:
+        return await self._read(lambda: jobs.waiting_companies(limit), snapshot=True)
+
+    async def pack_job(
+        self,
+        *,
+        owner: str,
+        lease_seconds: float,
+        max_rows: int,
+        max_merge: int,
+        settle_seconds: float,
+        fresh_seconds: float,
+    ) -> BulkJob | None:
+        job_id = new_job_id()
+        return await self._write(
+            lambda: jobs.pack(
+                job_id=job_id,
+                owner=owner,
+                lease=lease_seconds,
+                max_rows=max_rows,
+                max_merge=max_merge,
+                settle=settle_seconds,
+                fresh=fresh_seconds,
+            )
+        )
+
+    async def take_job(self, *, owner: str, lease_seconds: float) -> BulkJob | None:
+        return await self._write(lambda: jobs.take(owner, lease_seconds))
+
+    async def job_rows(self, job_id: str) -> list[Claim]:
+        return await self._read(lambda: jobs.rows(job_id), snapshot=True)
+
+    async def job_submitted(
+        self, job: BulkJob, *, owner: str, upstream_id: str, upstream_status: str, lease: float
+    ) -> bool:
+        return await self._write(
+            lambda: jobs.submitted(job, owner, upstream_id, upstream_status, lease)
+        )
+
+    async def job_polled(
+        self,
+        job: BulkJob,
+        *,
+        owner: str,
+        upstream_status: str | None,
+        completed_rows: int | None,
+        error: str | None,
+        lease: float,
+    ) -> bool:
+        return await self._write(
+            lambda: jobs.polled(
+                job,
+                owner,
+                upstream_status=upstream_status,
+                completed_rows=completed_rows,
+                error=error,
+                lease=lease,
+            )
+        )
+
+    async def job_deferred(
+        self, job: BulkJob, *, owner: str, delay: float, error: str, counted: bool
+    ) -> bool:
+        return await self._write(
+            lambda: jobs.deferred(job, owner, delay=delay, error=error, counted=counted)
+        )
+
+    async def job_completed(
+        self, job: BulkJob, *, owner: str, sent_versions: Mapping[str, Mapping[str, int]]
+    ) -> bool:
+        done = await self._write(lambda: jobs.completed(job, owner, sent_versions))
+        if done:
+            self._work_committed()  # updates that waited behind the job may go now
+        return done
+
+    async def job_split(
+        self,
+        job: BulkJob,
+        *,
+        owner: str,
+        status: JobStatus,
+        error: str,
+        upstream_status: str | None,
+        min_rows: int,
+        http_status: int | None,
+    ) -> list[str] | None:
+        child_ids = [new_job_id() for _ in range(2)]
+        children = await self._write(
+            lambda: jobs.split(
+                job,
+                owner,
+                status=status,
+                error=error,
+                upstream_status=upstream_status,
+                min_rows=min_rows,
+                child_ids=child_ids,
+                http_status=http_status,
+            )
+        )
+        if children is not None:
+            self._work_committed()
+        return children
+
+    async def job_rejected(
+        self, job: BulkJob, *, owner: str, status: int | None, error: str
+    ) -> bool:
+        return await self._write(lambda: jobs.rejected(job, owner, status=status, error=error))
+
+    async def release_job(self, job: BulkJob, *, owner: str) -> None:
+        await self._write(lambda: jobs.release(job, owner))
+
+    async def get_job(self, job_id: str) -> BulkJob | None:
+        return await self._read(lambda: jobs.get_job(job_id))
+
+    async def list_jobs(
+        self, *, status: JobStatus | None, before: str | None, limit: int
+    ) -> list[BulkJob]:
+        cursor = before if before is not None else "~"  # after every id
+        return await self._read(lambda: jobs.list_jobs(status, cursor, limit))
 
     # webhook state -------------------------------------------------------------------------
     async def link_customers(self, links: Sequence[tuple[str, str]]) -> None:

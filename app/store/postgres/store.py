@@ -65,6 +65,7 @@ Conn = AsyncConnection[TupleRow]
 MIGRATION_LOCK = 0x55505F52454C4159  # "UP_RELAY"
 COMPANY_LOCKS = 0x52454C41  # "RELA"
 IDEMPOTENCY_LOCKS = 0x49444D50  # "IDMP"
+JOB_LOCKS = 0x4A4F4253  # "JOBS": (JOB_LOCKS, 0) who drives a job, (JOB_LOCKS, 1) packing
 SEQ_BLOCK = 65536  # the identity's increment (migration 1): the room one batch has
 
 POSTGRES = Dialect(
@@ -76,6 +77,9 @@ POSTGRES = Dialect(
             f"SELECT pg_advisory_xact_lock({IDEMPOTENCY_LOCKS}, hashtext(:lock_key))"
         ),
         "lock_company": f"pg_try_advisory_xact_lock({COMPANY_LOCKS}, hashtext(company_id))",
+        "lock_claims": f"SELECT pg_advisory_xact_lock_shared({JOB_LOCKS}, 1)",
+        "lock_jobs": f"SELECT pg_advisory_xact_lock({JOB_LOCKS}, 0)",
+        "lock_pack": f"SELECT pg_advisory_xact_lock({JOB_LOCKS}, 1)",
         "overriding": "OVERRIDING SYSTEM VALUE",
         "reserve_seqs": "SELECT nextval(pg_get_serial_sequence('deliveries', 'seq'))",
     },

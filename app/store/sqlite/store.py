@@ -40,6 +40,9 @@ SQLITE = Dialect(
     tokens={
         "lock_idempotency": "",  # one writer: nothing to lock
         "lock_company": "1",
+        "lock_claims": "",
+        "lock_jobs": "",
+        "lock_pack": "",
         "overriding": "",
         # The counter AUTOINCREMENT keeps: a batch takes `count` numbers at once.
         "reserve_seqs": "UPDATE sqlite_sequence SET seq = seq + :count "
@@ -126,10 +129,16 @@ class SQLiteStore(SQLStore):
                 + (" -- a relay used this path before" if ran_here_before else ""),
                 extra={"store": "sqlite", "path": self.path},
             )
-        # A previous process may have died mid-delivery: what it held goes back in line.
+        # A previous process may have died mid-delivery: what it held goes back in line. Rows
+        # in a bulk job stay in it (the job may be running upstream): this process takes the
+        # job over at once, and resumes polling it.
         conn.execute(
             "UPDATE deliveries SET status = 'queued', lease_owner = NULL, lease_until = NULL "
-            "WHERE status = 'delivering'"
+            "WHERE status = 'delivering' AND job_id IS NULL"
+        )
+        conn.execute(
+            "UPDATE bulk_jobs SET owner = NULL, lease_until = NULL "
+            "WHERE status IN ('waiting', 'running')"
         )
         self._writer = Writer(conn, self.path)
 

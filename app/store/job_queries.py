@@ -1,0 +1,184 @@
+"""The statements behind Userpilot bulk jobs, written once for both engines (see `queries.py`).
+
+A job's deliveries are `delivering` under the lease owner `job:<id>` with no `lease_until`
+(so `EXPIRE_LEASES` never hands them back): the job row's own lease, renewed at every poll,
+says which replica drives it, and any replica takes over a job whose lease ran out.
+"""
+
+from __future__ import annotations
+
+JOB_COLUMNS = (
+    "id, parent_id, status, upstream_id, upstream_status, total_rows, updates, completed_rows, "
+    "attempts, owner, next_attempt_at, created_at, updated_at, submitted_at, progress_at, "
+    "finished_at, last_error, outcome"
+)
+
+# PostgreSQL: one replica at a time decides which job runs (`LOCK_JOBS`); packing also holds the
+# claims' lock exclusively (see `queries.LOCK_CLAIMS`).
+LOCK_JOBS = "{lock_jobs}"
+LOCK_PACK = "{lock_pack}"
+
+JOB_BY_ID = f"SELECT {JOB_COLUMNS} FROM bulk_jobs WHERE id = :id"
+# Newest first, after the cursor (an id: ids sort by creation).
+JOBS_PAGE = f"SELECT {JOB_COLUMNS} FROM bulk_jobs WHERE id < :before ORDER BY id DESC LIMIT :limit"
+JOBS_BY_STATUS = (
+    f"SELECT {JOB_COLUMNS} FROM bulk_jobs WHERE id < :before AND status = :status "
+    "ORDER BY id DESC LIMIT :limit"
+)
+# The jobs not finished, running first, then oldest first; with whether their lease is live and
+# whether they are due.
+ACTIVE_JOBS = f"""
+    SELECT {JOB_COLUMNS}, lease_until IS NOT NULL AND lease_until > {{now}},
+        next_attempt_at <= {{now}}
+    FROM bulk_jobs WHERE status IN ('waiting', 'running')
+    ORDER BY CASE WHEN status = 'running' THEN 0 ELSE 1 END, id
+"""
+LEASE_JOB = """
+    UPDATE bulk_jobs SET owner = :owner, lease_until = {now} + :lease, updated_at = {now}
+    WHERE id = :id
+"""
+RELEASE_JOB = """
+    UPDATE bulk_jobs SET owner = NULL, lease_until = NULL, updated_at = {now}
+    WHERE id = :id AND owner = :owner
+"""
+
+# packing ----------------------------------------------------------------------------------
+# How many companies wait (counted up to :limit), and how many updates wait unexpanded.
+QUEUED_COMPANIES = """
+    SELECT count(*) FROM (
+        SELECT DISTINCT company_id FROM deliveries WHERE status = 'queued' LIMIT :limit) w
+"""
+# The companies a job may take, oldest first: every queued update ready, settled, allowed on a
+# bulk job and not fresh (a single update younger than :fresh keeps its real-time latency),
+# and nothing of the company in flight.
+PACK_PICK = """
+    WITH waiting AS (
+        SELECT company_id, min(seq) AS first_seq FROM deliveries WHERE status = 'queued'
+        GROUP BY company_id
+        HAVING max(CASE WHEN realtime_only = 1 OR next_attempt_at > {now}
+            OR enqueued_at > {now} - :settle
+            OR (batch_id IS NULL AND enqueued_at > {now} - :fresh) THEN 1 ELSE 0 END) = 0
+    )
+    SELECT w.company_id FROM waiting w
+    WHERE NOT EXISTS (
+        SELECT 1 FROM deliveries b WHERE b.company_id = w.company_id AND b.status = 'delivering')
+    ORDER BY w.first_seq LIMIT :rows
+"""
+# Each company's oldest :max_merge queued updates join the job.
+PACK_ASSIGN = """
+    UPDATE deliveries SET status = 'delivering', job_id = :job, via = 'bulk',
+        attempts = attempts + 1, lease_owner = :token, lease_until = NULL, updated_at = {now}
+    WHERE seq IN (
+        SELECT seq FROM (
+            SELECT seq, row_number() OVER (PARTITION BY company_id ORDER BY seq) AS n
+            FROM deliveries WHERE status = 'queued' AND company_id = ANY(:companies)) ranked
+        WHERE n <= :max_merge)
+"""
+INSERT_JOB = """
+    INSERT INTO bulk_jobs (id, parent_id, status, total_rows, updates, owner, lease_until,
+        next_attempt_at, created_at, updated_at)
+    VALUES (:id, :parent, 'waiting', :rows, :updates, :owner,
+        CASE WHEN :leased = 1 THEN {now} + :lease END, {now}, {now}, {now})
+"""
+
+# a job's rows ------------------------------------------------------------------------------
+JOB_ROWS = """
+    SELECT company_id, id, seq, metadata, attempts FROM deliveries
+    WHERE job_id = :job AND status = 'delivering' ORDER BY seq
+"""
+JOB_COMPANIES = """
+    SELECT company_id, count(*) FROM deliveries WHERE job_id = :job AND status = 'delivering'
+    GROUP BY company_id ORDER BY min(seq)
+"""
+VERSIONS_OF = """
+    SELECT company_id, key, seq FROM property_versions WHERE company_id = ANY(:companies)
+"""
+
+# outcomes: only the job's lease holder may record --------------------------------------------
+_OWNED = " WHERE id = :id AND owner = :owner AND status = :expected"
+JOB_SUBMITTED = (
+    """
+    UPDATE bulk_jobs SET status = 'running', upstream_id = :upstream_id,
+        upstream_status = :upstream_status, attempts = attempts + 1, submitted_at = {now},
+        progress_at = {now}, lease_until = {now} + :lease, updated_at = {now}, last_error = NULL"""
+    + _OWNED
+)
+# Progress is a new status or more rows done; no news only renews the lease.
+JOB_POLLED = (
+    """
+    UPDATE bulk_jobs SET
+        progress_at = CASE WHEN :completed_rows > completed_rows
+            OR COALESCE(upstream_status, '') <> :upstream_status THEN {now}
+            ELSE progress_at END,
+        completed_rows = GREATEST(completed_rows, :completed_rows),
+        upstream_status = :upstream_status, last_error = :error,
+        lease_until = {now} + :lease, updated_at = {now}"""
+    + _OWNED
+)
+JOB_POLL_FAILED = (
+    """
+    UPDATE bulk_jobs SET last_error = :error, lease_until = {now} + :lease, updated_at = {now}"""
+    + _OWNED
+)
+# Not accepted (409, an outage, a lost job): submitted again, by any replica, after :delay.
+JOB_DEFERRED = (
+    """
+    UPDATE bulk_jobs SET status = 'waiting', upstream_id = NULL, upstream_status = NULL,
+        completed_rows = 0, next_attempt_at = {now} + :delay, last_error = :error,
+        attempts = attempts + :counted, owner = NULL, lease_until = NULL, updated_at = {now}"""
+    + _OWNED
+)
+JOB_FINISHED = (
+    """
+    UPDATE bulk_jobs SET status = :status, finished_at = {now}, updated_at = {now},
+        completed_rows = CASE WHEN :status = 'completed' THEN total_rows ELSE completed_rows END,
+        upstream_status = COALESCE(:upstream_status, upstream_status),
+        last_error = :error, outcome = :outcome, owner = NULL, lease_until = NULL"""
+    + _OWNED
+)
+JOB_DELIVERED = """
+    UPDATE deliveries SET status = 'delivered', delivered_at = {now}, updated_at = {now},
+        last_status = :status, last_error = NULL, last_request_id = NULL, lease_owner = NULL,
+        lease_until = NULL
+    WHERE job_id = :job AND status = 'delivering'
+"""
+# A part of a failed job goes to a smaller job ...
+JOB_MOVE_ROWS = """
+    UPDATE deliveries SET job_id = :child, lease_owner = :token, updated_at = {now}
+    WHERE job_id = :job AND status = 'delivering' AND company_id = ANY(:companies)
+"""
+# ... or to real-time calls, never packed again.
+JOB_ROWS_TO_REALTIME = """
+    UPDATE deliveries SET status = 'queued', job_id = NULL, via = NULL, realtime_only = 1,
+        lease_owner = NULL, lease_until = NULL, next_attempt_at = {now}, updated_at = {now},
+        last_status = :status, last_error = :error
+    WHERE job_id = :job AND status = 'delivering' AND company_id = ANY(:companies)
+"""
+JOB_ROWS_DEAD = """
+    UPDATE deliveries SET status = 'dead', updated_at = {now}, last_status = :status,
+        last_error = :error, last_request_id = NULL, lease_owner = NULL, lease_until = NULL
+    WHERE job_id = :job AND status = 'delivering'
+"""
+
+# recovery after an outage -------------------------------------------------------------------
+RETRY_NOW = """
+    UPDATE deliveries SET next_attempt_at = {now}
+    WHERE status = 'queued' AND attempts > 0 AND next_attempt_at > {now}
+"""
+# While probing: the company of the oldest update waiting out a backoff, brought forward.
+RETRY_OLDEST = """
+    UPDATE deliveries SET next_attempt_at = {now}
+    WHERE status = 'queued' AND next_attempt_at > {now} AND company_id = (
+        SELECT company_id FROM deliveries WHERE status = 'queued' AND attempts > 0
+            AND next_attempt_at > {now}
+        ORDER BY seq LIMIT 1)
+"""
+JOBS_RETRY_NOW = """
+    UPDATE bulk_jobs SET next_attempt_at = {now}
+    WHERE status = 'waiting' AND next_attempt_at > {now}
+"""
+
+PRUNE_JOBS = """
+    DELETE FROM bulk_jobs WHERE finished_at < :before AND NOT EXISTS (
+        SELECT 1 FROM deliveries d WHERE d.job_id = bulk_jobs.id AND d.status = 'delivering')
+"""

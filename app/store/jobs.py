@@ -1,0 +1,347 @@
+"""Userpilot bulk jobs as plans (see `app/store/sql.py`), the same on both backends.
+
+A job is recorded, with its deliveries moved into it, in one transaction before it is
+submitted; at most one job is running or leased at a time across every replica (PostgreSQL:
+under `LOCK_JOBS`), and a company in a job is in flight: no claim and no other job takes it
+until the job ends.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import orjson
+
+from app.domain.models import BulkJob, Claim, ClaimedUpdate, JobStatus, job_token
+from app.store import job_queries as jq
+from app.store import queries as q
+from app.store.claims import EXPAND_CHUNK, expand
+from app.store.sql import Plan, Row, Statement
+
+
+def row_to_job(row: Row) -> BulkJob:
+    """A row of `job_queries.JOB_COLUMNS`."""
+    return BulkJob(
+        id=row[0],
+        parent_id=row[1],
+        status=row[2],
+        upstream_id=row[3],
+        upstream_status=row[4],
+        rows=int(row[5]),
+        updates=int(row[6]),
+        completed_rows=int(row[7]),
+        attempts=int(row[8]),
+        owner=row[9],
+        next_attempt_at=row[10],
+        created_at=row[11],
+        updated_at=row[12],
+        submitted_at=row[13],
+        progress_at=row[14],
+        finished_at=row[15],
+        last_error=row[16],
+        outcome=row[17],
+    )
+
+
+def _job(job_id: str) -> Plan[BulkJob | None]:
+    row = (yield Statement(jq.JOB_BY_ID, {"id": job_id})).one()
+    return None if row is None else row_to_job(row)
+
+
+def get_job(job_id: str) -> Plan[BulkJob | None]:
+    return (yield from _job(job_id))
+
+
+def list_jobs(status: str | None, before: str, limit: int) -> Plan[list[BulkJob]]:
+    params: dict[str, Any] = {"before": before, "limit": limit}
+    if status is None:
+        rows = (yield Statement(jq.JOBS_PAGE, params)).rows
+    else:
+        rows = (yield Statement(jq.JOBS_BY_STATUS, {**params, "status": status})).rows
+    return [row_to_job(r) for r in rows]
+
+
+def take(owner: str, lease: float) -> Plan[BulkJob | None]:
+    """The job this replica should drive now, leased to it; None when there is none for it.
+
+    The running job if there is one; else the oldest waiting job that is due; never while
+    another replica holds a live lease on any unfinished job.
+    """
+    yield Statement(jq.LOCK_JOBS)
+    active = (yield Statement(jq.ACTIVE_JOBS)).rows
+    chosen: BulkJob | None = None
+    for row in active:
+        job, leased, due = row_to_job(row[:-2]), bool(row[-2]), bool(row[-1])
+        if leased and job.owner != owner:
+            return None  # another replica drives a job: one at a time
+        if chosen is None and (job.status == "running" or due or (leased and job.owner == owner)):
+            chosen = job
+    if chosen is None:
+        return None
+    yield Statement(jq.LEASE_JOB, {"id": chosen.id, "owner": owner, "lease": lease})
+    return (yield from _job(chosen.id))
+
+
+def waiting_companies(limit: int) -> Plan[int]:
+    """Companies with queued updates plus updates of stored batches not yet expanded (each
+    counted as one company), counted up to about `limit`."""
+    queued = (yield Statement(jq.QUEUED_COMPANIES, {"limit": limit})).one()
+    staged = (yield Statement(q.BATCHES_WAITING)).one()
+    return int(queued[0] if queued else 0) + int((staged[0] if staged else 0) or 0)
+
+
+def pack(
+    *,
+    job_id: str,
+    owner: str,
+    lease: float,
+    max_rows: int,
+    max_merge: int,
+    settle: float,
+    fresh: float,
+) -> Plan[BulkJob | None]:
+    """Record a job of the oldest waiting companies (at most `max_rows`), leased to `owner`.
+
+    None when a job is unfinished already, or no company may ride one now.
+    """
+    yield Statement(jq.LOCK_JOBS)
+    if (yield Statement(jq.ACTIVE_JOBS)).rows:
+        return None
+    yield Statement(jq.LOCK_PACK)
+    # The oldest waiting updates may still sit in a stored batch: expand enough of them.
+    for _ in range(math.ceil(max_rows / EXPAND_CHUNK) + 1):
+        queued = (yield Statement(jq.QUEUED_COMPANIES, {"limit": max_rows})).one()
+        if queued is not None and int(queued[0]) >= max_rows:
+            break
+        if not (yield from expand(before_seq=None)):
+            break
+    params = {"rows": max_rows, "settle": settle, "fresh": fresh}
+    companies = [r[0] for r in (yield Statement(jq.PACK_PICK, params)).rows]
+    if not companies:
+        return None
+    assigned = yield Statement(
+        jq.PACK_ASSIGN,
+        {
+            "job": job_id,
+            "token": job_token(job_id),
+            "companies": companies,
+            "max_merge": max_merge,
+        },
+    )
+    yield Statement(
+        jq.INSERT_JOB,
+        {
+            "id": job_id,
+            "parent": None,
+            "rows": len(companies),
+            "updates": assigned.rowcount,
+            "owner": owner,
+            "leased": 1,
+            "lease": lease,
+        },
+    )
+    return (yield from _job(job_id))
+
+
+def rows(job_id: str) -> Plan[list[Claim]]:
+    """The job's deliveries, one `Claim` per company (oldest company first, updates in
+    arrival order), with the property versions that guard against older values."""
+    found = (yield Statement(jq.JOB_ROWS, {"job": job_id})).rows
+    by_company: dict[str, list[ClaimedUpdate]] = {}
+    first_seq: dict[str, int] = {}
+    for company_id, delivery_id, seq, metadata, attempts in found:
+        first_seq.setdefault(company_id, int(seq))
+        by_company.setdefault(company_id, []).append(
+            ClaimedUpdate(
+                id=delivery_id, seq=int(seq), metadata=orjson.loads(metadata), attempts=attempts
+            )
+        )
+    versions: dict[str, dict[str, int]] = {}
+    if by_company:
+        stmt = Statement(jq.VERSIONS_OF, {"companies": list(by_company)})
+        for company_id, key, seq in (yield stmt).rows:
+            versions.setdefault(company_id, {})[key] = int(seq)
+    token = job_token(job_id)
+    return [
+        Claim(
+            company_id=company_id,
+            updates=updates,
+            versions=versions.get(company_id, {}),
+            owner=token,
+        )
+        for company_id, updates in sorted(by_company.items(), key=lambda i: first_seq[i[0]])
+    ]
+
+
+def _owned(job: BulkJob, owner: str, expected: JobStatus) -> dict[str, Any]:
+    return {"id": job.id, "owner": owner, "expected": expected}
+
+
+def submitted(
+    job: BulkJob, owner: str, upstream_id: str, upstream_status: str, lease: float
+) -> Plan[bool]:
+    params = {
+        **_owned(job, owner, "waiting"),
+        "upstream_id": upstream_id,
+        "upstream_status": upstream_status,
+        "lease": lease,
+    }
+    return (yield Statement(jq.JOB_SUBMITTED, params)).rowcount > 0
+
+
+def polled(
+    job: BulkJob,
+    owner: str,
+    *,
+    upstream_status: str | None,
+    completed_rows: int | None,
+    error: str | None,
+    lease: float,
+) -> Plan[bool]:
+    """Record a poll (renewing the lease); False when this replica no longer holds the job."""
+    base = {**_owned(job, owner, "running"), "lease": lease, "error": error}
+    if upstream_status is None:
+        return (yield Statement(jq.JOB_POLL_FAILED, base)).rowcount > 0
+    params = {
+        **base,
+        "upstream_status": upstream_status,
+        "completed_rows": completed_rows if completed_rows is not None else job.completed_rows,
+    }
+    return (yield Statement(jq.JOB_POLLED, params)).rowcount > 0
+
+
+def deferred(job: BulkJob, owner: str, *, delay: float, error: str, counted: bool) -> Plan[bool]:
+    params = {
+        **_owned(job, owner, job.status),
+        "delay": delay,
+        "error": error,
+        "counted": 1 if counted else 0,
+    }
+    return (yield Statement(jq.JOB_DEFERRED, params)).rowcount > 0
+
+
+def _finish(
+    job: BulkJob,
+    owner: str,
+    status: JobStatus,
+    *,
+    outcome: str,
+    error: str | None = None,
+    upstream_status: str | None = None,
+) -> Plan[bool]:
+    params = {
+        **_owned(job, owner, job.status),
+        "status": status,
+        "outcome": outcome,
+        "error": error,
+        "upstream_status": upstream_status,
+    }
+    return (yield Statement(jq.JOB_FINISHED, params)).rowcount > 0
+
+
+def completed(
+    job: BulkJob, owner: str, sent_versions: Mapping[str, Mapping[str, int]]
+) -> Plan[bool]:
+    """The job's deliveries delivered, with the property versions its rows sent."""
+    outcome = f"delivered {job.rows} companies ({job.updates} updates)"
+    if not (yield from _finish(job, owner, "completed", outcome=outcome, upstream_status=None)):
+        return False
+    yield Statement(jq.JOB_DELIVERED, {"job": job.id, "status": 200})
+    versions = [  # one lock order, whoever else writes these rows
+        {"company": company, "key": key, "seq": keys[key]}
+        for company, keys in sorted(sent_versions.items())
+        for key in sorted(keys)
+    ]
+    if versions:
+        yield Statement(q.SENT_VERSION, versions, many=True)
+    return True
+
+
+def split(
+    job: BulkJob,
+    owner: str,
+    *,
+    status: JobStatus,
+    error: str,
+    upstream_status: str | None,
+    min_rows: int,
+    child_ids: Sequence[str],
+    http_status: int | None,
+) -> Plan[list[str] | None]:
+    """End the job as `failed` or `split`: its companies in two halves, each half of at least
+    `min_rows` a new waiting job, a smaller one back to real-time calls (never packed again).
+
+    Answers the new jobs' ids (None when this replica no longer holds the job).
+    """
+    companies = (yield Statement(jq.JOB_COMPANIES, {"job": job.id})).rows
+    middle = len(companies) // 2
+    halves = [h for h in (companies[:middle], companies[middle:]) if h]
+    as_jobs = [
+        (half, child_id)
+        for half, child_id in zip(halves, child_ids, strict=False)
+        if len(half) >= min_rows and len(companies) > 1
+    ]
+    children = [child_id for _, child_id in as_jobs]
+    to_realtime = [half for half in halves if all(half is not h for h, _ in as_jobs)]
+    realtime = sum(len(half) for half in to_realtime)
+    parts = [f"{len(children)} smaller job(s): {', '.join(children)}"] if children else []
+    if realtime:
+        parts.append(f"{realtime} companies to real-time calls")
+    outcome = f"{status}: rows sent again as " + (" and ".join(parts) or "nothing")
+    finished = yield from _finish(
+        job, owner, status, outcome=outcome, error=error, upstream_status=upstream_status
+    )
+    if not finished:
+        return None  # another replica drives the job now
+    for half, child_id in as_jobs:
+        yield Statement(
+            jq.INSERT_JOB,
+            {
+                "id": child_id,
+                "parent": job.id,
+                "rows": len(half),
+                "updates": sum(int(c[1]) for c in half),
+                "owner": None,
+                "leased": 0,
+                "lease": 0,
+            },
+        )
+        moved = {"job": job.id, "child": child_id, "token": job_token(child_id)}
+        yield Statement(jq.JOB_MOVE_ROWS, {**moved, "companies": [c[0] for c in half]})
+    for half in to_realtime:
+        params = {
+            "job": job.id,
+            "companies": [c[0] for c in half],
+            "status": http_status,
+            "error": error,
+        }
+        yield Statement(jq.JOB_ROWS_TO_REALTIME, params)
+    return children
+
+
+def rejected(job: BulkJob, owner: str, *, status: int | None, error: str) -> Plan[bool]:
+    """Userpilot refused the key: the job's deliveries dead-lettered (replayable)."""
+    outcome = f"rejected: {job.updates} updates dead-lettered"
+    if not (yield from _finish(job, owner, "rejected", outcome=outcome, error=error)):
+        return False
+    yield Statement(jq.JOB_ROWS_DEAD, {"job": job.id, "status": status, "error": error})
+    return True
+
+
+def release(job: BulkJob, owner: str) -> Plan[None]:
+    yield Statement(jq.RELEASE_JOB, {"id": job.id, "owner": owner})
+
+
+def retry_now(*, one_company: bool) -> Plan[int]:
+    """Bring updates waiting out a backoff forward: every one, or the oldest one's company."""
+    if one_company:
+        return (yield Statement(jq.RETRY_OLDEST)).rowcount
+    moved = (yield Statement(jq.RETRY_NOW)).rowcount
+    yield Statement(jq.JOBS_RETRY_NOW)
+    return moved
+
+
+def prune_jobs(before: float) -> Plan[int]:
+    return (yield Statement(jq.PRUNE_JOBS, {"before": before})).rowcount
