@@ -157,6 +157,15 @@ class Settings(StoreSettings):
     relay_shutdown_grace_seconds: float = Field(default=10.0, ge=0)
     relay_delivered_retention_seconds: int = Field(default=7 * 24 * 3600, gt=0)
 
+    # Userpilot's asynchronous bulk jobs, beside the real-time calls (see README, "Bulk jobs").
+    relay_upstream_bulk: Literal["auto", "off"] = "auto"
+    relay_bulk_threshold: int | None = Field(default=None, ge=1, le=10_000_000)
+    relay_bulk_max_rows: int = Field(default=10_000, ge=1, le=10_000)
+    relay_bulk_min_rows: int = Field(default=100, ge=1, le=10_000)
+    relay_bulk_poll_seconds: float = Field(default=5.0, gt=0, le=300)
+    relay_bulk_stuck_seconds: float = Field(default=3600.0, gt=0, le=7 * 86_400)
+    relay_bulk_fresh_seconds: float = Field(default=60.0, ge=0, le=86_400)
+
     relay_log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     relay_access_log: bool = True
 
@@ -186,7 +195,7 @@ class Settings(StoreSettings):
             return parse_api_keys(value)
         return value
 
-    @field_validator("userpilot_region", mode="before")
+    @field_validator("userpilot_region", "relay_upstream_bulk", mode="before")
     @classmethod
     def _lower_region(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value
@@ -285,6 +294,8 @@ class Settings(StoreSettings):
                 "RELAY_LEASE_SECONDS must exceed RELAY_UPSTREAM_TIMEOUT_SECONDS by at least 2 s: "
                 "a call must end before its lease lets another process deliver the same company"
             )
+        if self.relay_bulk_min_rows > self.relay_bulk_max_rows:
+            raise ValueError("RELAY_BULK_MIN_ROWS must not exceed RELAY_BULK_MAX_ROWS")
         if self.relay_retry_max_seconds < self.relay_retry_base_seconds:
             raise ValueError("RELAY_RETRY_MAX_SECONDS must be at least RELAY_RETRY_BASE_SECONDS")
         if self.hubspot_client_secret is not None and self.relay_public_url is None:
@@ -300,6 +311,12 @@ class Settings(StoreSettings):
         if self.stripe_webhook_secret is None:
             return ()
         return tuple(SecretStr(s) for s in self.stripe_webhook_secret.get_secret_value().split(","))
+
+    @property
+    def bulk_threshold(self) -> int:
+        """Companies waiting above which bulk jobs drain them: about a minute of real-time
+        calls unless RELAY_BULK_THRESHOLD says otherwise."""
+        return self.relay_bulk_threshold or self.relay_rate_limit_per_minute
 
     @property
     def upstream_base_url(self) -> str:

@@ -25,6 +25,21 @@ Delivery:
 - `userpilot_relay_dead_letters`: dead updates waiting for a replay or a purge.
 - `userpilot_relay_store_up`: 1 when the store answered its last check.
 
+Bulk jobs and recovery:
+- `userpilot_relay_bulk_jobs_total{outcome}`: jobs ended, `completed`, `failed`, `split` (too
+  large) or `rejected` (the key refused).
+- `userpilot_relay_bulk_rows_total{outcome}`: company rows of ended jobs: `delivered`,
+  `resent` (to a smaller job or a real-time call after a failure or split), `dead`.
+- `userpilot_relay_bulk_submissions_total{result}`: bulk uploads by `accepted`, `conflict`
+  (409: another job holds the environment's slot), `too_large`, `throttled`, `error`,
+  `refused`.
+- `userpilot_relay_bulk_job_duration_seconds`: from acceptance to the end, per job.
+- `userpilot_relay_bulk_job_rows{state}`: the running job's rows, `total` and `completed`.
+- `userpilot_relay_bulk_job_stuck`: 1 while the running job has made no progress for
+  RELAY_BULK_STUCK_SECONDS.
+- `userpilot_relay_upstream_circuit_open`: 1 while Userpilot looks down and the relay only
+  probes it, one call at a time.
+
 Webhooks:
 - `userpilot_relay_webhook_events_total{source,outcome}`: verified events by what became of them.
 - `userpilot_relay_webhook_rejections_total{source,reason}`: requests refused (signature,
@@ -121,6 +136,29 @@ WEBHOOK_UNMAPPED_FIELDS = Counter(
 WEBHOOK_PARKED = Gauge(
     "userpilot_relay_webhook_parked_events",
     "Verified webhook events waiting for their company to be known.",
+)
+BULK_JOBS = Counter("userpilot_relay_bulk_jobs", "Bulk jobs ended, by outcome.", ["outcome"])
+BULK_ROWS = Counter(
+    "userpilot_relay_bulk_rows", "Company rows of ended bulk jobs, by outcome.", ["outcome"]
+)
+BULK_SUBMISSIONS = Counter(
+    "userpilot_relay_bulk_submissions", "Bulk job uploads, by result.", ["result"]
+)
+BULK_JOB_DURATION = Histogram(
+    "userpilot_relay_bulk_job_duration_seconds",
+    "Seconds from Userpilot accepting a bulk job to its end.",
+    buckets=(5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200),
+)
+BULK_JOB_ROWS = Gauge(
+    "userpilot_relay_bulk_job_rows", "The running bulk job's rows, total and completed.", ["state"]
+)
+BULK_JOB_STUCK = Gauge(
+    "userpilot_relay_bulk_job_stuck",
+    "1 while the running bulk job has made no progress for RELAY_BULK_STUCK_SECONDS.",
+)
+CIRCUIT_OPEN = Gauge(
+    "userpilot_relay_upstream_circuit_open",
+    "1 while Userpilot looks down and the relay probes it one call at a time.",
 )
 BUILD_INFO = Gauge("userpilot_relay_build_info", "The relay's version.", ["version"])
 BUILD_INFO.labels(version=__version__).set(1)

@@ -447,7 +447,7 @@ def test_metrics_exposition(sqlite_url: str, sim: SimulatorProcess) -> None:
             failed_before = await relay.metric(
                 "userpilot_relay_upstream_requests_total", **upstream_5xx
             )
-            await relay.post_company("stuck", {"a": 1})
+            await relay.post_company("acme-zq7", {"a": 1})
 
             async def queued() -> bool:
                 return await relay.metric("userpilot_relay_queue_depth", status="queued") == 1
@@ -473,7 +473,7 @@ def test_metrics_exposition(sqlite_url: str, sim: SimulatorProcess) -> None:
     assert {"userpilot_relay_queue_depth", "userpilot_relay_deliveries_total"} <= names, names
     ours = {n for n in names if not n.startswith(("python_", "process_"))}
     assert all(n.startswith("userpilot_relay_") for n in ours), ours
-    assert "company_id" not in text and "stuck" not in text
+    assert "company_id" not in text and "acme-zq7" not in text
 
 
 def test_readiness_does_not_depend_on_userpilot(sqlite_url: str) -> None:

@@ -17,15 +17,17 @@ import os
 import random
 import socket
 import time
-from dataclasses import replace
 
 from app.config import Settings
+from app.delivery.breaker import Breaker
+from app.delivery.bulk import BulkDriver
 from app.delivery.merge import merge_claim
 from app.delivery.pacing import Pacer
+from app.delivery.refuse import refuse, without_unsendable
 from app.delivery.retry import backoff_delay, classify, retry_reason
 from app.domain.errors import StoreUnavailable
 from app.domain.models import Claim
-from app.domain.rules import REFUSED, update_problem
+from app.domain.rules import REFUSED
 from app.lifecycle import cancel_and_wait
 from app.metrics import (
     DELIVERIES,
@@ -63,6 +65,15 @@ class Dispatcher:
         self.settings = settings
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{random.getrandbits(32):08x}"
         self._pacer = Pacer(settings.relay_rate_limit_per_minute)
+        self._breaker = Breaker()
+        self.bulk = BulkDriver(
+            store=store,
+            client=client,
+            settings=settings,
+            pacer=self._pacer,
+            breaker=self._breaker,
+            owner=self.owner,
+        )
         self._claims = itertools.count(1)
         self._single_turn = False  # every other claim puts a single update first
         self._slots = asyncio.Semaphore(settings.relay_delivery_concurrency)
@@ -75,6 +86,7 @@ class Dispatcher:
         self._tasks = [
             asyncio.create_task(self._feed(), name="dispatcher-feed"),
             asyncio.create_task(self._prune(), name="dispatcher-prune"),
+            asyncio.create_task(self.bulk.run(), name="dispatcher-bulk"),
         ]
 
     async def stop(self) -> None:
@@ -93,7 +105,10 @@ class Dispatcher:
     async def _feed(self) -> None:
         settle = self.settings.relay_merge_window_seconds
         while not self._stopping:
+            # While Userpilot looks down, one probe at a time (see breaker.py).
+            probe = await self._breaker.turn()
             await self._slots.acquire()
+            claim: Claim | None = None
             try:
                 slot = await self.store.reserve_send_slot(self._pacer.interval)
                 wait = slot - time.time()
@@ -103,26 +118,25 @@ class Dispatcher:
                     # Userpilot said 429 after this slot was reserved: the next slot the
                     # store gives out starts after the pause.
                     self._slots.release()
+                    if probe:
+                        self._breaker.probe_unused()
                     continue
                 # Fairness: every other call goes to the oldest single update (not from a
                 # batch), so one caller's import never holds up another caller's update.
                 self._single_turn = not self._single_turn
                 # Work stored from now on wakes the feeder from its idle wait at once.
                 self.store.signals.work.clear()
-                claim = await self.store.claim(
-                    # One token per claim: a call that outlived its lease cannot record over
-                    # the claim that took the company over.
-                    owner=f"{self.owner}:{next(self._claims)}",
-                    lease_seconds=self.settings.relay_lease_seconds,
-                    max_merge=self.settings.relay_max_merge,
-                    settle_seconds=settle,
-                    single_first=self._single_turn,
-                )
+                claim = await self._claim(settle)
+                if claim is None and probe and await self.store.retry_now(one_company=True):
+                    # Everything waits out a backoff: the probe takes the oldest of it.
+                    claim = await self._claim(settle)
             except asyncio.CancelledError:
                 self._slots.release()
                 raise
             except StoreUnavailable as exc:
                 self._slots.release()
+                if probe:
+                    self._breaker.probe_unused()
                 if not self._store_down:  # one line per outage, not one a second
                     log.warning(
                         "the store is unreachable; delivery paused", extra={"error": str(exc)[:300]}
@@ -132,6 +146,8 @@ class Dispatcher:
                 continue
             except Exception:
                 self._slots.release()
+                if probe:
+                    self._breaker.probe_unused()
                 log.exception("claiming from the store failed; retrying in 1 s")
                 await asyncio.sleep(1.0)
                 continue
@@ -140,14 +156,27 @@ class Dispatcher:
                 log.info("the store is back; delivery resumed")
             if claim is None:
                 self._slots.release()
+                if probe:
+                    self._breaker.probe_unused()
                 await self._idle(settle)
                 continue
             # This process's own sends are never closer than the interval, however long the
             # claim took: Userpilot counts arrivals, not slots.
             send_at = self._pacer.next_send()
-            task = asyncio.create_task(self._deliver(claim, send_at))
+            task = asyncio.create_task(self._deliver(claim, send_at, probe))
             self._inflight.add(task)
             task.add_done_callback(self._done)
+
+    async def _claim(self, settle: float) -> Claim | None:
+        return await self.store.claim(
+            # One token per claim: a call that outlived its lease cannot record over the
+            # claim that took the company over.
+            owner=f"{self.owner}:{next(self._claims)}",
+            lease_seconds=self.settings.relay_lease_seconds,
+            max_merge=self.settings.relay_max_merge,
+            settle_seconds=settle,
+            single_first=self._single_turn,
+        )
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
@@ -162,10 +191,26 @@ class Dispatcher:
             await asyncio.sleep(settle)
 
     # one call ------------------------------------------------------------------------------
-    async def _deliver(self, claim: Claim, send_at: float) -> None:
-        claim = await self._without_unsendable(claim)
-        if not claim.updates:
+    async def _deliver(self, claim: Claim, send_at: float, probe: bool = False) -> None:
+        result: UpstreamResult | None = None
+        try:
+            result = await self._call(claim, send_at)
+        finally:
+            if probe and result is None:
+                self._breaker.probe_unused()
+        if result is None:
             return
+        if self._breaker.record(result, probe=probe):
+            # Userpilot is back: whatever waits out a backoff goes now, at full pace.
+            with contextlib.suppress(Exception):
+                moved = await self.store.retry_now()
+                log.info("brought waiting deliveries forward", extra={"deliveries": moved})
+
+    async def _call(self, claim: Claim, send_at: float) -> UpstreamResult | None:
+        """Send the claim and record the outcome; answers Userpilot's answer (None: no call)."""
+        claim = await without_unsendable(self.store, claim, _context(claim))
+        if not claim.updates:
+            return None
         metadata, sent_versions = merge_claim(claim)
         context = _context(claim)
         try:
@@ -204,40 +249,8 @@ class Dispatcher:
                 f"{REFUSED}Userpilot answered {result.status}, but the store cannot record "
                 f"the outcome ({type(exc).__name__})"
             )
-            await self._refuse(claim, reason, context, status=result.status)
-
-    async def _without_unsendable(self, claim: Claim) -> Claim:
-        """The claim less the updates that can be neither sent nor recorded as stored.
-
-        Those were stored before the relay refused such input at the door (a control
-        character in a property name, say). Each is dead-lettered with the reason on its own;
-        the company's other updates go out as usual, and the queue moves on.
-        """
-        bad = [u for u in claim.updates if update_problem(claim.company_id, u.metadata)]
-        if not bad:
-            return claim
-        refused = replace(claim, updates=bad)
-        problem = update_problem(claim.company_id, bad[0].metadata) or "cannot be sent"
-        await self._refuse(refused, REFUSED + problem, _context(refused))
-        refused_ids = set(refused.ids)
-        return replace(claim, updates=[u for u in claim.updates if u.id not in refused_ids])
-
-    async def _refuse(
-        self,
-        claim: Claim,
-        reason: str,
-        context: dict[str, object],
-        status: int | None = None,
-    ) -> None:
-        try:
-            await self.store.mark_dead(claim, status=status, error=reason, request_id=None)
-        except Exception:  # the lease runs out; the next claim refuses it again
-            log.exception("dead-lettering a refused delivery failed", extra=context)
-            return
-        DELIVERIES.labels(outcome="dead").inc(len(claim.updates))
-        log.error(
-            "dead-lettered: the relay cannot send this update", extra=context | {"error": reason}
-        )
+            await refuse(self.store, claim, reason, context, status=result.status)
+        return result
 
     async def _record(
         self,

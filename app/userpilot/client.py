@@ -11,6 +11,7 @@ import asyncio
 import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
+from urllib.parse import quote
 
 import httpx
 import orjson
@@ -19,6 +20,8 @@ from app import __version__
 from app.metrics import UPSTREAM_DURATION, UPSTREAM_REQUESTS
 
 API_VERSION = "2020-09-22"
+_BULK_PATH = "/v1/companies/bulk_identify"
+_JOBS_PATH = "/v1/background_jobs"
 _MAX_ERROR_CHARS = 500
 
 
@@ -31,6 +34,8 @@ class UpstreamResult:
     request_id: str | None
     retry_after: float | None
     elapsed: float
+    # A 2xx answer's JSON object, for the calls that read one (bulk jobs); else None.
+    body: dict[str, object] | None = None
 
     @property
     def ok(self) -> bool:
@@ -56,6 +61,17 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     if seconds != seconds:  # NaN
         return None
     return min(max(seconds, 0.0), 3600.0)
+
+
+def _json_object(response: httpx.Response) -> dict[str, object] | None:
+    """The answer's JSON object (at most 1 MB of it read), or None."""
+    if len(response.content) > 1024 * 1024:
+        return None
+    try:
+        body = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        return None
+    return body if isinstance(body, dict) else None
 
 
 def describe_error(response: httpx.Response) -> str:
@@ -104,12 +120,30 @@ class UserpilotClient:
         body = orjson.dumps({"company_id": company_id, "metadata": metadata})
         return await self._post("/v1/companies/identify", "companies_identify", body)
 
+    async def bulk_identify_companies(self, body: bytes) -> UpstreamResult:
+        """Submit a bulk job: `body` is `{"companies": [...]}`; a 2xx answer's `body` holds
+        the job (`job_id`, `status`)."""
+        return await self._call("POST", _BULK_PATH, "companies_bulk_identify", body)
+
+    async def background_job(self, job_id: str) -> UpstreamResult:
+        """A bulk job's status (the id URL-encoded: Userpilot's contain colons)."""
+        path = f"{_JOBS_PATH}/{quote(job_id, safe='')}"
+        return await self._call("GET", path, "background_jobs", None)
+
     async def _post(self, path: str, endpoint: str, body: bytes) -> UpstreamResult:
+        return await self._call("POST", path, endpoint, body)
+
+    async def _call(
+        self, method: str, path: str, endpoint: str, body: bytes | None
+    ) -> UpstreamResult:
         started = time.perf_counter()
+        parsed: dict[str, object] | None = None
         try:
             async with asyncio.timeout(self._total_timeout):
-                response = await self._http.post(path, content=body)
+                response = await self._http.request(method, path, content=body)
                 error = None
+                if endpoint != "companies_identify" and 200 <= response.status_code < 300:
+                    parsed = _json_object(response)
                 if not 200 <= response.status_code < 300:
                     error = describe_error(response)
         except (TimeoutError, httpx.TimeoutException) as exc:
@@ -131,6 +165,7 @@ class UserpilotClient:
             request_id=response.headers.get("x-request-id"),
             retry_after=parse_retry_after(response.headers.get("retry-after")),
             elapsed=elapsed,
+            body=parsed if 200 <= status < 300 else None,
         )
 
     @staticmethod
