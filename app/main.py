@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from starlette.types import Message, Receive, Scope, Send
 
 from app import __version__
-from app.api import companies, deliveries, health, status, webhooks
+from app.api import companies, deliveries, health, jobs, status, webhooks
 from app.api.deps import State
 from app.api.middleware import RequestMetricsMiddleware
 from app.api.schemas import BulkIn, CompanyIn
@@ -193,6 +193,7 @@ def create_app(
     app.include_router(webhooks.router)
     app.include_router(health.router)
     app.include_router(status.router)
+    app.include_router(jobs.router)
     app.add_middleware(RequestMetricsMiddleware)
     return app
 

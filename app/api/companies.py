@@ -185,10 +185,11 @@ async def post_company(
             ttl_seconds=settings.relay_idempotency_ttl_seconds,
         )
     ((company_id, metadata),) = companies
+    wait = parse_wait(prefer)
     # A reused Idempotency-Key (422) and an unreachable store (503) are answered by the
-    # handlers in app/errors.py.
+    # handlers in app/errors.py. A caller that waits never waits on a bulk job.
     result = await store.enqueue(
-        [NewUpdate(company_id=company_id, metadata=metadata)],
+        [NewUpdate(company_id=company_id, metadata=metadata, realtime_only=wait is not None)],
         source="api",
         caller=caller.name,
         batch=False,
@@ -202,7 +203,6 @@ async def post_company(
         status = first.status if first else status
     else:
         UPDATES_ACCEPTED.labels(source="api").inc()
-    wait = parse_wait(prefer)
     if wait is None:
         return _json(202, {"id": delivery_id, "status": status})
     return await _wait_for_outcome(store, delivery_id, wait)

@@ -198,6 +198,15 @@ class DeliveryOut(BaseModel):
     last_upstream_status: int | None = Field(description="Userpilot's last HTTP status.")
     last_error: str | None = Field(description="Userpilot's last error, or the network error.")
     last_request_id: str | None = Field(description="Userpilot's x-request-id of the last call.")
+    via: Literal["realtime", "bulk"] | None = Field(
+        description=(
+            "How it went out (or goes out, while delivering): a real-time call, or a row of a "
+            "Userpilot bulk job; null before its first attempt."
+        )
+    )
+    job_id: str | None = Field(
+        description="The relay's bulk job (GET /jobs/{job_id}) that carries or carried it."
+    )
 
     @classmethod
     def of(cls, d: Delivery) -> DeliveryOut:
@@ -217,6 +226,8 @@ class DeliveryOut(BaseModel):
             last_upstream_status=d.last_status,
             last_error=d.last_error,
             last_request_id=d.last_request_id,
+            via=d.via,
+            job_id=d.job_id if d.via == "bulk" else None,
         )
 
 

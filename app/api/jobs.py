@@ -1,0 +1,130 @@
+"""`GET /jobs` and `GET /jobs/{job_id}` (admin): the Userpilot bulk jobs the relay ran or runs."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Path, Query
+from pydantic import BaseModel, Field
+
+from app.api.companies import AUTH_ERRORS, _error
+from app.api.deps import AdminCaller, SettingsDep, StoreDep
+from app.domain.models import BulkJob
+from app.errors import RelayError
+
+router = APIRouter(tags=["operations"])
+
+JobState = Literal["waiting", "running", "completed", "failed", "split", "rejected"]
+_JOB_ID = r"^job_[0-9]{13}_[0-9a-f]{12}$"
+
+
+class JobOut(BaseModel):
+    """One bulk job: a row per company, its pending updates merged."""
+
+    id: str = Field(description="The relay's job id.")
+    status: JobState = Field(
+        description=(
+            "`waiting`: recorded, not yet accepted by Userpilot (new, or retrying after a 409 "
+            "or an outage); `running`: accepted; `completed`: its rows are delivered; "
+            "`failed`: Userpilot failed it or refused the upload, its rows went out again as "
+            "smaller jobs or real-time calls (`outcome` says which); `split`: too large, or bulk "
+            "was switched off: its rows went to smaller jobs or real-time calls; `rejected`: "
+            "Userpilot refused the API key, its updates are dead letters."
+        )
+    )
+    upstream_job_id: str | None = Field(description="Userpilot's job id, once accepted.")
+    upstream_status: str | None = Field(
+        description="Userpilot's last reported status (queued, validating, processing, ...)."
+    )
+    rows: int = Field(description="Companies in the job, one row each.")
+    updates: int = Field(description="Stored updates merged into those rows.")
+    completed_rows: int = Field(description="Rows Userpilot reports done.")
+    attempts: int = Field(description="Submissions so far.")
+    owner: str | None = Field(
+        description="The replica driving it now (host:pid:tag), while it holds the job's lease."
+    )
+    parent_id: str | None = Field(description="The failed or split job these rows came from.")
+    created_at: float = Field(description="Unix time the job was recorded.")
+    submitted_at: float | None = Field(description="Unix time Userpilot accepted it.")
+    progress_at: float | None = Field(description="Unix time of its last progress.")
+    finished_at: float | None
+    next_attempt_at: float | None = Field(description="While waiting: the next submission.")
+    stuck: bool = Field(
+        description="Running with no progress for RELAY_BULK_STUCK_SECONDS (alerted on)."
+    )
+    last_error: str | None = Field(description="The last submission's or poll's error.")
+    outcome: str | None = Field(description="What became of its rows, once it ended.")
+
+    @classmethod
+    def of(cls, job: BulkJob, stuck_seconds: float) -> JobOut:
+        since = job.progress_at or job.submitted_at or job.created_at
+        return cls(
+            id=job.id,
+            status=job.status,
+            upstream_job_id=job.upstream_id,
+            upstream_status=job.upstream_status,
+            rows=job.rows,
+            updates=job.updates,
+            completed_rows=job.completed_rows,
+            attempts=job.attempts,
+            owner=job.owner,
+            parent_id=job.parent_id,
+            created_at=job.created_at,
+            submitted_at=job.submitted_at,
+            progress_at=job.progress_at,
+            finished_at=job.finished_at,
+            next_attempt_at=job.next_attempt_at if job.status == "waiting" else None,
+            stuck=job.status == "running" and time.time() - since > stuck_seconds,
+            last_error=job.last_error,
+            outcome=job.outcome,
+        )
+
+
+class JobPage(BaseModel):
+    """Jobs newest first; pass `next_cursor` as `cursor` for the next page."""
+
+    items: list[JobOut]
+    next_cursor: str | None
+
+
+@router.get(
+    "/jobs",
+    response_model=JobPage,
+    responses={**AUTH_ERRORS, 422: _error("Invalid query parameter.")},
+)
+async def list_jobs(
+    _: AdminCaller,
+    store: StoreDep,
+    settings: SettingsDep,
+    status: Annotated[JobState | None, Query(description="Only jobs in this state.")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: Annotated[
+        str | None, Query(pattern=_JOB_ID, description="`next_cursor` of the last page.")
+    ] = None,
+) -> JobPage:
+    """The bulk jobs, newest first, one page at a time (admin)."""
+    jobs = await store.list_jobs(status=status, before=cursor, limit=limit)
+    stuck = settings.relay_bulk_stuck_seconds
+    return JobPage(
+        items=[JobOut.of(job, stuck) for job in jobs],
+        next_cursor=jobs[-1].id if len(jobs) == limit else None,
+    )
+
+
+@router.get(
+    "/jobs/{job_id}",
+    response_model=JobOut,
+    responses={**AUTH_ERRORS, 404: _error("No such job."), 422: _error("Invalid job id.")},
+)
+async def get_job(
+    job_id: Annotated[str, Path(min_length=1, max_length=64, description="The relay's job id.")],
+    _: AdminCaller,
+    store: StoreDep,
+    settings: SettingsDep,
+) -> JobOut:
+    """One bulk job: status, rows, completed rows, timestamps and outcome (admin)."""
+    job = await store.get_job(job_id) if job_id.isascii() and job_id.isprintable() else None
+    if job is None:
+        raise RelayError(404, "not_found", "no job with this id")
+    return JobOut.of(job, settings.relay_bulk_stuck_seconds)

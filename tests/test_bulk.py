@@ -1,0 +1,375 @@
+"""Bulk jobs: a backlog drained through Userpilot's bulk endpoint beside real-time calls.
+
+Relay and simulator over real HTTP, on both stores. The simulator runs jobs at a configurable
+speed, can fail or stall them, refuse a company, and keeps each company's write history, so the
+tests check what Userpilot ended up with and in which order it arrived.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+
+from app.simulator.process import SimulatorProcess
+from tests.inprocess import InProcessRelay, eventually, run
+from tests.relay import ADMIN_KEY
+
+FAST_BULK = {
+    "relay_bulk_threshold": 50,
+    "relay_bulk_poll_seconds": 0.1,
+    "relay_merge_window_seconds": 0.0,
+}
+
+
+def relay_on(database_url: str, sim: SimulatorProcess, **extra: Any) -> InProcessRelay:
+    return InProcessRelay(database_url, endpoint=sim.url, **{**FAST_BULK, **extra})
+
+
+def companies(prefix: str, count: int, **metadata: Any) -> list[dict[str, Any]]:
+    return [{"company_id": f"{prefix}-{i}", "metadata": {"n": i, **metadata}} for i in range(count)]
+
+
+async def post_bulk(relay: InProcessRelay, items: list[dict[str, Any]]) -> str:
+    r = await relay.post("/companies/bulk", json={"companies": items})
+    assert r.status_code == 202, r.text
+    batch_id: str = r.json()["batch_id"]
+    return batch_id
+
+
+async def jobs(relay: InProcessRelay, **params: Any) -> list[dict[str, Any]]:
+    r = await relay.get("/jobs", key=ADMIN_KEY, params=params)
+    assert r.status_code == 200, r.text
+    items: list[dict[str, Any]] = r.json()["items"]
+    return items
+
+
+async def running_job(relay: InProcessRelay) -> dict[str, Any]:
+    async def running() -> dict[str, Any] | None:
+        found = await jobs(relay, status="running")
+        return found[0] if found else None
+
+    job: dict[str, Any] = await eventually(running, within=20)
+    return job
+
+
+def upstream_calls(sim: SimulatorProcess) -> tuple[int, int]:
+    """(real-time identify calls, company rows in bulk jobs) Userpilot received."""
+    stats = sim.stats()
+    return int(stats["identify_calls"]), int(stats["bulk_rows_received"])
+
+
+def test_a_backlog_drains_through_bulk_and_realtime_with_every_value_right(
+    database_url: str, sim: SimulatorProcess
+) -> None:
+    sim.configure(rate_limit_per_minute=1200, bulk_rows_per_minute=30_000)
+    items = companies("acme", 1500, plan="pro", gone=None)
+
+    async def main() -> list[dict[str, Any]]:
+        async with relay_on(database_url, sim, relay_rate_limit_per_minute=1200) as relay:
+            batch_id = await post_bulk(relay, items)
+            done = await relay.batch_done(batch_id, within=60)
+            assert done["counts"]["delivered"] == 1500, done
+            ways = [
+                (await relay.get(f"/deliveries/{batch_id}.{i}", key=ADMIN_KEY)).json()
+                for i in (0, 1499)
+            ]
+            listed = await jobs(relay)
+            job = (await relay.get(f"/jobs/{listed[-1]['id']}", key=ADMIN_KEY)).json()
+            assert job == listed[-1]
+            return [*ways, *listed]
+
+    first, last, *listed = run(main(), limit=90)
+    # The first companies go out real-time while the job is packed; the job takes the rest,
+    # and each delivery says which way it went, with the job's id.
+    assert first["via"] == "realtime" and first["job_id"] is None, first
+    assert last["via"] == "bulk" and last["job_id"] == listed[-1]["id"], last
+    assert all(j["status"] == "completed" for j in listed), listed
+    assert listed[-1]["rows"] == listed[-1]["completed_rows"] > 0
+    assert listed[-1]["upstream_job_id"].startswith("job:companies:")
+    realtime, rows = upstream_calls(sim)
+    assert realtime > 0 and rows > 0, (realtime, rows)
+    # Each company went out once: a bulk row or a real-time call.
+    assert realtime + rows <= 1.1 * 1500, (realtime, rows)
+    assert sim.stats()["throttled"] == 0
+    stored = sim.companies()
+    for item in items:
+        assert stored[item["company_id"]] == {"n": item["metadata"]["n"], "plan": "pro"}
+
+
+def test_a_newer_update_for_a_company_inside_a_running_job_goes_out_after_it(
+    database_url: str, sim: SimulatorProcess
+) -> None:
+    sim.configure(bulk_rows_per_minute=0)  # the job stays running until the test lets it go
+    items = companies("ord", 200, v=1)
+
+    async def main() -> tuple[str, dict[str, Any]]:
+        async with relay_on(database_url, sim, relay_bulk_fresh_seconds=0) as relay:
+            batch_id = await post_bulk(relay, items)
+            job = await running_job(relay)
+            # A company whose row is in the job: in flight.
+            inside = None
+            for i in range(200):
+                d = (await relay.get(f"/deliveries/{batch_id}.{i}", key=ADMIN_KEY)).json()
+                if d["via"] == "bulk" and d["status"] == "delivering":
+                    inside = d
+                    break
+            assert inside is not None and inside["job_id"] == job["id"], inside
+            company = inside["company_id"]
+            newer = await relay.post_company(company, {"v": 2, "extra": "x"})
+            assert newer.status_code == 202
+            newer_id = newer.json()["id"]
+            # It waits behind the job: queued, and Userpilot has not seen it.
+            await asyncio.sleep(0.5)
+            assert (await relay.get(f"/deliveries/{newer_id}", key=ADMIN_KEY)).json()[
+                "status"
+            ] == "queued"
+            assert sim.history(company) is None
+            sim.configure(bulk_rows_per_minute=600_000)
+            delivered = await relay.wait_for(newer_id, "delivered", within=30)
+            assert delivered["via"] == "realtime"
+            await relay.batch_done(batch_id, within=30)
+            return company, delivered
+
+    company, _ = run(main(), limit=90)
+    history = sim.history(company)
+    assert history is not None
+    # The job's older value first, the newer real-time update after it; the newer one wins.
+    assert [h["via"] for h in history] == ["bulk", "identify"], history
+    assert history[0]["metadata"]["v"] == 1 and history[1]["metadata"]["v"] == 2
+    assert sim.company(company) == {"n": int(company.split("-")[1]), "v": 2, "extra": "x"}
+
+
+def test_a_failed_job_is_bisected_and_a_bad_row_dead_lettered_with_userpilots_error(
+    database_url: str, sim: SimulatorProcess
+) -> None:
+    sim.configure(invalid_company_ids=["bis-137"])
+    items = companies("bis", 400)
+
+    async def main() -> tuple[str, list[dict[str, Any]], dict[str, Any]]:
+        async with relay_on(database_url, sim, relay_rate_limit_per_minute=1200) as relay:
+            batch_id = await post_bulk(relay, items)
+            done = await relay.batch_done(batch_id, within=60)
+            bad = (await relay.get(f"/deliveries/{batch_id}.137", key=ADMIN_KEY)).json()
+            return batch_id, await jobs(relay), {**done, "bad": bad}
+
+    _, listed, done = run(main(), limit=90)
+    assert done["counts"]["delivered"] == 399 and done["counts"]["dead"] == 1, done
+    bad = done["bad"]
+    assert bad["status"] == "dead" and bad["via"] == "realtime", bad
+    assert bad["last_upstream_status"] == 400
+    assert "INVALID_COMPANY" in bad["last_error"] and "bis-137" in bad["last_error"]
+    failed = [j for j in listed if j["status"] == "failed"]
+    completed = [j for j in listed if j["status"] == "completed"]
+    assert failed and completed, listed
+    # Halved until the part holding the bad row is under RELAY_BULK_MIN_ROWS (100).
+    assert all(j["parent_id"] in {f["id"] for f in failed} for j in listed if j["parent_id"])
+    assert "real-time" in failed[0]["outcome"] or any("real-time" in f["outcome"] for f in failed)
+    stored = sim.companies()
+    assert "bis-137" not in stored
+    assert all(stored[f"bis-{i}"] == {"n": i} for i in range(400) if i != 137)
+
+
+def test_a_transient_job_failure_costs_one_extra_round_not_a_realtime_drain(
+    database_url: str, sim: SimulatorProcess
+) -> None:
+    sim.add_job_fault(action="fail", after_rows=10)
+    items = companies("tr", 600)
+
+    async def main() -> list[dict[str, Any]]:
+        async with relay_on(database_url, sim, relay_rate_limit_per_minute=600) as relay:
+            batch_id = await post_bulk(relay, items)
+            done = await relay.batch_done(batch_id, within=60)
+            assert done["counts"]["delivered"] == 600, done
+            return await jobs(relay)
+
+    listed = run(main(), limit=90)
+    statuses = sorted(j["status"] for j in listed)
+    assert statuses == ["completed", "completed", "failed"], listed
+    realtime, _ = upstream_calls(sim)
+    assert realtime < 150, realtime  # the failed job's rows went in two jobs, not one by one
+    assert all(sim.company(f"tr-{i}") == {"n": i} for i in range(600))
+
+
+def test_a_foreign_job_holding_the_slot_makes_the_job_wait_while_realtime_goes_on(
+    database_url: str, sim: SimulatorProcess
+) -> None:
+    sim.configure(bulk_rows_per_minute=600)  # the other tool's 30 users take about 3 s
+    users = {"users": [{"user_id": f"u{i}", "metadata": {}} for i in range(30)]}
+    r = httpx.post(
+        f"{sim.url}/v1/users/bulk_identify",
+        json=users,
+        headers={"Authorization": f"Token {sim_key(sim)}"},
+    )
+    assert r.status_code == 202, r.text
+    items = companies("fj", 300)
+
+    async def main() -> list[dict[str, Any]]:
+        async with relay_on(database_url, sim) as relay:
+            batch_id = await post_bulk(relay, items)
+
+            async def conflicted() -> bool:
+                return int(sim.stats()["jobs_conflicted"]) > 0
+
+            await eventually(conflicted, within=20)
+            waiting = await jobs(relay, status="waiting")
+            assert waiting and "409" in (waiting[0]["last_error"] or ""), waiting
+            # Real-time delivery goes on meanwhile for everything not in the job.
+            other = await relay.post_company("fj-other", {"x": 1})
+            await relay.wait_for(other.json()["id"], "delivered", within=10)
+            sim.configure(bulk_rows_per_minute=600_000)
+            done = await relay.batch_done(batch_id, within=60)
+            assert done["counts"]["delivered"] == 300
+            return await jobs(relay)
+
+    listed = run(main(), limit=90)
+    assert [j["status"] for j in listed] == ["completed"], listed
+    assert listed[0]["attempts"] >= 1
+    assert all(sim.company(f"fj-{i}") == {"n": i} for i in range(300))
+
+
+def sim_key(sim: SimulatorProcess) -> str:
+    keys: list[str] = sim.config()["api_keys"]
+    return keys[0]
+
+
+def test_a_job_too_large_for_userpilot_is_split(database_url: str, sim: SimulatorProcess) -> None:
+    sim.add_fault(action="status", status=413, path="/v1/companies/bulk_identify", times=1)
+    items = companies("big", 400)
+
+    async def main() -> list[dict[str, Any]]:
+        async with relay_on(database_url, sim) as relay:
+            batch_id = await post_bulk(relay, items)
+            done = await relay.batch_done(batch_id, within=60)
+            assert done["counts"]["delivered"] == 400, done
+            return await jobs(relay)
+
+    listed = run(main(), limit=90)
+    split = [j for j in listed if j["status"] == "split"]
+    assert len(split) == 1, listed
+    children = [j for j in listed if j["parent_id"] == split[0]["id"]]
+    assert len(children) == 2 and all(c["status"] == "completed" for c in children), listed
+    assert sum(c["rows"] for c in children) == split[0]["rows"]
+    assert all(sim.company(f"big-{i}") == {"n": i} for i in range(400))
+
+
+def test_waiting_callers_and_fresh_updates_keep_realtime_while_an_import_drains(
+    database_url: str, sim: SimulatorProcess
+) -> None:
+    sim.configure(bulk_rows_per_minute=0)  # the import's job runs as long as the test needs
+
+    async def main() -> tuple[dict[str, Any], dict[str, Any]]:
+        async with relay_on(database_url, sim, relay_bulk_fresh_seconds=60) as relay:
+            await post_bulk(relay, companies("imp", 300))
+            await running_job(relay)
+            waited = await relay.post_company("caller-1", {"a": 1}, headers={"Prefer": "wait=10"})
+            assert waited.status_code == 200, waited.text
+            fresh = await relay.post_company("fresh-1", {"b": 2})
+            delivered = await relay.wait_for(fresh.json()["id"], "delivered", within=10)
+            return waited.json(), delivered
+
+    waited, fresh = run(main(), limit=60)
+    assert waited["via"] == "realtime" and waited["job_id"] is None
+    assert fresh["via"] == "realtime"
+
+
+def test_with_bulk_off_a_backlog_goes_out_realtime_only(
+    database_url: str, sim: SimulatorProcess
+) -> None:
+    async def main() -> list[dict[str, Any]]:
+        async with relay_on(
+            database_url, sim, relay_upstream_bulk="off", relay_rate_limit_per_minute=6000
+        ) as relay:
+            batch_id = await post_bulk(relay, companies("off", 300))
+            done = await relay.batch_done(batch_id, within=60)
+            assert done["counts"]["delivered"] == 300
+            return await jobs(relay)
+
+    assert run(main(), limit=90) == []
+    assert upstream_calls(sim) == (300, 0)
+
+
+def test_a_stuck_job_is_reported_and_its_rows_stay_in_flight(
+    database_url: str, sim: SimulatorProcess
+) -> None:
+    sim.add_job_fault(action="stall", after_rows=5)
+
+    async def main() -> tuple[dict[str, Any], float, dict[str, Any]]:
+        async with relay_on(database_url, sim, relay_bulk_stuck_seconds=1) as relay:
+            batch_id = await post_bulk(relay, companies("stk", 200))
+            job = await running_job(relay)
+
+            async def stuck() -> dict[str, Any] | None:
+                found = (await relay.get(f"/jobs/{job['id']}", key=ADMIN_KEY)).json()
+                return found if found["stuck"] else None
+
+            found = await eventually(stuck, within=20)
+
+            async def gauge() -> float:
+                return await relay.metric("userpilot_relay_bulk_job_stuck")
+
+            await eventually(gauge, within=10)
+            counts = (await relay.get(f"/batches/{batch_id}", key=ADMIN_KEY)).json()["counts"]
+            return found, await relay.metric("userpilot_relay_bulk_job_stuck"), counts
+
+    found, gauge, counts = run(main(), limit=60)
+    assert found["status"] == "running" and found["completed_rows"] == 5
+    assert gauge == 1
+    # Nothing is re-sent behind the stuck job's back: its rows stay in flight.
+    assert counts["delivering"] == found["rows"], (counts, found)
+
+
+def test_job_routes_are_admin_only_and_answer_404_for_unknown_ids(sqlite_url: str) -> None:
+    async def main() -> list[int]:
+        async with InProcessRelay(sqlite_url) as relay:
+            return [
+                (await relay.get("/jobs")).status_code,
+                (await relay.get("/jobs", key=None)).status_code,
+                (
+                    await relay.get("/jobs/job_0000000000000_000000000000", key=ADMIN_KEY)
+                ).status_code,
+                (await relay.get("/jobs/%00", key=ADMIN_KEY)).status_code,
+                (await relay.get("/jobs", key=ADMIN_KEY, params={"cursor": "x"})).status_code,
+                (await relay.get("/jobs", key=ADMIN_KEY)).status_code,
+            ]
+
+    assert run(main()) == [403, 401, 404, 404, 422, 200]
+
+
+def test_after_an_outage_the_backlog_goes_at_once_and_the_outage_costs_few_calls(
+    database_url: str, sim: SimulatorProcess
+) -> None:
+    # Backoffs grow to a minute: without the breaker, a company whose next attempt lies a
+    # minute ahead would wait for it after Userpilot is back.
+    sim.add_fault(action="status", status=503, times=100_000, path="/v1/companies/identify")
+    outage = 8.0
+
+    async def main() -> tuple[int, float, list[str]]:
+        async with relay_on(
+            database_url, sim, relay_retry_base_seconds=1, relay_retry_max_seconds=60
+        ) as relay:
+            started = asyncio.get_running_loop().time()
+            ids = [(await relay.post_company(f"out-{i}", {"n": i})).json()["id"] for i in range(30)]
+
+            async def open_() -> bool:
+                return await relay.metric("userpilot_relay_upstream_circuit_open") == 1
+
+            await eventually(open_, within=10)
+            await asyncio.sleep(max(0.0, outage - (asyncio.get_running_loop().time() - started)))
+            calls_in_outage = upstream_calls(sim)[0]
+            sim.clear_faults()
+            back = asyncio.get_running_loop().time()
+            for delivery_id in ids:
+                await relay.wait_for(delivery_id, "delivered", within=20)
+            drained = asyncio.get_running_loop().time() - back
+            assert await relay.metric("userpilot_relay_upstream_circuit_open") == 0
+            return calls_in_outage, drained, ids
+
+    calls, drained, _ = run(main(), limit=60)
+    slots = outage * 600 / 60
+    # One probe a second once open: a small share of the send slots of the outage.
+    assert calls <= 0.25 * slots, (calls, slots)
+    # 30 companies at 10 a second: 3 s at full pace, plus the probe that finds Userpilot back.
+    assert drained < 3 + 5, drained
+    assert all(sim.company(f"out-{i}") == {"n": i} for i in range(30))
