@@ -66,28 +66,36 @@ def test_a_backlog_drains_through_bulk_and_realtime_with_every_value_right(
     sim.configure(rate_limit_per_minute=1200, bulk_rows_per_minute=30_000)
     items = companies("acme", 1500, plan="pro", gone=None)
 
-    async def main() -> list[dict[str, Any]]:
+    async def main() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         async with relay_on(database_url, sim, relay_rate_limit_per_minute=1200) as relay:
             batch_id = await post_bulk(relay, items)
             done = await relay.batch_done(batch_id, within=60)
             assert done["counts"]["delivered"] == 1500, done
-            ways = [
-                (await relay.get(f"/deliveries/{batch_id}.{i}", key=ADMIN_KEY)).json()
-                for i in (0, 1499)
-            ]
+            deliveries: list[dict[str, Any]] = []
+            cursor: str | None = None
+            while True:
+                params = {"limit": 1000, **({"cursor": cursor} if cursor else {})}
+                page = (await relay.get("/deliveries", key=ADMIN_KEY, params=params)).json()
+                deliveries += page["items"]
+                cursor = page["next_cursor"]
+                if cursor is None:
+                    break
             listed = await jobs(relay)
-            job = (await relay.get(f"/jobs/{listed[-1]['id']}", key=ADMIN_KEY)).json()
-            assert job == listed[-1]
-            return [*ways, *listed]
+            one = (await relay.get(f"/jobs/{listed[-1]['id']}", key=ADMIN_KEY)).json()
+            assert one == listed[-1]
+            return deliveries, listed
 
-    first, last, *listed = run(main(), limit=90)
-    # The first companies go out real-time while the job is packed; the job takes the rest,
-    # and each delivery says which way it went, with the job's id.
-    assert first["via"] == "realtime" and first["job_id"] is None, first
-    assert last["via"] == "bulk" and last["job_id"] == listed[-1]["id"], last
+    deliveries, listed = run(main(), limit=90)
+    # Each delivery says which way it went; a bulk one names its job.
     assert all(j["status"] == "completed" for j in listed), listed
-    assert listed[-1]["rows"] == listed[-1]["completed_rows"] > 0
-    assert listed[-1]["upstream_job_id"].startswith("job:companies:")
+    assert all(j["rows"] == j["completed_rows"] > 0 for j in listed), listed
+    assert all(j["upstream_job_id"].startswith("job:companies:") for j in listed), listed
+    via_bulk = [d for d in deliveries if d["via"] == "bulk"]
+    via_realtime = [d for d in deliveries if d["via"] == "realtime"]
+    assert len(via_bulk) + len(via_realtime) == 1500
+    assert len(via_bulk) == sum(j["rows"] for j in listed)
+    assert {d["job_id"] for d in via_bulk} == {j["id"] for j in listed}
+    assert all(d["job_id"] is None for d in via_realtime)
     realtime, rows = upstream_calls(sim)
     assert realtime > 0 and rows > 0, (realtime, rows)
     # Each company went out once: a bulk row or a real-time call.
@@ -185,10 +193,12 @@ def test_a_transient_job_failure_costs_one_extra_round_not_a_realtime_drain(
             return await jobs(relay)
 
     listed = run(main(), limit=90)
-    statuses = sorted(j["status"] for j in listed)
-    assert statuses == ["completed", "completed", "failed"], listed
-    realtime, _ = upstream_calls(sim)
-    assert realtime < 150, realtime  # the failed job's rows went in two jobs, not one by one
+    (failed,) = [j for j in listed if j["status"] == "failed"]
+    children = [j for j in listed if j["parent_id"] == failed["id"]]
+    # The failed job's rows went out again as two jobs of half the size, not one by one.
+    assert [c["status"] for c in children] == ["completed", "completed"], listed
+    assert sum(c["rows"] for c in children) == failed["rows"]
+    assert "2 smaller job(s)" in failed["outcome"] and "real-time" not in failed["outcome"]
     assert all(sim.company(f"tr-{i}") == {"n": i} for i in range(600))
 
 
@@ -224,8 +234,8 @@ def test_a_foreign_job_holding_the_slot_makes_the_job_wait_while_realtime_goes_o
             return await jobs(relay)
 
     listed = run(main(), limit=90)
-    assert [j["status"] for j in listed] == ["completed"], listed
-    assert listed[0]["attempts"] >= 1
+    assert all(j["status"] == "completed" for j in listed), listed
+    assert listed[-1]["attempts"] >= 1  # the first job, submitted again after the 409
     assert all(sim.company(f"fj-{i}") == {"n": i} for i in range(300))
 
 
@@ -317,7 +327,8 @@ def test_a_stuck_job_is_reported_and_its_rows_stay_in_flight(
     assert found["status"] == "running" and found["completed_rows"] == 5
     assert gauge == 1
     # Nothing is re-sent behind the stuck job's back: its rows stay in flight.
-    assert counts["delivering"] == found["rows"], (counts, found)
+    assert counts["delivering"] >= found["rows"], (counts, found)
+    assert sim.stats()["bulk_rows_applied"] == 5
 
 
 def test_job_routes_are_admin_only_and_answer_404_for_unknown_ids(sqlite_url: str) -> None:

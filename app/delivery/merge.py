@@ -1,8 +1,15 @@
-"""Merging a company's queued updates into one Userpilot call."""
+"""Merging a company's queued updates into one Userpilot call, or one row of a bulk job."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import orjson
+
 from app.domain.models import Claim, Metadata
+
+# Userpilot takes bulk files up to 50 MB: keep clear of it.
+MAX_JOB_BYTES = 50 * 1024 * 1024 - 256 * 1024
 
 
 def merge_claim(claim: Claim) -> tuple[Metadata, dict[str, int]]:
@@ -21,3 +28,9 @@ def merge_claim(claim: Claim) -> tuple[Metadata, dict[str, int]]:
             merged[key] = value
             sent_versions[key] = update.seq
     return merged, sent_versions
+
+
+def bulk_body(claims: Sequence[Claim]) -> bytes:
+    """A bulk identify body: `{"companies": [...]}`, a row per company, merged as above."""
+    rows = [{"company_id": c.company_id, "metadata": merge_claim(c)[0]} for c in claims]
+    return orjson.dumps({"companies": rows})

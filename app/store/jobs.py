@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from app.domain.models import BulkJob, Claim, ClaimedUpdate, JobStatus, job_token
+from app.domain.rules import printable
 from app.store import job_queries as jq
 from app.store import queries as q
 from app.store.claims import EXPAND_CHUNK, expand
@@ -175,6 +176,11 @@ def rows(job_id: str) -> Plan[list[Claim]]:
     ]
 
 
+def _text(value: str | None, limit: int = 500) -> str | None:
+    """Userpilot's words, safe for any column (no control characters, bounded)."""
+    return None if value is None else printable(value, limit)
+
+
 def _owned(job: BulkJob, owner: str, expected: JobStatus) -> dict[str, Any]:
     return {"id": job.id, "owner": owner, "expected": expected}
 
@@ -185,7 +191,7 @@ def submitted(
     params = {
         **_owned(job, owner, "waiting"),
         "upstream_id": upstream_id,
-        "upstream_status": upstream_status,
+        "upstream_status": _text(upstream_status, 60),
         "lease": lease,
     }
     return (yield Statement(jq.JOB_SUBMITTED, params)).rowcount > 0
@@ -201,12 +207,12 @@ def polled(
     lease: float,
 ) -> Plan[bool]:
     """Record a poll (renewing the lease); False when this replica no longer holds the job."""
-    base = {**_owned(job, owner, "running"), "lease": lease, "error": error}
+    base = {**_owned(job, owner, "running"), "lease": lease, "error": _text(error)}
     if upstream_status is None:
         return (yield Statement(jq.JOB_POLL_FAILED, base)).rowcount > 0
     params = {
         **base,
-        "upstream_status": upstream_status,
+        "upstream_status": _text(upstream_status, 60),
         "completed_rows": completed_rows if completed_rows is not None else job.completed_rows,
     }
     return (yield Statement(jq.JOB_POLLED, params)).rowcount > 0
@@ -216,7 +222,7 @@ def deferred(job: BulkJob, owner: str, *, delay: float, error: str, counted: boo
     params = {
         **_owned(job, owner, job.status),
         "delay": delay,
-        "error": error,
+        "error": _text(error),
         "counted": 1 if counted else 0,
     }
     return (yield Statement(jq.JOB_DEFERRED, params)).rowcount > 0
@@ -234,9 +240,9 @@ def _finish(
     params = {
         **_owned(job, owner, job.status),
         "status": status,
-        "outcome": outcome,
-        "error": error,
-        "upstream_status": upstream_status,
+        "outcome": _text(outcome, 2000),
+        "error": _text(error),
+        "upstream_status": _text(upstream_status, 60),
     }
     return (yield Statement(jq.JOB_FINISHED, params)).rowcount > 0
 
@@ -315,7 +321,7 @@ def split(
             "job": job.id,
             "companies": [c[0] for c in half],
             "status": http_status,
-            "error": error,
+            "error": _text(error),
         }
         yield Statement(jq.JOB_ROWS_TO_REALTIME, params)
     return children
@@ -326,7 +332,7 @@ def rejected(job: BulkJob, owner: str, *, status: int | None, error: str) -> Pla
     outcome = f"rejected: {job.updates} updates dead-lettered"
     if not (yield from _finish(job, owner, "rejected", outcome=outcome, error=error)):
         return False
-    yield Statement(jq.JOB_ROWS_DEAD, {"job": job.id, "status": status, "error": error})
+    yield Statement(jq.JOB_ROWS_DEAD, {"job": job.id, "status": status, "error": _text(error)})
     return True
 
 

@@ -8,6 +8,7 @@ the dispatcher classifies every outcome in one place.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -21,6 +22,8 @@ from app.metrics import UPSTREAM_DURATION, UPSTREAM_REQUESTS
 
 API_VERSION = "2020-09-22"
 _BULK_PATH = "/v1/companies/bulk_identify"
+# A bulk job's statuses that mean Userpilot still works on it (then `completed` or `failed`).
+RUNNING = frozenset({"queued", "validating", "processing", "pending_refresh"})
 _JOBS_PATH = "/v1/background_jobs"
 _MAX_ERROR_CHARS = 500
 
@@ -61,6 +64,16 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     if seconds != seconds:  # NaN
         return None
     return min(max(seconds, 0.0), 3600.0)
+
+
+def completed_rows(job: dict[str, object], total: int) -> int | None:
+    """A job answer's `completed_rows`, within 0..total (None when absent or not a number)."""
+    value = job.get("completed_rows")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return max(0, min(total, int(value)))
 
 
 def _json_object(response: httpx.Response) -> dict[str, object] | None:
@@ -120,10 +133,10 @@ class UserpilotClient:
         body = orjson.dumps({"company_id": company_id, "metadata": metadata})
         return await self._post("/v1/companies/identify", "companies_identify", body)
 
-    async def bulk_identify_companies(self, body: bytes) -> UpstreamResult:
-        """Submit a bulk job: `body` is `{"companies": [...]}`; a 2xx answer's `body` holds
-        the job (`job_id`, `status`)."""
-        return await self._call("POST", _BULK_PATH, "companies_bulk_identify", body)
+    async def bulk_identify_companies(self, body: bytes, *, within: float) -> UpstreamResult:
+        """Submit a bulk job: `body` is `{"companies": [...]}` (up to 50 MB: `within` seconds bound
+        the whole upload); a 2xx answer's `body` holds the job (`job_id`, `status`)."""
+        return await self._call("POST", _BULK_PATH, "companies_bulk_identify", body, within)
 
     async def background_job(self, job_id: str) -> UpstreamResult:
         """A bulk job's status (the id URL-encoded: Userpilot's contain colons)."""
@@ -134,13 +147,22 @@ class UserpilotClient:
         return await self._call("POST", path, endpoint, body)
 
     async def _call(
-        self, method: str, path: str, endpoint: str, body: bytes | None
+        self,
+        method: str,
+        path: str,
+        endpoint: str,
+        body: bytes | None,
+        within: float | None = None,
     ) -> UpstreamResult:
         started = time.perf_counter()
         parsed: dict[str, object] | None = None
+        total = self._total_timeout if within is None else within
         try:
-            async with asyncio.timeout(self._total_timeout):
-                response = await self._http.request(method, path, content=body)
+            async with asyncio.timeout(total):
+                request = self._http.build_request(method, path, content=body)
+                if within is not None:  # the per-phase limits too (a large upload's write)
+                    request.extensions["timeout"] = httpx.Timeout(within).as_dict()
+                response = await self._http.send(request)
                 error = None
                 if endpoint != "companies_identify" and 200 <= response.status_code < 300:
                     parsed = _json_object(response)
