@@ -294,11 +294,6 @@ class Settings(StoreSettings):
                 "RELAY_LEASE_SECONDS must exceed RELAY_UPSTREAM_TIMEOUT_SECONDS by at least 2 s: "
                 "a call must end before its lease lets another process deliver the same company"
             )
-        if 2 * self.relay_bulk_poll_seconds > self.relay_lease_seconds:
-            raise ValueError(
-                "RELAY_BULK_POLL_SECONDS must be at most half of RELAY_LEASE_SECONDS: every poll "
-                "renews the job's lease, which must not run out between two polls"
-            )
         if self.relay_bulk_min_rows > self.relay_bulk_max_rows:
             raise ValueError("RELAY_BULK_MIN_ROWS must not exceed RELAY_BULK_MAX_ROWS")
         if self.relay_retry_max_seconds < self.relay_retry_base_seconds:

@@ -384,3 +384,48 @@ def test_after_an_outage_the_backlog_goes_at_once_and_the_outage_costs_few_calls
     # 30 companies at 10 a second: 3 s at full pace, plus the probe that finds Userpilot back.
     assert drained < 3 + 5, drained
     assert all(sim.company(f"out-{i}") == {"n": i} for i in range(30))
+
+
+def test_a_refused_key_dead_letters_the_jobs_updates_loudly(
+    database_url: str, sim: SimulatorProcess
+) -> None:
+    sim.add_fault(action="status", status=401, path="/v1/companies/bulk_identify", times=1)
+
+    async def main() -> tuple[list[dict[str, Any]], dict[str, Any], float]:
+        async with relay_on(database_url, sim, relay_rate_limit_per_minute=60) as relay:
+            before = await relay.metric("userpilot_relay_upstream_auth_failures_total")
+            batch_id = await post_bulk(relay, companies("key", 200))
+
+            async def rejected() -> list[dict[str, Any]] | None:
+                found = await jobs(relay, status="rejected")
+                return found or None
+
+            found = await eventually(rejected, within=20)
+            counts = (await relay.get(f"/batches/{batch_id}", key=ADMIN_KEY)).json()["counts"]
+            after = await relay.metric("userpilot_relay_upstream_auth_failures_total")
+            return found, counts, after - before
+
+    (job,), counts, auth_failures = run(main(), limit=60)
+    assert counts["dead"] == job["updates"] > 0, (counts, job)
+    assert auth_failures == 1
+    assert "dead-lettered" in job["outcome"]
+
+
+def test_a_throttled_upload_waits_and_is_sent_again(
+    database_url: str, sim: SimulatorProcess
+) -> None:
+    sim.add_fault(
+        action="status", status=429, retry_after=1, path="/v1/companies/bulk_identify", times=1
+    )
+
+    async def main() -> list[dict[str, Any]]:
+        async with relay_on(database_url, sim) as relay:
+            batch_id = await post_bulk(relay, companies("thr", 300))
+            done = await relay.batch_done(batch_id, within=60)
+            assert done["counts"]["delivered"] == 300, done
+            return await jobs(relay)
+
+    listed = run(main(), limit=90)
+    first = listed[-1]
+    assert first["status"] == "completed" and first["attempts"] == 2, first
+    assert all(sim.company(f"thr-{i}") == {"n": i} for i in range(300))

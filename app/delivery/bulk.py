@@ -26,10 +26,9 @@ from app.delivery.breaker import Breaker
 from app.delivery.merge import MAX_JOB_BYTES, bulk_body, merge_claim
 from app.delivery.pacing import Pacer
 from app.delivery.refuse import without_unsendable
-from app.delivery.retry import backoff_delay
+from app.delivery.retry import backoff_delay, classify_upload
 from app.domain.errors import StoreUnavailable
 from app.domain.models import BulkJob, Claim
-from app.domain.rules import printable
 from app.metrics import (
     BULK_JOB_DURATION,
     BULK_JOB_ROWS,
@@ -43,7 +42,13 @@ from app.metrics import (
     UPSTREAM_THROTTLED,
 )
 from app.store.base import Store
-from app.userpilot.client import RUNNING, UpstreamResult, UserpilotClient, completed_rows
+from app.userpilot.client import (
+    RUNNING,
+    UpstreamResult,
+    UserpilotClient,
+    completed_rows,
+    job_status,
+)
 
 log = logging.getLogger("userpilot_relay.bulk")
 
@@ -80,7 +85,8 @@ class BulkDriver:
         self.pacer = pacer
         self.breaker = breaker
         self.owner = owner
-        self.lease = settings.relay_lease_seconds
+        # The job's lease, renewed at every poll: never shorter than three polls.
+        self.lease = max(settings.relay_lease_seconds, 3 * settings.relay_bulk_poll_seconds)
         self._current: BulkJob | None = None
         self._stuck_reported: set[str] = set()
         self._bulk_rows_per_second: float | None = None  # as the last completed job went
@@ -190,20 +196,22 @@ class BulkDriver:
         upload = max(self.settings.relay_upstream_timeout_seconds, self.lease / 2)
         result = await self.client.bulk_identify_companies(body, within=upload)
         context |= {"upstream_status": result.status, "x_request_id": result.request_id}
-        upstream_id = (result.body or {}).get("job_id")
-        usable = isinstance(upstream_id, str) and 0 < len(upstream_id) <= 256
-        if result.ok and usable and printable(upstream_id) == upstream_id:
-            assert isinstance(upstream_id, str)
-            status = (result.body or {}).get("status")
-            state = status if isinstance(status, str) and status in RUNNING else "queued"
-            BULK_SUBMISSIONS.labels(result="accepted").inc()
-            if await self.store.job_submitted(
+        outcome, upstream_id = classify_upload(result)
+        BULK_SUBMISSIONS.labels(result="refused" if outcome == "key_refused" else outcome).inc()
+        error = result.error or f"HTTP {result.status}"
+        if outcome == "accepted":
+            assert upstream_id is not None
+            state = job_status(result.body or {})
+            accepted = await self.store.job_submitted(
                 job,
                 owner=self.owner,
                 upstream_id=upstream_id,
-                upstream_status=state,
+                upstream_status=state if state in RUNNING else "queued",
                 lease=self.lease,
-            ):
+                http_status=result.status or 202,
+                request_id=result.request_id,
+            )
+            if accepted:
                 BULK_JOB_ROWS.labels(state="total").set(job.rows)
                 BULK_JOB_ROWS.labels(state="completed").set(0)
                 log.info(
@@ -211,43 +219,28 @@ class BulkDriver:
                     extra=context | {"upstream_job_id": upstream_id},
                 )
             return poll
-        if result.ok:
-            return await self._defer(
-                job, result, "accepted without a usable job_id", "error", context
-            )
-        if result.status == 409:
-            BULK_SUBMISSIONS.labels(result="conflict").inc()
+        if outcome == "conflict":
+            error = f"409: {result.error or 'another bulk job is running'}"
             await self.store.job_deferred(
-                job,
-                owner=self.owner,
-                delay=poll,
-                error=f"409: {result.error or 'another bulk job is running'}",
-                counted=False,
+                job, owner=self.owner, delay=poll, error=error, counted=False
             )
-            log.info(
-                "another bulk job holds Userpilot's slot; waiting (real-time goes on)",
-                extra=context,
-            )
+            log.info("another bulk job holds Userpilot's slot; waiting", extra=context)
             return poll
-        if result.status == 413:
-            BULK_SUBMISSIONS.labels(result="too_large").inc()
-            await self._split(job, "split", result.error or "413 Payload Too Large", 413)
-            return 0.0
-        if result.status in (401, 403):
-            BULK_SUBMISSIONS.labels(result="refused").inc()
+        if outcome == "too_large":
+            await self._split(job, "split", error, 413)
+        elif outcome == "key_refused":
             await self._reject(job, result, context)
-            return 0.0
-        if result.status == 429:
-            BULK_SUBMISSIONS.labels(result="throttled").inc()
+        elif outcome == "refused":  # some row is bad: bisect
+            await self._split(job, "failed", error, result.status)
+        elif outcome == "throttled":
             UPSTREAM_THROTTLED.inc()
             delay = result.retry_after if result.retry_after is not None else self._backoff(job)
             await self.store.pause_sending(self.pacer.pause(delay))
-            return await self._defer(job, result, result.error or "429", None, context, delay)
-        if result.status is None or result.status >= 500 or result.status in (408, 425):
-            return await self._defer(job, result, result.error or "no answer", "error", context)
-        # Any other refusal of the upload (400, 422, ...): some row is bad. Bisect.
-        BULK_SUBMISSIONS.labels(result="refused").inc()
-        await self._split(job, "failed", result.error or f"HTTP {result.status}", result.status)
+            return await self._defer(job, error, context, delay)
+        else:
+            if result.ok:
+                error = "accepted without a usable job_id"
+            return await self._defer(job, error, context)
         return 0.0
 
     def _backoff(self, job: BulkJob) -> float:
@@ -258,16 +251,8 @@ class BulkDriver:
         )
 
     async def _defer(
-        self,
-        job: BulkJob,
-        result: UpstreamResult,
-        error: str,
-        label: str | None,
-        context: dict[str, object],
-        delay: float | None = None,
+        self, job: BulkJob, error: str, context: dict[str, object], delay: float | None = None
     ) -> float:
-        if label is not None:
-            BULK_SUBMISSIONS.labels(result=label).inc()
         wait = self._backoff(job) if delay is None else delay
         await self.store.job_deferred(job, owner=self.owner, delay=wait, error=error, counted=True)
         log.warning(
@@ -326,7 +311,7 @@ class BulkDriver:
         assert job.upstream_id is not None
         result = await self.client.background_job(job.upstream_id)
         body = result.body or {}
-        status = body.get("status") if result.ok else None
+        status = job_status(body) if result.ok else None
         if status == "completed":
             await self._complete(job)
             return 0.0
@@ -345,9 +330,9 @@ class BulkDriver:
             )
             log.warning("Userpilot lost a bulk job; submitting it again", extra=_job_context(job))
             return 0.0
-        running = isinstance(status, str)
+        running = status is not None
         state = None
-        if isinstance(status, str):
+        if status is not None:
             state = status if status in RUNNING else f"unknown: {status}"
         done = completed_rows(body, job.rows) if running else None
         await self.store.job_polled(

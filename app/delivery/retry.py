@@ -8,8 +8,15 @@ update is dead-lettered, visible and replayable.
 from __future__ import annotations
 
 import random
+from typing import Literal
 
+from app.domain.rules import printable
 from app.userpilot.client import UpstreamResult
+
+# What a bulk upload's answer means (and the label it counts under).
+Upload = Literal[
+    "accepted", "conflict", "too_large", "key_refused", "throttled", "error", "refused"
+]
 
 _RETRYABLE_4XX = frozenset({408, 425, 429})
 
@@ -39,3 +46,30 @@ def retry_reason(result: UpstreamResult) -> str:
     if result.error and result.error.startswith("timeout"):
         return "timeout"
     return "connection_error"
+
+
+def classify_upload(result: UpstreamResult) -> tuple[Upload, str | None]:
+    """What Userpilot's answer to a bulk upload means, with its job id when accepted.
+
+    Any 2xx with a usable `job_id` is accepted (one without is retried: nothing can be
+    polled); 409 another job holds the slot; 413 too large; 401/403 the key is refused; 429
+    throttled; no answer, 5xx, 408/425 retried; any other refusal (400, 422, ...) means some
+    row is bad.
+    """
+    if result.ok:
+        job_id = (result.body or {}).get("job_id")
+        if isinstance(job_id, str) and 0 < len(job_id) <= 256 and printable(job_id) == job_id:
+            return "accepted", job_id
+        return "error", None
+    status = result.status
+    if status == 409:
+        return "conflict", None
+    if status == 413:
+        return "too_large", None
+    if status in (401, 403):
+        return "key_refused", None
+    if status == 429:
+        return "throttled", None
+    if classify(result) == "retry":
+        return "error", None
+    return "refused", None

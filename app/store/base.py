@@ -212,9 +212,18 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def job_submitted(
-        self, job: BulkJob, *, owner: str, upstream_id: str, upstream_status: str, lease: float
+        self,
+        job: BulkJob,
+        *,
+        owner: str,
+        upstream_id: str,
+        upstream_status: str,
+        lease: float,
+        http_status: int,
+        request_id: str | None,
     ) -> bool:
-        """Userpilot accepted the job. False (here and below) when `owner` no longer holds it."""
+        """Userpilot accepted the job (its answer's status and x-request-id become its
+        deliveries' last). False (here and below) when `owner` no longer holds it."""
 
     @abc.abstractmethod
     async def job_polled(

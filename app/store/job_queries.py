@@ -99,7 +99,8 @@ _OWNED = " WHERE id = :id AND owner = :owner AND status = :expected"
 JOB_SUBMITTED = (
     """
     UPDATE bulk_jobs SET status = 'running', upstream_id = :upstream_id,
-        upstream_status = :upstream_status, attempts = attempts + 1, submitted_at = {now},
+        upstream_status = :upstream_status, accepted_status = :http_status,
+        request_id = :request_id, attempts = attempts + 1, submitted_at = {now},
         progress_at = {now}, lease_until = {now} + :lease, updated_at = {now}, last_error = NULL"""
     + _OWNED
 )
@@ -142,6 +143,12 @@ JOB_DELIVERED = """
         lease_until = NULL
     WHERE job_id = :job AND status = 'delivering'
 """
+# ... with the upload's answer as the last one they had from Userpilot.
+JOB_DELIVERED = JOB_DELIVERED.replace(
+    "last_status = :status", "last_status = (SELECT accepted_status FROM bulk_jobs WHERE id = :job)"
+).replace(
+    "last_request_id = NULL", "last_request_id = (SELECT request_id FROM bulk_jobs WHERE id = :job)"
+)
 # A part of a failed job goes to a smaller job ...
 JOB_MOVE_ROWS = """
     UPDATE deliveries SET job_id = :child, lease_owner = :token, updated_at = {now}

@@ -186,10 +186,18 @@ def _owned(job: BulkJob, owner: str, expected: JobStatus) -> dict[str, Any]:
 
 
 def submitted(
-    job: BulkJob, owner: str, upstream_id: str, upstream_status: str, lease: float
+    job: BulkJob,
+    owner: str,
+    upstream_id: str,
+    upstream_status: str,
+    lease: float,
+    http_status: int,
+    request_id: str | None,
 ) -> Plan[bool]:
     params = {
         **_owned(job, owner, "waiting"),
+        "http_status": http_status,
+        "request_id": _text(request_id, 200),
         "upstream_id": upstream_id,
         "upstream_status": _text(upstream_status, 60),
         "lease": lease,
@@ -254,7 +262,7 @@ def completed(
     outcome = f"delivered {job.rows} companies ({job.updates} updates)"
     if not (yield from _finish(job, owner, "completed", outcome=outcome, upstream_status=None)):
         return False
-    yield Statement(jq.JOB_DELIVERED, {"job": job.id, "status": 200})
+    yield Statement(jq.JOB_DELIVERED, {"job": job.id})
     versions = [  # one lock order, whoever else writes these rows
         {"company": company, "key": key, "seq": keys[key]}
         for company, keys in sorted(sent_versions.items())

@@ -245,10 +245,20 @@ class SQLStore(Store):
         return await self._read(lambda: jobs.rows(job_id), snapshot=True)
 
     async def job_submitted(
-        self, job: BulkJob, *, owner: str, upstream_id: str, upstream_status: str, lease: float
+        self,
+        job: BulkJob,
+        *,
+        owner: str,
+        upstream_id: str,
+        upstream_status: str,
+        lease: float,
+        http_status: int,
+        request_id: str | None,
     ) -> bool:
         return await self._write(
-            lambda: jobs.submitted(job, owner, upstream_id, upstream_status, lease)
+            lambda: jobs.submitted(
+                job, owner, upstream_id, upstream_status, lease, http_status, request_id
+            )
         )
 
     async def job_polled(

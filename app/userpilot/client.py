@@ -66,6 +66,12 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     return min(max(seconds, 0.0), 3600.0)
 
 
+def job_status(job: dict[str, object]) -> str | None:
+    """A job answer's `status`, lower-cased (None when absent or not a string)."""
+    status = job.get("status")
+    return status.strip().lower()[:60] if isinstance(status, str) else None
+
+
 def completed_rows(job: dict[str, object], total: int) -> int | None:
     """A job answer's `completed_rows`, within 0..total (None when absent or not a number)."""
     value = job.get("completed_rows")

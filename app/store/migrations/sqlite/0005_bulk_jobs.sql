@@ -13,6 +13,8 @@ CREATE TABLE bulk_jobs (
         CHECK (status IN ('waiting', 'running', 'completed', 'failed', 'split', 'rejected')),
     upstream_id TEXT,
     upstream_status TEXT,
+    accepted_status INTEGER,
+    request_id TEXT,
     total_rows INTEGER NOT NULL,
     updates INTEGER NOT NULL,
     completed_rows INTEGER NOT NULL DEFAULT 0,
