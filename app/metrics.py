@@ -27,12 +27,13 @@ Delivery:
 
 Bulk jobs and recovery:
 - `userpilot_relay_bulk_jobs_total{outcome}`: jobs ended, `completed`, `failed`, `split` (too
-  large) or `rejected` (the key refused).
-- `userpilot_relay_bulk_rows_total{outcome}`: company rows of ended jobs: `delivered`,
-  `resent` (to a smaller job or a real-time call after a failure or split), `dead`.
+  large, or bulk off) or `rejected` (bulk refused for the key, or no bulk API).
+- `userpilot_relay_bulk_rows_total{outcome}`: company rows of ended jobs: `delivered`, or
+  `resent` (to a smaller job or real-time calls).
 - `userpilot_relay_bulk_submissions_total{result}`: bulk uploads by `accepted`, `conflict`
-  (409: another job holds the environment's slot), `too_large`, `throttled`, `error`,
-  `refused`.
+  (409: another job holds the environment's slot), `too_large`, `key_refused` (401/403),
+  `unavailable` (no bulk API: 404, 405, 501, a redirect), `throttled`, `error` (no answer, a
+  5xx, a 2xx without a job id), `refused` (some row is bad: 400, 422, ...).
 - `userpilot_relay_bulk_job_duration_seconds`: from acceptance to the end, per job.
 - `userpilot_relay_bulk_job_rows{state}`: the running job's rows, `total` and `completed`.
 - `userpilot_relay_bulk_job_stuck`: 1 while the running job has made no progress for

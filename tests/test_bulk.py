@@ -11,6 +11,7 @@ import asyncio
 from typing import Any
 
 import httpx
+import pytest
 
 from app.simulator.process import SimulatorProcess
 from tests.inprocess import InProcessRelay, eventually, run
@@ -223,8 +224,12 @@ def test_a_foreign_job_holding_the_slot_makes_the_job_wait_while_realtime_goes_o
                 return int(sim.stats()["jobs_conflicted"]) > 0
 
             await eventually(conflicted, within=20)
-            waiting = await jobs(relay, status="waiting")
-            assert waiting and "409" in (waiting[0]["last_error"] or ""), waiting
+
+            async def recorded() -> bool:
+                waiting = await jobs(relay, status="waiting")
+                return bool(waiting) and "409" in (waiting[0]["last_error"] or "")
+
+            await eventually(recorded, within=10)
             # Real-time delivery goes on meanwhile for everything not in the job.
             other = await relay.post_company("fj-other", {"x": 1})
             await relay.wait_for(other.json()["id"], "delivered", within=10)
@@ -386,29 +391,33 @@ def test_after_an_outage_the_backlog_goes_at_once_and_the_outage_costs_few_calls
     assert all(sim.company(f"out-{i}") == {"n": i} for i in range(30))
 
 
-def test_a_refused_key_dead_letters_the_jobs_updates_loudly(
-    database_url: str, sim: SimulatorProcess
+@pytest.mark.parametrize("refusal", [401, 404])
+def test_a_key_refused_for_bulk_sends_the_rows_realtime_and_switches_bulk_off(
+    database_url: str, sim: SimulatorProcess, refusal: int
 ) -> None:
-    sim.add_fault(action="status", status=401, path="/v1/companies/bulk_identify", times=1)
+    # The key works for real-time calls; Userpilot refuses bulk jobs for it (401), or the
+    # endpoint has no bulk API (404).
+    sim.add_fault(action="status", status=refusal, path="/v1/companies/bulk_identify", times=1)
 
-    async def main() -> tuple[list[dict[str, Any]], dict[str, Any], float]:
-        async with relay_on(database_url, sim, relay_rate_limit_per_minute=60) as relay:
+    async def main() -> tuple[list[dict[str, Any]], float]:
+        async with relay_on(database_url, sim, relay_rate_limit_per_minute=6000) as relay:
             before = await relay.metric("userpilot_relay_upstream_auth_failures_total")
-            batch_id = await post_bulk(relay, companies("key", 200))
-
-            async def rejected() -> list[dict[str, Any]] | None:
-                found = await jobs(relay, status="rejected")
-                return found or None
-
-            found = await eventually(rejected, within=20)
-            counts = (await relay.get(f"/batches/{batch_id}", key=ADMIN_KEY)).json()["counts"]
+            first = await post_bulk(relay, companies("key", 200))
+            done = await relay.batch_done(first, within=30)
+            assert done["counts"]["delivered"] == 200, done
+            # Bulk is off in this process now: a second backlog goes out real-time only.
+            second = await post_bulk(relay, companies("again", 200))
+            done = await relay.batch_done(second, within=30)
+            assert done["counts"]["delivered"] == 200, done
             after = await relay.metric("userpilot_relay_upstream_auth_failures_total")
-            return found, counts, after - before
+            return await jobs(relay), after - before
 
-    (job,), counts, auth_failures = run(main(), limit=60)
-    assert counts["dead"] == job["updates"] > 0, (counts, job)
-    assert auth_failures == 1
-    assert "dead-lettered" in job["outcome"]
+    listed, auth_failures = run(main(), limit=90)
+    (job,) = listed
+    assert job["status"] == "rejected" and "real-time" in job["outcome"], job
+    assert auth_failures == (1 if refusal == 401 else 0)
+    assert sim.stats()["jobs_created"] == 0
+    assert all(sim.company(f"key-{i}") == {"n": i} for i in range(200))
 
 
 def test_a_throttled_upload_waits_and_is_sent_again(
@@ -429,3 +438,86 @@ def test_a_throttled_upload_waits_and_is_sent_again(
     first = listed[-1]
     assert first["status"] == "completed" and first["attempts"] == 2, first
     assert all(sim.company(f"thr-{i}") == {"n": i} for i in range(300))
+
+
+def test_an_upload_whose_fate_is_unknown_keeps_its_rows_in_bulk(
+    database_url: str, sim: SimulatorProcess
+) -> None:
+    # A 2xx without a job id may have started a job nobody can poll; then Userpilot refuses
+    # bulk for the key. The rows must not go out real-time (an unseen job could land their
+    # older values later): the job is submitted again until one upload is accepted.
+    bulk = "/v1/companies/bulk_identify"
+    sim.add_faults(
+        [
+            {"action": "status", "status": 202, "body": {"ok": True}, "path": bulk},
+            {"action": "status", "status": 401, "path": bulk},
+        ]
+    )
+
+    async def main() -> list[dict[str, Any]]:
+        async with relay_on(database_url, sim, relay_retry_base_seconds=0.1) as relay:
+            batch_id = await post_bulk(relay, companies("unk", 300))
+            done = await relay.batch_done(batch_id, within=60)
+            assert done["counts"]["delivered"] == 300, done
+            return await jobs(relay)
+
+    listed = run(main(), limit=90)
+    first = listed[-1]
+    assert first["status"] == "completed" and first["attempts"] == 3, first
+    assert all(j["status"] == "completed" for j in listed), listed
+    assert all(sim.company(f"unk-{i}") == {"n": i} for i in range(300))
+
+
+def test_a_job_userpilot_forgets_is_submitted_again(
+    database_url: str, sim: SimulatorProcess
+) -> None:
+    sim.configure(bulk_rows_per_minute=60)  # running long enough to be polled
+    sim.add_fault(action="status", status=404, path="/v1/background_jobs/", times=3)
+
+    async def main() -> list[dict[str, Any]]:
+        async with relay_on(database_url, sim) as relay:
+            batch_id = await post_bulk(relay, companies("lost", 200))
+
+            async def forgotten() -> bool:
+                found = await jobs(relay)
+                return bool(found) and "404" in (found[-1]["last_error"] or "")
+
+            # Three 404s in a row: back to waiting, to be submitted again.
+            await eventually(forgotten, within=20)
+            sim.configure(bulk_rows_per_minute=600_000)
+            done = await relay.batch_done(batch_id, within=60)
+            assert done["counts"]["delivered"] == 200, done
+            return await jobs(relay)
+
+    listed = run(main(), limit=90)
+    first = listed[-1]
+    assert first["status"] == "completed" and first["attempts"] >= 2, first
+    # Submitted again (the first upload still ran at Userpilot: 409 until it ended).
+    assert sim.stats()["jobs_created"] == 1 + len(listed)
+    assert all(sim.company(f"lost-{i}") == {"n": i} for i in range(200))
+
+
+def test_a_job_never_accepted_is_reported_stuck(database_url: str, sim: SimulatorProcess) -> None:
+    sim.add_fault(action="status", status=503, path="/v1/companies/bulk_identify", times=10_000)
+
+    async def main() -> dict[str, Any]:
+        async with relay_on(
+            database_url, sim, relay_bulk_stuck_seconds=1, relay_retry_max_seconds=0.5
+        ) as relay:
+            await post_bulk(relay, companies("never", 200))
+
+            async def stuck() -> dict[str, Any] | None:
+                found = await jobs(relay)
+                return found[0] if found and found[0]["stuck"] else None
+
+            job: dict[str, Any] = await eventually(stuck, within=20)
+
+            async def gauge() -> bool:
+                return await relay.metric("userpilot_relay_bulk_job_stuck") == 1
+
+            await eventually(gauge, within=10)
+            return job
+
+    job = run(main(), limit=60)
+    assert job["status"] == "waiting" and job["upstream_job_id"] is None, job
+    assert "503" in (job["last_error"] or "") or "SERVICE_UNAVAILABLE" in (job["last_error"] or "")

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, Field
 
 from app.api.companies import AUTH_ERRORS, _error
 from app.api.deps import AdminCaller, SettingsDep, StoreDep
-from app.domain.models import BulkJob
+from app.domain.models import BulkJob, JobStatus
 from app.errors import RelayError
 
 router = APIRouter(tags=["operations"])
 
-JobState = Literal["waiting", "running", "completed", "failed", "split", "rejected"]
 _JOB_ID = r"^job_[0-9]{13}_[0-9a-f]{12}$"
 
 
@@ -23,14 +22,16 @@ class JobOut(BaseModel):
     """One bulk job: a row per company, its pending updates merged."""
 
     id: str = Field(description="The relay's job id.")
-    status: JobState = Field(
+    status: JobStatus = Field(
         description=(
             "`waiting`: recorded, not yet accepted by Userpilot (new, or retrying after a 409 "
             "or an outage); `running`: accepted; `completed`: its rows are delivered; "
             "`failed`: Userpilot failed it or refused the upload, its rows went out again as "
             "smaller jobs or real-time calls (`outcome` says which); `split`: too large, or bulk "
             "was switched off: its rows went to smaller jobs or real-time calls; `rejected`: "
-            "Userpilot refused the API key, its updates are dead letters."
+            "Userpilot refused bulk jobs for the key (401/403) or the endpoint has no bulk API: "
+            "its rows went out as real-time calls, and that replica packs no more jobs until it "
+            "restarts."
         )
     )
     upstream_job_id: str | None = Field(description="Userpilot's job id, once accepted.")
@@ -51,14 +52,16 @@ class JobOut(BaseModel):
     finished_at: float | None
     next_attempt_at: float | None = Field(description="While waiting: the next submission.")
     stuck: bool = Field(
-        description="Running with no progress for RELAY_BULK_STUCK_SECONDS (alerted on)."
+        description=(
+            "Unfinished with no progress (accepted, a new status, more rows done) for "
+            "RELAY_BULK_STUCK_SECONDS: running, or never accepted (alerted on)."
+        )
     )
     last_error: str | None = Field(description="The last submission's or poll's error.")
     outcome: str | None = Field(description="What became of its rows, once it ended.")
 
     @classmethod
     def of(cls, job: BulkJob, stuck_seconds: float) -> JobOut:
-        since = job.progress_at or job.submitted_at or job.created_at
         return cls(
             id=job.id,
             status=job.status,
@@ -75,7 +78,7 @@ class JobOut(BaseModel):
             progress_at=job.progress_at,
             finished_at=job.finished_at,
             next_attempt_at=job.next_attempt_at if job.status == "waiting" else None,
-            stuck=job.status == "running" and time.time() - since > stuck_seconds,
+            stuck=job.stuck(after=stuck_seconds, now=time.time()),
             last_error=job.last_error,
             outcome=job.outcome,
         )
@@ -97,7 +100,7 @@ async def list_jobs(
     _: AdminCaller,
     store: StoreDep,
     settings: SettingsDep,
-    status: Annotated[JobState | None, Query(description="Only jobs in this state.")] = None,
+    status: Annotated[JobStatus | None, Query(description="Only jobs in this state.")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[
         str | None, Query(pattern=_JOB_ID, description="`next_cursor` of the last page.")

@@ -23,25 +23,32 @@ async def refuse(
     reason: str,
     context: dict[str, object],
     status: int | None = None,
-) -> None:
-    """Dead-letter every update of the claim with the relay's own reason."""
+) -> bool:
+    """Dead-letter every update of the claim with the relay's own reason (False: failed)."""
     try:
         await store.mark_dead(claim, status=status, error=reason, request_id=None)
     except Exception:  # the lease runs out; the next claim refuses it again
         log.exception("dead-lettering a refused delivery failed", extra=context)
-        return
+        return False
     DELIVERIES.labels(outcome="dead").inc(len(claim.updates))
     log.error("dead-lettered: the relay cannot send this update", extra=context | {"error": reason})
+    return True
 
 
-async def without_unsendable(store: Store, claim: Claim, context: dict[str, object]) -> Claim:
+async def without_unsendable(
+    store: Store, claim: Claim, context: dict[str, object], *, strict: bool = False
+) -> Claim:
     """The claim less the updates that can be neither sent nor recorded as stored (each
-    dead-lettered with the reason); the company's other updates go out as usual."""
+    dead-lettered with the reason); the company's other updates go out as usual. With
+    `strict`, a dead-lettering that fails raises: a bulk job marks all its rows at once, so it
+    must not go out while one it left out is still in it."""
     bad = [u for u in claim.updates if update_problem(claim.company_id, u.metadata)]
     if not bad:
         return claim
     problem = update_problem(claim.company_id, bad[0].metadata) or "cannot be sent"
     refused = replace(claim, updates=bad)
-    await refuse(store, refused, REFUSED + problem, context | {"delivery_ids": refused.ids[:20]})
+    context = context | {"delivery_ids": refused.ids[:20]}
+    if not await refuse(store, refused, REFUSED + problem, context) and strict:
+        raise RuntimeError("dead-lettering an update the relay cannot send failed")
     refused_ids = set(refused.ids)
     return replace(claim, updates=[u for u in claim.updates if u.id not in refused_ids])

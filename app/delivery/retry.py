@@ -13,9 +13,16 @@ from typing import Literal
 from app.domain.rules import printable
 from app.userpilot.client import UpstreamResult
 
-# What a bulk upload's answer means (and the label it counts under).
+# What a bulk upload's answer means (the label it counts under).
 Upload = Literal[
-    "accepted", "conflict", "too_large", "key_refused", "throttled", "error", "refused"
+    "accepted",
+    "conflict",
+    "too_large",
+    "key_refused",
+    "unavailable",
+    "throttled",
+    "error",
+    "refused",
 ]
 
 _RETRYABLE_4XX = frozenset({408, 425, 429})
@@ -52,13 +59,13 @@ def classify_upload(result: UpstreamResult) -> tuple[Upload, str | None]:
     """What Userpilot's answer to a bulk upload means, with its job id when accepted.
 
     Any 2xx with a usable `job_id` is accepted (one without is retried: nothing can be
-    polled); 409 another job holds the slot; 413 too large; 401/403 the key is refused; 429
-    throttled; no answer, 5xx, 408/425 retried; any other refusal (400, 422, ...) means some
-    row is bad.
+    polled); 409 another job holds the slot; 413 too large; 401/403 the key is refused for bulk;
+    404/405/501 or a redirect: this endpoint has no bulk API; 429 throttled; no answer, 5xx,
+    408/425 retried; any other refusal (400, 422, ...) means some row is bad.
     """
     if result.ok:
         job_id = (result.body or {}).get("job_id")
-        if isinstance(job_id, str) and 0 < len(job_id) <= 256 and printable(job_id) == job_id:
+        if isinstance(job_id, str) and usable_job_id(job_id):
             return "accepted", job_id
         return "error", None
     status = result.status
@@ -70,6 +77,13 @@ def classify_upload(result: UpstreamResult) -> tuple[Upload, str | None]:
         return "key_refused", None
     if status == 429:
         return "throttled", None
+    if status in (404, 405, 501) or (status is not None and 300 <= status < 400):
+        return "unavailable", None
     if classify(result) == "retry":
         return "error", None
     return "refused", None
+
+
+def usable_job_id(job_id: str) -> bool:
+    """An id the relay can store and poll: printable, bounded, not a path step (`.`, `..`)."""
+    return 0 < len(job_id) <= 256 and printable(job_id) == job_id and job_id.strip(".") != ""

@@ -12,14 +12,6 @@ Status = Literal["queued", "delivering", "delivered", "dead"]
 STATUSES: tuple[Status, ...] = ("queued", "delivering", "delivered", "dead")
 Via = Literal["realtime", "bulk"]
 JobStatus = Literal["waiting", "running", "completed", "failed", "split", "rejected"]
-JOB_STATUSES: tuple[JobStatus, ...] = (
-    "waiting",
-    "running",
-    "completed",
-    "failed",
-    "split",
-    "rejected",
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,8 +154,10 @@ class BulkJob:
     `waiting`: not yet accepted by Userpilot (new, split from another, or retrying after a
     409 or an outage); `running`: accepted, `upstream_id` is Userpilot's job id; the rest are
     final: `completed` (its rows delivered), `failed` (Userpilot said so, or refused the
-    upload: its rows went to smaller jobs or real-time calls), `split` (too large: its rows
-    went to two smaller jobs), `rejected` (Userpilot refused the API key: rows dead-lettered).
+    upload: its rows went to smaller jobs or real-time calls), `split` (too large, or bulk
+    switched off: its rows went to smaller jobs or real-time calls), `rejected` (Userpilot
+    refused bulk jobs for this key, or the endpoint has none: its rows went out real-time and
+    the process packs no more jobs).
     """
 
     id: str
@@ -184,11 +178,15 @@ class BulkJob:
     finished_at: float | None
     last_error: str | None
     outcome: str | None
+    # An upload of its rows may be pending at Userpilot unrecorded: they stay in bulk jobs.
+    uncertain: bool = False
 
-    @property
-    def token(self) -> str:
-        """The lease owner its deliveries carry while it holds them."""
-        return job_token(self.id)
+    def stuck(self, *, after: float, now: float) -> bool:
+        """Unfinished with no progress (accepted, a new status, more rows done) for `after`
+        seconds: running, or waiting to be accepted."""
+        if self.status not in ("waiting", "running"):
+            return False
+        return now - (self.progress_at or self.created_at) > after
 
 
 def job_token(job_id: str) -> str:

@@ -239,16 +239,35 @@ class Store(abc.ABC):
         """Record a poll (`upstream_status` None: the poll failed) and renew the lease."""
 
     @abc.abstractmethod
+    async def job_uploading(self, job: BulkJob, *, owner: str, lease: float) -> bool:
+        """About to upload the waiting job: its lease renewed, and the job `uncertain` until
+        Userpilot's answer is recorded (False: `owner` no longer holds it; do not upload)."""
+
+    @abc.abstractmethod
     async def job_deferred(
-        self, job: BulkJob, *, owner: str, delay: float, error: str, counted: bool
+        self,
+        job: BulkJob,
+        *,
+        owner: str,
+        delay: float,
+        error: str,
+        counted: bool,
+        uncertain: bool,
     ) -> bool:
-        """Not accepted (or lost): `waiting` again, submitted by any replica after `delay`."""
+        """Not accepted (or lost): `waiting` again, submitted by any replica after `delay`;
+        `uncertain` when the upload may still be pending at Userpilot (no answer)."""
 
     @abc.abstractmethod
     async def job_completed(
-        self, job: BulkJob, *, owner: str, sent_versions: Mapping[str, Mapping[str, int]]
+        self,
+        job: BulkJob,
+        *,
+        owner: str,
+        sent_versions: Mapping[str, Mapping[str, int]],
+        completed_rows: int | None = None,
     ) -> bool:
-        """Userpilot completed the job: its deliveries are delivered (via bulk)."""
+        """Userpilot completed the job: its deliveries are delivered (via bulk);
+        `completed_rows` as Userpilot last reported it."""
 
     @abc.abstractmethod
     async def job_split(
@@ -265,12 +284,6 @@ class Store(abc.ABC):
         """End the job `failed` or `split`: its companies in two halves, a half of at least
         `min_rows` a new waiting job, a smaller one back to real-time calls. Answers the new
         jobs' ids (None when `owner` no longer holds it)."""
-
-    @abc.abstractmethod
-    async def job_rejected(
-        self, job: BulkJob, *, owner: str, status: int | None, error: str
-    ) -> bool:
-        """Userpilot refused the key: the job's deliveries are dead-lettered."""
 
     @abc.abstractmethod
     async def release_job(self, job: BulkJob, *, owner: str) -> None:

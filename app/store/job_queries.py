@@ -10,7 +10,7 @@ from __future__ import annotations
 JOB_COLUMNS = (
     "id, parent_id, status, upstream_id, upstream_status, total_rows, updates, completed_rows, "
     "attempts, owner, next_attempt_at, created_at, updated_at, submitted_at, progress_at, "
-    "finished_at, last_error, outcome"
+    "finished_at, last_error, outcome, uncertain"
 )
 
 # PostgreSQL: one replica at a time decides which job runs (`LOCK_JOBS`); packing also holds the
@@ -19,12 +19,8 @@ LOCK_JOBS = "{lock_jobs}"
 LOCK_PACK = "{lock_pack}"
 
 JOB_BY_ID = f"SELECT {JOB_COLUMNS} FROM bulk_jobs WHERE id = :id"
-# Newest first, after the cursor (an id: ids sort by creation).
-JOBS_PAGE = f"SELECT {JOB_COLUMNS} FROM bulk_jobs WHERE id < :before ORDER BY id DESC LIMIT :limit"
-JOBS_BY_STATUS = (
-    f"SELECT {JOB_COLUMNS} FROM bulk_jobs WHERE id < :before AND status = :status "
-    "ORDER BY id DESC LIMIT :limit"
-)
+# Newest first (ids sort by creation), after the cursor when there is one: see `listing`.
+JOBS = f"SELECT {JOB_COLUMNS} FROM bulk_jobs WHERE 1 = 1"
 # The jobs not finished, running first, then oldest first; with whether their lease is live and
 # whether they are due.
 ACTIVE_JOBS = f"""
@@ -53,32 +49,35 @@ QUEUED_COMPANIES = """
 # and nothing of the company in flight.
 PACK_PICK = """
     WITH waiting AS (
-        SELECT company_id, min(seq) AS first_seq FROM deliveries WHERE status = 'queued'
+        SELECT company_id, min(seq) AS first_seq, max(seq) AS last_seq FROM deliveries
+        WHERE status = 'queued'
         GROUP BY company_id
         HAVING max(CASE WHEN realtime_only = 1 OR next_attempt_at > {now}
             OR enqueued_at > {now} - :settle
             OR (batch_id IS NULL AND enqueued_at > {now} - :fresh) THEN 1 ELSE 0 END) = 0
     )
-    SELECT w.company_id FROM waiting w
+    SELECT w.company_id, w.last_seq FROM waiting w
     WHERE NOT EXISTS (
         SELECT 1 FROM deliveries b WHERE b.company_id = w.company_id AND b.status = 'delivering')
     ORDER BY w.first_seq LIMIT :rows
 """
-# Each company's oldest :max_merge queued updates join the job.
+# Each company's oldest :max_merge queued updates join the job: those the pick saw (an update
+# stored since, `Prefer: wait`'s or a fresh one, is not packed behind its back).
 PACK_ASSIGN = """
     UPDATE deliveries SET status = 'delivering', job_id = :job, via = 'bulk',
         attempts = attempts + 1, lease_owner = :token, lease_until = NULL, updated_at = {now}
     WHERE seq IN (
         SELECT seq FROM (
             SELECT seq, row_number() OVER (PARTITION BY company_id ORDER BY seq) AS n
-            FROM deliveries WHERE status = 'queued' AND company_id = ANY(:companies)) ranked
+            FROM deliveries WHERE status = 'queued' AND company_id = ANY(:companies)
+                AND seq <= :last_seq AND realtime_only = 0) ranked
         WHERE n <= :max_merge)
 """
 INSERT_JOB = """
     INSERT INTO bulk_jobs (id, parent_id, status, total_rows, updates, owner, lease_until,
-        next_attempt_at, created_at, updated_at)
+        next_attempt_at, created_at, updated_at, uncertain)
     VALUES (:id, :parent, 'waiting', :rows, :updates, :owner,
-        CASE WHEN :leased = 1 THEN {now} + :lease END, {now}, {now}, {now})
+        CASE WHEN :leased = 1 THEN {now} + :lease END, {now}, {now}, {now}, :uncertain)
 """
 
 # a job's rows ------------------------------------------------------------------------------
@@ -96,9 +95,16 @@ VERSIONS_OF = """
 
 # outcomes: only the job's lease holder may record --------------------------------------------
 _OWNED = " WHERE id = :id AND owner = :owner AND status = :expected"
+# Just before an upload: the lease renewed (or the upload skipped: another replica took the
+# job), and the job marked uncertain until Userpilot's answer is recorded.
+JOB_UPLOADING = (
+    """
+    UPDATE bulk_jobs SET uncertain = 1, lease_until = {now} + :lease, updated_at = {now}"""
+    + " WHERE id = :id AND owner = :owner AND status = 'waiting'"
+)
 JOB_SUBMITTED = (
     """
-    UPDATE bulk_jobs SET status = 'running', upstream_id = :upstream_id,
+    UPDATE bulk_jobs SET status = 'running', uncertain = 0, upstream_id = :upstream_id,
         upstream_status = :upstream_status, accepted_status = :http_status,
         request_id = :request_id, attempts = attempts + 1, submitted_at = {now},
         progress_at = {now}, lease_until = {now} + :lease, updated_at = {now}, last_error = NULL"""
@@ -126,29 +132,26 @@ JOB_DEFERRED = (
     """
     UPDATE bulk_jobs SET status = 'waiting', upstream_id = NULL, upstream_status = NULL,
         completed_rows = 0, next_attempt_at = {now} + :delay, last_error = :error,
+        uncertain = :uncertain,
         attempts = attempts + :counted, owner = NULL, lease_until = NULL, updated_at = {now}"""
     + _OWNED
 )
 JOB_FINISHED = (
     """
     UPDATE bulk_jobs SET status = :status, finished_at = {now}, updated_at = {now},
-        completed_rows = CASE WHEN :status = 'completed' THEN total_rows ELSE completed_rows END,
+        completed_rows = COALESCE(:completed_rows, completed_rows),
         upstream_status = COALESCE(:upstream_status, upstream_status),
         last_error = :error, outcome = :outcome, owner = NULL, lease_until = NULL"""
     + _OWNED
 )
+# The job's deliveries delivered, with the upload's answer as the last they had from Userpilot.
 JOB_DELIVERED = """
     UPDATE deliveries SET status = 'delivered', delivered_at = {now}, updated_at = {now},
-        last_status = :status, last_error = NULL, last_request_id = NULL, lease_owner = NULL,
-        lease_until = NULL
+        last_status = (SELECT accepted_status FROM bulk_jobs WHERE id = :job),
+        last_request_id = (SELECT request_id FROM bulk_jobs WHERE id = :job),
+        last_error = NULL, lease_owner = NULL, lease_until = NULL
     WHERE job_id = :job AND status = 'delivering'
 """
-# ... with the upload's answer as the last one they had from Userpilot.
-JOB_DELIVERED = JOB_DELIVERED.replace(
-    "last_status = :status", "last_status = (SELECT accepted_status FROM bulk_jobs WHERE id = :job)"
-).replace(
-    "last_request_id = NULL", "last_request_id = (SELECT request_id FROM bulk_jobs WHERE id = :job)"
-)
 # A part of a failed job goes to a smaller job ...
 JOB_MOVE_ROWS = """
     UPDATE deliveries SET job_id = :child, lease_owner = :token, updated_at = {now}
@@ -160,11 +163,6 @@ JOB_ROWS_TO_REALTIME = """
         lease_owner = NULL, lease_until = NULL, next_attempt_at = {now}, updated_at = {now},
         last_status = :status, last_error = :error
     WHERE job_id = :job AND status = 'delivering' AND company_id = ANY(:companies)
-"""
-JOB_ROWS_DEAD = """
-    UPDATE deliveries SET status = 'dead', updated_at = {now}, last_status = :status,
-        last_error = :error, last_request_id = NULL, lease_owner = NULL, lease_until = NULL
-    WHERE job_id = :job AND status = 'delivering'
 """
 
 # recovery after an outage -------------------------------------------------------------------

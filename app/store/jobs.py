@@ -43,6 +43,7 @@ def row_to_job(row: Row) -> BulkJob:
         finished_at=row[15],
         last_error=row[16],
         outcome=row[17],
+        uncertain=bool(row[18]),
     )
 
 
@@ -55,13 +56,12 @@ def get_job(job_id: str) -> Plan[BulkJob | None]:
     return (yield from _job(job_id))
 
 
-def list_jobs(status: str | None, before: str, limit: int) -> Plan[list[BulkJob]]:
-    params: dict[str, Any] = {"before": before, "limit": limit}
-    if status is None:
-        rows = (yield Statement(jq.JOBS_PAGE, params)).rows
-    else:
-        rows = (yield Statement(jq.JOBS_BY_STATUS, {**params, "status": status})).rows
-    return [row_to_job(r) for r in rows]
+def list_jobs(status: str | None, before: str | None, limit: int) -> Plan[list[BulkJob]]:
+    sql, params = q.filtered(jq.JOBS, status=status)
+    if before is not None:
+        sql, params = sql + " AND id < :before", {**params, "before": before}
+    stmt = Statement(sql + " ORDER BY id DESC LIMIT :limit", {**params, "limit": limit})
+    return [row_to_job(r) for r in (yield stmt).rows]
 
 
 def take(owner: str, lease: float) -> Plan[BulkJob | None]:
@@ -119,15 +119,17 @@ def pack(
         if not (yield from expand(before_seq=None)):
             break
     params = {"rows": max_rows, "settle": settle, "fresh": fresh}
-    companies = [r[0] for r in (yield Statement(jq.PACK_PICK, params)).rows]
-    if not companies:
+    picked = (yield Statement(jq.PACK_PICK, params)).rows
+    if not picked:
         return None
+    companies = [r[0] for r in picked]
     assigned = yield Statement(
         jq.PACK_ASSIGN,
         {
             "job": job_id,
             "token": job_token(job_id),
             "companies": companies,
+            "last_seq": max(int(r[1]) for r in picked),
             "max_merge": max_merge,
         },
     )
@@ -141,6 +143,7 @@ def pack(
             "owner": owner,
             "leased": 1,
             "lease": lease,
+            "uncertain": 0,
         },
     )
     return (yield from _job(job_id))
@@ -185,6 +188,12 @@ def _owned(job: BulkJob, owner: str, expected: JobStatus) -> dict[str, Any]:
     return {"id": job.id, "owner": owner, "expected": expected}
 
 
+def uploading(job: BulkJob, owner: str, lease: float) -> Plan[bool]:
+    """About to upload: renew the lease, mark the job uncertain; False when not ours."""
+    params = {"id": job.id, "owner": owner, "lease": lease}
+    return (yield Statement(jq.JOB_UPLOADING, params)).rowcount > 0
+
+
 def submitted(
     job: BulkJob,
     owner: str,
@@ -226,12 +235,15 @@ def polled(
     return (yield Statement(jq.JOB_POLLED, params)).rowcount > 0
 
 
-def deferred(job: BulkJob, owner: str, *, delay: float, error: str, counted: bool) -> Plan[bool]:
+def deferred(
+    job: BulkJob, owner: str, *, delay: float, error: str, counted: bool, uncertain: bool
+) -> Plan[bool]:
     params = {
         **_owned(job, owner, job.status),
         "delay": delay,
         "error": _text(error),
         "counted": 1 if counted else 0,
+        "uncertain": 1 if uncertain else 0,
     }
     return (yield Statement(jq.JOB_DEFERRED, params)).rowcount > 0
 
@@ -244,8 +256,10 @@ def _finish(
     outcome: str,
     error: str | None = None,
     upstream_status: str | None = None,
+    completed_rows: int | None = None,
 ) -> Plan[bool]:
     params = {
+        "completed_rows": completed_rows,
         **_owned(job, owner, job.status),
         "status": status,
         "outcome": _text(outcome, 2000),
@@ -256,11 +270,17 @@ def _finish(
 
 
 def completed(
-    job: BulkJob, owner: str, sent_versions: Mapping[str, Mapping[str, int]]
+    job: BulkJob,
+    owner: str,
+    sent_versions: Mapping[str, Mapping[str, int]],
+    completed_rows: int | None,
 ) -> Plan[bool]:
     """The job's deliveries delivered, with the property versions its rows sent."""
     outcome = f"delivered {job.rows} companies ({job.updates} updates)"
-    if not (yield from _finish(job, owner, "completed", outcome=outcome, upstream_status=None)):
+    finished = yield from _finish(
+        job, owner, "completed", outcome=outcome, completed_rows=completed_rows
+    )
+    if not finished:
         return False
     yield Statement(jq.JOB_DELIVERED, {"job": job.id})
     versions = [  # one lock order, whoever else writes these rows
@@ -287,8 +307,14 @@ def split(
     """End the job as `failed` or `split`: its companies in two halves, each half of at least
     `min_rows` a new waiting job, a smaller one back to real-time calls (never packed again).
 
+    While an upload of the job may be pending at Userpilot unrecorded (`uncertain`), every part
+    becomes a job: a real-time call could land before that upload's older values.
+
     Answers the new jobs' ids (None when this replica no longer holds the job).
     """
+    if job.uncertain:
+        min_rows = 1
+    child_ids = sorted(child_ids)  # the older half gets the lower id: it goes first
     companies = (yield Statement(jq.JOB_COMPANIES, {"job": job.id})).rows
     middle = len(companies) // 2
     halves = [h for h in (companies[:middle], companies[middle:]) if h]
@@ -320,6 +346,7 @@ def split(
                 "owner": None,
                 "leased": 0,
                 "lease": 0,
+                "uncertain": 1 if job.uncertain else 0,
             },
         )
         moved = {"job": job.id, "child": child_id, "token": job_token(child_id)}
@@ -333,15 +360,6 @@ def split(
         }
         yield Statement(jq.JOB_ROWS_TO_REALTIME, params)
     return children
-
-
-def rejected(job: BulkJob, owner: str, *, status: int | None, error: str) -> Plan[bool]:
-    """Userpilot refused the key: the job's deliveries dead-lettered (replayable)."""
-    outcome = f"rejected: {job.updates} updates dead-lettered"
-    if not (yield from _finish(job, owner, "rejected", outcome=outcome, error=error)):
-        return False
-    yield Statement(jq.JOB_ROWS_DEAD, {"job": job.id, "status": status, "error": _text(error)})
-    return True
 
 
 def release(job: BulkJob, owner: str) -> Plan[None]:

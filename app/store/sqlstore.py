@@ -282,17 +282,34 @@ class SQLStore(Store):
             )
         )
 
+    async def job_uploading(self, job: BulkJob, *, owner: str, lease: float) -> bool:
+        return await self._write(lambda: jobs.uploading(job, owner, lease))
+
     async def job_deferred(
-        self, job: BulkJob, *, owner: str, delay: float, error: str, counted: bool
+        self,
+        job: BulkJob,
+        *,
+        owner: str,
+        delay: float,
+        error: str,
+        counted: bool,
+        uncertain: bool,
     ) -> bool:
         return await self._write(
-            lambda: jobs.deferred(job, owner, delay=delay, error=error, counted=counted)
+            lambda: jobs.deferred(
+                job, owner, delay=delay, error=error, counted=counted, uncertain=uncertain
+            )
         )
 
     async def job_completed(
-        self, job: BulkJob, *, owner: str, sent_versions: Mapping[str, Mapping[str, int]]
+        self,
+        job: BulkJob,
+        *,
+        owner: str,
+        sent_versions: Mapping[str, Mapping[str, int]],
+        completed_rows: int | None = None,
     ) -> bool:
-        done = await self._write(lambda: jobs.completed(job, owner, sent_versions))
+        done = await self._write(lambda: jobs.completed(job, owner, sent_versions, completed_rows))
         if done:
             self._work_committed()  # updates that waited behind the job may go now
         return done
@@ -325,11 +342,6 @@ class SQLStore(Store):
             self._work_committed()
         return children
 
-    async def job_rejected(
-        self, job: BulkJob, *, owner: str, status: int | None, error: str
-    ) -> bool:
-        return await self._write(lambda: jobs.rejected(job, owner, status=status, error=error))
-
     async def release_job(self, job: BulkJob, *, owner: str) -> None:
         await self._write(lambda: jobs.release(job, owner))
 
@@ -339,8 +351,7 @@ class SQLStore(Store):
     async def list_jobs(
         self, *, status: JobStatus | None, before: str | None, limit: int
     ) -> list[BulkJob]:
-        cursor = before if before is not None else "~"  # after every id
-        return await self._read(lambda: jobs.list_jobs(status, cursor, limit))
+        return await self._read(lambda: jobs.list_jobs(status, before, limit))
 
     # webhook state -------------------------------------------------------------------------
     async def link_customers(self, links: Sequence[tuple[str, str]]) -> None:

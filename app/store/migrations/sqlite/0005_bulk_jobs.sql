@@ -19,6 +19,9 @@ CREATE TABLE bulk_jobs (
     updates INTEGER NOT NULL,
     completed_rows INTEGER NOT NULL DEFAULT 0,
     attempts INTEGER NOT NULL DEFAULT 0,
+    -- 1 while an upload of its rows may be pending at Userpilot unrecorded (no answer, or a
+    -- crash before the answer was recorded): its rows must not go out real-time meanwhile.
+    uncertain INTEGER NOT NULL DEFAULT 0,
     owner TEXT,
     lease_until REAL,
     next_attempt_at REAL NOT NULL,

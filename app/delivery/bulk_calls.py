@@ -1,0 +1,308 @@
+"""One bulk job's calls to Userpilot and what each answer does to it (see `bulk.py`).
+
+Submitting: the job's rows are read and merged, the upload takes a send slot (it counts against
+the rate limit), and the job is marked `uncertain` first: if no answer is recorded (no answer,
+a 5xx, a crash), an upload may be pending at Userpilot, so its rows never go out real-time until
+one of its submissions is accepted (then any earlier one has ended: Userpilot runs one job at a
+time). Polling takes a send slot too, so the two paths together never pass the rate limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from app.config import Settings
+from app.delivery.merge import MAX_JOB_BYTES, bulk_body, merge_claim
+from app.delivery.pacing import Pacer
+from app.delivery.refuse import without_unsendable
+from app.delivery.retry import backoff_delay, classify_upload
+from app.domain.models import BulkJob, Claim, JobStatus
+from app.metrics import (
+    BULK_JOB_DURATION,
+    BULK_JOB_ROWS,
+    BULK_JOBS,
+    BULK_ROWS,
+    BULK_SUBMISSIONS,
+    DELIVERIES,
+    UPDATES_MERGED,
+    UPSTREAM_AUTH_FAILURES,
+    UPSTREAM_THROTTLED,
+)
+from app.store.base import Store
+from app.userpilot.client import RUNNING, UserpilotClient, completed_rows, job_status
+
+log = logging.getLogger("userpilot_relay.bulk")
+
+NEVER = 10**9  # min_rows that sends every row of a job to real-time calls
+LOST_AFTER = 3  # 404s in a row before a job counts as lost (it may not be listed at once)
+MAX_CONFLICT_WAIT = 60.0
+
+
+def job_context(job: BulkJob) -> dict[str, object]:
+    return {
+        "job_id": job.id,
+        "upstream_job_id": job.upstream_id,
+        "rows": job.rows,
+        "updates": job.updates,
+        "attempt": job.attempts,
+    }
+
+
+class JobCalls:
+    """Submits and polls jobs for one dispatcher; `disabled` says why bulk is off here."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        client: UserpilotClient,
+        settings: Settings,
+        pacer: Pacer,
+        owner: str,
+        lease: float,
+    ) -> None:
+        self.store = store
+        self.client = client
+        self.settings = settings
+        self.pacer = pacer
+        self.owner = owner
+        self.lease = lease
+        self.disabled: str | None = None  # set when Userpilot refuses bulk for this key
+        self.rows_per_second: float | None = None  # as the last completed job went
+        self._conflicts: dict[str, int] = {}
+        self._lost: dict[str, int] = {}
+
+    async def _slot(self) -> float:
+        """Wait for a send slot; answers how long it is still away when that is too long to
+        wait holding the job's lease (a 429 pause): then nothing is sent now."""
+        slot = await self.store.reserve_send_slot(self.pacer.interval)
+        wait = slot - time.time()
+        if wait > self.lease / 3:
+            return wait
+        await asyncio.sleep(max(0.0, wait))
+        if self.pacer.paused():
+            return 0.5  # a 429 came after the slot was reserved
+        await asyncio.sleep(max(0.0, self.pacer.next_send() - time.time()))
+        return 0.0
+
+    async def _rows(self, job: BulkJob) -> list[Claim]:
+        """The job's companies, less the updates that cannot be sent (dead-lettered)."""
+        sendable = []
+        for claim in await self.store.job_rows(job.id):
+            claim = await without_unsendable(self.store, claim, job_context(job), strict=True)
+            if claim.updates:
+                sendable.append(claim)
+        return sendable
+
+    # submitting ------------------------------------------------------------------------------
+    async def submit(self, job: BulkJob) -> float:
+        """Upload a waiting job; answers how long to wait before the next turn."""
+        poll = self.settings.relay_bulk_poll_seconds
+        context = job_context(job)
+        claims = await self._rows(job)
+        if not claims:
+            await self.store.job_completed(job, owner=self.owner, sent_versions={})
+            return 0.0
+        body = bulk_body(claims)
+        if len(body) > MAX_JOB_BYTES:
+            await self.split(job, "split", f"{len(body)} bytes: over Userpilot's 50 MB", None)
+            return 0.0
+        if (later := await self._slot()) > 0:
+            return later
+        if not await self.store.job_uploading(job, owner=self.owner, lease=self.lease):
+            log.info("another replica took the bulk job over", extra=context)
+            return 0.0
+        # A large upload may take longer than a real-time call; it ends inside the job's lease.
+        within = max(self.settings.relay_upstream_timeout_seconds, self.lease / 2)
+        result = await self.client.bulk_identify_companies(body, within=within)
+        context |= {"upstream_status": result.status, "x_request_id": result.request_id}
+        outcome, upstream_id = classify_upload(result)
+        BULK_SUBMISSIONS.labels(result=outcome).inc()
+        error = result.error or f"HTTP {result.status}"
+        if outcome == "accepted":
+            assert upstream_id is not None
+            self._conflicts.pop(job.id, None)
+            state = job_status(result.body or {})
+            if await self.store.job_submitted(
+                job,
+                owner=self.owner,
+                upstream_id=upstream_id,
+                upstream_status=state if state in RUNNING else "queued",
+                lease=self.lease,
+                http_status=result.status or 202,
+                request_id=result.request_id,
+            ):
+                BULK_JOB_ROWS.labels(state="total").set(job.rows)
+                BULK_JOB_ROWS.labels(state="completed").set(0)
+                log.info(
+                    "Userpilot accepted a bulk job",
+                    extra=context | {"upstream_job_id": upstream_id},
+                )
+            else:
+                log.warning("accepted, but the job was taken over meanwhile", extra=context)
+            return poll
+        if outcome == "conflict":
+            # Another job holds the environment's one slot: wait longer each time.
+            n = self._conflicts[job.id] = self._conflicts.get(job.id, 0) + 1
+            delay = min(poll * 2 ** (n - 1), max(poll, MAX_CONFLICT_WAIT))
+            log.info("another bulk job holds Userpilot's slot; waiting", extra=context)
+            return await self._defer(job, f"409: {error}", delay, counted=False)
+        if outcome == "throttled":
+            UPSTREAM_THROTTLED.inc()
+            delay = result.retry_after if result.retry_after is not None else self._backoff(job)
+            await self.store.pause_sending(self.pacer.pause(delay))
+            return await self._defer(job, error, delay)
+        if outcome == "error":  # no answer, a 5xx, or a 2xx without a job id: maybe accepted
+            reason = "accepted without a usable job_id" if result.ok else error
+            return await self._defer(job, reason, uncertain=True)
+        if outcome in ("key_refused", "unavailable") and job.uncertain:
+            return await self._defer(job, error)  # an earlier upload may still run: wait
+        if outcome == "key_refused":
+            UPSTREAM_AUTH_FAILURES.inc()
+            await self._without_bulk(job, f"Userpilot refused the key for bulk jobs: {error}")
+        elif outcome == "unavailable":
+            await self._without_bulk(job, f"the endpoint has no bulk API: {error}")
+        elif outcome == "too_large":
+            await self.split(job, "split", error, 413)
+        else:  # some row is bad: bisect
+            await self.split(job, "failed", error, result.status)
+        return 0.0
+
+    def _backoff(self, job: BulkJob) -> float:
+        settings = self.settings
+        return backoff_delay(
+            job.attempts + 1,
+            base=max(settings.relay_retry_base_seconds, settings.relay_bulk_poll_seconds),
+            cap=settings.relay_retry_max_seconds,
+        )
+
+    async def _defer(
+        self,
+        job: BulkJob,
+        error: str,
+        delay: float | None = None,
+        *,
+        counted: bool = True,
+        uncertain: bool | None = None,
+    ) -> float:
+        """Submit it again later; `uncertain`: this upload may be pending at Userpilot."""
+        wait = self._backoff(job) if delay is None else delay
+        await self.store.job_deferred(
+            job,
+            owner=self.owner,
+            delay=wait,
+            error=error,
+            counted=counted,
+            uncertain=job.uncertain if uncertain is None else uncertain,
+        )
+        log.warning(
+            "a bulk job was not accepted; submitting it again later",
+            extra=job_context(job) | {"error": error, "retry_in_s": round(wait, 2)},
+        )
+        return self.settings.relay_bulk_poll_seconds
+
+    async def _without_bulk(self, job: BulkJob, reason: str) -> None:
+        """Userpilot will take no bulk job from this key: the rows go out real-time (where a
+        bad key dead-letters them, as for any call), and this process packs no more jobs."""
+        self.disabled = reason
+        log.error("bulk jobs are off until the relay restarts: " + reason, extra=job_context(job))
+        await self.split(job, "rejected", reason, None, NEVER)
+
+    async def split(
+        self,
+        job: BulkJob,
+        status: JobStatus,
+        error: str,
+        http_status: int | None,
+        min_rows: int | None = None,
+    ) -> None:
+        """End the job `status`; its rows go to two smaller jobs or real-time calls."""
+        children = await self.store.job_split(
+            job,
+            owner=self.owner,
+            status=status,
+            error=error,
+            upstream_status="failed" if status == "failed" and job.upstream_id else None,
+            min_rows=self.settings.relay_bulk_min_rows if min_rows is None else min_rows,
+            http_status=http_status,
+        )
+        if children is None:
+            return
+        BULK_JOBS.labels(outcome=status).inc()
+        BULK_ROWS.labels(outcome="resent").inc(job.rows)
+        if job.submitted_at is not None:
+            BULK_JOB_DURATION.observe(max(0.0, time.time() - job.submitted_at))
+        log.warning(
+            f"bulk job {status}: its rows go out again in smaller parts",
+            extra=job_context(job) | {"error": error, "children": children},
+        )
+
+    # polling ---------------------------------------------------------------------------------
+    async def poll(self, job: BulkJob) -> float:
+        """Ask Userpilot how the running job stands; answers how long to wait."""
+        poll = self.settings.relay_bulk_poll_seconds
+        assert job.upstream_id is not None
+        if (later := await self._slot()) > 0:
+            return min(later, poll)
+        result = await self.client.background_job(job.upstream_id)
+        body = result.body or {}
+        status = job_status(body) if result.ok else None
+        done = completed_rows(body, job.rows) if status is not None else None
+        if result.status != 404:
+            self._lost.pop(job.id, None)
+        if status == "completed":
+            await self._complete(job, done)
+            return 0.0
+        if status == "failed":
+            await self.split(job, "failed", "Userpilot reported the job failed", None)
+            return 0.0
+        if result.status == 404:
+            lost = self._lost[job.id] = self._lost.get(job.id, 0) + 1
+            if lost >= LOST_AFTER:
+                # Userpilot does not know the job: nothing proves it ran. Submit it again
+                # (identify is an upsert); a 409 answers while it runs after all.
+                self._lost.pop(job.id, None)
+                log.warning(
+                    "Userpilot lost a bulk job; submitting it again", extra=job_context(job)
+                )
+                await self._defer(job, "404: Userpilot does not know the job", 0.0, uncertain=True)
+                return 0.0
+        state = None if status is None else status if status in RUNNING else f"unknown: {status}"
+        await self.store.job_polled(
+            job,
+            owner=self.owner,
+            upstream_status=state,
+            completed_rows=done,
+            error=None if state else (result.error or "the answer holds no job status"),
+            lease=self.lease,
+        )
+        if state:
+            BULK_JOB_ROWS.labels(state="total").set(job.rows)
+            BULK_JOB_ROWS.labels(state="completed").set(done or 0)
+        return poll
+
+    async def _complete(self, job: BulkJob, done: int | None) -> None:
+        claims = await self.store.job_rows(job.id)
+        sent = {claim.company_id: merge_claim(claim)[1] for claim in claims}
+        if not await self.store.job_completed(
+            job, owner=self.owner, sent_versions=sent, completed_rows=done
+        ):
+            return
+        BULK_JOBS.labels(outcome="completed").inc()
+        BULK_ROWS.labels(outcome="delivered").inc(len(claims))
+        updates = sum(len(c.updates) for c in claims)
+        DELIVERIES.labels(outcome="delivered").inc(updates)
+        UPDATES_MERGED.inc(max(0, updates - len(claims)))
+        if done is not None and done < job.rows:
+            log.warning(
+                "Userpilot completed a bulk job with fewer rows done than sent",
+                extra=job_context(job) | {"completed_rows": done},
+            )
+        if job.submitted_at is not None:
+            took = max(0.001, time.time() - job.submitted_at)
+            BULK_JOB_DURATION.observe(took)
+            if job.rows >= self.settings.relay_bulk_min_rows:  # small jobs are all overhead
+                self.rows_per_second = job.rows / took
+        log.info("bulk job completed", extra=job_context(job))
