@@ -36,8 +36,8 @@ Bulk jobs and recovery:
   5xx, a 2xx without a job id), `refused` (some row is bad: 400, 422, ...).
 - `userpilot_relay_bulk_job_duration_seconds`: from acceptance to the end, per job.
 - `userpilot_relay_bulk_job_rows{state}`: the running job's rows, `total` and `completed`.
-- `userpilot_relay_bulk_job_stuck`: 1 while the running job has made no progress for
-  RELAY_BULK_STUCK_SECONDS.
+- `userpilot_relay_bulk_job_stuck`: 1 while an unfinished job (running, or never accepted) has
+  made no progress for RELAY_BULK_STUCK_SECONDS.
 - `userpilot_relay_upstream_circuit_open`: 1 while Userpilot looks down and the relay only
   probes it, one call at a time.
 
@@ -155,7 +155,7 @@ BULK_JOB_ROWS = Gauge(
 )
 BULK_JOB_STUCK = Gauge(
     "userpilot_relay_bulk_job_stuck",
-    "1 while the running bulk job has made no progress for RELAY_BULK_STUCK_SECONDS.",
+    "1 while an unfinished bulk job has made no progress for RELAY_BULK_STUCK_SECONDS.",
 )
 CIRCUIT_OPEN = Gauge(
     "userpilot_relay_upstream_circuit_open",

@@ -105,6 +105,10 @@ class BulkDriver:
         job = await self.store.take_job(owner=self.owner, lease_seconds=self.lease)
         self._current = job
         if job is None:
+            unfinished = await self._unfinished()
+            if unfinished is not None:  # another replica drives it, or it is not due yet
+                self._check_stuck(unfinished)
+                return _IDLE_CHECK
             BULK_JOB_ROWS.labels(state="total").set(0)
             BULK_JOB_ROWS.labels(state="completed").set(0)
             BULK_JOB_STUCK.set(0)
@@ -126,6 +130,14 @@ class BulkDriver:
         # (An uncertain job is submitted even with bulk off: an upload of it may be pending,
         # and only an accepted submission proves it is over.)
         return await self.calls.submit(job)
+
+    async def _unfinished(self) -> BulkJob | None:
+        """The running job, else the oldest waiting one (whoever drives it), or None."""
+        for status in ("running", "waiting"):
+            found = await self.store.list_jobs(status=status, before=None, limit=1000)
+            if found:
+                return found[-1]
+        return None
 
     def _idle_wait(self) -> float:
         """Nothing to drive: look again soon, less often after packs that found nothing."""
