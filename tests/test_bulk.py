@@ -523,3 +523,28 @@ def test_a_job_never_accepted_is_reported_stuck(database_url: str, sim: Simulato
     job = run(main(), limit=60)
     assert job["status"] == "waiting" and job["upstream_job_id"] is None, job
     assert "503" in (job["last_error"] or "") or "SERVICE_UNAVAILABLE" in (job["last_error"] or "")
+
+
+def test_a_job_userpilot_keeps_forgetting_backs_off_and_is_reported_stuck(
+    database_url: str, sim: SimulatorProcess
+) -> None:
+    sim.configure(bulk_rows_per_minute=0)  # the first upload never ends upstream
+    sim.add_fault(action="status", status=404, path="/v1/background_jobs/", times=100_000)
+
+    async def main() -> tuple[dict[str, Any], int]:
+        async with relay_on(database_url, sim, relay_bulk_stuck_seconds=2) as relay:
+            await post_bulk(relay, companies("forgot", 200))
+
+            async def stuck() -> dict[str, Any] | None:
+                found = await jobs(relay)
+                return found[0] if found and found[0]["stuck"] else None
+
+            job: dict[str, Any] = await eventually(stuck, within=20)
+            uploads = len(sim.requests(path="/v1/companies/bulk_identify"))
+            return job, uploads
+
+    job, uploads = run(main(), limit=60)
+    # Submitted again only after a backoff (each time a 409: the first still runs), never in a
+    # tight loop; and its rows stay in bulk, in doubt.
+    assert uploads <= 6, uploads
+    assert job["uncertain_since"] is not None, job

@@ -30,8 +30,7 @@ class JobOut(BaseModel):
             "smaller jobs or real-time calls (`outcome` says which); `split`: too large, or bulk "
             "was switched off: its rows went to smaller jobs or real-time calls; `rejected`: "
             "Userpilot refused bulk jobs for the key (401/403) or the endpoint has no bulk API: "
-            "its rows went out as real-time calls, and that replica packs no more jobs until it "
-            "restarts."
+            "its rows went out as real-time calls, and that replica packs no jobs for 15 minutes."
         )
     )
     upstream_job_id: str | None = Field(description="Userpilot's job id, once accepted.")
@@ -57,6 +56,13 @@ class JobOut(BaseModel):
             "RELAY_BULK_STUCK_SECONDS: running, or never accepted (alerted on)."
         )
     )
+    uncertain_since: float | None = Field(
+        description=(
+            "Unix time an upload of it left whose answer is not recorded: it may still run at "
+            "Userpilot, so the job's rows stay in bulk jobs until a submission is accepted (or "
+            "twice the time its rows take at 1,200 a minute has passed, 10 minutes at least)."
+        )
+    )
     last_error: str | None = Field(description="The last submission's or poll's error.")
     outcome: str | None = Field(description="What became of its rows, once it ended.")
 
@@ -79,6 +85,7 @@ class JobOut(BaseModel):
             finished_at=job.finished_at,
             next_attempt_at=job.next_attempt_at if job.status == "waiting" else None,
             stuck=job.stuck(after=stuck_seconds, now=time.time()),
+            uncertain_since=job.uncertain_at,
             last_error=job.last_error,
             outcome=job.outcome,
         )

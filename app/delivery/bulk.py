@@ -11,8 +11,10 @@ Userpilot reports no per-row errors, so a failed job is bisected: its rows go ou
 jobs of half the size, and a part under RELAY_BULK_MIN_ROWS as real-time calls, where a bad row
 is dead-lettered with Userpilot's own error. 409 (another job holds the environment's one slot)
 waits; 413 splits; 429, 5xx and network errors back off; a key refused for bulk (401/403) or an
-endpoint without it sends the rows real-time and switches bulk off in this process, loudly.
-A job with no progress for RELAY_BULK_STUCK_SECONDS is reported; its rows stay in flight.
+endpoint without it sends the rows real-time and switches bulk off in this process for a while,
+loudly. None of those sends rows real-time while an unanswered upload of them may still run at
+Userpilot (see `bulk_calls.py`). A job with no progress for RELAY_BULK_STUCK_SECONDS is
+reported; its rows stay in flight.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import time
 
 from app.config import Settings
 from app.delivery.breaker import Breaker
-from app.delivery.bulk_calls import NEVER, JobCalls, job_context
+from app.delivery.bulk_calls import ALL_REALTIME, JobCalls, job_context
 from app.delivery.pacing import Pacer
 from app.domain.errors import StoreUnavailable
 from app.domain.models import BulkJob
@@ -63,6 +65,7 @@ class BulkDriver:
             client=client,
             settings=settings,
             pacer=pacer,
+            breaker=breaker,
             owner=owner,
             lease=self.lease,
         )
@@ -98,14 +101,14 @@ class BulkDriver:
                     await asyncio.shield(self.store.release_job(job, owner=self.owner))
 
     def _bulk_on(self) -> bool:
-        return self.settings.relay_upstream_bulk == "auto" and self.calls.disabled is None
+        return self.settings.relay_upstream_bulk == "auto" and self.calls.bulk_off_reason is None
 
     async def _step(self) -> float:
         """One turn: answers how long to wait before the next."""
         job = await self.store.take_job(owner=self.owner, lease_seconds=self.lease)
         self._current = job
         if job is None:
-            unfinished = await self._unfinished()
+            unfinished = await self.store.unfinished_job()
             if unfinished is not None:  # another replica drives it, or it is not due yet
                 self._check_stuck(unfinished)
                 return _IDLE_CHECK
@@ -123,21 +126,13 @@ class BulkDriver:
             await self.store.release_job(job, owner=self.owner)
             self._current = None
             return _IDLE_CHECK
-        if not self._bulk_on() and not job.uncertain:
-            reason = self.calls.disabled or "RELAY_UPSTREAM_BULK is off"
-            await self.calls.split(job, "split", reason, None, NEVER)
+        if not self._bulk_on() and not job.in_doubt(time.time()):
+            reason = self.calls.bulk_off_reason or "RELAY_UPSTREAM_BULK is off"
+            await self.calls.split(job, "split", reason, None, ALL_REALTIME)
             return 0.0
-        # (An uncertain job is submitted even with bulk off: an upload of it may be pending,
+        # (A job in doubt is submitted even with bulk off: an upload of it may be pending,
         # and only an accepted submission proves it is over.)
         return await self.calls.submit(job)
-
-    async def _unfinished(self) -> BulkJob | None:
-        """The running job, else the oldest waiting one (whoever drives it), or None."""
-        for status in ("running", "waiting"):
-            found = await self.store.list_jobs(status=status, before=None, limit=1000)
-            if found:
-                return found[-1]
-        return None
 
     def _idle_wait(self) -> float:
         """Nothing to drive: look again soon, less often after packs that found nothing."""

@@ -1,10 +1,12 @@
 """One bulk job's calls to Userpilot and what each answer does to it (see `bulk.py`).
 
 Submitting: the job's rows are read and merged, the upload takes a send slot (it counts against
-the rate limit), and the job is marked `uncertain` first: if no answer is recorded (no answer,
-a 5xx, a crash), an upload may be pending at Userpilot, so its rows never go out real-time until
-one of its submissions is accepted (then any earlier one has ended: Userpilot runs one job at a
-time). Polling takes a send slot too, so the two paths together never pass the rate limit.
+the rate limit), and the job is marked uncertain first (`uncertain_at`): if no answer is
+recorded (no answer, a 5xx, a crash), an upload may be pending at Userpilot, so its rows never
+go out real-time while it may still run (`BulkJob.in_doubt`), until a submission is accepted
+(then every earlier one has ended: Userpilot runs one job at a time). Polling takes a send slot
+too, so the two paths together never pass the rate limit. Every answer also tells the circuit
+breaker whether Userpilot is up.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import logging
 import time
 
 from app.config import Settings
+from app.delivery.breaker import Breaker
 from app.delivery.merge import MAX_JOB_BYTES, bulk_body, merge_claim
 from app.delivery.pacing import Pacer
 from app.delivery.refuse import without_unsendable
@@ -31,13 +34,21 @@ from app.metrics import (
     UPSTREAM_THROTTLED,
 )
 from app.store.base import Store
-from app.userpilot.client import RUNNING, UserpilotClient, completed_rows, job_status
+from app.userpilot.client import (
+    RUNNING,
+    UpstreamResult,
+    UserpilotClient,
+    completed_rows,
+    job_status,
+)
 
 log = logging.getLogger("userpilot_relay.bulk")
 
-NEVER = 10**9  # min_rows that sends every row of a job to real-time calls
+ALL_REALTIME = 10**9  # min_rows that sends every row of a job to real-time calls
 LOST_AFTER = 3  # 404s in a row before a job counts as lost (it may not be listed at once)
 MAX_CONFLICT_WAIT = 60.0
+BULK_OFF_SECONDS = 900.0  # after Userpilot refused bulk for the key: real-time only this long
+_REMEMBERED = 1000  # per-job counters kept at most (jobs that ended elsewhere drop out)
 
 
 def job_context(job: BulkJob) -> dict[str, object]:
@@ -60,6 +71,7 @@ class JobCalls:
         client: UserpilotClient,
         settings: Settings,
         pacer: Pacer,
+        breaker: Breaker,
         owner: str,
         lease: float,
     ) -> None:
@@ -67,16 +79,37 @@ class JobCalls:
         self.client = client
         self.settings = settings
         self.pacer = pacer
+        self.breaker = breaker
         self.owner = owner
         self.lease = lease
-        self.disabled: str | None = None  # set when Userpilot refuses bulk for this key
         self.rows_per_second: float | None = None  # as the last completed job went
+        self._bulk_off_reason: str | None = None
+        self._bulk_off_until = 0.0
         self._conflicts: dict[str, int] = {}
         self._lost: dict[str, int] = {}
+        self._auth_logged: set[str] = set()
+
+    @property
+    def bulk_off_reason(self) -> str | None:
+        """Why this process packs no jobs now (Userpilot refused bulk for the key), or None."""
+        return self._bulk_off_reason if time.time() < self._bulk_off_until else None
+
+    def _count(self, counters: dict[str, int], job: BulkJob) -> int:
+        if len(counters) > _REMEMBERED:
+            counters.clear()
+        counters[job.id] = counters.get(job.id, 0) + 1
+        return counters[job.id]
+
+    async def _observe(self, result: UpstreamResult) -> None:
+        """Tell the breaker; an answer from a Userpilot that was down brings retries forward."""
+        if self.breaker.record(result, probe=False):
+            await self.store.retry_now()
 
     async def _slot(self) -> float:
         """Wait for a send slot; answers how long it is still away when that is too long to
         wait holding the job's lease (a 429 pause): then nothing is sent now."""
+        if self.pacer.paused():  # a 429: no slot before it ends
+            return min(self.lease / 3, 1.0)
         slot = await self.store.reserve_send_slot(self.pacer.interval)
         wait = slot - time.time()
         if wait > self.lease / 3:
@@ -117,6 +150,8 @@ class JobCalls:
         # A large upload may take longer than a real-time call; it ends inside the job's lease.
         within = max(self.settings.relay_upstream_timeout_seconds, self.lease / 2)
         result = await self.client.bulk_identify_companies(body, within=within)
+        await self._observe(result)
+        doubt = job.in_doubt(time.time())  # an earlier upload of it may still run
         context |= {"upstream_status": result.status, "x_request_id": result.request_id}
         outcome, upstream_id = classify_upload(result)
         BULK_SUBMISSIONS.labels(result=outcome).inc()
@@ -133,6 +168,7 @@ class JobCalls:
                 lease=self.lease,
                 http_status=result.status or 202,
                 request_id=result.request_id,
+                within=within,
             ):
                 BULK_JOB_ROWS.labels(state="total").set(job.rows)
                 BULK_JOB_ROWS.labels(state="completed").set(0)
@@ -145,7 +181,7 @@ class JobCalls:
             return poll
         if outcome == "conflict":
             # Another job holds the environment's one slot: wait longer each time.
-            n = self._conflicts[job.id] = self._conflicts.get(job.id, 0) + 1
+            n = self._count(self._conflicts, job)
             delay = min(poll * 2 ** (n - 1), max(poll, MAX_CONFLICT_WAIT))
             log.info("another bulk job holds Userpilot's slot; waiting", extra=context)
             return await self._defer(job, f"409: {error}", delay, counted=False)
@@ -157,17 +193,18 @@ class JobCalls:
         if outcome == "error":  # no answer, a 5xx, or a 2xx without a job id: maybe accepted
             reason = "accepted without a usable job_id" if result.ok else error
             return await self._defer(job, reason, uncertain=True)
-        if outcome in ("key_refused", "unavailable") and job.uncertain:
-            return await self._defer(job, error)  # an earlier upload may still run: wait
         if outcome == "key_refused":
             UPSTREAM_AUTH_FAILURES.inc()
+        if doubt and (outcome in ("key_refused", "unavailable") or job.rows == 1):
+            return await self._defer(job, error)  # an earlier upload may still run: wait
+        if outcome == "key_refused":
             await self._without_bulk(job, f"Userpilot refused the key for bulk jobs: {error}")
         elif outcome == "unavailable":
             await self._without_bulk(job, f"the endpoint has no bulk API: {error}")
         elif outcome == "too_large":
-            await self.split(job, "split", error, 413)
+            await self.split(job, "split", error, 413, keep_in_bulk=doubt)
         else:  # some row is bad: bisect
-            await self.split(job, "failed", error, result.status)
+            await self.split(job, "failed", error, result.status, keep_in_bulk=doubt)
         return 0.0
 
     def _backoff(self, job: BulkJob) -> float:
@@ -185,9 +222,10 @@ class JobCalls:
         delay: float | None = None,
         *,
         counted: bool = True,
-        uncertain: bool | None = None,
+        uncertain: bool = False,
     ) -> float:
-        """Submit it again later; `uncertain`: this upload may be pending at Userpilot."""
+        """Submit it again later; `uncertain`: this upload may be pending at Userpilot (else
+        the job keeps the doubt it had before the upload)."""
         wait = self._backoff(job) if delay is None else delay
         await self.store.job_deferred(
             job,
@@ -195,7 +233,7 @@ class JobCalls:
             delay=wait,
             error=error,
             counted=counted,
-            uncertain=job.uncertain if uncertain is None else uncertain,
+            uncertain=uncertain,
         )
         log.warning(
             "a bulk job was not accepted; submitting it again later",
@@ -204,11 +242,15 @@ class JobCalls:
         return self.settings.relay_bulk_poll_seconds
 
     async def _without_bulk(self, job: BulkJob, reason: str) -> None:
-        """Userpilot will take no bulk job from this key: the rows go out real-time (where a
-        bad key dead-letters them, as for any call), and this process packs no more jobs."""
-        self.disabled = reason
-        log.error("bulk jobs are off until the relay restarts: " + reason, extra=job_context(job))
-        await self.split(job, "rejected", reason, None, NEVER)
+        """Userpilot takes no bulk job from this key: the rows go out real-time (where a bad
+        key dead-letters them, as for any call), and this process packs no jobs for a while."""
+        self._bulk_off_reason = reason
+        self._bulk_off_until = time.time() + BULK_OFF_SECONDS
+        log.error(
+            f"bulk jobs are off for {BULK_OFF_SECONDS / 60:g} minutes: " + reason,
+            extra=job_context(job),
+        )
+        await self.split(job, "rejected", reason, None, ALL_REALTIME)
 
     async def split(
         self,
@@ -217,6 +259,8 @@ class JobCalls:
         error: str,
         http_status: int | None,
         min_rows: int | None = None,
+        *,
+        keep_in_bulk: bool = False,
     ) -> None:
         """End the job `status`; its rows go to two smaller jobs or real-time calls."""
         children = await self.store.job_split(
@@ -227,6 +271,7 @@ class JobCalls:
             upstream_status="failed" if status == "failed" and job.upstream_id else None,
             min_rows=self.settings.relay_bulk_min_rows if min_rows is None else min_rows,
             http_status=http_status,
+            keep_in_bulk=keep_in_bulk,
         )
         if children is None:
             return
@@ -247,6 +292,7 @@ class JobCalls:
         if (later := await self._slot()) > 0:
             return min(later, poll)
         result = await self.client.background_job(job.upstream_id)
+        await self._observe(result)
         body = result.body or {}
         status = job_status(body) if result.ok else None
         done = completed_rows(body, job.rows) if status is not None else None
@@ -258,17 +304,28 @@ class JobCalls:
         if status == "failed":
             await self.split(job, "failed", "Userpilot reported the job failed", None)
             return 0.0
-        if result.status == 404:
-            lost = self._lost[job.id] = self._lost.get(job.id, 0) + 1
-            if lost >= LOST_AFTER:
-                # Userpilot does not know the job: nothing proves it ran. Submit it again
-                # (identify is an upsert); a 409 answers while it runs after all.
-                self._lost.pop(job.id, None)
-                log.warning(
-                    "Userpilot lost a bulk job; submitting it again", extra=job_context(job)
+        if result.status == 404 and self._count(self._lost, job) >= LOST_AFTER:
+            # Userpilot does not know the job: nothing proves it ran. Submit it again later
+            # (identify is an upsert); a 409 answers while it runs after all.
+            self._lost.pop(job.id, None)
+            log.warning("Userpilot lost a bulk job; submitting it again", extra=job_context(job))
+            error = "404: Userpilot does not know the job"
+            await self._defer(job, error, self._backoff(job), counted=False, uncertain=True)
+            return 0.0
+        if result.status == 429:
+            UPSTREAM_THROTTLED.inc()
+            pause = result.retry_after if result.retry_after is not None else poll
+            await self.store.pause_sending(self.pacer.pause(pause))
+        elif result.status in (401, 403):
+            UPSTREAM_AUTH_FAILURES.inc()
+            if job.id not in self._auth_logged:
+                if len(self._auth_logged) > _REMEMBERED:
+                    self._auth_logged.clear()
+                self._auth_logged.add(job.id)
+                log.error(
+                    "Userpilot refused the API key when asked about a bulk job",
+                    extra=job_context(job) | {"error": result.error},
                 )
-                await self._defer(job, "404: Userpilot does not know the job", 0.0, uncertain=True)
-                return 0.0
         state = None if status is None else status if status in RUNNING else f"unknown: {status}"
         await self.store.job_polled(
             job,

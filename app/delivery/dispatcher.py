@@ -4,7 +4,9 @@ One feeder loop reserves a send slot (slots are `60 / RELAY_RATE_LIMIT_PER_MINUT
 apart, shared through the store by every replica), waits for it, then claims the company that
 has waited longest and hands the call to a task; at most `RELAY_DELIVERY_CONCURRENCY` calls are
 in flight. Claiming at the last moment lets everything that arrived for the company meanwhile
-ride in the same call.
+ride in the same call. While Userpilot looks down the breaker (`breaker.py`) lets one probe out
+at a time. Beside the feeder, `bulk.py` drains large backlogs through Userpilot's bulk jobs; its
+uploads and polls take send slots from the same pacing.
 """
 
 from __future__ import annotations

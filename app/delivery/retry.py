@@ -1,8 +1,9 @@
 """The retry policy: which upstream answers are retried, how long to wait, how to label it.
 
-Retried: 408, 425, 429, every 5xx and every failure without an answer. Anything else that is
-not a 2xx (400, 401, 403, 404, 413, other 4xx, redirects) is a permanent rejection: the
-update is dead-lettered, visible and replayable.
+A real-time call is retried on 408, 425, 429, every 5xx and every failure without an answer.
+Anything else that is not a 2xx (400, 401, 403, 404, 413, other 4xx, redirects) is a permanent
+rejection: the update is dead-lettered, visible and replayable. A bulk upload's answers mean
+other things (`classify_upload`): a refusal there sends rows to smaller jobs or real-time calls.
 """
 
 from __future__ import annotations
@@ -86,4 +87,4 @@ def classify_upload(result: UpstreamResult) -> tuple[Upload, str | None]:
 
 def usable_job_id(job_id: str) -> bool:
     """An id the relay can store and poll: printable, bounded, not a path step (`.`, `..`)."""
-    return 0 < len(job_id) <= 256 and printable(job_id) == job_id and job_id.strip(".") != ""
+    return 0 < len(job_id) <= 256 and printable(job_id, 256) == job_id and job_id.strip(".") != ""

@@ -157,7 +157,7 @@ class BulkJob:
     upload: its rows went to smaller jobs or real-time calls), `split` (too large, or bulk
     switched off: its rows went to smaller jobs or real-time calls), `rejected` (Userpilot
     refused bulk jobs for this key, or the endpoint has none: its rows went out real-time and
-    the process packs no more jobs).
+    the process packs no jobs for a while).
     """
 
     id: str
@@ -178,8 +178,16 @@ class BulkJob:
     finished_at: float | None
     last_error: str | None
     outcome: str | None
-    # An upload of its rows may be pending at Userpilot unrecorded: they stay in bulk jobs.
-    uncertain: bool = False
+    # When an upload of its rows left whose answer is not recorded (None: none): that upload
+    # may be pending at Userpilot, so the rows stay in bulk jobs (see `in_doubt`).
+    uncertain_at: float | None = None
+
+    def in_doubt(self, now: float) -> bool:
+        """An unanswered upload may still run at Userpilot: until twice the time its rows take
+        at Userpilot's slowest documented pace (1,200 a minute), ten minutes at least."""
+        if self.uncertain_at is None:
+            return False
+        return now - self.uncertain_at < max(600.0, 2 * self.rows / 20)
 
     def stuck(self, *, after: float, now: float) -> bool:
         """Unfinished with no progress (accepted, a new status, more rows done) for `after`

@@ -221,9 +221,12 @@ class Store(abc.ABC):
         lease: float,
         http_status: int,
         request_id: str | None,
+        within: float,
     ) -> bool:
         """Userpilot accepted the job (its answer's status and x-request-id become its
-        deliveries' last). False (here and below) when `owner` no longer holds it."""
+        deliveries' last); waiting jobs whose uploads went unanswered more than `within`
+        seconds ago are certain again. False (here and below) when `owner` no longer holds
+        it."""
 
     @abc.abstractmethod
     async def job_polled(
@@ -280,14 +283,20 @@ class Store(abc.ABC):
         upstream_status: str | None,
         min_rows: int,
         http_status: int | None,
+        keep_in_bulk: bool = False,
     ) -> list[str] | None:
-        """End the job `failed` or `split`: its companies in two halves, a half of at least
-        `min_rows` a new waiting job, a smaller one back to real-time calls. Answers the new
-        jobs' ids (None when `owner` no longer holds it)."""
+        """End the job (`failed`, `split` or `rejected`): its companies in two halves, a half
+        of at least `min_rows` a new waiting job, a smaller one back to real-time calls; with
+        `keep_in_bulk` every half a job. Answers the new jobs' ids (None when `owner` no longer
+        holds it)."""
 
     @abc.abstractmethod
     async def release_job(self, job: BulkJob, *, owner: str) -> None:
         """Give the job's lease up (shutdown): another replica may drive it at once."""
+
+    @abc.abstractmethod
+    async def unfinished_job(self) -> BulkJob | None:
+        """The running job, else the oldest waiting one, whoever drives it."""
 
     @abc.abstractmethod
     async def get_job(self, job_id: str) -> BulkJob | None: ...

@@ -10,7 +10,7 @@ from __future__ import annotations
 JOB_COLUMNS = (
     "id, parent_id, status, upstream_id, upstream_status, total_rows, updates, completed_rows, "
     "attempts, owner, next_attempt_at, created_at, updated_at, submitted_at, progress_at, "
-    "finished_at, last_error, outcome, uncertain"
+    "finished_at, last_error, outcome, uncertain_at"
 )
 
 # PostgreSQL: one replica at a time decides which job runs (`LOCK_JOBS`); packing also holds the
@@ -19,7 +19,7 @@ LOCK_JOBS = "{lock_jobs}"
 LOCK_PACK = "{lock_pack}"
 
 JOB_BY_ID = f"SELECT {JOB_COLUMNS} FROM bulk_jobs WHERE id = :id"
-# Newest first (ids sort by creation), after the cursor when there is one: see `listing`.
+# Newest first (ids sort by creation); `jobs.list_jobs` adds the filters and the cursor.
 JOBS = f"SELECT {JOB_COLUMNS} FROM bulk_jobs WHERE 1 = 1"
 # The jobs not finished, running first, then oldest first; with whether their lease is live and
 # whether they are due.
@@ -75,9 +75,9 @@ PACK_ASSIGN = """
 """
 INSERT_JOB = """
     INSERT INTO bulk_jobs (id, parent_id, status, total_rows, updates, owner, lease_until,
-        next_attempt_at, created_at, updated_at, uncertain)
+        next_attempt_at, created_at, updated_at, uncertain_at)
     VALUES (:id, :parent, 'waiting', :rows, :updates, :owner,
-        CASE WHEN :leased = 1 THEN {now} + :lease END, {now}, {now}, {now}, :uncertain)
+        CASE WHEN :leased = 1 THEN {now} + :lease END, {now}, {now}, {now}, :uncertain_at)
 """
 
 # a job's rows ------------------------------------------------------------------------------
@@ -99,15 +99,16 @@ _OWNED = " WHERE id = :id AND owner = :owner AND status = :expected"
 # job), and the job marked uncertain until Userpilot's answer is recorded.
 JOB_UPLOADING = (
     """
-    UPDATE bulk_jobs SET uncertain = 1, lease_until = {now} + :lease, updated_at = {now}"""
-    + " WHERE id = :id AND owner = :owner AND status = 'waiting'"
+    UPDATE bulk_jobs SET uncertain_at = {now}, lease_until = {now} + :lease, updated_at = {now}"""
+    + _OWNED
 )
 JOB_SUBMITTED = (
     """
-    UPDATE bulk_jobs SET status = 'running', uncertain = 0, upstream_id = :upstream_id,
+    UPDATE bulk_jobs SET status = 'running', uncertain_at = NULL, upstream_id = :upstream_id,
         upstream_status = :upstream_status, accepted_status = :http_status,
         request_id = :request_id, attempts = attempts + 1, submitted_at = {now},
-        progress_at = {now}, lease_until = {now} + :lease, updated_at = {now}, last_error = NULL"""
+        progress_at = COALESCE(progress_at, {now}), lease_until = {now} + :lease,
+        updated_at = {now}, last_error = NULL"""
     + _OWNED
 )
 # Progress is a new status or more rows done; no news only renews the lease.
@@ -132,7 +133,8 @@ JOB_DEFERRED = (
     """
     UPDATE bulk_jobs SET status = 'waiting', upstream_id = NULL, upstream_status = NULL,
         completed_rows = 0, next_attempt_at = {now} + :delay, last_error = :error,
-        uncertain = :uncertain,
+        uncertain_at = CASE WHEN :uncertain = 1 THEN COALESCE(uncertain_at, {now})
+            ELSE :prior END,
         attempts = attempts + :counted, owner = NULL, lease_until = NULL, updated_at = {now}"""
     + _OWNED
 )
@@ -177,6 +179,16 @@ RETRY_OLDEST = """
         SELECT company_id FROM deliveries WHERE status = 'queued' AND attempts > 0
             AND next_attempt_at > {now}
         ORDER BY seq LIMIT 1)
+"""
+# Userpilot accepted a job: no earlier upload still runs there (one job at a time), so the
+# waiting jobs whose uploads went unanswered before it are certain again.
+JOBS_CERTAIN = """
+    UPDATE bulk_jobs SET uncertain_at = NULL
+    WHERE status = 'waiting' AND uncertain_at < {now} - :within
+"""
+UNFINISHED_JOB = f"""
+    SELECT {JOB_COLUMNS} FROM bulk_jobs WHERE status IN ('waiting', 'running')
+    ORDER BY CASE WHEN status = 'running' THEN 0 ELSE 1 END, id LIMIT 1
 """
 JOBS_RETRY_NOW = """
     UPDATE bulk_jobs SET next_attempt_at = {now}

@@ -43,7 +43,7 @@ def row_to_job(row: Row) -> BulkJob:
         finished_at=row[15],
         last_error=row[16],
         outcome=row[17],
-        uncertain=bool(row[18]),
+        uncertain_at=row[18],
     )
 
 
@@ -54,6 +54,12 @@ def _job(job_id: str) -> Plan[BulkJob | None]:
 
 def get_job(job_id: str) -> Plan[BulkJob | None]:
     return (yield from _job(job_id))
+
+
+def unfinished() -> Plan[BulkJob | None]:
+    """The running job, else the oldest waiting one."""
+    row = (yield Statement(jq.UNFINISHED_JOB)).one()
+    return None if row is None else row_to_job(row)
 
 
 def list_jobs(status: str | None, before: str | None, limit: int) -> Plan[list[BulkJob]]:
@@ -143,7 +149,7 @@ def pack(
             "owner": owner,
             "leased": 1,
             "lease": lease,
-            "uncertain": 0,
+            "uncertain_at": None,
         },
     )
     return (yield from _job(job_id))
@@ -190,7 +196,7 @@ def _owned(job: BulkJob, owner: str, expected: JobStatus) -> dict[str, Any]:
 
 def uploading(job: BulkJob, owner: str, lease: float) -> Plan[bool]:
     """About to upload: renew the lease, mark the job uncertain; False when not ours."""
-    params = {"id": job.id, "owner": owner, "lease": lease}
+    params = {**_owned(job, owner, "waiting"), "lease": lease}
     return (yield Statement(jq.JOB_UPLOADING, params)).rowcount > 0
 
 
@@ -202,7 +208,10 @@ def submitted(
     lease: float,
     http_status: int,
     request_id: str | None,
+    within: float,
 ) -> Plan[bool]:
+    """Userpilot accepted it; so no upload older than this one (`within`: the upload's time
+    limit) still runs there, and the waiting jobs unanswered before it are certain again."""
     params = {
         **_owned(job, owner, "waiting"),
         "http_status": http_status,
@@ -211,7 +220,10 @@ def submitted(
         "upstream_status": _text(upstream_status, 60),
         "lease": lease,
     }
-    return (yield Statement(jq.JOB_SUBMITTED, params)).rowcount > 0
+    if not (yield Statement(jq.JOB_SUBMITTED, params)).rowcount:
+        return False
+    yield Statement(jq.JOBS_CERTAIN, {"within": within})
+    return True
 
 
 def polled(
@@ -244,6 +256,7 @@ def deferred(
         "error": _text(error),
         "counted": 1 if counted else 0,
         "uncertain": 1 if uncertain else 0,
+        "prior": job.uncertain_at,
     }
     return (yield Statement(jq.JOB_DEFERRED, params)).rowcount > 0
 
@@ -303,16 +316,17 @@ def split(
     min_rows: int,
     child_ids: Sequence[str],
     http_status: int | None,
+    keep_in_bulk: bool,
 ) -> Plan[list[str] | None]:
     """End the job as `failed` or `split`: its companies in two halves, each half of at least
     `min_rows` a new waiting job, a smaller one back to real-time calls (never packed again).
 
-    While an upload of the job may be pending at Userpilot unrecorded (`uncertain`), every part
-    becomes a job: a real-time call could land before that upload's older values.
+    With `keep_in_bulk` (an upload of the job may be pending at Userpilot unrecorded), every
+    part becomes a job: a real-time call could land before that upload's older values.
 
     Answers the new jobs' ids (None when this replica no longer holds the job).
     """
-    if job.uncertain:
+    if keep_in_bulk:
         min_rows = 1
     child_ids = sorted(child_ids)  # the older half gets the lower id: it goes first
     companies = (yield Statement(jq.JOB_COMPANIES, {"job": job.id})).rows
@@ -346,7 +360,7 @@ def split(
                 "owner": None,
                 "leased": 0,
                 "lease": 0,
-                "uncertain": 1 if job.uncertain else 0,
+                "uncertain_at": job.uncertain_at if keep_in_bulk else None,
             },
         )
         moved = {"job": job.id, "child": child_id, "token": job_token(child_id)}

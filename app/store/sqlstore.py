@@ -254,10 +254,11 @@ class SQLStore(Store):
         lease: float,
         http_status: int,
         request_id: str | None,
+        within: float,
     ) -> bool:
         return await self._write(
             lambda: jobs.submitted(
-                job, owner, upstream_id, upstream_status, lease, http_status, request_id
+                job, owner, upstream_id, upstream_status, lease, http_status, request_id, within
             )
         )
 
@@ -324,6 +325,7 @@ class SQLStore(Store):
         upstream_status: str | None,
         min_rows: int,
         http_status: int | None,
+        keep_in_bulk: bool = False,
     ) -> list[str] | None:
         child_ids = [new_job_id() for _ in range(2)]
         children = await self._write(
@@ -336,6 +338,7 @@ class SQLStore(Store):
                 min_rows=min_rows,
                 child_ids=child_ids,
                 http_status=http_status,
+                keep_in_bulk=keep_in_bulk,
             )
         )
         if children is not None:
@@ -344,6 +347,9 @@ class SQLStore(Store):
 
     async def release_job(self, job: BulkJob, *, owner: str) -> None:
         await self._write(lambda: jobs.release(job, owner))
+
+    async def unfinished_job(self) -> BulkJob | None:
+        return await self._read(jobs.unfinished)
 
     async def get_job(self, job_id: str) -> BulkJob | None:
         return await self._read(lambda: jobs.get_job(job_id))

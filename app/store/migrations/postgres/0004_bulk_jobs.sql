@@ -1,7 +1,7 @@
 -- Userpilot bulk jobs. A delivery packed into a job is 'delivering' under the job's lease
 -- (`lease_owner` 'job:<id>', no `lease_until`: the job's own lease covers it) until the job
 -- ends; `via` says how it went out (realtime or bulk), `realtime_only` keeps it off bulk jobs
--- (a request waiting with `Prefer: wait`, or a row a failed job's bisection handed back).
+-- (a request waiting with `Prefer: wait`, or a row a job handed back to real-time calls).
 ALTER TABLE deliveries ADD COLUMN job_id TEXT;
 ALTER TABLE deliveries ADD COLUMN via TEXT;
 ALTER TABLE deliveries ADD COLUMN realtime_only SMALLINT NOT NULL DEFAULT 0;
@@ -19,9 +19,10 @@ CREATE TABLE bulk_jobs (
     updates INTEGER NOT NULL,
     completed_rows INTEGER NOT NULL DEFAULT 0,
     attempts INTEGER NOT NULL DEFAULT 0,
-    -- 1 while an upload of its rows may be pending at Userpilot unrecorded (no answer, or a
-    -- crash before the answer was recorded): its rows must not go out real-time meanwhile.
-    uncertain INTEGER NOT NULL DEFAULT 0,
+    -- Set while an upload of its rows may be pending at Userpilot unrecorded (no answer, or a
+    -- crash before the answer was recorded): when that upload left. Its rows must not go out
+    -- real-time meanwhile.
+    uncertain_at DOUBLE PRECISION,
     owner TEXT,
     lease_until DOUBLE PRECISION,
     next_attempt_at DOUBLE PRECISION NOT NULL,
