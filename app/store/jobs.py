@@ -8,7 +8,6 @@ until the job ends.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -117,13 +116,6 @@ def pack(
     if (yield Statement(jq.ACTIVE_JOBS)).rows:
         return None
     yield Statement(jq.LOCK_PACK)
-    # The oldest waiting updates may still sit in a stored batch: expand enough of them.
-    for _ in range(math.ceil(max_rows / EXPAND_CHUNK) + 1):
-        queued = (yield Statement(jq.QUEUED_COMPANIES, {"limit": max_rows})).one()
-        if queued is not None and int(queued[0]) >= max_rows:
-            break
-        if not (yield from expand(before_seq=None)):
-            break
     params = {"rows": max_rows, "settle": settle, "fresh": fresh}
     picked = (yield Statement(jq.PACK_PICK, params)).rows
     if not picked:
@@ -153,6 +145,19 @@ def pack(
         },
     )
     return (yield from _job(job_id))
+
+
+def expand_for_job(max_rows: int) -> Plan[bool]:
+    """Before packing, in a transaction of its own (claims wait on the packing lock, not on
+    this): expand the next chunk of a stored batch unless `max_rows` companies are queued
+    already. Answers whether there may be more to expand."""
+    queued = (yield Statement(jq.QUEUED_COMPANIES, {"limit": max_rows})).one()
+    if queued is not None and int(queued[0]) >= max_rows:
+        return False
+    return (yield from expand(before_seq=None))
+
+
+EXPANSIONS_PER_JOB = 10_000 // EXPAND_CHUNK + 1  # at most a job's rows, a chunk at a time
 
 
 def rows(job_id: str) -> Plan[list[Claim]]:

@@ -226,6 +226,9 @@ class SQLStore(Store):
         fresh_seconds: float,
     ) -> BulkJob | None:
         job_id = new_job_id()
+        for _ in range(jobs.EXPANSIONS_PER_JOB):  # the oldest waiting may sit in a batch
+            if not await self._write(lambda: jobs.expand_for_job(max_rows)):
+                break
         return await self._write(
             lambda: jobs.pack(
                 job_id=job_id,
