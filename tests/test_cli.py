@@ -363,3 +363,40 @@ def test_on_a_terminal_it_asks_first(relay: RelayProcess, sim: SimulatorProcess)
     assert "Replay 1 dead letter of company tty-co (and any that die before this runs" in yes.stdout
     assert yes.stdout.endswith("replayed 1 dead letter of company tty-co\n")
     relay.wait_for(delivery_id, "delivered")
+
+
+def test_status_shows_the_bulk_job_running(sim: SimulatorProcess, tmp_path: Path) -> None:
+    sim.configure(bulk_rows_per_minute=0)  # the job stays running while we look
+    process = RelayProcess(
+        {
+            "USERPILOT_API_KEY": UPSTREAM_KEY,
+            "USERPILOT_ENDPOINT": sim.url,
+            "RELAY_API_KEYS": RELAY_KEYS,
+            "RELAY_DATABASE_URL": f"sqlite:///{tmp_path / 'relay.db'}",
+            "RELAY_BULK_THRESHOLD": "50",
+            "RELAY_BULK_POLL_SECONDS": "0.2",
+        },
+        tmp_path / "relay.log",
+    )
+    try:
+        items = [{"company_id": f"cli-bulk-{i}", "metadata": {"n": i}} for i in range(200)]
+        posted = httpx.post(
+            f"{process.url}/companies/bulk",
+            json={"companies": items},
+            headers={"Authorization": f"Bearer {INGEST_KEY}"},
+        )
+        assert posted.status_code == 202, posted.text
+
+        def running() -> dict[str, Any] | None:
+            job = as_json(admin(process, "status", "--json"))["bulk_job"]
+            return job if job and job["status"] == "running" else None
+
+        job = wait_until(running, timeout=30, interval=0.3)
+        assert job["rows"] > 0 and job["upstream_job_id"]
+        table = admin(process, "status")
+        assert table.returncode == 0, table.stderr
+        assert "bulk jobs" in table.stdout and "running" in table.stdout
+        assert f"of {job['rows']:,} rows" in table.stdout
+    finally:
+        sim.configure(bulk_rows_per_minute=1_000_000)
+        process.stop()

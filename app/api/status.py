@@ -8,6 +8,7 @@ settings: no route knows the dispatcher.
 from __future__ import annotations
 
 import time
+from typing import Literal
 
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
@@ -15,6 +16,7 @@ from pydantic import BaseModel, Field
 from app import __version__
 from app.api.companies import AUTH_ERRORS
 from app.api.deps import AdminCaller, SettingsDep, StoreDep
+from app.api.jobs import JobOut
 from app.domain.models import UpstreamAnswer as StoredAnswer
 
 router = APIRouter(tags=["operations"])
@@ -60,6 +62,10 @@ class RelayStatus(BaseModel):
     )
     rate_limit_per_minute: int = Field(description="RELAY_RATE_LIMIT_PER_MINUTE: upstream calls.")
     delivery_concurrency: int = Field(description="RELAY_DELIVERY_CONCURRENCY: calls in flight.")
+    upstream_bulk: Literal["auto", "off"] = Field(description="RELAY_UPSTREAM_BULK.")
+    bulk_job: JobOut | None = Field(
+        description="The bulk job running now, else the oldest waiting one (null when none)."
+    )
 
 
 def last_answer(answers: list[StoredAnswer]) -> UpstreamAnswer | None:
@@ -79,6 +85,7 @@ def last_answer(answers: list[StoredAnswer]) -> UpstreamAnswer | None:
 async def get_status(_: AdminCaller, settings: SettingsDep, store: StoreDep) -> RelayStatus:
     """The queue by state, Userpilot's last answer and the pacing in force (admin)."""
     stats = await store.stats()
+    job = await store.unfinished_job()
     oldest = stats.oldest_queued_at
     return RelayStatus(
         version=__version__,
@@ -92,4 +99,6 @@ async def get_status(_: AdminCaller, settings: SettingsDep, store: StoreDep) -> 
         recent_window=RECENT,
         rate_limit_per_minute=settings.relay_rate_limit_per_minute,
         delivery_concurrency=settings.relay_delivery_concurrency,
+        upstream_bulk=settings.relay_upstream_bulk,
+        bulk_job=None if job is None else JobOut.of(job, settings.relay_bulk_stuck_seconds),
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from app.cli.output import age, console, fail, plural, print_json, short, when
@@ -46,6 +47,8 @@ def collect(relay: Relay) -> dict[str, Any]:
         "last_upstream_window": status["recent_window"] if status else None,
         "rate_limit_per_minute": status["rate_limit_per_minute"] if status else None,
         "delivery_concurrency": status["delivery_concurrency"] if status else None,
+        "upstream_bulk": status.get("upstream_bulk") if status else None,
+        "bulk_job": status.get("bulk_job") if status else None,
     }
 
 
@@ -80,7 +83,29 @@ def table(report: dict[str, Any]) -> Table:
         f"{rate} calls/min, at most {plural(concurrency, 'call')} in flight" if rate else unknown
     )
     grid.add_row("pacing", pacing)
+    if report["upstream_bulk"] is not None:
+        grid.add_row("bulk jobs", bulk_line(report["upstream_bulk"], report["bulk_job"]))
     return grid
+
+
+def bulk_line(mode: str, job: dict[str, Any] | None) -> str:
+    """`auto, job_… running: 1,200 of 7,500 rows`, and whether it is stuck."""
+    if not isinstance(job, dict):
+        return f"{escape(short(str(mode), 10))}, none running"
+
+    def count(key: str) -> str:
+        value = job.get(key)
+        return f"{value:,}" if isinstance(value, int) else "?"
+
+    line = escape(
+        f"{short(str(mode), 10)}, {short(str(job.get('id')), 40)} "
+        f"{short(str(job.get('status')), 20)}: {count('completed_rows')} of {count('rows')} rows"
+    )
+    if job.get("stuck") is True:
+        line += " [red](stuck: no progress)[/red]"
+    if job.get("last_error"):
+        line += "\nlast error: " + escape(short(str(job["last_error"]), 80))
+    return line
 
 
 def status(
