@@ -175,6 +175,7 @@ class Settings(StoreSettings):
     # v1/v2 signatures carry no timestamp: a captured request can be replayed at any time.
     hubspot_accept_legacy_signatures: bool = False
     hubspot_company_id_prefix: str = Field(default="", max_length=64)
+    relay_property_schema_file: str | None = None
     hubspot_mapping_file: str | None = None
     # One secret, or several separated by commas while a secret is being rolled.
     stripe_webhook_secret: SecretStr | None = None
@@ -284,6 +285,19 @@ class Settings(StoreSettings):
         try:
             load_mapping(source, value.strip())
         except MappingError as exc:
+            raise ValueError(str(exc)) from None
+        return value.strip()
+
+    @field_validator("relay_property_schema_file")
+    @classmethod
+    def _schema_file(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        from app.domain.schema import SchemaError, load_schema
+
+        try:
+            load_schema(value.strip())
+        except SchemaError as exc:
             raise ValueError(str(exc)) from None
         return value.strip()
 

@@ -5,9 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import pytest
+from pydantic import ValidationError
 
 from app.domain.schema import PropertySchema, SchemaError, check, load_schema, parse_schema
+from app.simulator.process import SimulatorProcess
+from tests.inprocess import InProcessRelay, run, settings_for
 
 SCHEMA = b"""{"properties": {"monthly_spend": {"type": "number"},
   "renewal_date": {"type": "date"}, "plan": {"type": "string"},
@@ -89,3 +93,74 @@ def test_unknown_properties_can_be_refused() -> None:
     checked = check(schema, {"anything": 1, "removed": None})
     assert [key for key, _ in checked.problems] == ["anything", "removed"]
     assert checked.metadata == {}
+
+
+# Over HTTP: the relay with a schema file, the simulator checking what Userpilot received. ------
+def relay_with_schema(
+    database_url: str, sim: SimulatorProcess, schema: bytes, tmp_path: Path
+) -> InProcessRelay:
+    path = tmp_path / "schema.json"
+    path.write_bytes(schema)
+    return InProcessRelay(
+        database_url,
+        endpoint=sim.url,
+        relay_property_schema_file=str(path),
+        relay_merge_window_seconds=0,
+    )
+
+
+def test_declared_types_are_what_userpilot_receives(
+    database_url: str, sim: SimulatorProcess, tmp_path: Path
+) -> None:
+    async def main() -> httpx.Response:
+        async with relay_with_schema(database_url, sim, SCHEMA, tmp_path) as relay:
+            body = {
+                "monthly_spend": "1000",
+                "renewal_date": "2026-12-01T10:00:00+02:00",
+                "active": "false",
+                "seats": 3,
+            }
+            return await relay.post_company("typed", body, headers={"Prefer": "wait=10"})
+
+    answer = run(main())
+    assert answer.status_code == 200, answer.text
+    assert sim.company("typed") == {
+        "monthly_spend": 1000,
+        "renewal_date": "2026-12-01T08:00:00Z",
+        "active": False,
+        "seats": 3,
+    }
+
+
+def test_a_value_that_does_not_fit_is_a_422_naming_it_and_nothing_is_stored(
+    database_url: str, sim: SimulatorProcess, tmp_path: Path
+) -> None:
+    async def main() -> tuple[httpx.Response, httpx.Response, int]:
+        async with relay_with_schema(database_url, sim, SCHEMA, tmp_path) as relay:
+            single = await relay.post_company("bad", {"monthly_spend": "a lot", "plan": "pro"})
+            items = [
+                {"company_id": "ok", "metadata": {"plan": "pro"}},
+                {"company_id": "bad", "metadata": {"renewal_date": "next tuesday"}},
+            ]
+            bulk = await relay.post("/companies/bulk", json={"companies": items})
+            stats = await relay.store.stats()
+            return single, bulk, stats.queued
+
+    single, bulk, queued = run(main())
+    assert single.status_code == 422, single.text
+    assert [e["field"] for e in single.json()["errors"]] == ["metadata.monthly_spend"]
+    assert "expected a number" in single.json()["errors"][0]["message"]
+    assert "a lot" not in single.text
+    assert bulk.status_code == 422, bulk.text
+    assert [e["field"] for e in bulk.json()["errors"]] == ["companies[1].metadata.renewal_date"]
+    assert "tuesday" not in bulk.text
+    assert queued == 0
+    assert sim.company("bad") is None and sim.company("ok") is None
+
+
+def test_a_malformed_schema_file_refuses_to_start(tmp_path: Path) -> None:
+    path = tmp_path / "schema.json"
+    path.write_bytes(b'{"properties": {"a": {"type": "money"}}}')
+    with pytest.raises(ValidationError) as refused:
+        settings_for(f"sqlite:///{tmp_path / 'r.db'}", relay_property_schema_file=str(path))
+    assert '"type" must be one of' in str(refused.value)

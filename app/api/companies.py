@@ -14,6 +14,7 @@ from fastapi import APIRouter, Header, Request, Response
 
 from app.api.admission import bulk_admission
 from app.api.body import parse, read_body
+from app.api.declared import declared, schema_for
 from app.api.deps import (
     IngestCaller,
     SettingsDep,
@@ -28,6 +29,7 @@ from app.api.schemas import (
     fast_companies,
 )
 from app.domain.models import Idempotency, NewUpdate
+from app.domain.schema import PropertySchema
 from app.errors import ErrorBody
 from app.metrics import UPDATES_ACCEPTED
 from app.store.base import Store
@@ -128,6 +130,11 @@ def validated(body: bytes, *, bulk: bool) -> Companies:
     return [(company.company_id, company.metadata)]
 
 
+def _declared(body: bytes, schema: PropertySchema | None, *, bulk: bool) -> Companies:
+    """`validated`, then converted to the declared property types (422 when one does not fit)."""
+    return declared(validated(body, bulk=bulk), schema, bulk=bulk)
+
+
 def fingerprint(route: str, companies: Companies) -> str:
     """The request's meaning, independent of key order and whitespace."""
     canonical = orjson.dumps([route, companies], option=orjson.OPT_SORT_KEYS)
@@ -175,7 +182,7 @@ async def post_company(
     outages. `null` values remove the property in Userpilot.
     """
     body = await read_body(request, limit=settings.relay_max_body_bytes)
-    companies = validated(body, bulk=False)
+    companies = _declared(body, schema_for(settings), bulk=False)
     idempotency = None
     if idempotency_key is not None:
         idempotency = Idempotency(
@@ -257,7 +264,8 @@ async def post_companies_bulk(
     async with admission.holding():
         body = await read_body(request, limit=settings.relay_max_bulk_body_bytes)
         async with admission.turn():
-            companies = await asyncio.to_thread(validated, body, bulk=True)
+            schema = schema_for(settings)
+            companies = await asyncio.to_thread(_declared, body, schema, bulk=True)
             del body  # the parsed form replaces it
             return await _store_bulk(companies, caller.name, settings, store, idempotency_key)
 
