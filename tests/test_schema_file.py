@@ -3,6 +3,8 @@ applied to an update's metadata with lossless conversions."""
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 
 import httpx
@@ -12,6 +14,7 @@ from pydantic import ValidationError
 from app.domain.schema import PropertySchema, SchemaError, check, load_schema, parse_schema
 from app.simulator.process import SimulatorProcess
 from tests.inprocess import InProcessRelay, run, settings_for
+from tests.webhook_helpers import EVENTS, hs_change, hubspot_relay, settled, v3_headers
 
 SCHEMA = b"""{"properties": {"monthly_spend": {"type": "number"},
   "renewal_date": {"type": "date"}, "plan": {"type": "string"},
@@ -164,3 +167,35 @@ def test_a_malformed_schema_file_refuses_to_start(tmp_path: Path) -> None:
     with pytest.raises(ValidationError) as refused:
         settings_for(f"sqlite:///{tmp_path / 'r.db'}", relay_property_schema_file=str(path))
     assert '"type" must be one of' in str(refused.value)
+
+
+def test_a_webhook_value_that_does_not_fit_the_schema_is_dropped_and_counted(
+    database_url: str, sim: SimulatorProcess, tmp_path: Path
+) -> None:
+    # The HubSpot mapping sends `name` as a string; a schema declaring it a number drops it
+    # (a webhook is never refused for it), and the event's other properties still go out.
+    path = tmp_path / "schema.json"
+    path.write_bytes(b'{"properties": {"name": {"type": "number"}}}')
+    now = int(time.time() * 1000)
+    batch = [
+        hs_change(601, "name", "Acme GmbH", at=now, event_id=1),
+        hs_change(601, "numberofemployees", "42", at=now, event_id=2),
+    ]
+    body = json.dumps(batch).encode()
+
+    async def main() -> tuple[httpx.Response, float]:
+        async with hubspot_relay(
+            database_url, sim.url, relay_property_schema_file=str(path)
+        ) as relay:
+            before = await relay.metric(EVENTS, source="hubspot", outcome="invalid_value")
+            answer = await relay.post(
+                "/webhooks/hubspot", key=None, content=body, headers=v3_headers(body, "")
+            )
+            await settled(relay)
+            after = await relay.metric(EVENTS, source="hubspot", outcome="invalid_value")
+            return answer, after - before
+
+    answer, invalid = run(main())
+    assert answer.status_code == 200, answer.text
+    assert invalid == 1
+    assert sim.company("hs-601") == {"employees": 42}

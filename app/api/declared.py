@@ -3,7 +3,8 @@
 Every update of `POST /companies` and `POST /companies/bulk` is converted to the declared types
 before it is stored (`"1000"` for a `number` is stored as 1000); a value that does not convert,
 or an undeclared property when the schema refuses them, is a 422 naming the field and what was
-expected, and nothing is stored. (Webhook updates: not yet.)
+expected, and nothing is stored. Webhook updates go through the same check in
+`app/sources/common.py`, where what does not fit is dropped and counted instead.
 """
 
 from __future__ import annotations

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import orjson
 
 from app.domain.models import EnqueueResult, NewUpdate
+from app.domain.schema import PropertySchema, check
 from app.metrics import UPDATES_ACCEPTED, WEBHOOK_EVENTS, WEBHOOK_UNMAPPED_FIELDS
 from app.store.base import Store
 
@@ -83,13 +84,37 @@ class EventPlan:
     problem: str | None = None  # why an `invalid_event` was skipped
 
 
+def declared(plans: Sequence[EventPlan], schema: PropertySchema | None) -> None:
+    """Each planned update in the declared property types (`RELAY_PROPERTY_SCHEMA_FILE`): a
+    value that does not convert is dropped and counted as an invalid value, never refusing the
+    event."""
+    if schema is None:
+        return
+    for plan in plans:
+        if plan.update is None or not plan.update.metadata:
+            continue
+        checked = check(schema, plan.update.metadata)
+        if checked.problems:
+            plan.invalid_fields += [key for key, _ in checked.problems]
+            if plan.outcome == "forwarded":
+                plan.outcome = "invalid_value"
+        if checked.metadata != plan.update.metadata:
+            plan.update = replace(plan.update, metadata=checked.metadata)
+
+
 async def commit(
-    store: Store, plans: Sequence[EventPlan], *, source: Source, resolved: bool = False
+    store: Store,
+    plans: Sequence[EventPlan],
+    *,
+    source: Source,
+    resolved: bool = False,
+    schema: PropertySchema | None = None,
 ) -> EnqueueResult:
     """Store every planned update in one transaction and count what became of each event.
 
     Raises `StoreUnavailable` (nothing stored, nothing counted) when the store is down.
     """
+    declared(plans, schema)
     updates = [p.update for p in plans if p.update is not None]
     result = (
         await store.enqueue(updates, source=source, caller=None)
@@ -100,7 +125,7 @@ async def commit(
     unmapped = 0
     for plan in plans:
         outcome = plan.outcome
-        if plan.update is not None and next(stored) is None:
+        if plan.update is not None and next(stored) is None and outcome != "invalid_value":
             outcome = "skipped"
         elif resolved and outcome == "forwarded":
             outcome = "resolved"
@@ -118,7 +143,7 @@ async def commit(
             )
         if plan.invalid_fields:
             log.warning(
-                "webhook values did not convert to their mapped type and were dropped",
+                "webhook values did not convert to their mapped or declared type and were dropped",
                 extra={
                     "source": source,
                     "event_id": plan.event_id,

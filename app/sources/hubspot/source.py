@@ -12,6 +12,7 @@ from collections.abc import Mapping
 
 from pydantic import SecretStr
 
+from app.domain.schema import PropertySchema
 from app.sources.common import Ack, commit
 from app.sources.hubspot.events import parse_batch, plan_batch
 from app.sources.mapping import FieldRule
@@ -31,6 +32,7 @@ class HubSpotSource:
         public_url: str,
         company_id_prefix: str,
         accept_legacy: bool,
+        schema: PropertySchema | None = None,
     ) -> None:
         self._store = store
         self._rules = rules
@@ -38,6 +40,7 @@ class HubSpotSource:
         self._public_url = public_url
         self._prefix = company_id_prefix
         self._accept_legacy = accept_legacy
+        self._schema = schema
 
     async def handle(
         self, *, method: str, path: str, query: str, headers: Mapping[str, str], body: bytes
@@ -58,6 +61,9 @@ class HubSpotSource:
         )
         events = parse_batch(body)
         result = await commit(
-            self._store, plan_batch(events, self._rules, self._prefix), source="hubspot"
+            self._store,
+            plan_batch(events, self._rules, self._prefix),
+            source="hubspot",
+            schema=self._schema,
         )
         return Ack(received=len(events), accepted=result.stored)

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from app.domain.models import NewUpdate, Primitive
+from app.domain.schema import PropertySchema
 from app.metrics import WEBHOOK_EVENTS
 from app.sources.common import EventPlan, commit
 from app.sources.mapping import FieldRule, SourceMapping, apply, flatten
@@ -86,8 +87,10 @@ class StripeProcessor:
         mapping: SourceMapping,
         metadata_key: str,
         missing: MissingCompany,
+        schema: PropertySchema | None = None,
     ) -> None:
         self.store = store
+        self.schema = schema
         self.customer_rules = mapping.section("customer")
         self.subscription_rules = mapping.section("subscription")
         self.metadata_key = metadata_key
@@ -174,7 +177,9 @@ class StripeProcessor:
         return await self._commit(self.plan_subscription(event, company_id))
 
     async def _commit(self, plan: EventPlan, *, resolved: bool = False) -> tuple[str, int]:
-        result = await commit(self.store, [plan], source="stripe", resolved=resolved)
+        result = await commit(
+            self.store, [plan], source="stripe", resolved=resolved, schema=self.schema
+        )
         stored = result.ids[0] if result.ids else None
         if plan.update is not None and stored is None:
             return "skipped", 0
