@@ -126,7 +126,9 @@ def test_default_mappings_load_and_cover_the_usual_fields() -> None:
         stripe.section("subscription")
     )
     # Personal data is not forwarded unless someone maps it.
-    assert not {"email", "phone", "name", "address.line1"} & set(stripe.section("customer"))
+    # Personal data stays out; the customer's name is the company's name in B2B (as HubSpot's).
+    assert not {"email", "phone", "address.line1"} & set(stripe.section("customer"))
+    assert stripe.section("customer")["name"].property == "name"
 
 
 def _write(tmp_path: Path, content: Any) -> str:
@@ -561,7 +563,7 @@ def test_customer_event_forwards_only_mapped_fields_and_clears_removed_ones() ->
         "id": "cus_1",
         "object": "customer",
         "email": "jane@example.com",
-        "name": "Jane Doe",
+        "name": "Acme GmbH",
         "phone": "+1 555",
         "created": MAY_1_NOON,
         "currency": "eur",
@@ -576,12 +578,13 @@ def test_customer_event_forwards_only_mapped_fields_and_clears_removed_ones() ->
     assert plan.update is not None
     assert plan.update.metadata == {
         "stripe_customer_id": "cus_1",
+        "name": "Acme GmbH",
         "stripe_customer_since": "2024-05-01T12:00:00Z",
         "currency": "eur",
         "delinquent": False,
         "billing_country": None,
     }
-    assert plan.unmapped == 3  # email, name, phone: personal data stays out
+    assert plan.unmapped == 2  # email, phone: personal data stays out
 
 
 def test_stripe_malformed_events() -> None:

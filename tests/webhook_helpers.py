@@ -132,7 +132,7 @@ def customer_event(
         "id": customer_id,
         "object": "customer",
         "email": "jane.doe@example.com",
-        "name": "Jane Doe",
+        "name": "Acme GmbH",
         "phone": "+1 555 0100",
         "created": 1700000000,
         "currency": "usd",
