@@ -15,7 +15,8 @@ import pytest
 
 from app.simulator.process import SimulatorProcess
 from tests.inprocess import InProcessRelay, eventually, run
-from tests.relay import ADMIN_KEY
+from tests.relay import ADMIN_KEY, INGEST_KEY, UPSTREAM_KEY
+from tests.webhook_helpers import captured_logs
 
 FAST_BULK = {
     "relay_bulk_threshold": 50,
@@ -548,3 +549,86 @@ def test_a_job_userpilot_keeps_forgetting_backs_off_and_is_reported_stuck(
     # tight loop; and its rows stay in bulk, in doubt.
     assert uploads <= 6, uploads
     assert job["uncertain_since"] is not None, job
+
+
+def test_hostile_answers_from_userpilot_stall_nothing(
+    database_url: str, sim: SimulatorProcess
+) -> None:
+    # Upload answers whose job id cannot be stored or polled (NUL, a path step, too long), then
+    # polls answering a control-character status, a lone surrogate, numbers past 64 bits and
+    # 4,300 digits: none stores anything odd, none stalls the job, every value arrives.
+    bulk, jobs_path = "/v1/companies/bulk_identify", "/v1/background_jobs/"
+    sim.configure(bulk_rows_per_minute=3000)
+    huge = "9" * 4301
+    sim.add_faults(
+        [
+            {"action": "status", "status": 202, "body": {"job_id": "job\u0000x"}, "path": bulk},
+            {"action": "status", "status": 202, "body": {"job_id": ".."}, "path": bulk},
+            {"action": "status", "status": 202, "body": {"job_id": "j" * 300}, "path": bulk},
+            {
+                "action": "status",
+                "status": 200,
+                "path": jobs_path,
+                "body": {"status": "processing\u0000\u202e", "completed_rows": 2**70},
+            },
+            {
+                "action": "status",
+                "status": 200,
+                "path": jobs_path,
+                "body": '{"status": "\\ud800", "completed_rows": 1}',
+            },
+            {
+                "action": "status",
+                "status": 200,
+                "path": jobs_path,
+                "body": '{"status": "processing", "completed_rows": ' + huge + "}",
+            },
+        ]
+    )
+
+    async def main() -> list[dict[str, Any]]:
+        async with relay_on(database_url, sim, relay_retry_base_seconds=0.1) as relay:
+            batch_id = await post_bulk(relay, companies("hostile", 200))
+            done = await relay.batch_done(batch_id, within=60)
+            assert done["counts"]["delivered"] == 200, done
+            return await jobs(relay)
+
+    listed = run(main(), limit=90)
+    assert all(j["status"] == "completed" for j in listed), listed
+    for job in listed:
+        assert job["upstream_job_id"].startswith("job:companies:"), job
+        assert 0 <= job["completed_rows"] <= job["rows"], job
+        assert "\x00" not in str(job) and "\ud800" not in str(job)
+    assert sim.faults() == []  # every hostile answer was given
+    assert all(sim.company(f"hostile-{i}") == {"n": i} for i in range(200))
+
+
+def test_no_secret_reaches_bulk_logs_jobs_status_or_metrics(
+    database_url: str, sim: SimulatorProcess
+) -> None:
+    # A refused upload, a conflict and a completed job: every bulk log line, GET /jobs,
+    # GET /status and /metrics, read for the Userpilot key and the relay keys.
+    bulk = "/v1/companies/bulk_identify"
+    sim.add_faults(
+        [
+            {"action": "status", "status": 409, "path": bulk},
+            {"action": "status", "status": 503, "path": bulk},
+        ]
+    )
+
+    async def main() -> str:
+        async with relay_on(database_url, sim, relay_retry_base_seconds=0.1) as relay:
+            with captured_logs() as lines:
+                batch_id = await post_bulk(relay, companies("secret", 200))
+                await relay.batch_done(batch_id, within=60)
+            texts = [
+                (await relay.get("/jobs", key=ADMIN_KEY)).text,
+                (await relay.get("/status", key=ADMIN_KEY)).text,
+                (await relay.get("/metrics", key=None)).text,
+            ]
+            return "\n".join(lines + texts)
+
+    seen = run(main(), limit=90)
+    assert "accepted a bulk job" in seen and "409" in seen
+    for secret in (UPSTREAM_KEY, ADMIN_KEY, INGEST_KEY):
+        assert secret not in seen
