@@ -23,6 +23,8 @@ from app.domain.models import (
     Status,
     UpstreamAnswer,
 )
+from app.store.backfills import BackfillStore
+from app.store.catalogue import PropertyCatalogue
 from app.store.signals import Signals
 
 
@@ -31,7 +33,13 @@ class Store(abc.ABC):
 
     `signals` is set after commits: new work for the dispatcher, settled deliveries for
     requests that wait on them.
+
+    Features with state of their own keep it in parts built over the same engine
+    (`app/store/part.py`): `catalogue` (the properties sent) and `backfills`.
     """
+
+    catalogue: PropertyCatalogue
+    backfills: BackfillStore
 
     def __init__(self) -> None:
         self.signals = Signals()

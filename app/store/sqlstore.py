@@ -29,7 +29,9 @@ from app.domain.models import (
     UpstreamAnswer,
 )
 from app.store import claims, jobs, plans
+from app.store.backfills import BackfillStore
 from app.store.base import Store
+from app.store.catalogue import PropertyCatalogue
 from app.store.rows import encode_batch, new_ids, new_job_id
 from app.store.sql import Dialect, Plan
 
@@ -41,6 +43,11 @@ class SQLStore(Store):
     """Every `Store` operation as a plan; the backend runs them."""
 
     dialect: Dialect
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.catalogue = PropertyCatalogue(self._write, self._read)
+        self.backfills = BackfillStore(self._write, self._read)
 
     def _work_committed(self) -> None:
         """Work became ready to deliver: wake this process's dispatcher."""

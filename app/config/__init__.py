@@ -2,7 +2,9 @@
 
 `Settings` is what the service reads; it extends `StoreSettings`, the part a command that only
 touches the store reads (`userpilot-relay migrate`), so both read the same sources (the
-environment, then `.env` in the working directory) with the same validation.
+environment, then `.env` in the working directory) with the same validation. Its webhook and
+backfill settings live in `app/config/sources.py`, its data-quality settings in
+`app/config/quality.py`, each a mixin read the same way.
 
 Every secret is a `SecretStr` so it never shows in a repr, a log line or an exception.
 `load_settings` and `load_store_settings` turn pydantic's errors into one message per problem
@@ -21,11 +23,13 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from app.config.quality import QualitySettings
+from app.config.sources import SourceSettings
 
 REGION_URLS: dict[str, str] = {
     "us": "https://analytex.userpilot.io",
@@ -125,7 +129,7 @@ class StoreSettings(BaseSettings):
         raise ValueError("must be sqlite:///<path> or postgresql://user@host/db")
 
 
-class Settings(StoreSettings):
+class Settings(SourceSettings, QualitySettings, StoreSettings):
     """Everything the relay reads from its environment."""
 
     userpilot_api_key: SecretStr
@@ -169,24 +173,6 @@ class Settings(StoreSettings):
     relay_log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     relay_access_log: bool = True
 
-    # webhooks ------------------------------------------------------------------------------
-    relay_public_url: str | None = None
-    hubspot_client_secret: SecretStr | None = None
-    # v1/v2 signatures carry no timestamp: a captured request can be replayed at any time.
-    hubspot_accept_legacy_signatures: bool = False
-    hubspot_company_id_prefix: str = Field(default="", max_length=64)
-    relay_property_schema_file: str | None = None
-    hubspot_mapping_file: str | None = None
-    # One secret, or several separated by commas while a secret is being rolled.
-    stripe_webhook_secret: SecretStr | None = None
-    stripe_webhook_tolerance_seconds: int = Field(default=300, gt=0, le=86_400)
-    stripe_company_id_metadata_key: str = Field(default="company_id", min_length=1, max_length=40)
-    stripe_missing_company: Literal["customer_id", "skip"] = "customer_id"
-    stripe_mapping_file: str | None = None
-    stripe_api_key: SecretStr | None = None
-    stripe_api_base: str = "https://api.stripe.com"
-    stripe_unresolved_retry_seconds: float = Field(default=60.0, gt=0, le=86_400)
-
     @field_validator("relay_api_keys", mode="before")
     @classmethod
     def _parse_keys(cls, value: object) -> object:
@@ -225,82 +211,6 @@ class Settings(StoreSettings):
             raise ValueError("must not carry a query string or fragment")
         return value
 
-    @field_validator(
-        "hubspot_client_secret", "stripe_webhook_secret", "stripe_api_key", mode="before"
-    )
-    @classmethod
-    def _blank_secret_is_unset(cls, value: object) -> object:
-        if isinstance(value, SecretStr):
-            value = value.get_secret_value()
-        if isinstance(value, str) and not value.strip():
-            return None
-        return value
-
-    @field_validator("stripe_webhook_secret")
-    @classmethod
-    def _stripe_secrets(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is None:
-            return None
-        parts = [p.strip() for p in value.get_secret_value().split(",")]
-        if any(not p for p in parts):
-            raise ValueError(
-                "an empty secret between commas: give whsec_... secrets, comma-separated"
-            )
-        return SecretStr(",".join(parts))
-
-    @field_validator("stripe_api_base")
-    @classmethod
-    def _stripe_api_base(cls, value: str) -> str:
-        value = value.strip().rstrip("/")
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError("must be a full http(s) URL such as https://api.stripe.com")
-        if "@" in parts.netloc:
-            raise ValueError("must not carry credentials (user:password@): set STRIPE_API_KEY")
-        return value
-
-    @field_validator("hubspot_company_id_prefix")
-    @classmethod
-    def _prefix(cls, value: str) -> str:
-        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
-            raise ValueError("must not contain control characters (it starts every company id)")
-        return value
-
-    @field_validator("stripe_company_id_metadata_key")
-    @classmethod
-    def _metadata_key(cls, value: str) -> str:
-        value = value.strip()
-        if not value:
-            raise ValueError("must name a key of the Stripe customer's metadata")
-        return value
-
-    @field_validator("hubspot_mapping_file", "stripe_mapping_file")
-    @classmethod
-    def _mapping_file(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if value is None or not value.strip():
-            return None
-        from app.sources.mapping import MappingError, load_mapping
-
-        source = "hubspot" if info.field_name == "hubspot_mapping_file" else "stripe"
-        try:
-            load_mapping(source, value.strip())
-        except MappingError as exc:
-            raise ValueError(str(exc)) from None
-        return value.strip()
-
-    @field_validator("relay_property_schema_file")
-    @classmethod
-    def _schema_file(cls, value: str | None) -> str | None:
-        if value is None or not value.strip():
-            return None
-        from app.domain.schema import SchemaError, load_schema
-
-        try:
-            load_schema(value.strip())
-        except SchemaError as exc:
-            raise ValueError(str(exc)) from None
-        return value.strip()
-
     @model_validator(mode="after")
     def _coherent(self) -> Settings:
         if self.relay_lease_seconds < self.relay_upstream_timeout_seconds + 2:
@@ -318,13 +228,6 @@ class Settings(StoreSettings):
                 "calls (e.g. https://relay.example.com), since HubSpot signs the full URL"
             )
         return self
-
-    @property
-    def stripe_webhook_secrets(self) -> tuple[SecretStr, ...]:
-        """Every Stripe endpoint secret accepted now (several while one is being rolled)."""
-        if self.stripe_webhook_secret is None:
-            return ()
-        return tuple(SecretStr(s) for s in self.stripe_webhook_secret.get_secret_value().split(","))
 
     @property
     def bulk_threshold(self) -> int:
