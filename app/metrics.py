@@ -49,6 +49,19 @@ Webhooks:
 - `userpilot_relay_webhook_parked_events`: verified events waiting for their company to be
   known (a Stripe subscription whose customer is not linked yet); retried, never dropped.
 
+Data quality and backfills:
+- `userpilot_relay_pii_findings_total{kind,action}`: metadata values that look like personal
+  data (`email`, `phone`, `ip_address`, `card_number`), by what the guard did: `rejected` (a
+  422), `stripped` (the property removed), `allowed` (the property is cleared for it). Never the
+  value, never a company id.
+- `userpilot_relay_property_type_conflicts`: properties seen with more than one type.
+- `userpilot_relay_type_drift_rejections_total`: values refused (RELAY_TYPE_DRIFT=reject) for
+  a type other than the one first recorded for their undeclared property.
+- `userpilot_relay_backfill_pages_total{source}`, `userpilot_relay_backfill_companies_total
+  {source,outcome}` (`enqueued`, `skipped`, `unchanged`), `userpilot_relay_backfill_errors_total
+  {source,reason}`: what backfills from HubSpot and Stripe read and did.
+- `userpilot_relay_backfill_running{source}`: 1 while a backfill of that source runs here.
+
 - `userpilot_relay_build_info{version}`: always 1.
 """
 
@@ -160,6 +173,34 @@ BULK_JOB_STUCK = Gauge(
 CIRCUIT_OPEN = Gauge(
     "userpilot_relay_upstream_circuit_open",
     "1 while Userpilot looks down and the relay probes it one call at a time.",
+)
+PII_FINDINGS = Counter(
+    "userpilot_relay_pii_findings",
+    "Metadata values that look like personal data, by kind and what the guard did.",
+    ["kind", "action"],
+)
+PROPERTY_CONFLICTS = Gauge(
+    "userpilot_relay_property_type_conflicts", "Properties seen with more than one type."
+)
+TYPE_DRIFT_REJECTIONS = Counter(
+    "userpilot_relay_type_drift_rejections",
+    "Values refused for a type other than the one first recorded for their property.",
+)
+BACKFILL_PAGES = Counter(
+    "userpilot_relay_backfill_pages", "Pages read by backfills, by source.", ["source"]
+)
+BACKFILL_COMPANIES = Counter(
+    "userpilot_relay_backfill_companies",
+    "Companies read by backfills, by source and outcome.",
+    ["source", "outcome"],
+)
+BACKFILL_ERRORS = Counter(
+    "userpilot_relay_backfill_errors",
+    "Errors of backfills (answers retried, pages refused), by source and reason.",
+    ["source", "reason"],
+)
+BACKFILL_RUNNING = Gauge(
+    "userpilot_relay_backfill_running", "1 while a backfill of that source runs here.", ["source"]
 )
 BUILD_INFO = Gauge("userpilot_relay_build_info", "The relay's version.", ["version"])
 BUILD_INFO.labels(version=__version__).set(1)
