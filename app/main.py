@@ -9,6 +9,8 @@ builds the shared resources: the store, the one Userpilot client, the dispatcher
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,7 +21,7 @@ from pydantic import BaseModel
 from starlette.types import Message, Receive, Scope, Send
 
 from app import __version__
-from app.api import companies, deliveries, health, jobs, status, webhooks
+from app.api import companies, deliveries, health, jobs, properties, status, webhooks
 from app.api.deps import State
 from app.api.middleware import RequestMetricsMiddleware
 from app.api.schemas import BulkIn, CompanyIn
@@ -28,6 +30,7 @@ from app.config import ConfigError, Settings, load_settings
 from app.delivery.dispatcher import Dispatcher
 from app.domain.errors import StoreUnavailable
 from app.errors import install_error_handlers
+from app.lifecycle import cancel_and_wait
 from app.logs import configure_logging
 from app.sources.mapping import MappingError
 from app.sources.service import WebhookSources
@@ -158,6 +161,7 @@ def create_app(
         dispatcher = Dispatcher(store=store, client=client, settings=active)
         dispatcher.start()
         sources.start(store=store)
+        catalogue = asyncio.create_task(properties.flush_catalogue(store))
         log.info(
             "relay started",
             extra={
@@ -176,6 +180,9 @@ def create_app(
             )
         finally:
             await sources.stop()
+            await cancel_and_wait([catalogue])
+            with contextlib.suppress(Exception):  # the last counts, while the store is open
+                await store.catalogue.flush()
             await dispatcher.stop()
             await client.aclose()
             await store.close()
@@ -194,6 +201,7 @@ def create_app(
     app.include_router(health.router)
     app.include_router(status.router)
     app.include_router(jobs.router)
+    app.include_router(properties.router)
     app.add_middleware(RequestMetricsMiddleware)
     return app
 

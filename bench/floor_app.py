@@ -7,6 +7,7 @@ once instead of committing. Run as `uvicorn bench.floor_app:app`.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from app.domain.models import (
     Batch,
@@ -21,10 +22,19 @@ from app.domain.models import (
 )
 from app.main import service_app
 from app.store.base import Store
+from app.store.catalogue import PropertyCatalogue
 from app.store.rows import new_ids
 
 
+async def _nothing(plan: Any, **_: Any) -> Any:
+    return []  # what a plan of the catalogue answers on an empty table
+
+
 class NullStore(Store):
+    def __init__(self) -> None:
+        super().__init__()
+        self.catalogue = PropertyCatalogue(_nothing, _nothing)
+
     async def open(self) -> None: ...
     async def close(self) -> None: ...
     async def ping(self) -> bool:

@@ -1,51 +1,71 @@
-"""The property schema at the door (`RELAY_PROPERTY_SCHEMA_FILE`, see `app/domain/schema.py`).
+"""The data-quality rules at the door: schema, type drift, the PII guard (`domain/quality.py`).
 
-Every update of `POST /companies` and `POST /companies/bulk` is converted to the declared types
-before it is stored (`"1000"` for a `number` is stored as 1000); a value that does not convert,
-or an undeclared property when the schema refuses them, is a 422 naming the field and what was
-expected, and nothing is stored. Webhook updates go through the same check in
+Every update of `POST /companies` and `POST /companies/bulk` is reviewed before it is stored:
+declared properties are converted to their types (`"1000"` for a `number` is stored as 1000),
+and a value that does not convert, an undeclared property the schema refuses, a value whose type
+drifted (RELAY_TYPE_DRIFT=reject) or personal data (RELAY_PII_POLICY=reject) is a 422 naming
+each field and what is wrong, never the value, and nothing is stored. With `strip`, personal data
+is removed and the rest stored. What the guard found is counted in
+`userpilot_relay_pii_findings_total{kind,action}`. Webhook updates go through the same review in
 `app/sources/common.py`, where what does not fit is dropped and counted instead.
 """
 
 from __future__ import annotations
 
-import functools
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
-from app.config import Settings
 from app.domain.models import Metadata
-from app.domain.schema import PropertySchema, check, load_schema
+from app.domain.pii import PiiKind
+from app.domain.quality import PII_LABELS, PiiAction, Rules, review
+from app.domain.values import SeenType
 from app.errors import FieldError, RelayError, field_path
+from app.metrics import PII_FINDINGS, TYPE_DRIFT_REJECTIONS
 
 Companies = list[tuple[str, Metadata]]
 MAX_ERRORS = 1000  # named at most in one answer
 
 
-@functools.lru_cache(maxsize=4)
-def _load(path: str) -> PropertySchema:
-    return load_schema(path)  # checked at start-up (Settings), so this does not fail
+@dataclass(slots=True)
+class Findings:
+    """What the guard saw in one request, counted once the request's fate is known."""
+
+    pii: dict[tuple[PiiKind, PiiAction], int] = field(default_factory=dict)
+    drifted: int = 0
+
+    def count(self) -> None:
+        for (kind, action), n in self.pii.items():
+            PII_FINDINGS.labels(kind=PII_LABELS[kind], action=action).inc(n)
+        if self.drifted:
+            TYPE_DRIFT_REJECTIONS.inc(self.drifted)
 
 
-def schema_for(settings: Settings) -> PropertySchema | None:
-    path = settings.relay_property_schema_file
-    return None if path is None else _load(path)
-
-
-def declared(companies: Companies, schema: PropertySchema | None, *, bulk: bool) -> Companies:
-    """The companies with their metadata in the declared types, or a 422 naming every field
-    that does not fit."""
-    if schema is None:
+def declared(
+    companies: Companies,
+    rules: Rules,
+    first_types: Mapping[str, SeenType],
+    *,
+    bulk: bool,
+) -> Companies:
+    """The companies as the rules make them, or a 422 naming every field that does not fit."""
+    if rules.inert:
         return companies
     out: Companies = []
     errors: list[FieldError] = []
+    findings = Findings()
     for index, (company_id, metadata) in enumerate(companies):
-        checked = check(schema, metadata)
-        for key, why in checked.problems:
+        reviewed = review(metadata, rules, first_types, refuse=True)
+        for key, why in reviewed.problems:
             loc = ("companies", index, "metadata", key) if bulk else ("metadata", key)
             if len(errors) < MAX_ERRORS:
                 errors.append(FieldError(field=field_path(loc), message=why))
-        out.append((company_id, checked.metadata))
+        for found in reviewed.pii:
+            findings.pii[found] = findings.pii.get(found, 0) + 1
+        findings.drifted += reviewed.drifted
+        out.append((company_id, reviewed.metadata))
+    findings.count()
     if errors:
-        shown = ", ".join(e.field for e in errors[:5])
-        more = f" and {len(errors) - 5} more" if len(errors) > 5 else ""
-        raise RelayError(422, "invalid_payload", f"invalid payload: {shown}{more}", errors=errors)
+        first = f"{errors[0].field}: {errors[0].message}"
+        more = f" and {len(errors) - 1} more" if len(errors) > 1 else ""
+        raise RelayError(422, "invalid_payload", f"invalid payload: {first}{more}", errors=errors)
     return out

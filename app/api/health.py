@@ -12,6 +12,7 @@ from app.api.deps import StoreDep
 from app.api.schemas import Health
 from app.metrics import (
     DEAD_LETTERS,
+    PROPERTY_CONFLICTS,
     QUEUE_DEPTH,
     QUEUE_OLDEST_AGE,
     STORE_UP,
@@ -82,6 +83,7 @@ async def metrics(request: Request, store: StoreDep) -> Response:
     try:
         stats = await store.stats()
         parked = await store.count_parked()
+        conflicts = await store.catalogue.flush()
     except Exception:
         STORE_UP.set(0)
     else:
@@ -92,4 +94,5 @@ async def metrics(request: Request, store: StoreDep) -> Response:
         oldest = stats.oldest_queued_at
         QUEUE_OLDEST_AGE.set(max(0.0, time.time() - oldest) if oldest else 0.0)
         WEBHOOK_PARKED.set(parked)
+        PROPERTY_CONFLICTS.set(conflicts)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

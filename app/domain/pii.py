@@ -88,7 +88,7 @@ def find_pii(value: Primitive) -> PiiKind | None:
         return "phone number"
     if _has_ip(value):
         return "IP address"
-    if _has_card(value):
+    if len(value) >= _CARD_MIN and _has_card(value):
         return "payment card number"
     return None
 
@@ -149,7 +149,8 @@ def _has_ip(text: str) -> bool:
         for match in _IPV4.finditer(text):
             if _personal(match.group(), ipaddress.IPv4Address):
                 return True
-    if ":" in text:
+    # An IPv6 address has `::` or at least six colons (times and ISO dates have two).
+    if "::" in text or text.count(":") >= 6:
         for match in _IPV6.finditer(text):
             if _personal(match.group().rstrip("."), ipaddress.IPv6Address):
                 return True

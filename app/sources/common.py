@@ -5,8 +5,10 @@ Outcomes label `userpilot_relay_webhook_events_total{source,outcome}`:
 - `skipped`: a redelivery, or older than what was already applied, so nothing new was stored;
 - `ignored`: an event type the relay does not forward (deletions, merges, associations...);
 - `unmapped`: a HubSpot property change of a property no mapping names;
-- `invalid_value`: a value did not convert to its mapped type: it was dropped and logged, the
-  event's other fields were forwarded;
+- `invalid_value`: a value did not convert to its mapped or declared type (or drifted from the
+  type first recorded, with RELAY_TYPE_DRIFT=reject): it was dropped and logged, the event's
+  other fields were forwarded (personal data stripped by the PII guard is counted in
+  `userpilot_relay_pii_findings_total`, not here);
 - `invalid_event`: an event whose company id, identity or property name cannot be stored as
   given (an `objectId` that is not an id, a blank or over-long company id, control characters):
   skipped and logged, the other events of its batch were stored;
@@ -18,15 +20,18 @@ Outcomes label `userpilot_relay_webhook_events_total{source,outcome}`:
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import orjson
 
-from app.domain.models import EnqueueResult, NewUpdate
-from app.domain.schema import PropertySchema, check
-from app.metrics import UPDATES_ACCEPTED, WEBHOOK_EVENTS, WEBHOOK_UNMAPPED_FIELDS
+from app.domain.models import EnqueueResult, Metadata, NewUpdate
+from app.domain.pii import PiiKind
+from app.domain.quality import PII_LABELS, PiiAction, Rules, review
+from app.domain.values import SeenType
+from app.metrics import PII_FINDINGS, UPDATES_ACCEPTED, WEBHOOK_EVENTS, WEBHOOK_UNMAPPED_FIELDS
 from app.store.base import Store
 
 Outcome = Literal[
@@ -81,25 +86,34 @@ class EventPlan:
     outcome: Outcome = "forwarded"
     unmapped: int = 0
     invalid_fields: list[str] = field(default_factory=list)
+    pii_stripped: list[str] = field(default_factory=list)  # properties removed as personal data
     problem: str | None = None  # why an `invalid_event` was skipped
 
 
-def declared(plans: Sequence[EventPlan], schema: PropertySchema | None) -> None:
-    """Each planned update in the declared property types (`RELAY_PROPERTY_SCHEMA_FILE`): a
-    value that does not convert is dropped and counted as an invalid value, never refusing the
-    event."""
-    if schema is None:
-        return
+def declared(
+    plans: Sequence[EventPlan], quality: Rules, first_types: Mapping[str, SeenType]
+) -> Counter[tuple[PiiKind, PiiAction]]:
+    """Each planned update through the data-quality rules (`app/domain/quality.py`), never
+    refusing the event: a value that does not fit its declared type (or, with
+    RELAY_TYPE_DRIFT=reject, the type first recorded for it) is dropped and counted as an
+    invalid value; personal data is stripped unless RELAY_PII_POLICY is `allow` or the
+    property is cleared. Answers what the PII guard found."""
+    found: Counter[tuple[PiiKind, PiiAction]] = Counter()
+    if quality.inert:
+        return found
     for plan in plans:
         if plan.update is None or not plan.update.metadata:
             continue
-        checked = check(schema, plan.update.metadata)
-        if checked.problems:
-            plan.invalid_fields += [key for key, _ in checked.problems]
+        reviewed = review(plan.update.metadata, quality, first_types, refuse=False)
+        found.update(reviewed.pii)
+        plan.pii_stripped += reviewed.stripped
+        if reviewed.problems:
+            plan.invalid_fields += [key for key, _ in reviewed.problems]
             if plan.outcome == "forwarded":
                 plan.outcome = "invalid_value"
-        if checked.metadata != plan.update.metadata:
-            plan.update = replace(plan.update, metadata=checked.metadata)
+        if reviewed.metadata != plan.update.metadata:
+            plan.update = replace(plan.update, metadata=reviewed.metadata)
+    return found
 
 
 async def commit(
@@ -108,13 +122,13 @@ async def commit(
     *,
     source: Source,
     resolved: bool = False,
-    schema: PropertySchema | None = None,
+    quality: Rules,
 ) -> EnqueueResult:
     """Store every planned update in one transaction and count what became of each event.
 
     Raises `StoreUnavailable` (nothing stored, nothing counted) when the store is down.
     """
-    declared(plans, schema)
+    found = declared(plans, quality, store.catalogue.first_types())
     updates = [p.update for p in plans if p.update is not None]
     result = (
         await store.enqueue(updates, source=source, caller=None)
@@ -122,10 +136,16 @@ async def commit(
         else EnqueueResult(ids=[])
     )
     stored = iter(result.ids)
+    kept: list[Metadata] = []
     unmapped = 0
+    for (kind, action), n in found.items():
+        PII_FINDINGS.labels(kind=PII_LABELS[kind], action=action).inc(n)
     for plan in plans:
         outcome = plan.outcome
-        if plan.update is not None and next(stored) is None and outcome != "invalid_value":
+        stored_id = next(stored) if plan.update is not None else None
+        if stored_id is not None and plan.update is not None:
+            kept.append(plan.update.metadata)
+        if plan.update is not None and stored_id is None and outcome != "invalid_value":
             outcome = "skipped"
         elif resolved and outcome == "forwarded":
             outcome = "resolved"
@@ -139,6 +159,17 @@ async def commit(
                     "event_id": plan.event_id,
                     "event_type": plan.event_type,
                     "problem": plan.problem,
+                },
+            )
+        if plan.pii_stripped:
+            log.warning(
+                "webhook values that look like personal data were stripped",
+                extra={
+                    "source": source,
+                    "event_id": plan.event_id,
+                    "event_type": plan.event_type,
+                    "company_id": plan.company_id,
+                    "fields": plan.pii_stripped,
                 },
             )
         if plan.invalid_fields:
@@ -156,4 +187,5 @@ async def commit(
         WEBHOOK_UNMAPPED_FIELDS.labels(source=source).inc(unmapped)
     if result.stored:
         UPDATES_ACCEPTED.labels(source=source).inc(result.stored)
+        store.catalogue.record(kept, source=source)
     return result

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from app.config import Settings
-from app.domain.schema import load_schema
 from app.sources.hubspot import HubSpotSource
 from app.sources.mapping import FieldRule, SourceMapping, load_mapping
 from app.sources.stripe import StripeSource
@@ -36,8 +35,7 @@ class WebhookSources:
             )
         if settings.stripe_webhook_secret is not None:
             self._stripe_mapping = load_mapping("stripe", settings.stripe_mapping_file)
-        path = settings.relay_property_schema_file  # checked when the settings were read
-        self._schema = None if path is None else load_schema(path)
+        self._quality = settings.quality_rules()  # the schema was checked with the settings
 
     def start(self, *, store: Store) -> None:
         """Build the enabled sources over `store` and start the Stripe resolver."""
@@ -55,7 +53,7 @@ class WebhookSources:
                 public_url=settings.relay_public_url,
                 company_id_prefix=settings.hubspot_company_id_prefix,
                 accept_legacy=settings.hubspot_accept_legacy_signatures,
-                schema=self._schema,
+                quality=self._quality,
             )
         if self._stripe_mapping is not None and settings.stripe_webhook_secrets:
             processor = StripeProcessor(
@@ -63,7 +61,7 @@ class WebhookSources:
                 mapping=self._stripe_mapping,
                 metadata_key=settings.stripe_company_id_metadata_key,
                 missing=settings.stripe_missing_company,
-                schema=self._schema,
+                quality=self._quality,
             )
             api = None
             if settings.stripe_api_key is not None:

@@ -1,9 +1,224 @@
-"""The property catalogue (issue 12): what types each property was sent with, by which source."""
+"""The property catalogue: what types each property was sent with, how often, when, by whom.
+
+Requests only count in memory (`record`, a dictionary update per property: nothing on the
+request path waits for the database); `flush` adds the counts to the shared table, on a timer
+and before every read, so `GET /properties` shows every value stored before it was asked, on any
+replica that flushed. A process killed hard loses at most its last few seconds of counts (the
+catalogue describes the data; the data itself is in the queue). One row per property and type;
+a property with two rows is a conflict.
+
+`first_types` (the type each property was first recorded with, the oldest row) is what
+`RELAY_TYPE_DRIFT=reject` compares against; it is refreshed from the table by each flush, so a
+type another replica recorded first is known here within one flush interval.
+"""
 
 from __future__ import annotations
 
-from app.store.part import StorePart
+import logging
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from app.domain.models import Metadata
+from app.domain.values import SeenType, seen_type
+from app.store.part import Reader, StorePart, Writer
+from app.store.sql import Plan, Statement
+
+log = logging.getLogger("userpilot_relay.catalogue")
+
+SOURCES: tuple[str, ...] = ("api", "bulk", "hubspot", "stripe")
+_BITS = {name: 1 << index for index, name in enumerate(SOURCES)}
+MAX_PROPERTIES = 10_000  # names kept; past it new names are not recorded (logged once)
+
+UPSERT = """
+    INSERT INTO property_catalogue (name, type, seen, first_seen, last_seen, sources)
+    VALUES (:name, :type, :seen, :first_seen, :last_seen, :sources)
+    ON CONFLICT (name, type) DO UPDATE SET
+        seen = property_catalogue.seen + excluded.seen,
+        first_seen = LEAST(property_catalogue.first_seen, excluded.first_seen),
+        last_seen = GREATEST(property_catalogue.last_seen, excluded.last_seen),
+        sources = property_catalogue.sources | excluded.sources
+"""
+ALL_ROWS = """
+    SELECT name, type, seen, first_seen, last_seen, sources FROM property_catalogue
+    ORDER BY name, first_seen, type
+"""
+
+
+@dataclass(slots=True)
+class _Count:
+    seen: int
+    first: float
+    last: float
+    sources: int
+
+
+@dataclass(frozen=True, slots=True)
+class TypeSeen:
+    type: SeenType
+    seen: int
+    first_seen: float
+    last_seen: float
+    sources: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PropertySeen:
+    """One property of the catalogue: its types, the first recorded first."""
+
+    name: str
+    types: tuple[TypeSeen, ...] = field(default_factory=tuple)
+
+    @property
+    def conflict(self) -> bool:
+        return len(self.types) > 1
+
+
+def _sources(bits: int) -> tuple[str, ...]:
+    return tuple(name for name in SOURCES if bits & _BITS[name])
 
 
 class PropertyCatalogue(StorePart):
     """Per property: the types seen with counts, first and last seen, the sources."""
+
+    def __init__(self, write: Writer, read: Reader) -> None:
+        super().__init__(write, read)
+        self._pending: dict[tuple[str, SeenType], _Count] = {}
+        self._first: dict[str, SeenType] = {}
+        self._types: dict[str, set[SeenType]] = {}  # every type known here, for the warning
+        self._full_logged = False
+        self._lock = threading.Lock()  # `record` may run in a worker thread (a bulk request)
+
+    # the request path ----------------------------------------------------------------------
+    def first_types(self) -> Mapping[str, SeenType]:
+        """The type each property was first recorded with (as of the last flush)."""
+        return self._first
+
+    def record(self, updates: Iterable[Metadata], *, source: str) -> None:
+        """Count the values of stored updates (`null` removes a property: not a type)."""
+        now = time.time()
+        bit = _BITS[source]
+        with self._lock:
+            self._count(updates, now, bit)
+
+    def _count(self, updates: Iterable[Metadata], now: float, bit: int) -> None:
+        pending = self._pending
+        for metadata in updates:
+            for name, value in metadata.items():
+                if value is None:
+                    continue
+                kind = seen_type(value)
+                count = pending.get((name, kind))
+                if count is None:
+                    if not self._room(name):
+                        continue
+                    pending[(name, kind)] = _Count(1, now, now, bit)
+                    self._new_type(name, kind)
+                else:
+                    count.seen += 1
+                    count.last = now
+                    count.sources |= bit
+
+    def _room(self, name: str) -> bool:
+        if name in self._types or len(self._types) < MAX_PROPERTIES:
+            return True
+        if not self._full_logged:
+            self._full_logged = True
+            log.warning(
+                "the property catalogue is full: new property names are no longer recorded",
+                extra={"limit": MAX_PROPERTIES},
+            )
+        return False
+
+    def _new_type(self, name: str, kind: SeenType) -> None:
+        types = self._types.setdefault(name, set())
+        if kind in types:
+            return
+        types.add(kind)
+        self._first.setdefault(name, kind)
+        if len(types) == 2:  # once per property: the moment it became a conflict here
+            log.warning(
+                "a property is being sent with more than one type",
+                extra={"property": name, "types": sorted(types)},
+            )
+
+    # the table -----------------------------------------------------------------------------
+    async def flush(self) -> int:
+        """Add the pending counts to the table and refresh what is known from it; answers the
+        number of conflicting properties. Counts stay pending when the write fails."""
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        rows = [
+            {
+                "name": name,
+                "type": kind,
+                "seen": c.seen,
+                "first_seen": c.first,
+                "last_seen": c.last,
+                "sources": c.sources,
+            }
+            for (name, kind), c in sorted(pending.items())  # one order: no deadlock between
+        ]
+        try:
+            properties = await self._write(lambda: _flush(rows))
+        except BaseException:
+            with self._lock:  # put them back, merged with what came meanwhile
+                for key, c in pending.items():
+                    self._merge(key, c)
+            raise
+        with self._lock:
+            self._learn(properties)
+        return sum(1 for p in properties if p.conflict)
+
+    async def properties(self) -> list[PropertySeen]:
+        """Every property of the table, after this process's pending counts."""
+        await self.flush()
+        return await self._read(_all)
+
+    def _merge(self, key: tuple[str, SeenType], c: _Count) -> None:
+        now = self._pending.get(key)
+        if now is None:
+            self._pending[key] = c
+            return
+        now.seen += c.seen
+        now.first = min(now.first, c.first)
+        now.last = max(now.last, c.last)
+        now.sources |= c.sources
+
+    def _learn(self, properties: list[PropertySeen]) -> None:
+        for prop in properties:
+            if prop.types:
+                self._first[prop.name] = prop.types[0].type
+            known = self._types.setdefault(prop.name, set())
+            new = {t.type for t in prop.types} - known
+            if new:
+                before = len(known)
+                known.update(new)
+                if before < 2 <= len(known):
+                    log.warning(
+                        "a property is being sent with more than one type",
+                        extra={"property": prop.name, "types": sorted(known)},
+                    )
+
+
+def _flush(rows: list[dict[str, object]]) -> Plan[list[PropertySeen]]:
+    if rows:
+        yield Statement(UPSERT, rows, many=True)
+    return (yield from _all())
+
+
+def _all() -> Plan[list[PropertySeen]]:
+    result = yield Statement(ALL_ROWS)
+    grouped: dict[str, list[TypeSeen]] = {}
+    for name, kind, seen, first, last, bits in result.rows:
+        grouped.setdefault(name, []).append(
+            TypeSeen(
+                type=kind,
+                seen=int(seen),
+                first_seen=float(first),
+                last_seen=float(last),
+                sources=_sources(int(bits)),
+            )
+        )
+    return [PropertySeen(name=name, types=tuple(types)) for name, types in grouped.items()]

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 from pydantic import SecretStr
 
-from app.domain.schema import PropertySchema
+from app.domain.quality import Rules
 from app.sources.common import Ack, commit
 from app.sources.hubspot.events import parse_batch, plan_batch
 from app.sources.mapping import FieldRule
@@ -32,7 +32,7 @@ class HubSpotSource:
         public_url: str,
         company_id_prefix: str,
         accept_legacy: bool,
-        schema: PropertySchema | None = None,
+        quality: Rules | None = None,
     ) -> None:
         self._store = store
         self._rules = rules
@@ -40,7 +40,7 @@ class HubSpotSource:
         self._public_url = public_url
         self._prefix = company_id_prefix
         self._accept_legacy = accept_legacy
-        self._schema = schema
+        self._quality = quality or Rules(pii="allow")
 
     async def handle(
         self, *, method: str, path: str, query: str, headers: Mapping[str, str], body: bytes
@@ -64,6 +64,6 @@ class HubSpotSource:
             self._store,
             plan_batch(events, self._rules, self._prefix),
             source="hubspot",
-            schema=self._schema,
+            quality=self._quality,
         )
         return Ack(received=len(events), accepted=result.stored)

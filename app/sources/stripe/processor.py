@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from app.domain.models import NewUpdate, Primitive
-from app.domain.schema import PropertySchema
+from app.domain.quality import Rules
 from app.metrics import WEBHOOK_EVENTS
 from app.sources.common import EventPlan, commit
 from app.sources.mapping import FieldRule, SourceMapping, apply, flatten
@@ -87,10 +87,10 @@ class StripeProcessor:
         mapping: SourceMapping,
         metadata_key: str,
         missing: MissingCompany,
-        schema: PropertySchema | None = None,
+        quality: Rules | None = None,
     ) -> None:
         self.store = store
-        self.schema = schema
+        self.quality = quality or Rules(pii="allow")
         self.customer_rules = mapping.section("customer")
         self.subscription_rules = mapping.section("subscription")
         self.metadata_key = metadata_key
@@ -178,7 +178,7 @@ class StripeProcessor:
 
     async def _commit(self, plan: EventPlan, *, resolved: bool = False) -> tuple[str, int]:
         result = await commit(
-            self.store, [plan], source="stripe", resolved=resolved, schema=self.schema
+            self.store, [plan], source="stripe", resolved=resolved, quality=self.quality
         )
         stored = result.ids[0] if result.ids else None
         if plan.update is not None and stored is None:

@@ -1,0 +1,120 @@
+"""`GET /properties` (admin): the catalogue of the properties sent, and type conflicts.
+
+Every stored update is counted per property and type (`app/store/catalogue.py`), whichever
+path it came by (`api`, `bulk`, `hubspot`, `stripe`), so a team can check that its data maps
+as it expects before relying on it in Userpilot: a property seen with two types is a
+conflict, logged once as a warning and counted in `userpilot_relay_property_type_conflicts`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel, Field
+
+from app.api.companies import AUTH_ERRORS, _error
+from app.api.deps import AdminCaller, SettingsDep, StoreDep
+from app.domain.values import SeenType
+from app.metrics import PROPERTY_CONFLICTS
+from app.store.base import Store
+from app.store.catalogue import PropertySeen
+
+router = APIRouter(tags=["operations"])
+log = logging.getLogger("userpilot_relay.catalogue")
+
+FLUSH_SECONDS = 5.0
+
+Source = Annotated[str, Field(description="`api`, `bulk`, `hubspot` or `stripe`.")]
+
+
+class TypeOut(BaseModel):
+    type: SeenType = Field(description="`string`, `number`, `boolean` or `date`.")
+    count: int = Field(description="Values of this type stored.")
+    first_seen: float = Field(description="Unix time of the first.")
+    last_seen: float = Field(description="Unix time of the last.")
+    sources: list[Source]
+
+
+class PropertyOut(BaseModel):
+    name: str
+    types: list[TypeOut] = Field(description="The types seen, the first recorded first.")
+    conflict: bool = Field(description="Seen with more than one type.")
+    declared: str | None = Field(description="Its type in RELAY_PROPERTY_SCHEMA_FILE, if any.")
+    pii_allowed: bool = Field(
+        description="Cleared to hold personal data (the schema, RELAY_PII_ALLOWED_PROPERTIES)."
+    )
+    count: int = Field(description="Values stored, all types.")
+    first_seen: float
+    last_seen: float
+    sources: list[Source]
+
+
+class PropertiesOut(BaseModel):
+    """Every property recorded, by name."""
+
+    properties: list[PropertyOut]
+    conflicts: int = Field(description="Properties seen with more than one type.")
+
+
+@router.get(
+    "/properties",
+    response_model=PropertiesOut,
+    responses={**AUTH_ERRORS, 422: _error("Invalid query parameter.")},
+)
+async def list_properties(
+    _: AdminCaller,
+    store: StoreDep,
+    settings: SettingsDep,
+    conflicts: Annotated[
+        bool, Query(description="Only the properties seen with more than one type.")
+    ] = False,
+) -> PropertiesOut:
+    """The properties stored so far: types with counts, first and last seen, sources (admin)."""
+    seen = await store.catalogue.properties()
+    rules = settings.quality_rules()
+    found = [p for p in seen if p.conflict]
+    PROPERTY_CONFLICTS.set(len(found))
+    out = []
+    for prop in found if conflicts else seen:
+        rule = rules.schema.properties.get(prop.name) if rules.schema is not None else None
+        out.append(_out(prop, None if rule is None else rule.type, rules.cleared(prop.name)))
+    return PropertiesOut(properties=out, conflicts=len(found))
+
+
+def _out(prop: PropertySeen, declared: str | None, cleared: bool) -> PropertyOut:
+    types = [
+        TypeOut(
+            type=t.type,
+            count=t.seen,
+            first_seen=t.first_seen,
+            last_seen=t.last_seen,
+            sources=list(t.sources),
+        )
+        for t in prop.types
+    ]
+    sources = sorted({s for t in prop.types for s in t.sources})
+    return PropertyOut(
+        name=prop.name,
+        types=types,
+        conflict=prop.conflict,
+        declared=declared,
+        pii_allowed=cleared,
+        count=sum(t.seen for t in prop.types),
+        first_seen=min(t.first_seen for t in prop.types),
+        last_seen=max(t.last_seen for t in prop.types),
+        sources=sources,
+    )
+
+
+async def flush_catalogue(store: Store, *, every: float = FLUSH_SECONDS) -> None:
+    """Add this process's counts to the shared catalogue every few seconds (until cancelled),
+    and keep the conflicts gauge current; a failed flush keeps its counts for the next."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            PROPERTY_CONFLICTS.set(await store.catalogue.flush())
+        except Exception as exc:  # the store is down: readiness says so; counts are kept
+            log.debug("property catalogue flush failed", extra={"error": type(exc).__name__})

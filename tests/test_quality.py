@@ -1,0 +1,314 @@
+"""Data quality and privacy over HTTP (issue 12): the PII guard, the property catalogue and
+type drift, on both stores, with the simulator checking what Userpilot received."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from pydantic import ValidationError
+
+from app.simulator.process import SimulatorProcess
+from tests.inprocess import ADMIN_KEY, InProcessRelay, run, settings_for
+from tests.webhook_helpers import captured_logs, hs_change, hubspot_relay, settled, v3_headers
+
+FINDINGS = "userpilot_relay_pii_findings_total"
+CONFLICTS = "userpilot_relay_property_type_conflicts"
+DRIFTS = "userpilot_relay_type_drift_rejections_total"
+
+PERSONAL = [
+    ("billing_contact", "jane.doe@example.com", "looks like an email address", "email"),
+    ("hotline", "+49 30 1234 5678", "looks like a phone number", "phone"),
+    ("last_login_ip", "203.0.113.7", "looks like an IP address", "ip_address"),
+    ("card", "4111 1111 1111 1111", "looks like a payment card number", "card_number"),
+]
+
+
+def relay(database_url: str, sim: SimulatorProcess, **extra: Any) -> InProcessRelay:
+    return InProcessRelay(database_url, endpoint=sim.url, relay_merge_window_seconds=0, **extra)
+
+
+async def metric(relay: InProcessRelay, name: str, **labels: str) -> float:
+    return await relay.metric(name, **labels)
+
+
+def test_personal_data_is_refused_by_default_naming_the_field_never_the_value(
+    database_url: str, sim: SimulatorProcess
+) -> None:
+    async def main() -> tuple[list[httpx.Response], httpx.Response, int, float]:
+        async with relay(database_url, sim) as r:
+            before = await metric(r, FINDINGS, kind="email", action="rejected")
+            singles = [
+                await r.post_company(f"pii-{n}", {"plan": "pro", key: value})
+                for n, (key, value, _, _) in enumerate(PERSONAL)
+            ]
+            items = [{"company_id": "fine", "metadata": {"plan": "pro", "seats": 3}}] + [
+                {"company_id": f"bulk-{n}", "metadata": {key: value}}
+                for n, (key, value, _, _) in enumerate(PERSONAL)
+            ]
+            bulk = await r.post("/companies/bulk", json={"companies": items})
+            after = await metric(r, FINDINGS, kind="email", action="rejected")
+            return singles, bulk, (await r.store.stats()).queued, after - before
+
+    singles, bulk, queued, counted = run(main())
+    for answer, (key, value, says, _) in zip(singles, PERSONAL, strict=True):
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["errors"] == [{"field": f"metadata.{key}", "message": says}]
+        assert f"metadata.{key}: {says}" in answer.json()["message"]
+        assert value not in answer.text
+    assert bulk.status_code == 422, bulk.text
+    assert [(e["field"], e["message"]) for e in bulk.json()["errors"]] == [
+        (f"companies[{n + 1}].metadata.{key}", says) for n, (key, _, says, _) in enumerate(PERSONAL)
+    ]
+    assert all(value not in bulk.text for _, value, _, _ in PERSONAL)
+    assert queued == 0 and counted == 2  # one single, one bulk item
+    assert sim.company("fine") is None and sim.company("pii-0") is None
+
+
+def test_strip_removes_personal_data_and_delivers_the_rest(
+    database_url: str, sim: SimulatorProcess
+) -> None:
+    async def main() -> tuple[httpx.Response, httpx.Response, dict[str, float]]:
+        async with relay(database_url, sim, relay_pii_policy="strip") as r:
+            labels = [(kind, "stripped") for *_, kind in PERSONAL]
+            before = {k: await metric(r, FINDINGS, kind=k, action=a) for k, a in labels}
+            metadata = {key: value for key, value, _, _ in PERSONAL}
+            single = await r.post_company(
+                "strip-1", {"plan": "pro", **metadata}, headers={"Prefer": "wait=10"}
+            )
+            bulk = await r.post(
+                "/companies/bulk",
+                json={
+                    "companies": [{"company_id": "strip-2", "metadata": {"seats": 4, **metadata}}]
+                },
+            )
+            await r.batch_done(bulk.json()["batch_id"])
+            after = {k: await metric(r, FINDINGS, kind=k, action=a) for k, a in labels}
+            return single, bulk, {k: after[k] - before[k] for k in after}
+
+    single, bulk, counted = run(main())
+    assert single.status_code == 200, single.text
+    assert bulk.status_code == 202, bulk.text
+    assert sim.company("strip-1") == {"plan": "pro"}
+    assert sim.company("strip-2") == {"seats": 4}
+    assert counted == {kind: 2 for *_, kind in PERSONAL}
+
+
+def test_a_property_cleared_by_legal_passes(
+    database_url: str, sim: SimulatorProcess, tmp_path: Path
+) -> None:
+    schema = tmp_path / "schema.json"
+    schema.write_text(
+        json.dumps({"properties": {"billing_email": {"type": "string", "pii": "allowed"}}})
+    )
+
+    async def main() -> tuple[httpx.Response, httpx.Response, float]:
+        async with relay(
+            database_url,
+            sim,
+            relay_property_schema_file=str(schema),
+            relay_pii_allowed_properties="owner_phone, owner_name",
+        ) as r:
+            before = await metric(r, FINDINGS, kind="email", action="allowed")
+            ok = await r.post_company(
+                "cleared",
+                {"billing_email": "ap@acme.example", "owner_phone": "+1 415 555 2671"},
+                headers={"Prefer": "wait=10"},
+            )
+            refused = await r.post_company("not-cleared", {"owner_email": "ceo@acme.example"})
+            after = await metric(r, FINDINGS, kind="email", action="allowed")
+            return ok, refused, after - before
+
+    ok, refused, allowed = run(main())
+    assert ok.status_code == 200, ok.text
+    assert sim.company("cleared") == {
+        "billing_email": "ap@acme.example",
+        "owner_phone": "+1 415 555 2671",
+    }
+    assert (
+        refused.status_code == 422
+        and refused.json()["errors"][0]["field"] == "metadata.owner_email"
+    )
+    assert allowed == 1
+
+
+def test_allow_lets_everything_through(database_url: str, sim: SimulatorProcess) -> None:
+    async def main() -> httpx.Response:
+        async with relay(database_url, sim, relay_pii_policy="allow") as r:
+            return await r.post_company(
+                "open", {"contact": "jane.doe@example.com"}, headers={"Prefer": "wait=10"}
+            )
+
+    assert run(main()).status_code == 200
+    assert sim.company("open") == {"contact": "jane.doe@example.com"}
+
+
+@pytest.mark.parametrize("policy", ["reject", "strip"])
+def test_a_webhook_is_never_refused_for_personal_data_it_is_stripped(
+    database_url: str, sim: SimulatorProcess, policy: str
+) -> None:
+    # HubSpot's `name` is mapped; an e-mail address in it is stripped, the event's other
+    # properties still reach Userpilot, and HubSpot gets its 200.
+    now = int(time.time() * 1000)
+    batch = [
+        hs_change(701, "name", "jane.doe@example.com", at=now, event_id=1),
+        hs_change(701, "numberofemployees", "42", at=now, event_id=2),
+    ]
+    body = json.dumps(batch).encode()
+
+    async def main() -> tuple[httpx.Response, float, list[str]]:
+        async with hubspot_relay(database_url, sim.url, relay_pii_policy=policy) as r:
+            before = await metric(r, FINDINGS, kind="email", action="stripped")
+            with captured_logs() as lines:
+                answer = await r.post(
+                    "/webhooks/hubspot", key=None, content=body, headers=v3_headers(body, "")
+                )
+            await settled(r)
+            after = await metric(r, FINDINGS, kind="email", action="stripped")
+            return answer, after - before, lines
+
+    answer, stripped, lines = run(main())
+    assert answer.status_code == 200, answer.text
+    assert stripped == 1
+    assert sim.company("hs-701") == {"employees": 42}
+    assert any("personal data were stripped" in line and '"name"' in line for line in lines)
+    assert not any("jane.doe" in line for line in lines)
+
+
+def test_the_catalogue_records_types_counts_and_sources_across_paths(
+    database_url: str, sim: SimulatorProcess
+) -> None:
+    now = int(time.time() * 1000)
+    body = json.dumps([hs_change(801, "numberofemployees", "42", at=now, event_id=9)]).encode()
+
+    async def main() -> tuple[httpx.Response, httpx.Response, dict[str, Any]]:
+        async with hubspot_relay(database_url, sim.url) as r:
+            await r.post_company("cat-1", {"plan": "pro", "employees": 10, "renews": "2026-12-01"})
+            await r.post_company("cat-2", {"plan": "team", "employees": None})
+            items = [{"company_id": f"cat-b{i}", "metadata": {"employees": i}} for i in range(3)]
+            await r.post("/companies/bulk", json={"companies": items})
+            await r.post("/webhooks/hubspot", key=None, content=body, headers=v3_headers(body, ""))
+            denied = await r.get("/properties")  # an ingest key
+            answer = await r.get("/properties", key=ADMIN_KEY)
+            return denied, answer, answer.json()
+
+    denied, answer, catalogue = run(main())
+    assert denied.status_code == 403
+    assert answer.status_code == 200, answer.text
+    props = {p["name"]: p for p in catalogue["properties"]}
+    assert catalogue["conflicts"] == 0
+    employees = props["employees"]
+    assert [(t["type"], t["count"]) for t in employees["types"]] == [("number", 5)]
+    assert employees["sources"] == ["api", "bulk", "hubspot"]
+    assert employees["count"] == 5 and not employees["conflict"]
+    assert employees["first_seen"] <= employees["last_seen"]
+    assert [(t["type"], t["count"], t["sources"]) for t in props["plan"]["types"]] == [
+        ("string", 2, ["api"])
+    ]
+    assert props["renews"]["types"][0]["type"] == "date"  # a date-like string counts as a date
+
+
+def test_the_catalogue_survives_a_restart(database_url: str, sim: SimulatorProcess) -> None:
+    async def main() -> dict[str, Any]:
+        async with relay(database_url, sim) as r:
+            await r.post_company("kept", {"region": "emea"})
+        async with relay(database_url, sim) as r:
+            await r.post_company("kept-2", {"region": "apac"})
+            body: dict[str, Any] = (await r.get("/properties", key=ADMIN_KEY)).json()
+            return body
+
+    props = {p["name"]: p for p in run(main())["properties"]}
+    assert props["region"]["count"] == 2
+
+
+def test_a_property_sent_with_two_types_is_a_conflict_warned_once_and_gauged(
+    database_url: str, sim: SimulatorProcess
+) -> None:
+    async def main() -> tuple[dict[str, Any], float, list[str], list[httpx.Response]]:
+        async with relay(database_url, sim) as r:
+            with captured_logs() as lines:
+                answers = [
+                    await r.post_company("drift-1", {"arr": 1000}),
+                    await r.post_company("drift-2", {"arr": "1000"}),
+                    await r.post_company("drift-3", {"arr": "1200"}),
+                ]
+                body = (
+                    await r.get("/properties", key=ADMIN_KEY, params={"conflicts": "true"})
+                ).json()
+            gauge = await metric(r, CONFLICTS)
+            return body, gauge, lines, answers
+
+    body, gauge, lines, answers = run(main())
+    assert [a.status_code for a in answers] == [202, 202, 202]  # warn: stored
+    assert body["conflicts"] == 1 and [p["name"] for p in body["properties"]] == ["arr"]
+    (arr,) = body["properties"]
+    assert [(t["type"], t["count"]) for t in arr["types"]] == [("number", 1), ("string", 2)]
+    assert arr["conflict"] is True
+    assert gauge == 1
+    warnings = [line for line in lines if "more than one type" in line]
+    assert len(warnings) == 1 and '"arr"' in warnings[0]
+
+
+def test_drift_reject_refuses_a_value_of_another_type_than_first_recorded(
+    database_url: str, sim: SimulatorProcess, tmp_path: Path
+) -> None:
+    schema = tmp_path / "schema.json"
+    schema.write_text(json.dumps({"properties": {"mrr": {"type": "number"}}}))
+
+    async def main() -> tuple[list[httpx.Response], float, int]:
+        async with relay(
+            database_url, sim, relay_type_drift="reject", relay_property_schema_file=str(schema)
+        ) as r:
+            before = await metric(r, DRIFTS)
+            answers = [
+                await r.post_company("t-1", {"seats": 5, "mrr": 10}),
+                await r.post_company("t-2", {"seats": "five"}),
+                await r.post_company("t-3", {"seats": None}),  # removing it is no type
+                await r.post_company("t-4", {"seats": 6, "mrr": "20"}),  # declared: converted
+            ]
+            await r.get("/properties", key=ADMIN_KEY)
+            after = await metric(r, DRIFTS)
+            return answers, after - before, (await r.store.stats()).queued
+
+    answers, drifted, _ = run(main())
+    assert [a.status_code for a in answers] == [202, 422, 202, 202]
+    assert answers[1].json()["errors"] == [
+        {"field": "metadata.seats", "message": "was first sent as a number, got a string"}
+    ]
+    assert "five" not in answers[1].text
+    assert drifted == 1
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "says"),
+    [
+        ("relay_pii_policy", "maybe", "RELAY_PII_POLICY"),
+        ("relay_type_drift", "sometimes", "RELAY_TYPE_DRIFT"),
+        ("relay_pii_allowed_properties", "ok,bad\x00name", "control characters"),
+    ],
+)
+def test_bad_quality_settings_refuse_to_start(
+    tmp_path: Path, setting: str, value: str, says: str
+) -> None:
+    from app.config import ConfigError, load_settings
+
+    with pytest.raises(ValidationError):
+        settings_for(f"sqlite:///{tmp_path / 'r.db'}", **{setting: value})
+    env = {
+        "USERPILOT_API_KEY": "k",
+        "RELAY_API_KEYS": "a:admin:secret-key-1",
+        setting.upper(): value.replace("\x00", "\x01"),
+    }
+    with pytest.MonkeyPatch.context() as patch:
+        for name, given in env.items():
+            patch.setenv(name, given)
+        patch.chdir(tmp_path)
+        with pytest.raises(ConfigError) as refused:
+            load_settings()
+    message = str(refused.value)
+    assert setting.upper() in message and "\n" not in message
+    assert says in message or says == setting.upper()
