@@ -95,11 +95,14 @@ def test_huge_and_foreign_numbers_do_not_convert(value: str, kind: str) -> None:
 
 
 def test_integers_with_leading_zeros_and_dates_at_the_edges() -> None:
-    assert convert("0" * 5000 + "42", "number", epoch="ms") == 42
-    assert convert("+18446744073709551615", "number", epoch="ms") == 2**64 - 1
+    # The same rules as the property schema (app/domain/values.py): signed 64-bit integers,
+    # at most 4,300 digits (int() refuses more), leading zeros allowed within that.
+    assert convert("0" * 4000 + "42", "number", epoch="ms") == 42
+    assert convert("+9223372036854775807", "number", epoch="ms") == 2**63 - 1
     assert convert("-9223372036854775808", "number", epoch="ms") == -(2**63)
-    with pytest.raises(ConversionError):
-        convert("18446744073709551616", "number", epoch="ms")
+    for refused in ("0" * 5000 + "42", "9223372036854775808", "18446744073709551616"):
+        with pytest.raises(ConversionError):
+            convert(refused, "number", epoch="ms")
     # Valid ISO dates whose UTC instant is out of datetime's range raised OverflowError.
     for edge in ("0001-01-01T00:00:00+05:00", "9999-12-31T23:59:59-05:00"):
         with pytest.raises(ConversionError):
@@ -629,3 +632,51 @@ def test_stripe_events_with_unstorable_ids_are_malformed(
     with pytest.raises(Malformed) as info:
         parse_event(orjson.dumps(event))
     assert info.value.errors and info.value.errors[0][0] == field
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "1000",
+        "12.5",
+        " 7 ",
+        ".5",
+        "1e3",
+        "0x10",
+        "١٢",
+        "true",
+        "FALSE",
+        "yes",
+        3,
+        2.5,
+        True,
+        "2026-12-01",
+        "2026-12-01T10:00:00+02:00",
+        "20261201",
+        "12/01/2026",
+        "next tuesday",
+        "9" * 30,
+        2**63,
+        "",
+    ],
+)
+@pytest.mark.parametrize("kind", ["string", "number", "boolean", "date"])
+def test_mappings_and_the_schema_convert_alike(value: Any, kind: str) -> None:
+    """One conversion module: a mapped value converts exactly as a declared one does (dates in
+    strings alike; a number for a date is an epoch in the mapping's unit)."""
+    from app.domain.values import ValueMismatch, to_type
+
+    digits = str(value).strip()
+    if kind == "date" and (
+        isinstance(value, int | float) or (digits.isascii() and digits.isdigit())
+    ):
+        return  # the mapping reads it in its source's unit, the schema by magnitude
+    try:
+        expected: Any = to_type(value, kind, stringify=True)  # type: ignore[arg-type]
+    except ValueMismatch:
+        expected = ConversionError
+    try:
+        got: Any = convert(value, kind, epoch="ms")  # type: ignore[arg-type]
+    except ConversionError:
+        got = ConversionError
+    assert got == expected

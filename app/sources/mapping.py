@@ -14,32 +14,25 @@ other scripts), the answer is a value or a `ConversionError`, never another exce
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from app.domain.models import Metadata, Primitive
 from app.domain.rules import property_name_problem
+from app.domain.values import EpochUnit, PropertyType, ValueMismatch, to_type
 
-FieldType = Literal["string", "number", "boolean", "date"]
-EpochUnit = Literal["ms", "s"]
+FieldType = PropertyType
 
 SECTIONS: dict[str, tuple[str, ...]] = {
     "hubspot": ("company",),
     "stripe": ("customer", "subscription"),
 }
 DEFAULTS_DIR = Path(__file__).resolve().parent / "mappings"
-# ASCII digits only: `\d` alone would take other scripts' digits, which int() and float() accept.
-_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
-_INTEGER = re.compile(r"([+-]?)(\d+)", re.ASCII)
-# 2**64 has 20 digits: a longer integer is out of range, and int() of over 4,300 digits raises.
-_MAX_INTEGER_DIGITS = 20
 _MAX_FLATTEN_DEPTH = 4
 
 
@@ -132,112 +125,18 @@ def load_mapping(source: str, path: str | Path | None = None) -> SourceMapping:
 
 
 # conversions ----------------------------------------------------------------------------------
-def iso_from_epoch(value: float, unit: EpochUnit) -> str:
-    """Epoch seconds or milliseconds as ISO 8601 UTC, milliseconds shown only when present."""
-    try:
-        seconds = value / 1000 if unit == "ms" else value
-        moment = datetime.fromtimestamp(seconds, tz=UTC)
-    except (OverflowError, OSError, ValueError):
-        raise ConversionError("is out of the range of dates") from None
-    return _iso(moment)
-
-
-def _iso(moment: datetime) -> str:
-    spec = "milliseconds" if moment.microsecond else "seconds"
-    return moment.astimezone(UTC).isoformat(timespec=spec).replace("+00:00", "Z")
-
-
-def _integer(text: str) -> int | None:
-    """`text` as an integer when it is one (ASCII digits, an optional sign), else None.
-
-    Raises `ConversionError` for an integer beyond the 64-bit range, before `int()` is asked.
-    """
-    match = _INTEGER.fullmatch(text)
-    if match is None:
-        return None
-    sign, digits = match.groups()
-    digits = digits.lstrip("0") or "0"
-    if len(digits) > _MAX_INTEGER_DIGITS:
-        raise ConversionError("is an integer out of the 64-bit range")
-    return _in_range(int(sign + digits))
-
-
-def _number(value: Primitive) -> int | float:
-    if isinstance(value, bool) or value is None:
-        raise ConversionError("is not a number")
-    if isinstance(value, int):
-        return _in_range(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ConversionError("is not a finite number")
-        return value
-    text = value.strip()
-    integer = _integer(text)
-    if integer is not None:
-        return integer
-    if _NUMBER.fullmatch(text):
-        try:
-            number = float(text)
-        except (ValueError, OverflowError):
-            raise ConversionError("is not a number") from None
-        if math.isfinite(number):
-            return number
-        raise ConversionError("is not a finite number")
-    raise ConversionError("is not a number")
-
-
-def _in_range(value: int) -> int:
-    if not -(2**63) <= value <= 2**64 - 1:
-        raise ConversionError("is an integer out of the 64-bit range")
-    return value
-
-
-def _date(value: Primitive, unit: EpochUnit) -> str:
-    if isinstance(value, bool) or value is None:
-        raise ConversionError("is not a date")
-    if isinstance(value, int | float):
-        if not math.isfinite(value):
-            raise ConversionError("is not a date")
-        return iso_from_epoch(value, unit)
-    text = value.strip()
-    try:
-        epoch = _integer(text)
-    except ConversionError:
-        raise ConversionError("is out of the range of dates") from None
-    if epoch is not None:
-        return iso_from_epoch(epoch, unit)
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise ConversionError("is neither an epoch time nor an ISO 8601 date") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    try:
-        return _iso(moment)
-    except (OverflowError, ValueError):
-        raise ConversionError("is out of the range of dates") from None
-
-
 def convert(value: Primitive, kind: FieldType, *, epoch: EpochUnit) -> Primitive:
     """`value` as Userpilot should get it for `kind`; None stays None (removes the property).
 
+    The one conversion module of the relay (`app/domain/values.py`), as the property schema
+    uses it, with the source's rules: a number or a bool mapped to a `string` becomes its text,
+    and a date given as a number (or a string of digits) is epoch time in the source's unit.
     Raises `ConversionError` when the value does not convert; nothing is guessed.
     """
-    if value is None:
-        return None
-    if kind == "string":
-        if isinstance(value, bool):
-            return "true" if value else "false"
-        return value if isinstance(value, str) else str(value)
-    if kind == "number":
-        return _number(value)
-    if kind == "boolean":
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
-            return value.strip().lower() == "true"
-        raise ConversionError("is not a boolean (true or false)")
-    return _date(value, epoch)
+    try:
+        return to_type(value, kind, epoch=epoch, stringify=True)
+    except ValueMismatch as exc:
+        raise ConversionError(str(exc)) from None
 
 
 def flatten(obj: Mapping[str, Any], prefix: str = "", depth: int = 0) -> dict[str, Primitive]:
