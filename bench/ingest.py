@@ -92,9 +92,9 @@ def _ms(value: str) -> float:
     return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def wrk(url: str, duration: int, connections: int) -> Figures:
+def wrk(url: str, duration: int, connections: int, lua: str = LUA) -> Figures:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write(LUA % INGEST_KEY)
+        script.write(lua % INGEST_KEY)
     out = subprocess.run(
         [
             "wrk",
