@@ -15,6 +15,7 @@ import orjson
 
 from app.domain.models import Claim, ClaimedUpdate
 from app.store import queries as q
+from app.store.delivered import record_delivered
 from app.store.rows import PAYLOAD_CHUNK, batch_items, expansion_item
 from app.store.sql import Plan, Statement
 
@@ -136,6 +137,8 @@ def mark_delivered(
             for key in sorted(sent_versions)
         ]
         yield Statement(q.SENT_VERSION, rows, many=True)
+        # What was sent, as a digest per property: reconciliations send only what differs.
+        yield from record_delivered(claim.company_id, claim.updates, sent_versions)
 
 
 def mark_retry(claim: Claim, status: int | None, error: str, delay: float) -> Plan[None]:

@@ -18,6 +18,7 @@ from app.domain.rules import printable
 from app.store import job_queries as jq
 from app.store import queries as q
 from app.store.claims import EXPAND_CHUNK, expand
+from app.store.delivered import record_delivered_job
 from app.store.sql import Plan, Row, Statement
 
 
@@ -308,6 +309,7 @@ def completed(
     ]
     if versions:
         yield Statement(q.SENT_VERSION, versions, many=True)
+    yield from record_delivered_job(job.id, sent_versions)  # what was sent, for reconciliations
     return True
 
 
