@@ -21,17 +21,27 @@ from pydantic import BaseModel
 from starlette.types import Message, Receive, Scope, Send
 
 from app import __version__
-from app.api import companies, deliveries, health, jobs, properties, status, webhooks
+from app.api import (
+    backfills,
+    companies,
+    deliveries,
+    health,
+    jobs,
+    properties,
+    status,
+    webhooks,
+)
+from app.api.backfills import BackfillState
 from app.api.deps import State
 from app.api.middleware import RequestMetricsMiddleware
 from app.api.schemas import BulkIn, CompanyIn
-from app.api.webhooks import WebhookState
 from app.config import ConfigError, Settings, load_settings
 from app.delivery.dispatcher import Dispatcher
 from app.domain.errors import StoreUnavailable
 from app.errors import install_error_handlers
 from app.lifecycle import cancel_and_wait
 from app.logs import configure_logging
+from app.sources.backfill import BackfillRunner
 from app.sources.mapping import MappingError
 from app.sources.service import WebhookSources
 from app.store.base import Store
@@ -161,6 +171,9 @@ def create_app(
         dispatcher = Dispatcher(store=store, client=client, settings=active)
         dispatcher.start()
         sources.start(store=store)
+        # Resumes a backfill a previous process (or a dead replica) left, and reconciles.
+        runner = BackfillRunner(settings=active, store=store)
+        runner.start_loop()
         catalogue = asyncio.create_task(properties.flush_catalogue(store))
         log.info(
             "relay started",
@@ -173,12 +186,14 @@ def create_app(
             },
         )
         try:
-            yield WebhookState(
+            yield BackfillState(
                 settings=active,
                 store=store,
                 webhooks=sources,
+                backfills=runner,
             )
         finally:
+            await runner.stop()
             await sources.stop()
             await cancel_and_wait([catalogue])
             with contextlib.suppress(Exception):  # the last counts, while the store is open
@@ -201,6 +216,7 @@ def create_app(
     app.include_router(health.router)
     app.include_router(status.router)
     app.include_router(jobs.router)
+    app.include_router(backfills.router)
     app.include_router(properties.router)
     app.add_middleware(RequestMetricsMiddleware)
     return app

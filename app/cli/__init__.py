@@ -1,8 +1,9 @@
 """The `userpilot-relay` command, for operators.
 
 - `migrate`, `openapi`, `hash-key`: no running relay needed (`app.cli.local`).
-- `status`, `dead-letters list|replay|purge`: a running relay's admin API, found through
-  `RELAY_URL` and `RELAY_ADMIN_KEY` or `--url` and `--admin-key` (`app.cli.remote`).
+- `status`, `dead-letters list|replay|purge`, `backfill hubspot|stripe`: a running relay's
+  admin API, found through `RELAY_URL` and `RELAY_ADMIN_KEY` or `--url` and `--admin-key`
+  (`app.cli.remote`).
 
 `python -m app.cli` runs the same command.
 """
@@ -14,7 +15,7 @@ from collections.abc import Sequence
 
 import typer
 
-from app.cli import dead_letters, local, status
+from app.cli import backfill, dead_letters, local, status
 
 cli = typer.Typer(
     name="userpilot-relay",
@@ -28,6 +29,7 @@ cli.command("migrate")(local.migrate)
 cli.command("openapi")(local.openapi)
 cli.command("hash-key")(local.hash_key)
 cli.command("status")(status.status)
+cli.command("backfill")(backfill.backfill)
 cli.add_typer(dead_letters.app, name="dead-letters")
 
 

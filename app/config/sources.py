@@ -30,9 +30,21 @@ class SourceSettings(BaseSettings):
     stripe_api_key: SecretStr | None = None
     stripe_api_base: str = "https://api.stripe.com"
     stripe_unresolved_retry_seconds: float = Field(default=60.0, gt=0, le=86_400)
+    # Backfills (docs/backfills.md): the providers' list APIs, paced well under their limits.
+    hubspot_access_token: SecretStr | None = None
+    hubspot_api_base: str = "https://api.hubapi.com"
+    hubspot_requests_per_second: float = Field(default=5.0, gt=0, le=100)
+    stripe_requests_per_second: float = Field(default=20.0, gt=0, le=100)
+    # Off by default; else a reconciliation of every configured source this often (seconds
+    # from the start of the last backfill of that source).
+    relay_reconcile_interval_seconds: float | None = Field(default=None, ge=1, le=30 * 86_400)
 
     @field_validator(
-        "hubspot_client_secret", "stripe_webhook_secret", "stripe_api_key", mode="before"
+        "hubspot_client_secret",
+        "stripe_webhook_secret",
+        "stripe_api_key",
+        "hubspot_access_token",
+        mode="before",
     )
     @classmethod
     def _blank_secret_is_unset(cls, value: object) -> object:
@@ -54,15 +66,25 @@ class SourceSettings(BaseSettings):
             )
         return SecretStr(",".join(parts))
 
-    @field_validator("stripe_api_base")
+    @field_validator("stripe_api_base", "hubspot_api_base")
     @classmethod
-    def _stripe_api_base(cls, value: str) -> str:
+    def _api_base(cls, value: str, info: ValidationInfo) -> str:
+        hubspot = info.field_name == "hubspot_api_base"
+        example = "https://api.hubapi.com" if hubspot else "https://api.stripe.com"
+        secret = "HUBSPOT_ACCESS_TOKEN" if hubspot else "STRIPE_API_KEY"
         value = value.strip().rstrip("/")
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError("must be a full http(s) URL such as https://api.stripe.com")
+            raise ValueError(f"must be a full http(s) URL such as {example}")
         if "@" in parts.netloc:
-            raise ValueError("must not carry credentials (user:password@): set STRIPE_API_KEY")
+            raise ValueError(f"must not carry credentials (user:password@): set {secret}")
+        return value
+
+    @field_validator("relay_reconcile_interval_seconds", mode="before")
+    @classmethod
+    def _blank_is_off(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().lower() in ("", "off", "none"):
+            return None
         return value
 
     @field_validator("hubspot_company_id_prefix")

@@ -1,0 +1,141 @@
+"""What every lister shares: the page cursor, the hostile-answer checks, a record's mapping.
+
+A cursor is the provider's own (HubSpot's `after`, Stripe's last object id), kept as JSON in
+the store. A provider's answer that is not a page as documented (not an object, no results
+list, a paging field missing or of the wrong type, a cursor that is blank, too long or holds
+control characters) fails the page with a `ProviderError` naming what is wrong: never a loop,
+never a crash.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import orjson
+
+from app.domain.models import Metadata, Primitive
+from app.domain.quality import PII_LABELS, Rules, review
+from app.domain.rules import has_control
+from app.domain.values import SeenType
+from app.metrics import PII_FINDINGS
+from app.sources.backfill.client import ProviderError
+from app.sources.mapping import ConversionError, FieldRule, apply, convert
+from app.store.backfills import Page
+
+log = logging.getLogger("userpilot_relay.backfill")
+
+MAX_CURSOR = 1000
+
+
+class Lister(Protocol):
+    """One provider's records, a page at a time."""
+
+    source: str
+
+    async def total(self) -> int | None:
+        """About how many records the backfill will read (None: the provider does not say)."""
+
+    async def page(self, cursor: dict[str, str] | None) -> Page:
+        """The page at `cursor` (None: the first), its `cursor` the next one's (None: last).
+        `number` is left 0: the runner numbers pages."""
+
+    async def aclose(self) -> None: ...
+
+
+def encode_cursor(cursor: dict[str, str] | None) -> str | None:
+    return None if cursor is None else orjson.dumps(cursor, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def decode_cursor(stored: str | None) -> dict[str, str] | None:
+    if stored is None:
+        return None
+    value = orjson.loads(stored)
+    return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else None
+
+
+def cursor_text(value: Any, where: str, name: str) -> str:
+    """A provider's cursor as the next request may carry it, or `ProviderError`."""
+    if not isinstance(value, str) or not value.strip():
+        raise ProviderError("invalid_answer", f"{name} answered a page without {where}")
+    if len(value) > MAX_CURSOR or has_control(value):
+        raise ProviderError(
+            "invalid_answer",
+            f"{name} answered a {where} that is too long or holds control characters",
+        )
+    return value
+
+
+def object_of(body: Any, name: str) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise ProviderError("invalid_answer", f"{name} answered a page that is not a JSON object")
+    return body
+
+
+def list_of(body: Mapping[str, Any], key: str, name: str) -> list[Any]:
+    value = body.get(key)
+    if not isinstance(value, list):
+        raise ProviderError("invalid_answer", f"{name} answered a page without a `{key}` list")
+    return value
+
+
+def epoch(value: Any) -> float | None:
+    """A source time (ISO 8601, or epoch milliseconds) as unix seconds; None when unreadable."""
+    if not isinstance(value, str | int) or isinstance(value, bool):
+        return None
+    try:
+        iso = convert(value, "date", epoch="ms")
+    except ConversionError:
+        return None
+    if not isinstance(iso, str):
+        return None
+    try:
+        return datetime.fromisoformat(iso).astimezone(UTC).timestamp()
+    except (ValueError, OverflowError):
+        return None
+
+
+@dataclass(slots=True)
+class Mapped:
+    """A record as its mapping and the declared types make it; the fields dropped."""
+
+    metadata: Metadata = field(default_factory=dict)
+    invalid: list[str] = field(default_factory=list)
+
+
+def map_record(
+    rules: Mapping[str, FieldRule],
+    record: Mapping[str, Primitive],
+    *,
+    epoch_unit: str,
+    quality: Rules,
+    first_types: Mapping[str, SeenType],
+) -> Mapped:
+    """Map a flat record as the webhooks do, then through the data-quality rules as a webhook
+    event goes (`app/domain/quality.py`): a value that does not fit its declared type is
+    dropped, never guessed; personal data is stripped (and counted) unless the policy is
+    `allow` or the property is cleared."""
+    mapped = apply(rules, record, epoch="ms" if epoch_unit == "ms" else "s")
+    out = Mapped(metadata=mapped.metadata, invalid=list(mapped.invalid))
+    if out.metadata and not quality.inert:
+        reviewed = review(out.metadata, quality, first_types, refuse=False)
+        out.invalid += [key for key, _ in reviewed.problems]
+        out.metadata = dict(reviewed.metadata)
+        for kind, action in reviewed.pii:
+            PII_FINDINGS.labels(kind=PII_LABELS[kind], action=action).inc()
+    return out
+
+
+def note_invalid(source: str, backfill_id: str, company_id: str, fields: list[str]) -> None:
+    log.warning(
+        "backfilled values did not convert to their mapped or declared type and were dropped",
+        extra={
+            "source": source,
+            "backfill_id": backfill_id,
+            "company_id": company_id,
+            "fields": fields[:20],
+        },
+    )
