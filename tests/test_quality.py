@@ -312,3 +312,69 @@ def test_bad_quality_settings_refuse_to_start(
     message = str(refused.value)
     assert setting.upper() in message and "\n" not in message
     assert says in message or says == setting.upper()
+
+
+def test_a_float_card_number_and_an_over_long_property_name_are_refused(
+    database_url: str, sim: SimulatorProcess
+) -> None:
+    async def main() -> tuple[httpx.Response, httpx.Response, httpx.Response, httpx.Response]:
+        async with relay(database_url, sim) as r:
+            card = await r.post_company("f-1", {"card": 4111111111111111.0})
+            long = await r.post_company("f-2", {"x" * 256: "value"})
+            bulk = await r.post(
+                "/companies/bulk",
+                json={"companies": [{"company_id": "f-3", "metadata": {"y" * 5000: 1}}]},
+            )
+            listed = await r.get("/properties", key=ADMIN_KEY)  # the catalogue is unharmed
+            return card, long, bulk, listed
+
+    card, long, bulk, listed = run(main())
+    assert card.status_code == 422 and "payment card" in card.json()["errors"][0]["message"]
+    assert long.status_code == 422 and "at most 255 characters" in long.text
+    assert bulk.status_code == 422 and "at most 255 characters" in bulk.text
+    assert listed.status_code == 200
+
+
+def test_webhooks_are_never_refused_for_a_type_another_caller_recorded_first(
+    database_url: str, sim: SimulatorProcess
+) -> None:
+    # An API caller sends `employees` as a string first; with RELAY_TYPE_DRIFT=reject the
+    # API is held to that type, but HubSpot's mapping declares `employees` a number, and its
+    # value still reaches Userpilot.
+    now = int(time.time() * 1000)
+    body = json.dumps([hs_change(901, "numberofemployees", "42", at=now, event_id=3)]).encode()
+
+    async def main() -> tuple[httpx.Response, httpx.Response]:
+        async with hubspot_relay(
+            database_url, sim.url, relay_type_drift="reject", relay_merge_window_seconds=0
+        ) as r:
+            first = await r.post_company("poison", {"employees": "lots"})
+            answer = await r.post(
+                "/webhooks/hubspot", key=None, content=body, headers=v3_headers(body, "")
+            )
+            await settled(r)
+            return first, answer
+
+    first, answer = run(main())
+    assert first.status_code == 202 and answer.status_code == 200, answer.text
+    assert sim.company("hs-901") == {"employees": 42}
+
+
+def test_a_forgotten_property_starts_afresh(database_url: str, sim: SimulatorProcess) -> None:
+    async def main() -> list[int]:
+        async with relay(database_url, sim, relay_type_drift="reject") as r:
+            statuses = [(await r.post_company("g-1", {"tier": 1})).status_code]
+            statuses.append((await r.post_company("g-2", {"tier": "gold"})).status_code)
+            path = "/properties/tier"
+            statuses.append((await r.delete(path)).status_code)  # an ingest key
+            statuses.append((await r.delete(path, key=ADMIN_KEY)).status_code)
+            statuses.append((await r.delete(path, key=ADMIN_KEY)).status_code)
+            statuses.append((await r.post_company("g-3", {"tier": "gold"})).status_code)
+            statuses.append((await r.post_company("g-4", {"tier": 2})).status_code)
+            names = [
+                p["name"] for p in (await r.get("/properties", key=ADMIN_KEY)).json()["properties"]
+            ]
+            statuses.append(int("tier" in names))
+            return statuses
+
+    assert run(main()) == [202, 422, 403, 204, 404, 202, 422, 1]

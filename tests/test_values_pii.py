@@ -468,6 +468,7 @@ EMAIL, PHONE, IP, CARD = PII_KINDS
         (4111111111111111, CARD),
         (5555555555554444, CARD),
         (4222222222222, CARD),
+        (4111111111111111.0, CARD),  # a whole float holds every card exactly
     ],
     ids=_short,
 )
@@ -484,7 +485,8 @@ def test_pii_is_found(value: Primitive, kind: str) -> None:
         0,
         42,
         12.5,
-        4111111111111111.0,  # floats are never checked
+        4111111111111111.5,  # a float with a fraction is a measurement, not a card
+        1714564800006.0,  # a whole float is checked as an int: no network starts with 1
         -4111111111111111,
         1714564800006,  # epoch milliseconds passing Luhn: no card network starts with 1
         1714564800,

@@ -14,12 +14,12 @@ from fastapi import APIRouter, Header, Request, Response
 
 from app.api.admission import bulk_admission
 from app.api.body import parse, read_body
-from app.api.declared import declared
 from app.api.deps import (
     IngestCaller,
     SettingsDep,
     StoreDep,
 )
+from app.api.quality import reviewed
 from app.api.schemas import (
     Accepted,
     BulkAccepted,
@@ -130,10 +130,10 @@ def validated(body: bytes, *, bulk: bool) -> Companies:
     return [(company.company_id, company.metadata)]
 
 
-def _declared(body: bytes, rules: Rules, store: Store, *, bulk: bool) -> Companies:
+def _reviewed(body: bytes, rules: Rules, store: Store, *, bulk: bool) -> Companies:
     """`validated`, then through the data-quality rules: declared types, type drift, the PII
     guard (a 422 when something does not fit)."""
-    return declared(validated(body, bulk=bulk), rules, store.catalogue.first_types(), bulk=bulk)
+    return reviewed(validated(body, bulk=bulk), rules, store.catalogue.first_types(), bulk=bulk)
 
 
 def fingerprint(route: str, companies: Companies) -> str:
@@ -183,7 +183,7 @@ async def post_company(
     outages. `null` values remove the property in Userpilot.
     """
     body = await read_body(request, limit=settings.relay_max_body_bytes)
-    companies = _declared(body, settings.quality_rules(), store, bulk=False)
+    companies = _reviewed(body, settings.quality_rules(), store, bulk=False)
     idempotency = None
     if idempotency_key is not None:
         idempotency = Idempotency(
@@ -267,7 +267,7 @@ async def post_companies_bulk(
         body = await read_body(request, limit=settings.relay_max_bulk_body_bytes)
         async with admission.turn():
             rules = settings.quality_rules()
-            companies = await asyncio.to_thread(_declared, body, rules, store, bulk=True)
+            companies = await asyncio.to_thread(_reviewed, body, rules, store, bulk=True)
             del body  # the parsed form replaces it
             return await _store_bulk(companies, caller.name, settings, store, idempotency_key)
 

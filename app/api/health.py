@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 from fastapi import APIRouter, Request, Response
@@ -83,7 +84,6 @@ async def metrics(request: Request, store: StoreDep) -> Response:
     try:
         stats = await store.stats()
         parked = await store.count_parked()
-        conflicts = await store.catalogue.flush()
     except Exception:
         STORE_UP.set(0)
     else:
@@ -94,5 +94,7 @@ async def metrics(request: Request, store: StoreDep) -> Response:
         oldest = stats.oldest_queued_at
         QUEUE_OLDEST_AGE.set(max(0.0, time.time() - oldest) if oldest else 0.0)
         WEBHOOK_PARKED.set(parked)
-        PROPERTY_CONFLICTS.set(conflicts)
+    # The catalogue's counts, apart: a failed flush keeps them and never hides the queue.
+    with contextlib.suppress(Exception):
+        PROPERTY_CONFLICTS.set(await store.catalogue.flush())
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -12,12 +12,14 @@ import asyncio
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query, Response
 from pydantic import BaseModel, Field
 
 from app.api.companies import AUTH_ERRORS, _error
 from app.api.deps import AdminCaller, SettingsDep, StoreDep
+from app.domain.rules import property_name_problem
 from app.domain.values import SeenType
+from app.errors import RelayError
 from app.metrics import PROPERTY_CONFLICTS
 from app.store.base import Store
 from app.store.catalogue import PropertySeen
@@ -82,6 +84,29 @@ async def list_properties(
         rule = rules.schema.properties.get(prop.name) if rules.schema is not None else None
         out.append(_out(prop, None if rule is None else rule.type, rules.cleared(prop.name)))
     return PropertiesOut(properties=out, conflicts=len(found))
+
+
+@router.delete(
+    "/properties/{name}",
+    status_code=204,
+    response_class=Response,
+    responses={
+        **AUTH_ERRORS,
+        404: _error("No such property in the catalogue."),
+        422: _error("Invalid property name."),
+    },
+)
+async def forget_property(
+    name: Annotated[str, Path(description="The property's name, URL-encoded.")],
+    _: AdminCaller,
+    store: StoreDep,
+) -> Response:
+    """Forget a property: its counts and the type first recorded for it (admin), for example
+    once the senders of a conflicting type are fixed, so RELAY_TYPE_DRIFT starts afresh."""
+    known = property_name_problem(name) is None and await store.catalogue.forget(name)
+    if not known:
+        raise RelayError(404, "not_found", "no property with this name in the catalogue")
+    return Response(status_code=204)
 
 
 def _out(prop: PropertySeen, declared: str | None, cleared: bool) -> PropertyOut:

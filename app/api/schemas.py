@@ -14,7 +14,12 @@ from pydantic_core import PydanticCustomError
 
 from app.domain.models import Batch, Delivery, Metadata
 from app.domain.rules import MAX_COMPANY_ID as MAX_COMPANY_ID
-from app.domain.rules import company_id_problem, has_control, property_name_problem
+from app.domain.rules import (
+    MAX_PROPERTY_NAME,
+    company_id_problem,
+    has_control,
+    property_name_problem,
+)
 
 _SCALARS = frozenset({str, bool, type(None)})
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1  # what a JSON number carries without loss here
@@ -107,7 +112,7 @@ def fast_companies(body: bytes, *, bulk: bool) -> list[tuple[str, dict[str, Any]
                 # Also NaN and infinities. orjson reads an integer literal past 64 bits as a
                 # float: leave every large number to the models, which see the literal.
                 return None
-            if not key or key.isspace() or has_control(key):
+            if not 0 < len(key) <= MAX_PROPERTY_NAME or key.isspace() or has_control(key):
                 return None
         out.append((company_id, metadata))
     return out

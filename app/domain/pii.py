@@ -19,7 +19,7 @@
   numeric ids out), passing the Luhn check; inside a longer run of groups too, from a group's
   start to a group's end (`4111 1111 1111 1111 123`). Digits that continue a decimal
   (`0.5488135039273248`) or touch letters are not a card. An int of 13 to 19 digits is checked
-  the same way; floats never.
+  the same way, and so is a float that is a whole number (`4111111111111111.0`).
 
 Dates (`2026-12-01`), amounts (`1,234.56`), UUIDs and other values are not flagged. The answer
 is the first kind found in the order above. Work is linear in the length: precompiled regular
@@ -77,8 +77,12 @@ _DOUBLED = bytes.maketrans(b"0123456789", b"0246813579")
 
 def find_pii(value: Primitive) -> PiiKind | None:
     """The kind of personal data `value` holds, or None; never raises."""
-    if isinstance(value, bool) or value is None or isinstance(value, float):
+    if isinstance(value, bool) or value is None:
         return None
+    if isinstance(value, float):  # 4111111111111111.0 is exact: every card is below 2**53
+        if not (value.is_integer() and 10 ** (_CARD_MIN - 1) <= value < 10**_CARD_MAX):
+            return None
+        value = int(value)
     if isinstance(value, int):
         text = str(value) if 10 ** (_CARD_MIN - 1) <= value < 10**_CARD_MAX else ""
         return "payment card number" if text and _is_card(text) else None

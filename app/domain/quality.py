@@ -4,8 +4,10 @@
 
 1. the property schema (`schema.check`): declared properties converted to their types, a value
    that does not convert (or an undeclared property the schema refuses) is a problem;
-2. type drift, when `drift` is `reject`: an undeclared property whose value's type (`seen_type`)
-   differs from the type the catalogue first recorded for it is a problem;
+2. type drift, when `drift` is `reject` and the caller can be refused (the API): an undeclared
+   property whose value's type (`seen_type`) differs from the type the catalogue first recorded
+   for it is a problem. Webhooks and backfills are not checked: their mapping declares every
+   property they send, so what they send is never refused on another caller's account;
 3. the PII guard (`pii.find_pii`) on every value left, unless the policy is `allow` or the
    property is cleared (`"pii": "allowed"` in the schema, or `RELAY_PII_ALLOWED_PROPERTIES`):
    with `reject` and a caller that can be refused, a problem saying what was found; otherwise
@@ -101,7 +103,7 @@ def review(
         out = Reviewed(metadata=checked.metadata, problems=checked.problems)
     else:
         out = Reviewed(metadata=dict(metadata))
-    if rules.drift == "reject" and first_types:
+    if rules.drift == "reject" and refuse and first_types:
         _drift(out, rules, first_types)
     if rules.pii != "allow":
         _guard(out, rules, refuse=refuse)

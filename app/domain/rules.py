@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 
 MAX_COMPANY_ID = 255
+MAX_PROPERTY_NAME = 255  # Userpilot's limit on a property name
 # C0 and C1 controls (NUL included), DEL, and the Unicode line and paragraph separators.
 # Values may hold them: they are stored as JSON escapes.
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
@@ -38,6 +39,8 @@ def property_name_problem(name: str) -> str | None:
     """Why `name` cannot be a metadata property name, or None when it can."""
     if not name or not name.strip():
         return "property names must not be empty"
+    if len(name) > MAX_PROPERTY_NAME:
+        return f"property names must be at most {MAX_PROPERTY_NAME} characters"
     if has_control(name):
         return "property names must not contain control characters (NUL, tab, newline...)"
     return None

@@ -5,10 +5,9 @@ Outcomes label `userpilot_relay_webhook_events_total{source,outcome}`:
 - `skipped`: a redelivery, or older than what was already applied, so nothing new was stored;
 - `ignored`: an event type the relay does not forward (deletions, merges, associations...);
 - `unmapped`: a HubSpot property change of a property no mapping names;
-- `invalid_value`: a value did not convert to its mapped or declared type (or drifted from the
-  type first recorded, with RELAY_TYPE_DRIFT=reject): it was dropped and logged, the event's
-  other fields were forwarded (personal data stripped by the PII guard is counted in
-  `userpilot_relay_pii_findings_total`, not here);
+- `invalid_value`: a value did not convert to its mapped or declared type: it was dropped and
+  logged, the event's other fields were forwarded (personal data stripped by the PII guard is
+  counted in `userpilot_relay_pii_findings_total`, not here);
 - `invalid_event`: an event whose company id, identity or property name cannot be stored as
   given (an `objectId` that is not an id, a blank or over-long company id, control characters):
   skipped and logged, the other events of its batch were stored;
@@ -90,13 +89,12 @@ class EventPlan:
     problem: str | None = None  # why an `invalid_event` was skipped
 
 
-def declared(
+def reviewed(
     plans: Sequence[EventPlan], quality: Rules, first_types: Mapping[str, SeenType]
 ) -> Counter[tuple[PiiKind, PiiAction]]:
     """Each planned update through the data-quality rules (`app/domain/quality.py`), never
-    refusing the event: a value that does not fit its declared type (or, with
-    RELAY_TYPE_DRIFT=reject, the type first recorded for it) is dropped and counted as an
-    invalid value; personal data is stripped unless RELAY_PII_POLICY is `allow` or the
+    refusing the event: a value that does not fit its declared type is dropped and counted as
+    an invalid value; personal data is stripped unless RELAY_PII_POLICY is `allow` or the
     property is cleared. Answers what the PII guard found."""
     found: Counter[tuple[PiiKind, PiiAction]] = Counter()
     if quality.inert:
@@ -128,7 +126,7 @@ async def commit(
 
     Raises `StoreUnavailable` (nothing stored, nothing counted) when the store is down.
     """
-    found = declared(plans, quality, store.catalogue.first_types())
+    found = reviewed(plans, quality, store.catalogue.first_types())
     updates = [p.update for p in plans if p.update is not None]
     result = (
         await store.enqueue(updates, source=source, caller=None)

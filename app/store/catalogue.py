@@ -40,6 +40,7 @@ UPSERT = """
         last_seen = GREATEST(property_catalogue.last_seen, excluded.last_seen),
         sources = property_catalogue.sources | excluded.sources
 """
+FORGET = "DELETE FROM property_catalogue WHERE name = :name"
 ALL_ROWS = """
     SELECT name, type, seen, first_seen, last_seen, sources FROM property_catalogue
     ORDER BY name, first_seen, type
@@ -87,6 +88,7 @@ class PropertyCatalogue(StorePart):
         self._pending: dict[tuple[str, SeenType], _Count] = {}
         self._first: dict[str, SeenType] = {}
         self._types: dict[str, set[SeenType]] = {}  # every type known here, for the warning
+        self._warned: set[str] = set()
         self._full_logged = False
         self._lock = threading.Lock()  # `record` may run in a worker thread (a bulk request)
 
@@ -137,7 +139,12 @@ class PropertyCatalogue(StorePart):
             return
         types.add(kind)
         self._first.setdefault(name, kind)
-        if len(types) == 2:  # once per property: the moment it became a conflict here
+        self._warn(name, types)
+
+    def _warn(self, name: str, types: set[SeenType]) -> None:
+        """Once per property (in this process): the moment it is known to be a conflict."""
+        if len(types) >= 2 and name not in self._warned:
+            self._warned.add(name)
             log.warning(
                 "a property is being sent with more than one type",
                 extra={"property": name, "types": sorted(types)},
@@ -187,25 +194,46 @@ class PropertyCatalogue(StorePart):
         now.sources |= c.sources
 
     def _learn(self, properties: list[PropertySeen]) -> None:
-        for prop in properties:
-            if prop.types:
-                self._first[prop.name] = prop.types[0].type
-            known = self._types.setdefault(prop.name, set())
-            new = {t.type for t in prop.types} - known
-            if new:
-                before = len(known)
-                known.update(new)
-                if before < 2 <= len(known):
-                    log.warning(
-                        "a property is being sent with more than one type",
-                        extra={"property": prop.name, "types": sorted(known)},
-                    )
+        """What the table holds (every replica's counts), with what is pending here: the first
+        types and known types are rebuilt from it, so a property forgotten by any replica is
+        forgotten here too. `_first` is changed in place: readers hold it."""
+        types: dict[str, set[SeenType]] = {p.name: {t.type for t in p.types} for p in properties}
+        first = {p.name: p.types[0].type for p in properties if p.types}
+        for name, kind in self._pending:
+            types.setdefault(name, set()).add(kind)
+            first.setdefault(name, kind)
+        for name in [n for n in self._first if n not in first]:
+            del self._first[name]
+        self._first.update(first)
+        self._types = types
+        self._warned &= set(types)
+        for name, known in types.items():
+            self._warn(name, known)
+
+    async def forget(self, name: str) -> bool:
+        """Remove a property from the catalogue (its counts and first type) on every replica
+        (the others within a flush); True when it was recorded."""
+        with self._lock:
+            pending = [k for k in self._pending if k[0] == name]
+            for key in pending:
+                del self._pending[key]
+        result = await self._write(lambda: _forget(name)) or bool(pending)
+        with self._lock:
+            self._types.pop(name, None)
+            self._first.pop(name, None)
+            self._warned.discard(name)
+        return result
 
 
 def _flush(rows: list[dict[str, object]]) -> Plan[list[PropertySeen]]:
     if rows:
         yield Statement(UPSERT, rows, many=True)
     return (yield from _all())
+
+
+def _forget(name: str) -> Plan[bool]:
+    result = yield Statement(FORGET, {"name": name})
+    return result.rowcount > 0
 
 
 def _all() -> Plan[list[PropertySeen]]:

@@ -40,7 +40,7 @@ class Findings:
             TYPE_DRIFT_REJECTIONS.inc(self.drifted)
 
 
-def declared(
+def reviewed(
     companies: Companies,
     rules: Rules,
     first_types: Mapping[str, SeenType],
