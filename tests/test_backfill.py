@@ -357,3 +357,35 @@ def test_backfilled_personal_data_is_stripped_and_the_catalogue_counts_the_rest(
     assert sim.companies()["hs-1001"]["name"] == "Acme 1"
     props = {p["name"]: p for p in catalogue["properties"]}
     assert props["employees"]["sources"] == ["hubspot"] and props["employees"]["count"] == 2
+
+
+def test_a_source_time_from_the_future_does_not_hold_back_later_webhooks(
+    database_url: str, sim: SimulatorProcess
+) -> None:
+    # A record claiming to be modified in the year 9999 is ordered as of the answer's time:
+    # a webhook sent afterwards still applies.
+    with HubSpotStub() as stub:
+        stub.companies = {"1000": hubspot_company(0, hs_lastmodifieddate="9999-01-01T00:00:00Z")}
+
+        async def main() -> dict[str, Any]:
+            async with hubspot_on(
+                database_url,
+                sim,
+                stub,
+                hubspot_client_secret=HS_SECRET,
+                relay_public_url=PUBLIC_URL,
+            ) as relay:
+                result = await finished(relay, await start(relay, "hubspot"))
+                await drained(relay)
+                later = int(time.time() * 1000) + 1000
+                body = orjson.dumps([hs_change(1000, "name", "Renamed", event_id=5, at=later)])
+                r = await relay.post(
+                    "/webhooks/hubspot", content=body, headers=v3_headers(body), key=None
+                )
+                assert r.status_code == 200, r.text
+                await drained(relay)
+                return result
+
+        result = run(main())
+    assert result["status"] == "completed", result
+    assert sim.companies()["hs-1000"]["name"] == "Renamed"

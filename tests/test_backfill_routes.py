@@ -85,6 +85,10 @@ HOSTILE: dict[str, tuple[bytes, str]] = {
         b'{"results": [], "paging": {"next": {"after": "a\\u0000b"}}}',
         "control characters",
     ),
+    "too many records": (
+        json.dumps({"results": [{"id": str(i), "properties": {}} for i in range(101)]}).encode(),
+        "101 records for a page of 100",
+    ),
     "a cursor that repeats": (
         b'{"results": [], "paging": {"next": {"after": "cur000100"}}}',
         "cursor it gave before",

@@ -54,6 +54,20 @@ class SourceSettings(BaseSettings):
             return None
         return value
 
+    @field_validator("stripe_api_key", "hubspot_access_token")
+    @classmethod
+    def _api_token(cls, value: SecretStr | None) -> SecretStr | None:
+        """A token as an `Authorization` header can carry it (never repeated in the error)."""
+        if value is None:
+            return None
+        token = value.get_secret_value().strip()
+        if not (token.isascii() and token.isprintable()) or " " in token:
+            raise ValueError(
+                "must be the token as the provider shows it: printable ASCII without spaces "
+                "(check for a stray newline or quote); the value is not repeated here"
+            )
+        return SecretStr(token)
+
     @field_validator("stripe_webhook_secret")
     @classmethod
     def _stripe_secrets(cls, value: SecretStr | None) -> SecretStr | None:

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 
 import orjson
 
-from app.domain.models import ClaimedUpdate, Metadata, Primitive
+from app.domain.models import BulkJob, ClaimedUpdate, Metadata, Primitive
 from app.store import backfill_queries as bq
 from app.store.sql import Plan, Statement
 
@@ -37,10 +37,15 @@ def record_delivered(
         yield Statement(bq.DELIVERED_VALUE, rows, many=True)
 
 
-def record_delivered_job(job_id: str, sent_versions: Mapping[str, Mapping[str, int]]) -> Plan[None]:
-    """A completed bulk job's values as sent (per company, as `record_delivered`)."""
-    if not sent_versions:
+def record_delivered_job(
+    job: BulkJob, sent_versions: Mapping[str, Mapping[str, int]], completed_rows: int | None
+) -> Plan[None]:
+    """A completed bulk job's values as sent (per company, as `record_delivered`). Nothing
+    when Userpilot counted fewer rows done than the job held: which rows it dropped is not
+    known, so a reconciliation sends them all again rather than trust any."""
+    if not sent_versions or (completed_rows is not None and completed_rows < job.rows):
         return
+    job_id = job.id
     metadata: dict[tuple[str, int], bytes] = {
         (str(c), int(s)): bytes(m)
         for c, s, m in (yield Statement(bq.JOB_VALUES, {"job": job_id})).rows

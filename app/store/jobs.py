@@ -309,7 +309,7 @@ def completed(
     ]
     if versions:
         yield Statement(q.SENT_VERSION, versions, many=True)
-    yield from record_delivered_job(job.id, sent_versions)  # what was sent, for reconciliations
+    yield from record_delivered_job(job, sent_versions, completed_rows)  # for reconciliations
     return True
 
 

@@ -33,7 +33,8 @@ Sleep = Callable[[float], Awaitable[None]]
 
 
 class ProviderError(Exception):
-    """The provider did not give a usable page; `reason` labels the error metric."""
+    """The provider did not give a usable page; `reason` labels the error metric (counted once,
+    by the runner, when the backfill fails for it; answers retried are counted here)."""
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
@@ -99,6 +100,7 @@ class ListClient:
         self._attempts = attempts
         self._base = backoff_base
         self._max = backoff_max
+        self._whole = timeout  # for a whole answer: a trickled one is cut off at this
         self._http = httpx.AsyncClient(
             base_url=base_url,
             headers={
@@ -135,9 +137,11 @@ class ListClient:
         for attempt in range(self._attempts):
             await self._pace()
             try:
-                status, headers, body = await self._send(method, path, **kwargs)
-            except httpx.HTTPError as exc:
-                problem = f"{type(exc).__name__} reaching {self.name}"
+                async with asyncio.timeout(self._whole):
+                    status, headers, body = await self._send(method, path, **kwargs)
+            except (httpx.HTTPError, TimeoutError) as exc:
+                what = "no whole answer in time" if isinstance(exc, TimeoutError) else None
+                problem = f"{what or type(exc).__name__} reaching {self.name}"
                 self._count("connection")
                 await self._sleep(self._backoff(attempt))
                 continue
@@ -145,7 +149,6 @@ class ListClient:
                 try:
                     parsed = orjson.loads(body)
                 except orjson.JSONDecodeError:
-                    self._count("invalid_answer")
                     raise ProviderError(
                         "invalid_answer", f"{self.name} answered something other than JSON"
                     ) from None
@@ -161,7 +164,6 @@ class ListClient:
                 self._count("server_error")
                 await self._sleep(self._backoff(attempt))
                 continue
-            self._count("unauthorized" if status in (401, 403) else "refused")
             raise ProviderError(
                 "unauthorized" if status in (401, 403) else "refused", self._refusal(status)
             )
@@ -178,7 +180,6 @@ class ListClient:
             async for chunk in response.aiter_bytes():
                 size += len(chunk)
                 if size > MAX_BODY:
-                    self._count("invalid_answer")
                     raise ProviderError(
                         "invalid_answer", f"{self.name} answered a page over {MAX_BODY} bytes"
                     )

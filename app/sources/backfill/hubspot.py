@@ -16,10 +16,11 @@ from typing import Any
 
 from app.domain.models import Primitive
 from app.domain.quality import Rules
-from app.domain.rules import company_id_problem
+from app.domain.rules import company_id_problem, parse_ascii_int
 from app.domain.values import SeenType
 from app.sources.backfill.client import ListClient, ProviderError, text
 from app.sources.backfill.pages import (
+    PAGE_SIZE,
     cursor_text,
     encode_cursor,
     epoch,
@@ -27,13 +28,12 @@ from app.sources.backfill.pages import (
     map_record,
     note_invalid,
     object_of,
+    plausible,
 )
 from app.sources.mapping import FieldRule
 from app.store.backfills import Page, Record
 
-PAGE_SIZE = 100
 LAST_MODIFIED = "hs_lastmodifieddate"
-_DIGITS = frozenset("0123456789")
 
 
 class HubSpotLister:
@@ -89,7 +89,7 @@ class HubSpotLister:
             nxt = paging.get("next") if isinstance(paging, dict) else None
             after = nxt.get("after") if isinstance(nxt, dict) else None
             following = {"after": cursor_text(after, "paging.next.after", "HubSpot")}
-        fallback = answer.date or asked
+        fallback = plausible(answer.date, asked)
         records: list[Record] = []
         skipped = errors = 0
         last_error: str | None = None
@@ -117,8 +117,8 @@ class HubSpotLister:
         raw_id = result.get("id")
         if isinstance(raw_id, int) and not isinstance(raw_id, bool) and raw_id >= 0:
             raw_id = str(raw_id)
-        if not isinstance(raw_id, str) or not raw_id or not set(raw_id) <= _DIGITS:
-            return None, f"its id {text(raw_id, 40)!r} is not a string of digits"
+        if not isinstance(raw_id, str) or parse_ascii_int(raw_id) is None:
+            return None, f"its id {text(raw_id, 40)!r} is not a string of digits within 64 bits"
         company_id = f"{self._prefix}{raw_id}"
         problem = company_id_problem(company_id)
         if problem is not None:
@@ -142,4 +142,4 @@ class HubSpotLister:
         at = epoch(properties.get(LAST_MODIFIED))
         if at is None:
             at = epoch(result.get("updatedAt"))
-        return Record(company_id, mapped.metadata, at if at is not None else fallback), ""
+        return Record(company_id, mapped.metadata, plausible(at, fallback)), ""

@@ -29,6 +29,8 @@ from app.store.backfills import Page
 log = logging.getLogger("userpilot_relay.backfill")
 
 MAX_CURSOR = 1000
+PAGE_SIZE = 100  # what every list request asks for (`limit=100`)
+MAX_SKEW = 300.0  # seconds a provider's clock may run ahead of ours
 
 
 class Lister(Protocol):
@@ -75,11 +77,21 @@ def object_of(body: Any, name: str) -> dict[str, Any]:
     return body
 
 
-def list_of(body: Mapping[str, Any], key: str, name: str) -> list[Any]:
+def list_of(body: Mapping[str, Any], key: str, name: str, *, most: int = PAGE_SIZE) -> list[Any]:
     value = body.get(key)
     if not isinstance(value, list):
         raise ProviderError("invalid_answer", f"{name} answered a page without a `{key}` list")
+    if len(value) > most:
+        raise ProviderError(
+            "invalid_answer", f"{name} answered {len(value)} records for a page of {most}"
+        )
     return value
+
+
+def plausible(at: float | None, now: float) -> float:
+    """A source time to order by: `now` (the answer's time) when missing or later than a few
+    minutes of clock skew allow, so a wrong clock cannot hold back later webhooks."""
+    return now if at is None or at > now + MAX_SKEW else at
 
 
 def epoch(value: Any) -> float | None:

@@ -255,6 +255,7 @@ class BackfillRunner:
             try:
                 page = await lister.page(decode_cursor(cursor))
             except ProviderError as exc:
+                BACKFILL_ERRORS.labels(source=backfill.source, reason=exc.reason).inc()
                 await self._fail(backfill, exc.message)
                 return
             if page.cursor is not None and page.cursor in seen:

@@ -25,12 +25,14 @@ from app.domain.rules import company_id_problem
 from app.domain.values import SeenType
 from app.sources.backfill.client import ListClient, ProviderError, text
 from app.sources.backfill.pages import (
+    PAGE_SIZE,
     cursor_text,
     encode_cursor,
     list_of,
     map_record,
     note_invalid,
     object_of,
+    plausible,
 )
 from app.sources.mapping import SourceMapping, flatten
 from app.sources.stripe.events import MissingCompany, company_from_customer, company_id_refusal
@@ -38,7 +40,6 @@ from app.sources.stripe.revenue import subscription_record
 from app.store.backfills import Page, Record
 from app.store.base import Store
 
-PAGE_SIZE = 100
 CUSTOMERS, SUBSCRIPTIONS = "customers", "subscriptions"
 # Always sent, null included: the subscription's state (as the webhooks send it).
 _ALWAYS = frozenset({"plan", "status", "mrr", "currency", "current_period_end", "trial_end"})
@@ -105,7 +106,7 @@ class StripeLister:
             following = {"phase": phase, "after": last}
         elif phase == CUSTOMERS:
             following = {"phase": SUBSCRIPTIONS}
-        at = answer.date or asked
+        at = plausible(answer.date, asked)
         if phase == CUSTOMERS:
             page = self._customers(data, at)
         else:
