@@ -11,6 +11,7 @@ from typing import Any
 
 from app.domain.models import (
     Batch,
+    BulkJob,
     Claim,
     Delivery,
     EnqueueResult,
@@ -127,6 +128,51 @@ class NullStore(Store):
 
     async def count_parked(self) -> int:
         return 0
+
+    # bulk jobs: never any (the floor stores nothing to pack) ----------------------------------
+    async def retry_now(self, *, one_company: bool = False) -> int:
+        return 0
+
+    async def waiting_companies(self, limit: int) -> int:
+        return 0
+
+    async def pack_job(self, **_: Any) -> BulkJob | None:  # type: ignore[override]
+        return None
+
+    async def take_job(self, *, owner: str, lease_seconds: float) -> BulkJob | None:
+        return None
+
+    async def job_rows(self, job_id: str) -> list[Claim]:
+        return []
+
+    async def job_submitted(self, *_: Any, **__: Any) -> bool:  # type: ignore[override]
+        return False
+
+    async def job_polled(self, *_: Any, **__: Any) -> bool:  # type: ignore[override]
+        return False
+
+    async def job_uploading(self, job: BulkJob, *, owner: str, lease: float) -> bool:
+        return False
+
+    async def job_deferred(self, *_: Any, **__: Any) -> bool:  # type: ignore[override]
+        return False
+
+    async def job_completed(self, *_: Any, **__: Any) -> bool:  # type: ignore[override]
+        return False
+
+    async def job_split(self, *_: Any, **__: Any) -> list[str] | None:  # type: ignore[override]
+        return None
+
+    async def release_job(self, job: BulkJob, *, owner: str) -> None: ...
+
+    async def unfinished_job(self) -> BulkJob | None:
+        return None
+
+    async def get_job(self, job_id: str) -> BulkJob | None:
+        return None
+
+    async def list_jobs(self, **_: Any) -> list[BulkJob]:  # type: ignore[override]
+        return []
 
 
 app = service_app(store=NullStore())

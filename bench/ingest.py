@@ -161,6 +161,16 @@ def measure(module: str, env: dict[str, str], args: argparse.Namespace) -> tuple
         process.wait(30)
 
 
+def measure_plain(env: dict[str, str], args: argparse.Namespace) -> Figures:
+    process, url = start("bench.plain_app:app", env, args.workers)
+    try:
+        wrk(url, 2, args.connections)  # warm-up
+        return wrk(url, args.duration, args.connections)
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=int, default=10)
@@ -180,15 +190,22 @@ def main() -> None:
             "RELAY_ACCESS_LOG": "false",
             "RELAY_DATABASE_URL": args.database_url or f"sqlite:///{Path(tmp) / 'relay.db'}",
         }
+        plain = measure_plain(env, args)
         floor, floor_bulk = measure("bench.floor_app:app", env, args)
         durable, durable_bulk = measure("app.main:app", env, args)
 
     store = (args.database_url or "sqlite").split(":", 1)[0]
     print(f"\nIngest, {args.connections} connections, {args.duration} s, one run on this machine")
     print(f"{'':34}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}")
-    for name, f in (("floor (202, no storing)", floor), (f"durable ({store})", durable)):
+    for name, f in (
+        ("plain FastAPI (one route, 202)", plain),
+        ("relay, null store (202)", floor),
+        (f"relay, durable ({store})", durable),
+    ):
         print(f"{name:34}{f.rps:>10.0f}{f.p50_ms:>9.2f}{f.p99_ms:>9.2f}{f.errors:>9}")
-    print(f"durable / floor throughput: {durable.rps / floor.rps:.2f} (target >= 0.6)")
+    print(f"durable / plain FastAPI: {durable.rps / plain.rps:.2f} (target >= 0.6, p99 <= 25 ms)")
+    print(f"null store / plain FastAPI: {floor.rps / plain.rps:.2f}")
+    print(f"durable / null store: {durable.rps / floor.rps:.2f}")
     print(f"\nBulk, 10,000 companies a request (median of {args.bulk_rounds})")
     print(f"floor:   {floor_bulk:>10,.0f} companies/s")
     print(f"durable: {durable_bulk:>10,.0f} companies/s (target >= 100,000)")
