@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
+import inspect
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -33,6 +35,7 @@ from app.api import (
 )
 from app.api.backfills import BackfillState
 from app.api.deps import State
+from app.api.fast import FastLane
 from app.api.middleware import RequestMetricsMiddleware
 from app.api.schemas import BulkIn, CompanyIn
 from app.config import ConfigError, Settings, load_settings
@@ -90,6 +93,15 @@ def add_schemas(document: dict[str, Any], extra: dict[str, dict[str, Any]]) -> d
             raise RuntimeError(f"two different OpenAPI schemas are named {name}")
     components["schemas"] = dict(sorted(schemas.items()))
     return document
+
+
+# FastAPI 0.16x asks OpenTelemetry on every request whether it is configured (about 12 µs of
+# the hot path); the relay exports Prometheus metrics and configures no OpenTelemetry.
+_NO_TELEMETRY: dict[str, Any] = (
+    {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
+    if "telemetry" in inspect.signature(FastAPI.__init__).parameters
+    else {}
+)
 
 
 class StartupError(Exception):
@@ -208,6 +220,7 @@ def create_app(
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        **_NO_TELEMETRY,
     )
     install_error_handlers(app)
     app.include_router(companies.router)
@@ -218,6 +231,7 @@ def create_app(
     app.include_router(jobs.router)
     app.include_router(backfills.router)
     app.include_router(properties.router)
+    app.add_middleware(FastLane, relay=app)  # POST /companies, inside the metrics
     app.add_middleware(RequestMetricsMiddleware)
     return app
 
@@ -231,12 +245,27 @@ def service_app(*, store: Store | None = None) -> FastAPI:
     Settings that cannot start a relay leave logging at INFO; the app's start-up then refuses,
     in one line that says what to set, exactly as `create_app()` does.
     """
+    tune_gc()
     try:
         settings: Settings | None = load_settings()
     except ConfigError:
         settings = None  # read again, and refused, by the start-up
     configure_logging(settings.relay_log_level if settings else "INFO")
     return create_app(settings, store=store, logging_configured=True)
+
+
+def tune_gc() -> None:
+    """Collect cyclic garbage rarely, and never walk what was imported.
+
+    Requests free their objects by reference counting; what the cyclic collector adds is
+    pauses: with Python's default thresholds a full collection ran every few thousand
+    requests and set the tail latency (p99 25 ms against 10 ms without it, `bench/ingest.py`).
+    The young generation is now collected every 50,000 allocations net (the middle one every
+    50 of those, the oldest every 100 of the middle one's), and everything alive at start-up
+    is moved out of the collector's sight.
+    """
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
 
 
 app: FastAPI  # made on its first read: see __getattr__

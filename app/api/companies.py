@@ -28,6 +28,7 @@ from app.api.schemas import (
     DeliveryOut,
     fast_companies,
 )
+from app.config import ApiKey, Settings
 from app.domain.models import Idempotency, NewUpdate
 from app.domain.quality import Rules
 from app.errors import ErrorBody
@@ -182,6 +183,19 @@ async def post_company(
     other updates of the same company, paced under the rate limit and retried through
     outages. `null` values remove the property in Userpilot.
     """
+    return await store_company(request, caller, settings, store, idempotency_key, prefer)
+
+
+async def store_company(
+    request: Request,
+    caller: ApiKey,
+    settings: Settings,
+    store: Store,
+    idempotency_key: str | None = None,
+    prefer: str | None = None,
+) -> Response:
+    """What `POST /companies` does once its caller is admitted; the route and the fast lane
+    (`app/api/fast.py`) both answer through it."""
     body = await read_body(request, limit=settings.relay_max_body_bytes)
     companies = _reviewed(body, settings.quality_rules(), store, bulk=False)
     idempotency = None

@@ -88,14 +88,17 @@ def require(*roles: Role) -> object:
     allowed = ", ".join(roles)
 
     async def dependency(request: Request, settings: SettingsDep) -> ApiKey:
-        key = authenticate(request, settings)
-        if key.role not in roles:
-            raise RelayError(
-                403, "forbidden", f"this route needs a relay key with the role: {allowed}"
-            )
-        return key
+        return admit(request, settings, roles, allowed)
 
     return Depends(dependency)
+
+
+def admit(request: Request, settings: Settings, roles: tuple[Role, ...], allowed: str) -> ApiKey:
+    """The caller's key when it has one of `roles`: else a 401 (no or unknown key) or 403."""
+    key = authenticate(request, settings)
+    if key.role not in roles:
+        raise RelayError(403, "forbidden", f"this route needs a relay key with the role: {allowed}")
+    return key
 
 
 IngestCaller = Annotated[ApiKey, require("ingest")]
