@@ -9,6 +9,7 @@ from typing import TypeVar
 
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
+from starlette.requests import ClientDisconnect
 
 from app.config import Settings
 from app.domain.rules import parse_ascii_int
@@ -45,15 +46,15 @@ async def read_body(request: Request, *, limit: int) -> bytes:
         raise _too_large(limit)
     body = bytearray()
     deadline = time.monotonic() + timeout
-    chunks = request.stream().__aiter__()
-    while True:
+    receive = request.receive
+    more = True
+    while more:  # one message for most bodies: one timeout, no task
         wait = min(idle_timeout, deadline - time.monotonic())
         try:
             if wait <= 0:
                 raise TimeoutError
-            chunk = await asyncio.wait_for(chunks.__anext__(), timeout=wait)
-        except StopAsyncIteration:
-            break
+            async with asyncio.timeout(wait):
+                message = await receive()
         except TimeoutError:
             raise RelayError(
                 408,
@@ -62,7 +63,10 @@ async def read_body(request: Request, *, limit: int) -> bytes:
                 f"whole within {timeout:g} s): send it at once",
                 headers={"Connection": "close"},
             ) from None
-        body += chunk
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        body += message.get("body", b"")
+        more = message.get("more_body", False)
         if len(body) > limit:
             raise _too_large(limit)
     return bytes(body)
