@@ -22,6 +22,7 @@ from app.domain.models import (
     UpstreamAnswer,
 )
 from app.main import service_app
+from app.store.backfills import BackfillStore
 from app.store.base import Store
 from app.store.catalogue import PropertyCatalogue
 from app.store.rows import new_ids
@@ -31,10 +32,16 @@ async def _nothing(plan: Any, **_: Any) -> Any:
     return []  # what a plan of the catalogue answers on an empty table
 
 
+class _NoBackfills(BackfillStore):
+    async def take(self, **_: Any) -> None:  # type: ignore[override]
+        return None
+
+
 class NullStore(Store):
     def __init__(self) -> None:
         super().__init__()
         self.catalogue = PropertyCatalogue(_nothing, _nothing)
+        self.backfills = _NoBackfills(_nothing, _nothing)
 
     async def open(self) -> None: ...
     async def close(self) -> None: ...
@@ -88,9 +95,7 @@ class NullStore(Store):
     async def prune(self, *, delivered_before: float) -> int:
         return 0
 
-    async def claim(
-        self, *, owner: str, lease_seconds: float, max_merge: int, settle_seconds: float = 0.0
-    ) -> Claim | None:
+    async def claim(self, **_: Any) -> Claim | None:  # type: ignore[override]
         return None
 
     async def mark_delivered(
