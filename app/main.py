@@ -43,7 +43,7 @@ from app.delivery.dispatcher import Dispatcher
 from app.domain.errors import StoreUnavailable
 from app.errors import install_error_handlers
 from app.lifecycle import cancel_and_wait
-from app.logs import configure_logging
+from app.logs import configure_logging, write_directly
 from app.sources.backfill import BackfillRunner
 from app.sources.mapping import MappingError
 from app.sources.service import WebhookSources
@@ -214,6 +214,7 @@ def create_app(
             await client.aclose()
             await store.close()
             log.info("relay stopped")
+            write_directly()  # every line out before the process may be ended
 
     app = RelayApp(
         title="userpilot-relay",
