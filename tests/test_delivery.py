@@ -9,6 +9,7 @@ timeouts, Prefer: wait, metrics text, probes) runs on SQLite only.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import time
 import uuid
@@ -484,3 +485,43 @@ def test_readiness_does_not_depend_on_userpilot(sqlite_url: str) -> None:
             assert (await relay.get("/healthz", key=None)).json() == {"status": "ok"}
 
     run(main())
+
+
+def test_a_waiting_caller_does_not_wait_out_the_merge_window(
+    database_url: str, sim: SimulatorProcess
+) -> None:
+    # With a merge window longer than the wait, an update a caller waits for still goes at
+    # once when nothing else of its company is in flight: 200, not 202 after the wait.
+    async def main() -> Any:
+        async with relay_on(database_url, sim, relay_merge_window_seconds=10) as relay:
+            answer = await relay.post_company(
+                "waited", {"plan": "pro"}, headers={"Prefer": "wait=3"}
+            )
+            unwaited = (await relay.post_company("unwaited", {"plan": "pro"})).json()["id"]
+            later = await relay.get(f"/deliveries/{unwaited}", key=ADMIN_KEY)
+            return answer, later.json()
+
+    answer, later = run(main())
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["status"] == "delivered"
+    assert later["status"] == "queued"  # an update nobody waits for still waits its window
+
+
+def test_ten_concurrent_waiting_changes_of_one_company_cost_at_most_two_calls(
+    database_url: str, sim: SimulatorProcess
+) -> None:
+    async def main() -> list[Any]:
+        async with relay_on(database_url, sim) as relay:
+            return list(
+                await asyncio.gather(
+                    *(
+                        relay.post_company("burst", {f"p{i}": i}, headers={"Prefer": "wait=10"})
+                        for i in range(10)
+                    )
+                )
+            )
+
+    answers = run(main())
+    assert [a.status_code for a in answers] == [200] * 10
+    assert 1 <= len(identify_calls(sim)) <= 2
+    assert sim.company("burst") == {f"p{i}": i for i in range(10)}

@@ -235,8 +235,12 @@ async def _wait_for_outcome(store: Store, delivery_id: str, wait: float) -> Resp
     applied = {"Preference-Applied": f"wait={wait:g}"}
     deadline = time.monotonic() + wait
     with store.signals.watching(delivery_id) as event:
+        # Nothing settles it before this line (settling happens on this loop), so the first
+        # look waits for this replica's signal (another replica's outcome is polled for).
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout=min(wait, 0.25))
         while True:
-            delivery = await store.get_delivery(delivery_id)
+            delivery = store.signals.outcome(delivery_id) or await store.get_delivery(delivery_id)
             if delivery is not None and delivery.status in ("delivered", "dead"):
                 status = 200 if delivery.status == "delivered" else 502
                 return _json(status, DeliveryOut.of(delivery).model_dump(), applied)

@@ -2,10 +2,10 @@
 
 The single update is the hot path of the relay, and FastAPI's dependency solving, routing and
 exception middleware cost more than everything the route itself does (issue 11's profile). So
-a plain `POST /companies` (no `Idempotency-Key`, no `Prefer` header) is answered here, by the
-very functions the route uses: `deps.admit` (the caller's key and role), `store_company` (body,
-validation, the data-quality review, the commit, the answer), and the app's own exception
-handlers for whatever they raise. Nothing is answered differently: the route stays the one
+a `POST /companies` without an `Idempotency-Key` (`Prefer: wait` or not) is answered here, by
+the very functions the route uses: `deps.admit` (the caller's key and role), `store_company`
+(body, validation, the data-quality review, the commit, the answer), and the app's own
+exception handlers for whatever they raise. Nothing is answered differently: the route stays the one
 that is documented (OpenAPI), and serves every request this lane passes on.
 
 It sits inside `RequestMetricsMiddleware` (which counts and logs it as the route: it sets
@@ -29,9 +29,8 @@ from app.api.deps import admit
 Handler = Callable[[Request, Any], Response | Awaitable[Response]]
 
 PATH = "/companies"
-# Headers that take the route: both are validated by FastAPI (Idempotency-Key's length), and a
-# request that waits for Userpilot's answer spends its time there, not in the framework.
-_ROUTE_HEADERS = frozenset({b"idempotency-key", b"prefer"})
+# The route validates Idempotency-Key (its length) and keeps it: such requests go there.
+_ROUTE_HEADER = b"idempotency-key"
 
 
 class FastLane:
@@ -45,7 +44,7 @@ class FastLane:
             scope["type"] != "http"
             or scope["path"] != PATH
             or scope["method"] != "POST"
-            or any(name in _ROUTE_HEADERS for name, _ in scope["headers"])
+            or any(name == _ROUTE_HEADER for name, _ in scope["headers"])
         ):
             await self.app(scope, receive, send)
             return
@@ -55,7 +54,8 @@ class FastLane:
             state = request.state
             settings, store = state.settings, state.store
             caller = admit(request, settings, ("ingest",), "ingest")
-            response = await store_company(request, caller, settings, store)
+            prefer = request.headers.get("prefer")
+            response = await store_company(request, caller, settings, store, prefer=prefer)
         except Exception as exc:
             handler = self._handler(exc)
             if handler is None:

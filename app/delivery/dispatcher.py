@@ -160,6 +160,8 @@ class Dispatcher:
                 self._slots.release()
                 if probe:
                     self._breaker.probe_unused()
+                with contextlib.suppress(Exception):  # unused: the next update may take it
+                    await self.store.release_send_slot(slot, self._pacer.interval)
                 await self._idle(settle)
                 continue
             # This process's own sends are never closer than the interval, however long the
@@ -189,6 +191,8 @@ class Dispatcher:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(_IDLE_POLL):
                 await self.store.signals.work.wait()
+            if self.store.signals.take_waited_on():
+                return  # a caller waits for it: claimed at once (nothing else was queued)
             # Something arrived: give its siblings the merge window to join it.
             await asyncio.sleep(settle)
 

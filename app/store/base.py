@@ -144,8 +144,10 @@ class Store(abc.ABC):
 
         A company is free when none of its updates is being delivered (under a live lease)
         and none is waiting out a retry backoff. Its oldest ready update must have been queued
-        `settle_seconds` ago, so a burst of updates to one company leaves in one call.
-        Updates come in arrival order (at most `max_merge`).
+        `settle_seconds` ago, so a burst of updates to one company leaves in one call, unless
+        a caller waits for one of them (`realtime_only`, `Prefer: wait`): that company goes at
+        once, with whatever else of it is queued. Updates come in arrival order (at most
+        `max_merge`).
         """
 
     @abc.abstractmethod
@@ -323,6 +325,12 @@ class Store(abc.ABC):
         Slots are `interval` seconds apart across everything that shares this store, and none
         starts before a pause set by `pause_sending`.
         """
+
+    async def release_send_slot(self, slot: float, interval: float) -> None:
+        """Give back a slot reserved and not used (nothing was ready to send), when no later
+        one was reserved since: an idle relay keeps its next slot free, so an update stored
+        then goes at once. By default the slot is only lost."""
+        return None
 
     @abc.abstractmethod
     async def pause_sending(self, until: float) -> None:

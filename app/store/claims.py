@@ -13,10 +13,10 @@ from typing import Any
 
 import orjson
 
-from app.domain.models import Claim, ClaimedUpdate
+from app.domain.models import Claim, ClaimedUpdate, Delivery
 from app.store import queries as q
 from app.store.delivered import record_delivered
-from app.store.rows import PAYLOAD_CHUNK, batch_items, expansion_item
+from app.store.rows import PAYLOAD_CHUNK, batch_items, expansion_item, row_to_delivery
 from app.store.sql import Plan, Statement
 
 EXPAND_CHUNK = PAYLOAD_CHUNK  # a stored chunk at a time: one line parsed
@@ -127,10 +127,17 @@ def _held(claim: Claim) -> dict[str, Any]:
 
 
 def mark_delivered(
-    claim: Claim, status: int, request_id: str | None, sent_versions: Mapping[str, int]
-) -> Plan[None]:
+    claim: Claim,
+    status: int,
+    request_id: str | None,
+    sent_versions: Mapping[str, int],
+    returning: bool = False,
+) -> Plan[list[Delivery]]:
+    """The claim's updates delivered; with `returning`, answered as committed (a request
+    waits for one of them)."""
     params = {**_held(claim), "status": status, "request_id": request_id}
-    yield Statement(q.MARK_DELIVERED, params)
+    sql = q.MARK_DELIVERED_RETURNING if returning else q.MARK_DELIVERED
+    marked = yield Statement(sql, params)
     if sent_versions:
         rows = [  # one lock order, whoever else writes these rows
             {"company": claim.company_id, "key": key, "seq": sent_versions[key]}
@@ -139,6 +146,7 @@ def mark_delivered(
         yield Statement(q.SENT_VERSION, rows, many=True)
         # What was sent, as a digest per property: reconciliations send only what differs.
         yield from record_delivered(claim.company_id, claim.updates, sent_versions)
+    return [row_to_delivery(row) for row in marked.rows] if returning else []
 
 
 def mark_retry(claim: Claim, status: int | None, error: str, delay: float) -> Plan[None]:

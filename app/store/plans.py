@@ -76,6 +76,11 @@ def newest_only(update: NewUpdate) -> Plan[dict[str, Any]]:
     return kept
 
 
+def plain(update: NewUpdate) -> bool:
+    """Nothing to check against other stored state: no event key, no source times."""
+    return update.event_key is None and not update.property_times
+
+
 def enqueue(
     updates: Sequence[NewUpdate],
     encoded: list[bytes],

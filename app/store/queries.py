@@ -154,7 +154,7 @@ _PICK = """
             SELECT d.company_id, d.seq FROM deliveries d
             WHERE EXISTS (SELECT 1 FROM any_ready) @lane
               AND d.status = 'queued' AND d.next_attempt_at <= {now}
-              AND d.enqueued_at <= {now} - :settle
+              AND (d.enqueued_at <= {now} - :settle OR d.realtime_only = 1)
               AND d.company_id <> ALL(:skip)
               AND NOT EXISTS (@busy)
             ORDER BY d.seq LIMIT :scan
@@ -176,7 +176,7 @@ LEASE = """
           AND EXISTS (
             SELECT 1 FROM deliveries r WHERE r.company_id = :company
               AND r.status = 'queued' AND r.next_attempt_at <= {now}
-              AND r.enqueued_at <= {now} - :settle)
+              AND (r.enqueued_at <= {now} - :settle OR r.realtime_only = 1))
         ORDER BY seq LIMIT :max_merge
         FOR UPDATE
     )
@@ -217,6 +217,7 @@ MARK_DELIVERED = (
         lease_owner = NULL, lease_until = NULL, via = 'realtime', job_id = NULL"""
     + _HELD
 )
+MARK_DELIVERED_RETURNING = MARK_DELIVERED + " RETURNING " + DELIVERY_COLUMNS
 SENT_VERSION = """
     INSERT INTO property_versions (company_id, key, seq, updated_at)
     VALUES (:company, :key, :seq, {now})

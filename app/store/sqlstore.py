@@ -54,16 +54,16 @@ class SQLStore(Store):
         self.signals.work_arrived()
 
     @abc.abstractmethod
-    async def _write(self, plan: PlanFactory[T], *, atomic: bool = True) -> T:
-        """Run the plan in one committed transaction (from the factory: it may run again
-        if the backend retries it). Without `atomic`, the plan is one statement that is
-        safe to repeat, and may run without a transaction around it."""
+    async def _write(self, plan: PlanFactory[T], *, atomic: bool = True, durable: bool = True) -> T:
+        """Run the plan in one committed transaction (the factory may run again if the backend
+        retries). Without `atomic`, it is one statement safe to repeat, maybe run without a
+        transaction. Without `durable`, the commit may answer before it is on disk (a lease,
+        lost in a power cut, only leaves its updates queued)."""
 
     @abc.abstractmethod
     async def _read(self, plan: PlanFactory[T], *, snapshot: bool = False) -> T:
         """Run a plan that only reads; with `snapshot`, in one transaction where the backend
-        has them for reads (PostgreSQL; each statement still reads what was committed before it
-        began, so counts taken apart may differ by what committed in between)."""
+        has them for reads (PostgreSQL: counts taken apart may still differ a little)."""
 
     # ingest --------------------------------------------------------------------------------
     async def enqueue(
@@ -80,6 +80,8 @@ class SQLStore(Store):
         except StoreUnavailable as exc:  # the commit did not happen: say so, for the answer
             raise NothingStored(str(exc)) from None
         if result.stored and not result.replayed:
+            if any(u.realtime_only for u in updates):
+                self.signals.caller_waits()
             self._work_committed()
         return result
 
@@ -105,7 +107,7 @@ class SQLStore(Store):
         ids = new_ids(len(updates))
         encoded = [orjson.dumps(u.metadata) for u in updates]
         # One plain update, the common case: one statement, safe to repeat (the id is ours).
-        single = len(updates) == 1 and idempotency is None and _plain(updates[0])
+        single = len(updates) == 1 and idempotency is None and plans.plain(updates[0])
         return await self._write(
             lambda: plans.enqueue(updates, encoded, ids, source, caller, idempotency),
             atomic=not single,
@@ -184,7 +186,8 @@ class SQLStore(Store):
                 max_merge=max_merge,
                 settle_seconds=settle_seconds,
                 single_first=single_first,
-            )
+            ),
+            durable=False,  # a lease lost in a power cut leaves its updates queued: no fsync
         )
 
     async def mark_delivered(
@@ -195,8 +198,14 @@ class SQLStore(Store):
         request_id: str | None,
         sent_versions: Mapping[str, int],
     ) -> None:
-        await self._write(lambda: claims.mark_delivered(claim, status, request_id, sent_versions))
-        self.signals.settled(claim.ids)
+        watched = self.signals.watched(claim.ids)
+        # Not durable: a power cut may lose the last commits (none a durable one followed),
+        # and their updates go again. `watched`: a waiting request gets the rows committed.
+        marked = await self._write(
+            lambda: claims.mark_delivered(claim, status, request_id, sent_versions, watched),
+            durable=False,
+        )
+        self.signals.settled(claim.ids, marked)
 
     async def mark_retry(
         self, claim: Claim, *, status: int | None, error: str, delay: float
@@ -387,8 +396,3 @@ class SQLStore(Store):
 
     async def count_parked(self) -> int:
         return await self._read(plans.count_parked)
-
-
-def _plain(update: NewUpdate) -> bool:
-    """Nothing to check against other stored state: no event key, no source times."""
-    return update.event_key is None and not update.property_times

@@ -93,6 +93,12 @@ _RESERVE_SLOT = f"""
     RETURNING next_slot - %(interval)s, {_CLOCK}
 """
 
+# Back to the slot given out, if no replica reserved one after it (within the clock's rounding).
+_RELEASE_SLOT = """
+    UPDATE pacing SET next_slot = %(slot)s
+    WHERE id = 1 AND abs(next_slot - (%(slot)s + %(interval)s)) < 0.001
+"""
+
 
 def _executor(conn: Conn) -> Callable[[Statement], Awaitable[Result]]:
     async def execute(statement: Statement) -> Result:
@@ -308,10 +314,13 @@ class PostgresStore(SQLStore):
 
         await self._run(notify, transaction=False)
 
-    async def _write(self, plan: PlanFactory[T], *, atomic: bool = True) -> T:
-        return await self._run(
-            lambda conn: drive_async(plan(), _executor(conn)), transaction=atomic
-        )
+    async def _write(self, plan: PlanFactory[T], *, atomic: bool = True, durable: bool = True) -> T:
+        async def run(conn: Conn) -> T:
+            if not durable:  # this transaction's commit does not wait for the WAL flush
+                await conn.execute("SET LOCAL synchronous_commit TO OFF")
+            return await drive_async(plan(), _executor(conn))
+
+        return await self._run(run, transaction=atomic or not durable)
 
     async def _read(self, plan: PlanFactory[T], *, snapshot: bool = False) -> T:
         return await self._run(
@@ -330,6 +339,14 @@ class PostgresStore(SQLStore):
 
         # One statement in autocommit is its own transaction; a retry only wastes a slot.
         return await self._run(write, transaction=False)
+
+    async def release_send_slot(self, slot: float, interval: float) -> None:
+        remote = self._clock.remote(slot)
+
+        async def write(conn: Conn) -> None:
+            await conn.execute(_RELEASE_SLOT, {"slot": remote, "interval": interval})
+
+        await self._run(write, transaction=False)
 
     async def pause_sending(self, until: float) -> None:
         async def write(conn: Conn) -> None:

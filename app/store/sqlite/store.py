@@ -169,10 +169,12 @@ class SQLiteStore(SQLStore):
         return True
 
     # running plans -------------------------------------------------------------------------
-    async def _write(self, plan: PlanFactory[T], *, atomic: bool = True) -> T:
+    async def _write(self, plan: PlanFactory[T], *, atomic: bool = True, durable: bool = True) -> T:
         if self._writer is None:
             raise StoreUnavailable("the store is closed")
-        result: T = await self._writer.submit(lambda conn: drive(plan(), _runner(conn)))
+        result: T = await self._writer.submit(
+            lambda conn: drive(plan(), _runner(conn)), durable=durable
+        )
         return result
 
     def _reader(self) -> sqlite3.Connection:
@@ -198,6 +200,11 @@ class SQLiteStore(SQLStore):
             slot = max(time.time(), self._next_slot, self._paused_until)
             self._next_slot = slot + interval
             return slot
+
+    async def release_send_slot(self, slot: float, interval: float) -> None:
+        async with self._slot_lock:
+            if self._next_slot == slot + interval:  # nothing reserved after it
+                self._next_slot = slot
 
     async def pause_sending(self, until: float) -> None:
         async with self._slot_lock:

@@ -23,7 +23,7 @@ from app.domain.errors import StoreUnavailable
 
 log = logging.getLogger("userpilot_relay.store")
 
-Job = tuple[Callable[[sqlite3.Connection], Any], "asyncio.Future[Any]"]
+Job = tuple[Callable[[sqlite3.Connection], Any], "asyncio.Future[Any]", bool]
 Outcome = tuple["asyncio.Future[Any]", Any, BaseException | None]
 MAX_GROUP = 512
 
@@ -39,15 +39,22 @@ class Writer:
         stat = os.stat(path)
         self._identity = (stat.st_dev, stat.st_ino)  # the file opened
         self._failing = False
+        self._durable = True  # the connection opens with synchronous = FULL
         self._thread = threading.Thread(target=self._run, name="sqlite-writer", daemon=True)
         self._thread.start()
 
     def alive(self) -> bool:
         return self._thread.is_alive()
 
-    async def submit(self, job: Callable[[sqlite3.Connection], Any]) -> Any:
+    async def submit(
+        self, job: Callable[[sqlite3.Connection], Any], *, durable: bool = True
+    ) -> Any:
+        """Run `job` in a committed transaction; without `durable` the commit may answer
+        before it reaches the disk (`PRAGMA synchronous = NORMAL`: in WAL mode a crash of the
+        process loses nothing, a power cut may lose it), unless its group holds a durable
+        job. Every durable commit makes what was committed before it durable too."""
         future: asyncio.Future[Any] = self._loop.create_future()
-        self._jobs.put((job, future))
+        self._jobs.put((job, future, durable))
         return await future
 
     async def stop(self) -> None:
@@ -84,7 +91,7 @@ class Writer:
             problem = str(failed) if failed is not None else None
         else:
             failure = StoreUnavailable(problem)
-            outcomes = [(future, None, failure) for _, future in group]
+            outcomes = [(future, None, failure) for _, future, _ in group]
         if problem is not None and not self._failing:
             log.error(
                 "SQLite writes are failing: updates are refused (503) and readiness fails "
@@ -95,6 +102,13 @@ class Writer:
             log.info("SQLite writes succeed again", extra={"store": "sqlite", "path": self.path})
         self._failing = problem is not None
         return outcomes
+
+    def _sync(self, durable: bool) -> None:
+        """FULL: the commit waits for the disk; NORMAL: it does not (WAL mode keeps it safe
+        from a crash of the process, not from a power cut). Set only when it changes."""
+        if durable != self._durable:
+            self._conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
+            self._durable = durable
 
     def _file_problem(self) -> str | None:
         try:
@@ -108,19 +122,20 @@ class Writer:
     def _commit_group(self, group: list[Job]) -> list[Outcome]:
         conn = self._conn
         try:
+            self._sync(any(durable for _, _, durable in group))
             conn.execute("BEGIN IMMEDIATE")
             try:
-                results = [fn(conn) for fn, _ in group]
+                results = [fn(conn) for fn, _, _ in group]
             except Exception:
                 conn.execute("ROLLBACK")
             else:
                 conn.execute("COMMIT")
                 return [
                     (future, result, None)
-                    for (_, future), result in zip(group, results, strict=True)
+                    for (_, future, _), result in zip(group, results, strict=True)
                 ]
             outcomes: list[Outcome] = []
-            for fn, future in group:
+            for fn, future, _ in group:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
                     result = fn(conn)
@@ -137,7 +152,7 @@ class Writer:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             failure = StoreUnavailable(f"SQLite write failed: {exc}")
-            return [(future, None, failure) for _, future in group]
+            return [(future, None, failure) for _, future, _ in group]
 
 
 def unavailable(exc: BaseException) -> bool:
