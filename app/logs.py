@@ -1,7 +1,7 @@
 """Structured logs: one JSON object a line, context passed as `extra={...}`.
 
 Nothing here ever sees a secret: callers log ids, names and statuses, never headers or keys.
-Lines are formatted and written by a log thread (`QueueListener`), off the request path; what
+Lines are formatted and written by a log thread (`_LogThread`), off the request path; what
 is queued is written at exit (a process killed with SIGKILL loses its last lines, never data).
 """
 
@@ -12,6 +12,7 @@ import logging
 import logging.handlers
 import queue
 import sys
+import threading
 import time
 from typing import Any
 
@@ -20,13 +21,17 @@ import orjson
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
 
+def _ts(created: float) -> str:
+    millis = int((created - int(created)) * 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{millis:03d}Z"
+
+
 class JsonFormatter(logging.Formatter):
     """Render a record as one JSON line with its `extra` fields at the top level."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": _ts(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -56,8 +61,82 @@ class _Handoff(logging.handlers.QueueHandler):
         return record
 
 
+class _LogThread:
+    """Formats the queued records and writes them, every line that is waiting in one write:
+    under load a few hundred lines cost one system call, not one each. A line waits at most
+    `_PAUSE` seconds before it is written."""
+
+    def __init__(
+        self,
+        lines: queue.SimpleQueue[_Line],
+        handler: logging.StreamHandler[Any],
+    ) -> None:
+        self.lines = lines
+        self.handlers = [handler]
+        self._thread = threading.Thread(target=self._run, name="log-writer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Write what is queued, then end the thread."""
+        self.lines.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        handler = self.handlers[0]
+        while True:
+            # Woken on a timer, not by each line: a thread woken per request would cost each
+            # request a switch between threads.
+            batch: list[_Line] = []
+            while len(batch) < _MAX_BATCH:
+                try:
+                    batch.append(self.lines.get_nowait())
+                except queue.Empty:
+                    break
+            if not batch:
+                time.sleep(_PAUSE)
+                continue
+            out = []
+            for record in batch:
+                if record is None:
+                    continue
+                if isinstance(record, tuple):  # an access line: (unix time, logger, fields)
+                    created, name, fields = record
+                    entry = {"ts": _ts(created), "level": "info", "logger": name, "msg": "request"}
+                    out.append(orjson.dumps(entry | fields, default=str).decode())
+                    continue
+                try:
+                    out.append(handler.format(record))
+                except Exception:
+                    handler.handleError(record)
+            if out:
+                try:
+                    handler.stream.write("\n".join(out) + "\n")
+                    handler.flush()
+                except Exception:
+                    handler.handleError(logging.makeLogRecord({"msg": "writing the log failed"}))
+            if None in batch:
+                return
+
+
+_MAX_BATCH = 512
+_PAUSE = 0.02  # seconds between looks at the queue while it is empty
+_Line = logging.LogRecord | tuple[float, str, dict[str, Any]] | None
+
+
+def access(logger: logging.Logger, fields: dict[str, Any]) -> None:
+    """One access line, `{"msg": "request", **fields}` at INFO from `logger`, as `logger.info`
+    would write it but without making a `LogRecord`: a fifth of a request's cost otherwise."""
+    listener = _listener
+    if listener is None or logger.handlers or not logger.propagate:
+        logger.info("request", extra=fields)  # logging as configured by someone else
+    elif logger.isEnabledFor(logging.INFO):
+        listener.lines.put((time.time(), logger.name, fields))
+
+
 _TRACEBACKS = logging.Formatter()
-_listener: logging.handlers.QueueListener | None = None
+_listener: _LogThread | None = None
 
 
 def write_directly() -> None:
@@ -85,8 +164,8 @@ def configure_logging(level: str) -> None:
     _stop_listener()
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter())
-    lines: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    _listener = logging.handlers.QueueListener(lines, handler)
+    lines: queue.SimpleQueue[_Line] = queue.SimpleQueue()
+    _listener = _LogThread(lines, handler)
     _listener.start()
     handoff = _Handoff(lines)
     handoff.setFormatter(handler.formatter)  # what the lines become, in the log thread

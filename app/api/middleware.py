@@ -13,6 +13,7 @@ import time
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.logs import access
 from app.metrics import HTTP_DURATION, HTTP_REQUESTS
 
 access_log = logging.getLogger("userpilot_relay.access")
@@ -99,13 +100,11 @@ class RequestMetricsMiddleware:
             HTTP_DURATION.labels(route=route, method=method, caller=caller).observe(elapsed)
             settings = state.get("settings")
             if settings is None or settings.relay_access_log:
-                access_log.info(
-                    "request",
-                    extra={
-                        "method": method,
-                        "route": route,
-                        "status": status,
-                        "caller": caller,
-                        "duration_ms": round(elapsed * 1000, 2),
-                    },
-                )
+                fields = {
+                    "method": method,
+                    "route": route,
+                    "status": status,
+                    "caller": caller,
+                    "duration_ms": round(elapsed * 1000, 2),
+                }
+                access(access_log, fields)
