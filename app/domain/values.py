@@ -37,6 +37,7 @@ message names the expected type and what came instead, never the value itself.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from datetime import datetime, timedelta
@@ -240,11 +241,14 @@ def _date(value: Primitive, unit: EpochUnit | None) -> str:
     return iso
 
 
+@functools.lru_cache(maxsize=4096)
 def _iso_utc(value: str) -> str | None:
     """An ISO 8601 date or date-time string as ISO 8601 UTC; None when it is not written as one.
 
     Raises `ValueMismatch` for one written as one that names no real moment (30 February,
-    25:00) or leaves the years 0001..9999 once in UTC.
+    25:00) or leaves the years 0001..9999 once in UTC. Remembered for the last 4,096 strings:
+    the same dates come again and again (renewal dates, a day's timestamps), and both the
+    conversion and the catalogue's `seen_type` ask.
     """
     text = value.strip(_BLANKS)
     if not 10 <= len(text) <= _ISO_LONGEST:
