@@ -161,8 +161,11 @@ def measure(module: str, env: dict[str, str], args: argparse.Namespace) -> tuple
         process.wait(30)
 
 
-def measure_plain(env: dict[str, str], args: argparse.Namespace) -> Figures:
-    process, url = start("bench.plain_app:app", env, args.workers)
+def measure_plain(
+    env: dict[str, str], args: argparse.Namespace, module: str = "bench.plain_app:app"
+) -> Figures:
+    """Single updates only (no bulk rounds)."""
+    process, url = start(module, env, args.workers)
     try:
         wrk(url, 2, args.connections)  # warm-up
         return wrk(url, args.duration, args.connections)
@@ -193,6 +196,11 @@ def main() -> None:
         plain = measure_plain(env, args)
         floor, floor_bulk = measure("bench.floor_app:app", env, args)
         durable, durable_bulk = measure("app.main:app", env, args)
+        logged = measure_plain(
+            {**env, "RELAY_ACCESS_LOG": "true", "RELAY_DATABASE_URL": env["RELAY_DATABASE_URL"]},
+            args,
+            module="app.main:app",
+        )
 
     store = (args.database_url or "sqlite").split(":", 1)[0]
     print(f"\nIngest, {args.connections} connections, {args.duration} s, one run on this machine")
@@ -201,11 +209,13 @@ def main() -> None:
         ("plain FastAPI (one route, 202)", plain),
         ("relay, null store (202)", floor),
         (f"relay, durable ({store})", durable),
+        ("  the same, access log on", logged),
     ):
         print(f"{name:34}{f.rps:>10.0f}{f.p50_ms:>9.2f}{f.p99_ms:>9.2f}{f.errors:>9}")
     print(f"durable / plain FastAPI: {durable.rps / plain.rps:.2f} (target >= 0.6, p99 <= 25 ms)")
     print(f"null store / plain FastAPI: {floor.rps / plain.rps:.2f}")
     print(f"durable / null store: {durable.rps / floor.rps:.2f}")
+    print(f"access log on / off: {logged.rps / durable.rps:.2f}")
     print(f"\nBulk, 10,000 companies a request (median of {args.bulk_rounds})")
     print(f"floor:   {floor_bulk:>10,.0f} companies/s")
     print(f"durable: {durable_bulk:>10,.0f} companies/s (target >= 100,000)")

@@ -12,7 +12,7 @@ from typing import Any
 
 from app.simulator.process import SimulatorProcess
 from tests.inprocess import InProcessRelay, run
-from tests.relay import ADMIN_KEY
+from tests.relay import ADMIN_KEY, INGEST_KEY
 
 INVALID_COMPANIES: list[tuple[dict[str, Any], str]] = [
     ({"metadata": {}}, "company_id"),
@@ -265,3 +265,35 @@ def test_every_bulk_item_is_readable_at_once(database_url: str) -> None:
             assert sum(counts.values()) == 3000
 
     run(main())
+
+
+def test_the_fast_lane_answers_exactly_as_the_route(sqlite_url: str) -> None:
+    """A POST /companies without Idempotency-Key is answered by app/api/fast.py, one with it by
+    the FastAPI route: the same input gets the same status, body and challenge either way."""
+    json_type = {"Content-Type": "application/json"}
+    cases: list[tuple[str | None, dict[str, str], bytes]] = [
+        (INGEST_KEY, json_type, b'{"company_id": "", "metadata": {}}'),
+        (INGEST_KEY, json_type, b"{not json"),
+        (INGEST_KEY, {"Content-Type": "text/plain"}, b"{}"),
+        (INGEST_KEY, json_type, b'{"company_id": "a", "metadata": {"c": "ap@acme.example"}}'),
+        (ADMIN_KEY, json_type, b'{"company_id": "a", "metadata": {}}'),  # the wrong role
+        (None, json_type, b'{"company_id": "a", "metadata": {}}'),
+        ("not-a-key", json_type, b'{"company_id": "a", "metadata": {}}'),
+    ]
+
+    async def main() -> list[list[tuple[int, Any, str | None]]]:
+        async with InProcessRelay(sqlite_url) as relay:
+            seen = []
+            for n, (key, headers, body) in enumerate(cases):
+                answers = []
+                for extra in ({}, {"Idempotency-Key": f"case-{n}"}):
+                    r = await relay.post(
+                        "/companies", key=key, content=body, headers={**headers, **extra}
+                    )
+                    answers.append((r.status_code, r.json(), r.headers.get("www-authenticate")))
+                seen.append(answers)
+            return seen
+
+    for fast, route in run(main()):
+        assert fast == route
+        assert fast[0] >= 400
