@@ -238,7 +238,8 @@ async def _wait_for_outcome(store: Store, delivery_id: str, wait: float) -> Resp
         # Nothing settles it before this line (settling happens on this loop), so the first
         # look waits for this replica's signal (another replica's outcome is polled for).
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), timeout=min(wait, 0.25))
+            async with asyncio.timeout(min(wait, 0.25)):  # no task, as wait_for makes
+                await event.wait()
         while True:
             delivery = store.signals.outcome(delivery_id) or await store.get_delivery(delivery_id)
             if delivery is not None and delivery.status in ("delivered", "dead"):
@@ -250,7 +251,8 @@ async def _wait_for_outcome(store: Store, delivery_id: str, wait: float) -> Resp
                 return _json(202, {"id": delivery_id, "status": current}, applied)
             # Woken at once when this replica records it; polled for the others'.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), timeout=min(remaining, 0.25))
+                async with asyncio.timeout(min(remaining, 0.25)):
+                    await event.wait()
 
 
 @router.post(
