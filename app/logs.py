@@ -8,6 +8,7 @@ is queued is written at exit (a process killed with SIGKILL loses its last lines
 from __future__ import annotations
 
 import atexit
+import copy
 import logging
 import logging.handlers
 import queue
@@ -51,9 +52,18 @@ class JsonFormatter(logging.Formatter):
 class _Handoff(logging.handlers.QueueHandler):
     """Hands each record to the log thread, which formats and writes it: a request never waits
     for a log line's JSON or for stdout. The message and an exception's traceback are made
-    text here, while their objects are as they were when logged."""
+    text here, while their objects are as they were when logged (other values of `extra` are
+    read when the line is written: log values, not objects that change)."""
+
+    def __init__(self, lines: queue.Queue[_Line]) -> None:
+        super().__init__(lines)
+        self.lines = lines
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        self.lines.put(record)  # waits while the queue is full (see `configure_logging`)
 
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        record = copy.copy(record)  # the caller's record stays whole for other handlers
         if record.exc_info and record.exc_info[0] is not None:
             record.exc_text = _TRACEBACKS.formatException(record.exc_info)
             record.__dict__["_exc_type"] = record.exc_info[0].__name__
@@ -68,7 +78,7 @@ class _LogThread:
 
     def __init__(
         self,
-        lines: queue.SimpleQueue[_Line],
+        lines: queue.Queue[_Line],
         handler: logging.StreamHandler[Any],
     ) -> None:
         self.lines = lines
@@ -84,7 +94,6 @@ class _LogThread:
         self._thread.join()
 
     def _run(self) -> None:
-        handler = self.handlers[0]
         while True:
             # Woken on a timer, not by each line: a thread woken per request would cost each
             # request a switch between threads.
@@ -97,30 +106,35 @@ class _LogThread:
             if not batch:
                 time.sleep(_PAUSE)
                 continue
-            out = []
-            for record in batch:
-                if record is None:
-                    continue
+            self._write(batch)
+            if None in batch:
+                return
+
+    def _write(self, batch: list[_Line]) -> None:
+        """Every line of the batch that can be made, in one write; a line that cannot is
+        reported on stderr (`handleError`) and the thread goes on, whatever happened."""
+        handler = self.handlers[0]
+        out = []
+        for record in batch:
+            try:
                 if isinstance(record, tuple):  # an access line: (unix time, logger, fields)
                     created, name, fields = record
                     entry = {"ts": _ts(created), "level": "info", "logger": name, "msg": "request"}
                     out.append(orjson.dumps(entry | fields, default=str).decode())
-                    continue
-                try:
+                elif record is not None:
                     out.append(handler.format(record))
-                except Exception:
-                    handler.handleError(record)
-            if out:
-                try:
-                    handler.stream.write("\n".join(out) + "\n")
-                    handler.flush()
-                except Exception:
-                    handler.handleError(logging.makeLogRecord({"msg": "writing the log failed"}))
-            if None in batch:
-                return
+            except Exception:
+                handler.handleError(logging.makeLogRecord({"msg": "a log line failed"}))
+        if out:
+            try:
+                handler.stream.write("\n".join(out) + "\n")
+                handler.flush()
+            except Exception:
+                handler.handleError(logging.makeLogRecord({"msg": "writing the log failed"}))
 
 
 _MAX_BATCH = 512
+_MAX_QUEUED = 50_000
 _PAUSE = 0.02  # seconds between looks at the queue while it is empty
 _Line = logging.LogRecord | tuple[float, str, dict[str, Any]] | None
 
@@ -129,8 +143,15 @@ def access(logger: logging.Logger, fields: dict[str, Any]) -> None:
     """One access line, `{"msg": "request", **fields}` at INFO from `logger`, as `logger.info`
     would write it but without making a `LogRecord`: a fifth of a request's cost otherwise."""
     listener = _listener
-    if listener is None or logger.handlers or not logger.propagate:
-        logger.info("request", extra=fields)  # logging as configured by someone else
+    handlers = logging.getLogger().handlers
+    if (
+        listener is None
+        or logger.handlers
+        or not logger.propagate
+        or len(handlers) != 1
+        or not isinstance(handlers[0], _Handoff)
+    ):
+        logger.info("request", extra=fields)  # logging as someone else set it up
     elif logger.isEnabledFor(logging.INFO):
         listener.lines.put((time.time(), logger.name, fields))
 
@@ -164,7 +185,9 @@ def configure_logging(level: str) -> None:
     _stop_listener()
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter())
-    lines: queue.SimpleQueue[_Line] = queue.SimpleQueue()
+    # Bounded: when stdout stalls (a full pipe, a slow collector) requests wait for it, as
+    # they did when they wrote their own lines, instead of lines piling up in memory.
+    lines: queue.Queue[_Line] = queue.Queue(maxsize=_MAX_QUEUED)
     _listener = _LogThread(lines, handler)
     _listener.start()
     handoff = _Handoff(lines)

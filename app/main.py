@@ -205,16 +205,18 @@ def create_app(
                 backfills=runner,
             )
         finally:
-            await runner.stop()
-            await sources.stop()
-            await cancel_and_wait([catalogue])
-            with contextlib.suppress(Exception):  # the last counts, while the store is open
-                await store.catalogue.flush()
-            await dispatcher.stop()
-            await client.aclose()
-            await store.close()
-            log.info("relay stopped")
-            write_directly()  # every line out before the process may be ended
+            try:
+                await runner.stop()
+                await sources.stop()
+                await cancel_and_wait([catalogue])
+                with contextlib.suppress(Exception):  # the last counts, while the store is open
+                    await store.catalogue.flush()
+                await dispatcher.stop()
+                await client.aclose()
+                await store.close()
+                log.info("relay stopped")
+            finally:
+                write_directly()  # every line out before the process may be ended
 
     app = RelayApp(
         title="userpilot-relay",

@@ -239,3 +239,23 @@ def test_the_service_and_migrate_refuse_a_bad_url_in_the_same_words(
     assert str(service.value).startswith("RELAY_DATABASE_URL: needs a file path")
     monkeypatch.setenv("RELAY_DATABASE_URL", f"sqlite:///{tmp_path / 'ok.db'}")
     assert load_settings().relay_database_url == load_store_settings().relay_database_url
+
+
+def test_the_log_thread_survives_a_line_it_cannot_write(capsys: pytest.CaptureFixture[str]) -> None:
+    """A line that cannot be made (here an integer past 64 bits) is reported and skipped; the
+    lines after it are still written, in order, before the process ends."""
+    import logging
+
+    from app.logs import access, configure_logging, write_directly
+
+    configure_logging("INFO")
+    log = logging.getLogger("userpilot_relay.access")
+    try:
+        access(log, {"route": "/companies", "big": 2**70})
+        logging.getLogger("userpilot_relay").info("after the bad line", extra={"n": 1})
+        access(log, {"route": "/companies", "status": 202})
+    finally:
+        write_directly()
+    out = capsys.readouterr().out.splitlines()
+    assert any('"after the bad line"' in line for line in out)
+    assert any('"status":202' in line for line in out)

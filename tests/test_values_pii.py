@@ -636,3 +636,13 @@ def test_long_hostile_values_are_handled(unit: str) -> None:
         except ValueMismatch:
             pass
     assert seen_type(value) == "string"
+
+
+def test_a_long_value_is_never_kept_by_the_date_cache() -> None:
+    """Only texts of a date's length are remembered: a caller's long values cannot pin memory."""
+    from app.domain.values import _iso_text
+
+    before = _iso_text.cache_info().currsize
+    assert seen_type("x" * 900_000) == "string"
+    assert seen_type(" 2031-01-02 ") == "date"
+    assert _iso_text.cache_info().currsize <= before + 1

@@ -76,8 +76,12 @@ class FastLane:
         raise RuntimeError("the app has no POST /companies route")
 
     def _handler(self, exc: Exception) -> Handler | None:
-        """The app's handler for `exc`, found as Starlette finds it (the nearest class)."""
+        """The app's handler for `exc`, found as Starlette finds it (the nearest class), but
+        never the catch-all for `Exception`: an unexpected error goes on to Starlette's error
+        middleware, which answers the same 500 through it and re-raises, as for the route."""
         for cls in type(exc).__mro__:
+            if cls is Exception:
+                return None
             handler = self.relay.exception_handlers.get(cls)
             if handler is not None:
                 return handler

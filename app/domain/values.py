@@ -241,18 +241,22 @@ def _date(value: Primitive, unit: EpochUnit | None) -> str:
     return iso
 
 
-@functools.lru_cache(maxsize=4096)
 def _iso_utc(value: str) -> str | None:
     """An ISO 8601 date or date-time string as ISO 8601 UTC; None when it is not written as one.
 
     Raises `ValueMismatch` for one written as one that names no real moment (30 February,
-    25:00) or leaves the years 0001..9999 once in UTC. Remembered for the last 4,096 strings:
-    the same dates come again and again (renewal dates, a day's timestamps), and both the
-    conversion and the catalogue's `seen_type` ask.
+    25:00) or leaves the years 0001..9999 once in UTC. Remembered for the last 4,096 texts of
+    a date's length (never a longer value): the same dates come again and again (renewal
+    dates, a day's timestamps), and both the conversion and the catalogue's `seen_type` ask.
     """
     text = value.strip(_BLANKS)
     if not 10 <= len(text) <= _ISO_LONGEST:
         return None
+    return _iso_text(text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _iso_text(text: str) -> str | None:
     match = _ISO.fullmatch(text)
     if match is None:
         return None

@@ -46,6 +46,15 @@ class _Entropy(threading.local):
 _entropy = _Entropy()
 
 
+def _fresh_entropy() -> None:
+    """A forked child draws its own bytes: never the ids its parent draws next."""
+    global _entropy
+    _entropy = _Entropy()
+
+
+os.register_at_fork(after_in_child=_fresh_entropy)
+
+
 def new_ids(count: int) -> list[str]:
     """`count` random 128-bit hex ids."""
     raw = _entropy.take(16 * count).hex()

@@ -43,6 +43,7 @@ class SQLStore(Store):
     """Every `Store` operation as a plan; the backend runs them."""
 
     dialect: Dialect
+    leases_durable = True  # a database restarting under its relay must not forget a call
 
     def __init__(self) -> None:
         super().__init__()
@@ -187,7 +188,7 @@ class SQLStore(Store):
                 settle_seconds=settle_seconds,
                 single_first=single_first,
             ),
-            durable=False,  # a lease lost in a power cut leaves its updates queued: no fsync
+            durable=self.leases_durable,
         )
 
     async def mark_delivered(

@@ -87,6 +87,7 @@ class SQLiteStore(SQLStore):
     """`Store` on one SQLite file."""
 
     dialect = SQLITE
+    leases_durable = False  # the file and the relay restart together (see SQLStore)
 
     def __init__(self, path: str) -> None:
         super().__init__()
