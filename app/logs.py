@@ -55,12 +55,12 @@ class _Handoff(logging.handlers.QueueHandler):
     text here, while their objects are as they were when logged (other values of `extra` are
     read when the line is written: log values, not objects that change)."""
 
-    def __init__(self, lines: queue.Queue[_Line]) -> None:
+    def __init__(self, lines: queue.SimpleQueue[_Line]) -> None:
         super().__init__(lines)
         self.lines = lines
 
     def enqueue(self, record: logging.LogRecord) -> None:
-        self.lines.put(record)  # waits while the queue is full (see `configure_logging`)
+        _put(self.lines, record)
 
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
         record = copy.copy(record)  # the caller's record stays whole for other handlers
@@ -78,7 +78,7 @@ class _LogThread:
 
     def __init__(
         self,
-        lines: queue.Queue[_Line],
+        lines: queue.SimpleQueue[_Line],
         handler: logging.StreamHandler[Any],
     ) -> None:
         self.lines = lines
@@ -135,6 +135,17 @@ class _LogThread:
 
 _MAX_BATCH = 512
 _MAX_QUEUED = 50_000
+
+
+def _put(lines: queue.SimpleQueue[_Line], line: _Line) -> None:
+    """Queue a line; while `_MAX_QUEUED` wait (stdout stalls: a full pipe, a slow collector),
+    the caller waits for the log thread, as it did when it wrote its own lines, instead of
+    lines piling up in memory."""
+    while lines.qsize() >= _MAX_QUEUED and _listener is not None:
+        time.sleep(0.001)
+    lines.put(line)
+
+
 _PAUSE = 0.02  # seconds between looks at the queue while it is empty
 _Line = logging.LogRecord | tuple[float, str, dict[str, Any]] | None
 
@@ -153,7 +164,7 @@ def access(logger: logging.Logger, fields: dict[str, Any]) -> None:
     ):
         logger.info("request", extra=fields)  # logging as someone else set it up
     elif logger.isEnabledFor(logging.INFO):
-        listener.lines.put((time.time(), logger.name, fields))
+        _put(listener.lines, (time.time(), logger.name, fields))
 
 
 _TRACEBACKS = logging.Formatter()
@@ -185,9 +196,7 @@ def configure_logging(level: str) -> None:
     _stop_listener()
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter())
-    # Bounded: when stdout stalls (a full pipe, a slow collector) requests wait for it, as
-    # they did when they wrote their own lines, instead of lines piling up in memory.
-    lines: queue.Queue[_Line] = queue.Queue(maxsize=_MAX_QUEUED)
+    lines: queue.SimpleQueue[_Line] = queue.SimpleQueue()
     _listener = _LogThread(lines, handler)
     _listener.start()
     handoff = _Handoff(lines)

@@ -66,9 +66,6 @@ _IPV6 = re.compile(
 # at the last one (the repetition is greedy and nothing follows it), so it is found once.
 _CARD_RUN = re.compile(r"[0-9](?:[ -]?[0-9]){12,}")
 _CARD_SEPARATORS = re.compile(r"[ -]")
-# What every kind needs somewhere: an @ (email), a + (phone), a dot or colon (IP), or 13 digits
-# with at most one space or dash between two (card). A value without any is no kind.
-_SUSPECT = re.compile(r"[@+.:]|[0-9](?:[ -]?[0-9]){12}")
 # A date-time as the relay writes them (ISO 8601 UTC): never a card, and common.
 _ISO_MOMENT = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{3})?Z")
 _CARD_FIRST_DIGITS = frozenset("23456")
@@ -91,7 +88,11 @@ def find_pii(value: Primitive) -> PiiKind | None:
     if isinstance(value, int):
         text = str(value) if 10 ** (_CARD_MIN - 1) <= value < 10**_CARD_MAX else ""
         return "payment card number" if text and _is_card(text) else None
-    if not _SUSPECT.search(value):  # most values: no @, +, dot or colon, under 13 digits
+    if not ("@" in value or "+" in value or "." in value or ":" in value):
+        # Most values: without these no email, phone or IP address can be there; a card still
+        # can (only digits, spaces and dashes).
+        if len(value) >= _CARD_MIN and _has_card(value):
+            return "payment card number"
         return None
     if "@" in value and _EMAIL.search(value):
         return "email address"
@@ -120,6 +121,8 @@ def _is_card(digits: str) -> bool:
 
 
 def _has_card(text: str) -> bool:
+    if _CARD_RUN.search(text) is None:  # most text: no run of 13 digits at all
+        return False
     for match in _CARD_RUN.finditer(text):
         groups = _CARD_SEPARATORS.split(match.group())
         start, end = match.span()

@@ -123,10 +123,8 @@ def _drift(out: Reviewed, rules: Rules, first_types: Mapping[str, SeenType]) -> 
 
 
 def _guard(out: Reviewed, rules: Rules, *, refuse: bool) -> None:
-    for key, value in list(out.metadata.items()):
-        kind = find_pii(value)
-        if kind is None:
-            continue
+    found = [(key, kind) for key, value in out.metadata.items() if (kind := find_pii(value))]
+    for key, kind in found:
         if rules.cleared(key):
             out.pii.append((kind, "allowed"))
         elif refuse and rules.pii == "reject":

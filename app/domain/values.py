@@ -187,6 +187,8 @@ def _number(value: Primitive) -> int | float:
         return value
     assert isinstance(value, str)
     text = value.strip(_BLANKS)
+    if len(text) < 19 and text.isascii() and text.isdigit():  # "1000": the common case
+        return int(text)
     match = _NUMBER.fullmatch(text)
     if match is None:
         raise ValueMismatch("number", "a string that is not a number")
