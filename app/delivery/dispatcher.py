@@ -277,7 +277,8 @@ class Dispatcher:
             )
             DELIVERIES.labels(outcome="delivered").inc(count)
             UPDATES_MERGED.inc(count - 1)
-            log.info("delivered", extra=context)
+            # After the waiting request (woken by the mark) has run: it answers first.
+            asyncio.get_running_loop().call_soon(lambda: log.info("delivered", extra=context))
             return
         error = result.error or "unknown error"
         if outcome == "retry":
