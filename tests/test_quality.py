@@ -378,3 +378,29 @@ def test_a_forgotten_property_starts_afresh(database_url: str, sim: SimulatorPro
             return statuses
 
     assert run(main()) == [202, 422, 403, 204, 404, 202, 422, 1]
+
+
+def test_hostile_property_names_in_the_path_change_nothing(
+    database_url: str, sim: SimulatorProcess
+) -> None:
+    # NUL, a control character, a lone surrogate (as UTF-8 of U+D800), an over-long name and
+    # Unicode digits: each a clean 404 or 422 naming nothing, and the catalogue is unchanged.
+    hostile = ["a%00b", "line%0Abreak", "%ED%A0%80", "x" * 300, "%D9%A3%D9%A4", "%FF"]
+
+    async def main() -> tuple[list[int], list[str], list[str]]:
+        async with relay(database_url, sim) as r:
+            await r.post_company("h-1", {"tier": 1})
+            before = (await r.get("/properties", key=ADMIN_KEY)).json()["properties"]
+            statuses = [
+                (await r.delete(f"/properties/{name}", key=ADMIN_KEY)).status_code
+                for name in hostile
+            ]
+            bad_query = await r.get("/properties", key=ADMIN_KEY, params={"conflicts": "maybe"})
+            statuses.append(bad_query.status_code)
+            after = (await r.get("/properties", key=ADMIN_KEY)).json()["properties"]
+            return statuses, [p["name"] for p in before], [p["name"] for p in after]
+
+    statuses, before, after = run(main())
+    assert all(status in (404, 422) for status in statuses), statuses
+    assert statuses[-1] == 422
+    assert before == after and "tier" in after
