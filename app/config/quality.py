@@ -17,7 +17,7 @@ from app.domain.schema import load_schema
 
 
 class QualitySettings(BaseSettings):
-    """What the relay lets through to Userpilot (README, "Data quality and privacy")."""
+    """What the relay lets through to Userpilot (docs/data-quality.md)."""
 
     relay_property_schema_file: str | None = None
     relay_pii_policy: Literal["reject", "strip", "allow"] = "reject"
