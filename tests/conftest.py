@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
+import re
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -74,6 +76,33 @@ def pytest_configure(config: pytest.Config) -> None:
     with capman.global_and_fixture_disabled() if capman else contextlib.nullcontext():
         out = os.fdopen(os.dup(1), "w", encoding="utf-8", errors="replace")
     config.pluginmanager.register(StillRunning(out), "still-running")
+
+
+# What makes a test part of the slow tier (`-m process`): a fixture that starts a relay process,
+# or a test body that starts one (or any other subprocess) itself.
+PROCESS_FIXTURES = frozenset({"relay", "relay_factory"})
+STARTS_A_PROCESS = re.compile(
+    r"\b(?:RelayProcess|SimulatorProcess|Popen|subprocess\.\w+|run_cli)\("
+)
+
+
+def _starts_a_process(item: pytest.Item) -> bool:
+    if PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
+        return True
+    function = getattr(item, "function", None)
+    try:
+        source = inspect.getsource(function) if function is not None else ""
+    except (OSError, TypeError):
+        return False
+    return STARTS_A_PROCESS.search(source) is not None
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that starts a process `process`, so that `scripts/test -m "not process"`
+    is the fast inner loop; a test that waits on real pacing carries the mark itself."""
+    for item in items:
+        if _starts_a_process(item):
+            item.add_marker(pytest.mark.process)
 
 
 def _is_setting(name: str) -> bool:

@@ -18,6 +18,9 @@ from tests.pg import SQLITE_ONLY
 from tests.relay import ADMIN_KEY, RelayProcess, wait_until
 from tests.test_backfill import expected, hubspot_company
 
+# Every test here runs real processes: the slow tier.
+pytestmark = pytest.mark.process
+
 
 def env_for(stub: HubSpotStub, **extra: str) -> dict[str, str]:
     return {

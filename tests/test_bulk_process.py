@@ -18,6 +18,9 @@ from app.simulator.process import SimulatorProcess
 from tests import pg
 from tests.relay import ADMIN_KEY, INGEST_KEY, RelayProcess, wait_until
 
+# Every test here runs real processes: the slow tier.
+pytestmark = pytest.mark.process
+
 BULK_ENV = {
     "RELAY_BULK_THRESHOLD": "50",
     "RELAY_BULK_POLL_SECONDS": "0.2",

@@ -35,6 +35,9 @@ REJECTION = {
     "errors": [{"error": "bad", "error_code": "INVALID", "message": "plan is not allowed"}]
 }
 
+# Every test here runs real processes: the slow tier.
+pytestmark = pytest.mark.process
+
 
 def cli(
     *args: str, stdin: str | None = None, cwd: Path | None = None, **env: str

@@ -29,6 +29,9 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+# Every test here runs real processes: the slow tier.
+pytestmark = pytest.mark.process
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
 CHART = ROOT / "helm" / "userpilot-relay"

@@ -37,13 +37,16 @@ OPERATIONS = sorted(
     if method in METHODS
 )
 
-pytestmark = pytest.mark.skipif(
-    not GENERATOR.exists() and not os.environ.get("CI"),
-    reason=(
-        f"openapi-python-client is not installed next to {sys.executable} "
-        "(scripts/setup installs it with the dev extras); CI always runs this test"
+pytestmark = [
+    pytest.mark.process,
+    pytest.mark.skipif(
+        not GENERATOR.exists() and not os.environ.get("CI"),
+        reason=(
+            f"openapi-python-client is not installed next to {sys.executable} "
+            "(scripts/setup installs it with the dev extras); CI always runs this test"
+        ),
     ),
-)
+]
 
 
 def _operation_modules(package: Path) -> dict[tuple[str, str], str]:

@@ -21,6 +21,9 @@ from app.simulator.process import SimulatorProcess
 from tests import pg
 from tests.relay import INGEST_KEY, RelayProcess, wait_until
 
+# Every test here runs real processes: the slow tier.
+pytestmark = pytest.mark.process
+
 RATE_PER_MINUTE = 600
 LEASE_SECONDS = 3
 COMPANIES = 120

@@ -34,6 +34,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+# Every test here runs real processes: the slow tier.
+pytestmark = pytest.mark.process
+
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 RELAY_PORT, SIMULATOR_PORT = 8000, 8900
