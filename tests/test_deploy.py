@@ -104,6 +104,100 @@ def test_image_runs_non_root_on_a_data_volume() -> None:
     assert {"!app/", "!pyproject.toml"} <= set(patterns)
 
 
+# --- the build context --------------------------------------------------------------------
+# tests/test_image.py builds the image for real (podman); these checks are the quick ones.
+
+
+def ignore_patterns(text: str) -> list[str]:
+    return [s for line in text.splitlines() if (s := line.strip()) and not s.startswith("#")]
+
+
+def pattern_regex(pattern: str) -> re.Pattern[str]:
+    """A .dockerignore pattern as Docker reads it: `*`, `?` within a path element, `**` across."""
+    pattern = os.path.normpath(pattern.lstrip("/"))
+    out = ""
+    i = 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out, i = out + "(?:.*/)?", i + 3
+        elif pattern.startswith("**", i):
+            out, i = out + ".*", i + 2
+        elif pattern[i] == "*":
+            out, i = out + "[^/]*", i + 1
+        elif pattern[i] == "?":
+            out, i = out + "[^/]", i + 1
+        else:
+            out, i = out + re.escape(pattern[i]), i + 1
+    return re.compile(out)
+
+
+def ignored(path: str, patterns: list[str]) -> bool:
+    """Whether the context leaves `path` out: the last pattern matching it or a parent wins."""
+    parts = path.split("/")
+    prefixes = ["/".join(parts[:n]) for n in range(1, len(parts) + 1)]
+    result = False
+    for pattern in patterns:
+        regex = pattern_regex(pattern.removeprefix("!"))
+        if any(regex.fullmatch(prefix) for prefix in prefixes):
+            result = not pattern.startswith("!")
+    return result
+
+
+def copy_sources(dockerfile: str) -> list[str]:
+    """The build-context sources of every COPY and ADD (not `COPY --from`), in order."""
+    sources: list[str] = []
+    for line in re.sub(r"\\\n", " ", dockerfile).splitlines():
+        match = re.match(r"(?i)\s*(COPY|ADD)\s+(.+)$", line)
+        if not match:
+            continue
+        rest = match.group(2).strip()
+        args = json.loads(rest) if rest.startswith("[") else rest.split()
+        if any(a.startswith("--from") for a in args):
+            continue
+        sources.extend([a for a in args if not a.startswith("--")][:-1])
+    return sources
+
+
+def excluded_copy_sources(patterns: list[str]) -> list[str]:
+    """COPY sources the context leaves out: the path itself or, for a folder, a module in it."""
+    excluded = []
+    for source in copy_sources(DOCKERFILE.read_text()):
+        path = os.path.normpath(source)
+        assert (ROOT / path).exists(), f"COPY {source}: no such file in the repository"
+        files = [path]
+        if (ROOT / path).is_dir():
+            files = [p.relative_to(ROOT).as_posix() for p in (ROOT / path).rglob("*.py")]
+            assert files, f"COPY {source}: a folder without modules"
+        if any(ignored(f, patterns) for f in files):
+            excluded.append(path)
+    return excluded
+
+
+def test_every_copy_source_is_in_the_build_context() -> None:
+    patterns = ignore_patterns((ROOT / ".dockerignore").read_text())
+    sources = copy_sources(DOCKERFILE.read_text())
+    assert {"pyproject.toml", "constraints.txt", "app/"} <= set(sources), sources
+    assert excluded_copy_sources(patterns) == []
+    # And the allow-list still keeps out what must never reach an image.
+    for secret in (".env", "app/.env", ".git/config", ".venv/bin/python", "relay.db", "tests/x.py"):
+        assert ignored(secret, patterns), f"{secret} would be sent to the builder"
+
+
+def test_the_copy_check_catches_issue_20() -> None:
+    # The .dockerignore of issue 20: the pins were filtered out and `COPY` failed at build time.
+    assert excluded_copy_sources(["*", "!pyproject.toml", "!app/"]) == ["constraints.txt"]
+    assert excluded_copy_sources(["*", "!pyproject.toml", "!constraints.txt"]) == ["app"]
+    assert excluded_copy_sources(["**", "!*.toml", "!*.txt", "!app/**"]) == []
+
+
+def test_dockerfile_needs_no_registry_but_the_base() -> None:
+    text = DOCKERFILE.read_text()
+    # BuildKit would pull a `# syntax=` frontend from Docker Hub; the built-in one suffices.
+    assert not re.search(r"(?im)^#\s*syntax\s*=", text)
+    assert re.search(r"(?m)^ARG PYTHON_IMAGE=", text), "the base must be a build argument"
+    assert re.findall(r"(?m)^FROM \$\{PYTHON_IMAGE\}", text), "every stage on PYTHON_IMAGE"
+
+
 # --- the live relay -----------------------------------------------------------------------
 
 
