@@ -81,9 +81,10 @@ INSERT_JOB = """
 """
 
 # a job's rows ------------------------------------------------------------------------------
+# Read a chunk of the job's companies at a time (`jobs.rows`): never the whole backlog at once.
 JOB_ROWS = """
     SELECT company_id, id, seq, metadata, attempts FROM deliveries
-    WHERE job_id = :job AND status = 'delivering' ORDER BY seq
+    WHERE company_id = ANY(:companies) AND status = 'delivering' AND job_id = :job ORDER BY seq
 """
 JOB_COMPANIES = """
     SELECT company_id, count(*) FROM deliveries WHERE job_id = :job AND status = 'delivering'

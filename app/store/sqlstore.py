@@ -261,8 +261,12 @@ class SQLStore(Store):
     async def take_job(self, *, owner: str, lease_seconds: float) -> BulkJob | None:
         return await self._write(lambda: jobs.take(owner, lease_seconds))
 
-    async def job_rows(self, job_id: str) -> list[Claim]:
-        return await self._read(lambda: jobs.rows(job_id), snapshot=True)
+    async def job_companies(self, job_id: str) -> list[tuple[str, int]]:
+        return await self._read(lambda: jobs.companies(job_id))
+
+    async def job_rows(self, job_id: str, companies: Sequence[str]) -> list[Claim]:
+        chunk = list(companies)
+        return await self._read(lambda: jobs.rows(job_id, chunk), snapshot=True) if chunk else []
 
     async def job_submitted(
         self,
