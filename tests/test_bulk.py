@@ -658,7 +658,7 @@ def test_a_job_over_many_updates_per_company_sends_the_newest_value_per_property
     ]
 
     async def main() -> list[dict[str, Any]]:
-        async with relay_on(database_url, sim, relay_bulk_max_rows=count) as relay:
+        async with relay_on(database_url, sim) as relay:
             batches = [
                 await post_bulk(relay, items[n : n + 10_000]) for n in range(0, len(items), 10_000)
             ]
