@@ -59,8 +59,8 @@ SQLITE_FILL = f"""
     WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < :count - 1)
     INSERT INTO deliveries ({_COLUMNS})
     SELECT lower(hex(randomblob(16))), 'drain-' || (i % :companies),
-        '{{"n":' || (i / :companies) || ',"p' || (i / :companies % {PROPERTIES}) || '":' || i
-            || ',"plan":"pro"}}',
+        CAST('{{"n":' || (i / :companies) || ',"p' || (i / :companies % {PROPERTIES}) || '":'
+            || i || ',"plan":"pro"}}' AS BLOB),
         'queued', 'api', 'svc', 1, :at, :at, :now, :at
     FROM n
 """

@@ -61,7 +61,7 @@ def record_delivered_job(
         for company_id, seq, raw in (
             yield Statement(bq.SENT_VALUES, {"job": job.id, "seqs": chunk})
         ).rows:
-            values: Metadata = orjson.loads(bytes(raw))
+            values: Metadata = orjson.loads(raw)
             for company, key in wanted.get(int(seq), ()):
                 if company == str(company_id) and key in values:
                     digests.append((company, key, value_digest(values[key])))
