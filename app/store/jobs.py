@@ -168,9 +168,8 @@ def companies(job_id: str) -> Plan[list[tuple[str, int]]]:
 
 
 def rows(job_id: str, companies: Sequence[str]) -> Plan[list[Claim]]:
-    """The job's deliveries of `companies` (a chunk of `companies()`), one `Claim` per company
-    (oldest company first, updates in arrival order), with the property versions that guard
-    against older values."""
+    """The job's deliveries of `companies` (a chunk of `companies()`), a `Claim` per company in
+    arrival order, with the property versions that guard against older values."""
     found = (yield Statement(jq.JOB_ROWS, {"job": job_id, "companies": list(companies)})).rows
     by_company: dict[str, list[ClaimedUpdate]] = {}
     for company_id, delivery_id, seq, metadata, attempts in found:
@@ -185,14 +184,9 @@ def rows(job_id: str, companies: Sequence[str]) -> Plan[list[Claim]]:
         for company_id, key, seq in (yield stmt).rows:
             versions.setdefault(company_id, {})[key] = int(seq)
     token = job_token(job_id)
-    return [
-        Claim(
-            company_id=company_id,
-            updates=updates,
-            versions=versions.get(company_id, {}),
-            owner=token,
-        )
-        for company_id, updates in by_company.items()  # rows come in seq order
+    return [  # rows come in seq order
+        Claim(company_id=c, updates=updates, versions=versions.get(c, {}), owner=token)
+        for c, updates in by_company.items()
     ]
 
 

@@ -164,13 +164,12 @@ class SQLStore(Store):
                 break
         await self._write(lambda: plans.prune_rest(delivered_before))
         await self._write(lambda: jobs.prune_jobs(delivered_before))
-        while await self._write(lambda: plans.prune_versions(delivered_before)) >= (
-            plans.PRUNE_BATCH
-        ):
+        batch = plans.PRUNE_BATCH
+        while await self._write(lambda: plans.prune_versions(delivered_before)) >= batch:
             pass
         return total
 
-    # dispatcher ----------------------------------------------------------------------------
+    # dispatcher and bulk jobs -------------------------------------------------------------
     async def claim(
         self,
         *,
@@ -228,7 +227,6 @@ class SQLStore(Store):
         self._work_committed()
         return moved
 
-    # bulk jobs -----------------------------------------------------------------------------
     async def waiting_companies(self, limit: int) -> int:
         return await self._read(lambda: jobs.waiting_companies(limit), snapshot=True)
 
@@ -265,8 +263,7 @@ class SQLStore(Store):
         return await self._read(lambda: jobs.companies(job_id))
 
     async def job_rows(self, job_id: str, companies: Sequence[str]) -> list[Claim]:
-        chunk = list(companies)
-        return await self._read(lambda: jobs.rows(job_id, chunk), snapshot=True) if chunk else []
+        return await self._read(lambda: jobs.rows(job_id, list(companies)), snapshot=True)
 
     async def job_submitted(
         self,
