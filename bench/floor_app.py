@@ -147,7 +147,10 @@ class NullStore(Store):
     async def take_job(self, *, owner: str, lease_seconds: float) -> BulkJob | None:
         return None
 
-    async def job_rows(self, job_id: str) -> list[Claim]:
+    async def job_companies(self, job_id: str) -> list[tuple[str, int]]:
+        return []
+
+    async def job_rows(self, job_id: str, companies: Sequence[str]) -> list[Claim]:
         return []
 
     async def job_submitted(self, *_: Any, **__: Any) -> bool:  # type: ignore[override]

@@ -632,3 +632,67 @@ def test_no_secret_reaches_bulk_logs_jobs_status_or_metrics(
     assert "accepted a bulk job" in seen and "409" in seen
     for secret in (UPSTREAM_KEY, ADMIN_KEY, INGEST_KEY):
         assert secret not in seen
+
+
+def test_a_job_over_many_updates_per_company_sends_the_newest_value_per_property(
+    database_url: str, sim: SimulatorProcess
+) -> None:
+    """A job's rows are read and merged a chunk of companies at a time (more updates than one
+    read holds here): each row still carries, per property, the newest value, `null` kept."""
+    sim.configure(bulk_rows_per_minute=600_000)
+    count, per_company = 80, 80  # 6,400 updates: more than one read of the job's rows
+
+    def update(i: int) -> dict[str, Any]:
+        metadata: dict[str, Any] = {"i": i, f"p{i % 7}": i}
+        if i % 10 == 3:
+            metadata["gone"] = "x"
+        if i == per_company - 2:
+            metadata["gone"] = None  # a removal, newer than every "x"
+        return metadata
+
+    # Interleaved as they would arrive: every company's update i, then every company's i + 1.
+    items = [
+        {"company_id": f"many-{c}", "metadata": update(i)}
+        for i in range(per_company)
+        for c in range(count)
+    ]
+
+    async def main() -> list[dict[str, Any]]:
+        async with relay_on(database_url, sim) as relay:
+            batches = [
+                await post_bulk(relay, items[n : n + 10_000]) for n in range(0, len(items), 10_000)
+            ]
+            for batch_id in batches:
+                done = await relay.batch_done(batch_id, within=60)
+                assert done["counts"]["delivered"] == done["total"], done
+            return await jobs(relay, status="completed")
+
+    completed = run(main(), limit=120)
+    # The positive signal: jobs merged many updates per company, one holding more than a read.
+    assert completed, completed
+    assert max(j["updates"] for j in completed) > 5_000, completed
+    assert all(j["updates"] > j["rows"] for j in completed), completed
+    newest = {f"p{k}": max(i for i in range(per_company) if i % 7 == k) for k in range(7)}
+    bulk_rows = 0
+    for c in range(count):
+        company = f"many-{c}"
+        history = sim.history(company)
+        assert history is not None, company
+        # Never an older value after a newer one, and each value sent the newest of its
+        # property among the updates that write covered.
+        seen = [h["metadata"]["i"] for h in history]
+        assert seen == sorted(set(seen)), (company, history)
+        for h in history:
+            upto = h["metadata"]["i"]
+            for key, value in h["metadata"].items():
+                if key.startswith("p"):
+                    assert value == max(i for i in range(upto + 1) if i % 7 == int(key[1:])), (
+                        company,
+                        h,
+                    )
+            if "gone" in h["metadata"]:
+                expected = None if upto >= per_company - 2 else "x"
+                assert h["metadata"]["gone"] == expected, (company, h)
+        bulk_rows += sum(1 for h in history if h["via"] == "bulk")
+        assert sim.company(company) == {"i": per_company - 1, **newest}, company
+    assert bulk_rows >= count // 2, bulk_rows

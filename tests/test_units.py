@@ -9,7 +9,7 @@ import pytest
 from app.api.companies import parse_wait
 from app.api.deps import find_key
 from app.config import REGION_URLS, Settings, parse_api_keys
-from app.delivery.merge import merge_claim
+from app.delivery.merge import JobMerge, merge_claim, read_chunks
 from app.delivery.retry import backoff_delay, classify
 from app.domain.models import Claim, ClaimedUpdate
 from app.userpilot.client import UpstreamResult, parse_retry_after
@@ -80,6 +80,27 @@ def test_merge_skips_keys_a_newer_delivered_update_set() -> None:
     claim = _claim((5, {"plan": "old", "seats": 3}), (9, {"x": 1}), versions={"plan": 7, "x": 2})
     merged, _ = merge_claim(claim)
     assert merged == {"seats": 3, "x": 1}
+
+
+def test_a_job_merged_chunk_by_chunk_equals_one_merge_of_all_its_updates() -> None:
+    updates = [
+        (s, {"n": s, f"p{s % 3}": s, **({"gone": None} if s == 7 else {})}) for s in range(9)
+    ]
+    whole, whole_versions = merge_claim(_claim(*updates, versions={"p1": 5}))
+    merged = JobMerge()
+    for start in range(0, 9, 2):  # the company's updates read over five chunks
+        merged.add([_claim(*updates[start : start + 2], versions={"p1": 5})])
+    merged.add([_claim()])  # a claim left empty (its updates refused) adds nothing
+    [row] = merged.rows
+    assert (row.metadata, row.sent_versions, row.updates) == (whole, whole_versions, 9)
+    assert row.metadata == {"n": 8, "p0": 6, "p1": 7, "p2": 8, "gone": None}
+
+
+def test_a_jobs_companies_are_read_in_chunks_of_about_a_limit_of_updates() -> None:
+    companies = [("a", 3), ("b", 4), ("c", 10), ("d", 1), ("e", 1)]
+    assert read_chunks(companies, limit=5) == [["a"], ["b"], ["c"], ["d", "e"]]
+    assert read_chunks(companies, limit=100) == [["a", "b", "c", "d", "e"]]
+    assert read_chunks([], limit=5) == []
 
 
 def test_backoff_grows_caps_and_jitters() -> None:

@@ -17,11 +17,11 @@ import time
 
 from app.config import Settings
 from app.delivery.breaker import Breaker
-from app.delivery.merge import MAX_JOB_BYTES, bulk_body, merge_claim
+from app.delivery.merge import MAX_JOB_BYTES, JobMerge, JobRow, bulk_body, read_chunks
 from app.delivery.pacing import Pacer
 from app.delivery.refuse import without_unsendable
 from app.delivery.retry import backoff_delay, classify_upload
-from app.domain.models import BulkJob, Claim, JobStatus
+from app.domain.models import BulkJob, JobStatus
 from app.metrics import (
     BULK_JOB_DURATION,
     BULK_JOB_ROWS,
@@ -120,25 +120,33 @@ class JobCalls:
         await asyncio.sleep(max(0.0, self.pacer.next_send() - time.time()))
         return 0.0
 
-    async def _rows(self, job: BulkJob) -> list[Claim]:
-        """The job's companies, less the updates that cannot be sent (dead-lettered)."""
-        sendable = []
-        for claim in await self.store.job_rows(job.id):
-            claim = await without_unsendable(self.store, claim, job_context(job), strict=True)
-            if claim.updates:
-                sendable.append(claim)
-        return sendable
+    async def _rows(self, job: BulkJob, *, refuse: bool) -> list[JobRow]:
+        """The job's rows, read and merged a chunk of companies at a time (yielding to the
+        event loop between chunks); with `refuse`, less the updates that cannot be sent
+        (dead-lettered first)."""
+        merged = JobMerge()
+        for chunk in read_chunks(await self.store.job_companies(job.id)):
+            claims = await self.store.job_rows(job.id, chunk)
+            if refuse:
+                claims = [
+                    await without_unsendable(self.store, claim, job_context(job), strict=True)
+                    for claim in claims
+                ]
+            merged.add(claims)
+            await asyncio.sleep(0)
+        return merged.rows
 
     # submitting ------------------------------------------------------------------------------
     async def submit(self, job: BulkJob) -> float:
         """Upload a waiting job; answers how long to wait before the next turn."""
         poll = self.settings.relay_bulk_poll_seconds
         context = job_context(job)
-        claims = await self._rows(job)
-        if not claims:
+        rows = await self._rows(job, refuse=True)
+        if not rows:
             await self.store.job_completed(job, owner=self.owner, sent_versions={})
             return 0.0
-        body = bulk_body(claims)
+        body = bulk_body(rows)
+        del rows  # only the body is held while the upload runs
         if len(body) > MAX_JOB_BYTES:
             await self.split(job, "split", f"{len(body)} bytes: over Userpilot's 50 MB", None)
             return 0.0
@@ -341,17 +349,17 @@ class JobCalls:
         return poll
 
     async def _complete(self, job: BulkJob, done: int | None) -> None:
-        claims = await self.store.job_rows(job.id)
-        sent = {claim.company_id: merge_claim(claim)[1] for claim in claims}
+        rows = await self._rows(job, refuse=False)
+        sent = {row.company_id: row.sent_versions for row in rows}
         if not await self.store.job_completed(
             job, owner=self.owner, sent_versions=sent, completed_rows=done
         ):
             return
         BULK_JOBS.labels(outcome="completed").inc()
-        BULK_ROWS.labels(outcome="delivered").inc(len(claims))
-        updates = sum(len(c.updates) for c in claims)
+        BULK_ROWS.labels(outcome="delivered").inc(len(rows))
+        updates = sum(row.updates for row in rows)
         DELIVERIES.labels(outcome="delivered").inc(updates)
-        UPDATES_MERGED.inc(max(0, updates - len(claims)))
+        UPDATES_MERGED.inc(max(0, updates - len(rows)))
         if done is not None and done < job.rows:
             log.warning(
                 "Userpilot completed a bulk job with fewer rows done than sent",

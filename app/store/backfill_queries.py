@@ -86,7 +86,10 @@ DELIVERED_VALUE = """
     INSERT INTO delivered_values (company_id, key, digest) VALUES (:company, :key, :digest)
     ON CONFLICT (company_id, key) DO UPDATE SET digest = excluded.digest
 """
-JOB_VALUES = "SELECT company_id, seq, metadata FROM deliveries WHERE job_id = :job"
+# The updates of a job whose values it sent (`delivered.record_delivered_job`), a chunk at a time.
+SENT_VALUES = """
+    SELECT company_id, seq, metadata FROM deliveries WHERE seq = ANY(:seqs) AND job_id = :job
+"""
 
 
 @cache

@@ -217,8 +217,13 @@ class Store(abc.ABC):
         one that is due; None while another owner's lease on an unfinished job is live."""
 
     @abc.abstractmethod
-    async def job_rows(self, job_id: str) -> list[Claim]:
-        """The job's deliveries, a `Claim` per company, oldest company first."""
+    async def job_companies(self, job_id: str) -> list[tuple[str, int]]:
+        """The job's companies, oldest first, each with how many updates the job holds of it."""
+
+    @abc.abstractmethod
+    async def job_rows(self, job_id: str, companies: Sequence[str]) -> list[Claim]:
+        """The job's deliveries of `companies` (read a chunk at a time: a job may hold a whole
+        backlog), a `Claim` per company, oldest company first."""
 
     @abc.abstractmethod
     async def job_submitted(

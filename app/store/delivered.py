@@ -37,29 +37,35 @@ def record_delivered(
         yield Statement(bq.DELIVERED_VALUE, rows, many=True)
 
 
+VALUES_CHUNK = 1_000  # sent updates read at a time: never the job's whole backlog
+
+
 def record_delivered_job(
     job: BulkJob, sent_versions: Mapping[str, Mapping[str, int]], completed_rows: int | None
 ) -> Plan[None]:
     """A completed bulk job's values as sent (per company, as `record_delivered`). Nothing
     when Userpilot counted fewer rows done than the job held: which rows it dropped is not
-    known, so a reconciliation sends them all again rather than trust any."""
+    known, so a reconciliation sends them all again rather than trust any. Only the updates
+    whose values were sent are read, a chunk at a time."""
     if not sent_versions or (completed_rows is not None and completed_rows < job.rows):
         return
-    job_id = job.id
-    metadata: dict[tuple[str, int], bytes] = {
-        (str(c), int(s)): bytes(m)
-        for c, s, m in (yield Statement(bq.JOB_VALUES, {"job": job_id})).rows
-    }
-    rows = []
+    wanted: dict[int, list[tuple[str, str]]] = {}  # seq -> (company, key) it sent
     for company in sorted(sent_versions):
         keys = sent_versions[company]
-        parsed: dict[int, Metadata] = {}
         for key in sorted(keys):
-            seq = keys[key]
-            if seq not in parsed and (company, seq) in metadata:
-                parsed[seq] = orjson.loads(metadata[(company, seq)])
-            values = parsed.get(seq)
-            if values is not None and key in values:
-                rows.append({"company": company, "key": key, "digest": value_digest(values[key])})
-    if rows:
+            wanted.setdefault(int(keys[key]), []).append((company, key))
+    seqs = sorted(wanted)
+    digests: list[tuple[str, str, int]] = []
+    for start in range(0, len(seqs), VALUES_CHUNK):
+        chunk = seqs[start : start + VALUES_CHUNK]
+        for company_id, seq, raw in (
+            yield Statement(bq.SENT_VALUES, {"job": job.id, "seqs": chunk})
+        ).rows:
+            values: Metadata = orjson.loads(raw)
+            for company, key in wanted.get(int(seq), ()):
+                if company == str(company_id) and key in values:
+                    digests.append((company, key, value_digest(values[key])))
+    if digests:
+        digests.sort()  # one lock order, whoever else writes these rows
+        rows = [{"company": c, "key": k, "digest": d} for c, k, d in digests]
         yield Statement(bq.DELIVERED_VALUE, rows, many=True)

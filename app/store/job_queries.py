@@ -81,9 +81,14 @@ INSERT_JOB = """
 """
 
 # a job's rows ------------------------------------------------------------------------------
+# Read a chunk of the job's companies at a time (`jobs.rows`): never the whole backlog at once.
+# Through the companies' index: `COALESCE` keeps the planner off the job's and the status's
+# (either would visit every row of the job, or in flight, for every chunk).
 JOB_ROWS = """
     SELECT company_id, id, seq, metadata, attempts FROM deliveries
-    WHERE job_id = :job AND status = 'delivering' ORDER BY seq
+    WHERE company_id = ANY(:companies) AND COALESCE(job_id, '') = :job
+        AND COALESCE(status, '') = 'delivering'
+    ORDER BY seq
 """
 JOB_COMPANIES = """
     SELECT company_id, count(*) FROM deliveries WHERE job_id = :job AND status = 'delivering'

@@ -161,14 +161,18 @@ def expand_for_job(max_rows: int) -> Plan[bool]:
 EXPANSIONS_PER_JOB = 10_000 // EXPAND_CHUNK + 1  # at most a job's rows, a chunk at a time
 
 
-def rows(job_id: str) -> Plan[list[Claim]]:
-    """The job's deliveries, one `Claim` per company (oldest company first, updates in
-    arrival order), with the property versions that guard against older values."""
-    found = (yield Statement(jq.JOB_ROWS, {"job": job_id})).rows
+def companies(job_id: str) -> Plan[list[tuple[str, int]]]:
+    """The job's companies, oldest first, each with how many of its updates the job holds."""
+    found = (yield Statement(jq.JOB_COMPANIES, {"job": job_id})).rows
+    return [(str(company_id), int(count)) for company_id, count in found]
+
+
+def rows(job_id: str, companies: Sequence[str]) -> Plan[list[Claim]]:
+    """The job's deliveries of `companies` (a chunk of `companies()`), a `Claim` per company in
+    arrival order, with the property versions that guard against older values."""
+    found = (yield Statement(jq.JOB_ROWS, {"job": job_id, "companies": list(companies)})).rows
     by_company: dict[str, list[ClaimedUpdate]] = {}
-    first_seq: dict[str, int] = {}
     for company_id, delivery_id, seq, metadata, attempts in found:
-        first_seq.setdefault(company_id, int(seq))
         by_company.setdefault(company_id, []).append(
             ClaimedUpdate(
                 id=delivery_id, seq=int(seq), metadata=orjson.loads(metadata), attempts=attempts
@@ -180,14 +184,9 @@ def rows(job_id: str) -> Plan[list[Claim]]:
         for company_id, key, seq in (yield stmt).rows:
             versions.setdefault(company_id, {})[key] = int(seq)
     token = job_token(job_id)
-    return [
-        Claim(
-            company_id=company_id,
-            updates=updates,
-            versions=versions.get(company_id, {}),
-            owner=token,
-        )
-        for company_id, updates in sorted(by_company.items(), key=lambda i: first_seq[i[0]])
+    return [  # rows come in seq order
+        Claim(company_id=c, updates=updates, versions=versions.get(c, {}), owner=token)
+        for c, updates in by_company.items()
     ]
 
 

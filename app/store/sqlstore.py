@@ -164,13 +164,12 @@ class SQLStore(Store):
                 break
         await self._write(lambda: plans.prune_rest(delivered_before))
         await self._write(lambda: jobs.prune_jobs(delivered_before))
-        while await self._write(lambda: plans.prune_versions(delivered_before)) >= (
-            plans.PRUNE_BATCH
-        ):
+        batch = plans.PRUNE_BATCH
+        while await self._write(lambda: plans.prune_versions(delivered_before)) >= batch:
             pass
         return total
 
-    # dispatcher ----------------------------------------------------------------------------
+    # dispatcher and bulk jobs -------------------------------------------------------------
     async def claim(
         self,
         *,
@@ -228,7 +227,6 @@ class SQLStore(Store):
         self._work_committed()
         return moved
 
-    # bulk jobs -----------------------------------------------------------------------------
     async def waiting_companies(self, limit: int) -> int:
         return await self._read(lambda: jobs.waiting_companies(limit), snapshot=True)
 
@@ -261,8 +259,11 @@ class SQLStore(Store):
     async def take_job(self, *, owner: str, lease_seconds: float) -> BulkJob | None:
         return await self._write(lambda: jobs.take(owner, lease_seconds))
 
-    async def job_rows(self, job_id: str) -> list[Claim]:
-        return await self._read(lambda: jobs.rows(job_id), snapshot=True)
+    async def job_companies(self, job_id: str) -> list[tuple[str, int]]:
+        return await self._read(lambda: jobs.companies(job_id))
+
+    async def job_rows(self, job_id: str, companies: Sequence[str]) -> list[Claim]:
+        return await self._read(lambda: jobs.rows(job_id, list(companies)), snapshot=True)
 
     async def job_submitted(
         self,
