@@ -170,6 +170,9 @@ def create_app(
             app.state.startup_error = f"userpilot-relay cannot start: {exc}"
             raise StartupError(app.state.startup_error) from None
         store = given_store or open_store(active.relay_database_url)
+        store.catalogue.limit_callers(
+            active.relay_catalogue_names_per_caller, on_refused=properties.count_refused_names
+        )
         try:
             await store.open()
         except StoreUnavailable as exc:

@@ -57,6 +57,9 @@ Data quality and backfills:
 - `userpilot_relay_property_type_conflicts`: properties seen with more than one type.
 - `userpilot_relay_type_drift_rejections_total`: values refused (RELAY_TYPE_DRIFT=reject) for
   a type other than the one first recorded for their undeclared property.
+- `userpilot_relay_catalogue_names_refused_total{caller}`: values of a new property name the
+  catalogue did not record because their caller (a relay key's name, `hubspot`, `stripe`) holds
+  RELAY_CATALOGUE_NAMES_PER_CALLER names, or the catalogue is full (the update is still stored).
 - `userpilot_relay_backfill_pages_total{source}`, `userpilot_relay_backfill_companies_total
   {source,outcome}` (`enqueued`, `skipped`, `unchanged`), `userpilot_relay_backfill_errors_total
   {source,reason}`: what backfills from HubSpot and Stripe read and did.
@@ -185,6 +188,11 @@ PROPERTY_CONFLICTS = Gauge(
 TYPE_DRIFT_REJECTIONS = Counter(
     "userpilot_relay_type_drift_rejections",
     "Values refused for a type other than the one first recorded for their property.",
+)
+CATALOGUE_NAMES_REFUSED = Counter(
+    "userpilot_relay_catalogue_names_refused",
+    "New property names' values not catalogued: the caller's quota reached or the catalogue full.",
+    ["caller"],
 )
 BACKFILL_PAGES = Counter(
     "userpilot_relay_backfill_pages", "Pages read by backfills, by source.", ["source"]

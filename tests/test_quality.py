@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from app.simulator.process import SimulatorProcess
 from tests.inprocess import ADMIN_KEY, InProcessRelay, run, settings_for
+from tests.relay import RELAY_KEYS
 from tests.webhook_helpers import captured_logs, hs_change, hubspot_relay, settled, v3_headers
 
 FINDINGS = "userpilot_relay_pii_findings_total"
@@ -404,3 +405,130 @@ def test_hostile_property_names_in_the_path_change_nothing(
     assert all(status in (404, 422) for status in statuses), statuses
     assert statuses[-1] == 422
     assert before == after and "tier" in after
+
+
+REFUSED_NAMES = "userpilot_relay_catalogue_names_refused_total"
+BILLING_KEY = "billing-key-5c7e9a1f3d"
+
+
+async def all_properties(r: InProcessRelay, **params: Any) -> list[list[dict[str, Any]]]:
+    """Every page of GET /properties, following `next` until it is null."""
+    pages: list[list[dict[str, Any]]] = []
+    query = dict(params)
+    while True:
+        answer = await r.get("/properties", key=ADMIN_KEY, params=query)
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        pages.append(body["properties"])
+        if body["next"] is None:
+            return pages
+        assert body["next"] == body["properties"][-1]["name"]
+        query["after"] = body["next"]
+
+
+def test_one_caller_at_its_quota_leaves_room_for_another_and_is_still_delivered(
+    database_url: str, sim: SimulatorProcess
+) -> None:
+    # `svc` sends 3,000 distinct names with RELAY_CATALOGUE_NAMES_PER_CALLER=2000: 2,000 are
+    # catalogued, the rest counted; `billing` still adds its own; svc's updates still reach
+    # Userpilot, names past its quota included.
+    bulk = {
+        "companies": [
+            {"company_id": f"q-{c}", "metadata": {f"svc_{c:02d}_{i:03d}": i for i in range(100)}}
+            for c in range(30)
+        ]
+    }
+
+    async def main() -> tuple[list[list[dict[str, Any]]], float, httpx.Response, list[int]]:
+        async with relay(
+            database_url,
+            sim,
+            relay_catalogue_names_per_caller=2000,
+            relay_api_keys=f"{RELAY_KEYS},billing:ingest:{BILLING_KEY}",
+        ) as r:
+            before = await metric(r, REFUSED_NAMES, caller="svc")
+            statuses = [(await r.post("/companies/bulk", json=bulk)).status_code]
+            own = {f"billing_{i}": i for i in range(5)}
+            statuses.append((await r.post_company("bill-1", own, key=BILLING_KEY)).status_code)
+            late = await r.post_company(
+                "q-late", {"svc_late": "yes"}, headers={"Prefer": "wait=25"}
+            )
+            pages = await all_properties(r, limit=1000)
+            return pages, await metric(r, REFUSED_NAMES, caller="svc") - before, late, statuses
+
+    pages, refused, late, statuses = run(main(), limit=90)
+    assert statuses == [202, 202]
+    props = [p for page in pages for p in page]
+    owners: dict[str, int] = {}
+    for p in props:
+        owners[p["added_by"]] = owners.get(p["added_by"], 0) + 1
+    assert owners == {"svc": 2000, "billing": 5}
+    assert [len(page) for page in pages] == [1000, 1000, 5]
+    assert refused == 1001  # 1,000 names of the bulk request, and svc_late
+    assert late.status_code == 200, late.text  # delivered all the same
+    assert sim.company("q-late") == {"svc_late": "yes"}
+
+
+def test_each_name_records_the_caller_that_added_it(
+    database_url: str, sim: SimulatorProcess
+) -> None:
+    now = int(time.time() * 1000)
+    body = json.dumps([hs_change(811, "numberofemployees", "42", at=now, event_id=11)]).encode()
+
+    async def main() -> dict[str, Any]:
+        async with hubspot_relay(
+            database_url,
+            sim.url,
+            relay_api_keys=f"{RELAY_KEYS},billing:ingest:{BILLING_KEY}",
+        ) as r:
+            await r.post_company("who-1", {"plan": "pro"})
+            await r.post("/webhooks/hubspot", key=None, content=body, headers=v3_headers(body, ""))
+            await r.post_company("who-2", {"employees": "many", "seats": 3}, key=BILLING_KEY)
+            answer = await r.get("/properties", key=ADMIN_KEY)
+            assert answer.status_code == 200, answer.text
+            return {p["name"]: p for p in answer.json()["properties"]}
+
+    props = run(main())
+    assert props["plan"]["added_by"] == "svc"
+    assert props["employees"]["added_by"] == "hubspot"  # a source counts as itself
+    assert props["employees"]["conflict"]  # billing's string came later: hubspot keeps it
+    assert props["seats"]["added_by"] == "billing"
+
+
+def test_get_properties_pages_by_name_and_refuses_bad_paging(
+    database_url: str, sim: SimulatorProcess
+) -> None:
+    names = [f"page_{i:02d}" for i in range(30)]
+
+    async def main() -> tuple[list[list[str]], list[list[str]], dict[str, Any], list[Any]]:
+        async with relay(database_url, sim) as r:
+            await r.post_company("pg-1", {n: 1 for n in names})
+            await r.post_company("pg-2", {n: "x" for n in names[:5]})  # 5 conflicts
+            pages = [[p["name"] for p in page] for page in await all_properties(r, limit=7)]
+            conflicts = await all_properties(r, limit=2, conflicts="true")
+            whole = (await r.get("/properties", key=ADMIN_KEY)).json()  # default: 500
+            bad = []
+            for params in (
+                {"limit": "0"},
+                {"limit": "1001"},
+                {"limit": "ten"},
+                {"after": "a\x00b"},
+                {"after": "x" * 300},
+            ):
+                answer = await r.get("/properties", key=ADMIN_KEY, params=params)
+                bad.append((answer.status_code, answer.json()["errors"][0]["field"]))
+            return pages, [[p["name"] for p in page] for page in conflicts], whole, bad
+
+    pages, conflicts, whole, bad = run(main())
+    assert [len(p) for p in pages] == [7, 7, 7, 7, 2]
+    assert [n for page in pages for n in page] == names  # every name once, in order
+    assert [n for page in conflicts for n in page] == names[:5]
+    assert len(whole["properties"]) == 30 and whole["next"] is None
+    assert whole["conflicts"] == 5
+    assert bad == [
+        (422, "query.limit"),
+        (422, "query.limit"),
+        (422, "query.limit"),
+        (422, "query.after"),
+        (422, "query.after"),
+    ]

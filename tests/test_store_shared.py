@@ -404,3 +404,94 @@ def test_a_reader_never_recreates_a_removed_sqlite_file(tmp_path: Any) -> None:
             await store.close()
 
     run(main)
+
+
+# the property catalogue ----------------------------------------------------------------------
+def _names(prefix: str, count: int, per_update: int = 100) -> list[dict[str, Any]]:
+    """`count` distinct property names, `per_update` to an update's metadata."""
+    names = [f"{prefix}{i:04d}" for i in range(count)]
+    return [{n: 1 for n in names[i : i + per_update]} for i in range(0, count, per_update)]
+
+
+async def _walk(store: Store, *, limit: int, conflicts: bool = False) -> list[list[str]]:
+    """Every page of the catalogue, following `next` from the start."""
+    pages: list[list[str]] = []
+    after = None
+    while True:
+        page = await store.catalogue.page(after=after, limit=limit, conflicts=conflicts)
+        pages.append([p.name for p in page.properties])
+        if page.next is None:
+            return pages
+        assert page.next == pages[-1][-1]
+        after = page.next
+
+
+def test_one_caller_cannot_take_every_name_of_the_catalogue(database_url: str) -> None:
+    """With room for 2,500 names and 2,000 a caller, a caller sending 3,000 names leaves room
+    for another's; the names it sent past its quota are reported, and a store opened later (a
+    restart, another replica) holds it to the same quota from the table."""
+    refused: list[tuple[str, int]] = []
+    later_refused: list[tuple[str, int]] = []
+
+    async def main() -> tuple[dict[str | None, int], set[str]]:
+        store = await opened(database_url)
+        try:
+            store.catalogue.limit_callers(
+                2_000, on_refused=lambda c, n: refused.append((c, n)), max_names=2_500
+            )
+            store.catalogue.record(_names("a", 3_000), source="bulk", caller="alpha")
+            store.catalogue.record(_names("b", 400), source="api", caller="beta")
+            # a name another caller added keeps its owner; a known name takes a new type
+            store.catalogue.record([{"a0001": "x", "b0001": "x"}], source="api", caller="beta")
+            owners: dict[str | None, int] = {}
+            for prop in await store.catalogue.properties():
+                owners[prop.added_by] = owners.get(prop.added_by, 0) + 1
+        finally:
+            await store.close()
+        store = await opened(database_url)
+        try:
+            store.catalogue.limit_callers(
+                2_000, on_refused=lambda c, n: later_refused.append((c, n))
+            )
+            await store.catalogue.flush()  # learns the names and their callers from the table
+            store.catalogue.record([{"a9999": 1, "c0001": 1}], source="api", caller="alpha")
+            store.catalogue.record([{"c0002": 1}], source="api", caller="gamma")
+            names = {p.name for p in await store.catalogue.properties()}
+        finally:
+            await store.close()
+        return owners, names
+
+    owners, names = run(main)
+    assert owners == {"alpha": 2_000, "beta": 400}
+    assert refused == [("alpha", 1_000)]
+    assert later_refused == [("alpha", 2)]
+    assert "c0002" in names and not {"a9999", "c0001"} & names
+
+
+def test_paging_walks_every_name_exactly_once(database_url: str) -> None:
+    async def main() -> tuple[list[list[str]], list[list[str]], list[list[str]], list[str]]:
+        store = await opened(database_url)
+        try:
+            store.catalogue.record(_names("p", 30, per_update=10), source="api", caller="svc")
+            # every third name seen with a second type: 10 conflicts
+            store.catalogue.record(
+                [{f"p{i:04d}": "text" for i in range(0, 30, 3)}], source="api", caller="svc"
+            )
+            pages = await _walk(store, limit=7)
+            conflicts = await _walk(store, limit=3, conflicts=True)
+            assert await store.catalogue.forget("p0007")
+            after_forget = await _walk(store, limit=7)
+            page = await store.catalogue.page(after="p0027", limit=7, conflicts=False)
+            assert page.conflicts == 10
+            return pages, conflicts, after_forget, [p.name for p in page.properties]
+        finally:
+            await store.close()
+
+    pages, conflicts, after_forget, tail = run(main)
+    every = [f"p{i:04d}" for i in range(30)]
+    assert [len(p) for p in pages] == [7, 7, 7, 7, 2]
+    assert [name for page in pages for name in page] == every
+    assert [name for page in conflicts for name in page] == every[::3]
+    assert [len(p) for p in conflicts] == [3, 3, 3, 1]
+    assert [name for page in after_forget for name in page] == [n for n in every if n != "p0007"]
+    assert tail == ["p0028", "p0029"]

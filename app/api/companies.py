@@ -225,7 +225,7 @@ async def store_company(
         status = first.status if first else status
     else:
         UPDATES_ACCEPTED.labels(source="api").inc()
-        store.catalogue.record((metadata,), source="api")
+        store.catalogue.record((metadata,), source="api", caller=caller.name)
     if wait is None:
         return _json(202, {"id": delivery_id, "status": status})
     return await _wait_for_outcome(store, delivery_id, wait, replayed=result.replayed)
@@ -321,5 +321,7 @@ async def _store_bulk(
     if not result.replayed:
         UPDATES_ACCEPTED.labels(source="bulk").inc(result.stored)
         # Off the event loop: a type per value of up to 10,000 companies.
-        await asyncio.to_thread(store.catalogue.record, [m for _, m in companies], source="bulk")
+        await asyncio.to_thread(
+            store.catalogue.record, [m for _, m in companies], source="bulk", caller=caller
+        )
     return _json(202, {"batch_id": result.batch_id, "accepted": result.stored})

@@ -4,6 +4,9 @@ Every stored update is counted per property and type (`app/store/catalogue.py`),
 path it came by (`api`, `bulk`, `hubspot`, `stripe`), so a team can check that its data maps
 as it expects before relying on it in Userpilot: a property seen with two types is a
 conflict, logged once as a warning and counted in `userpilot_relay_property_type_conflicts`.
+The list comes a page of names at a time (`limit`, `after`, `next`); each name records the
+caller that added it, and a caller's new names past RELAY_CATALOGUE_NAMES_PER_CALLER are
+counted in `userpilot_relay_catalogue_names_refused_total{caller}` instead of recorded.
 """
 
 from __future__ import annotations
@@ -19,8 +22,8 @@ from app.api.companies import AUTH_ERRORS, _error
 from app.api.deps import AdminCaller, SettingsDep, StoreDep
 from app.domain.rules import property_name_problem
 from app.domain.values import SeenType
-from app.errors import RelayError
-from app.metrics import PROPERTY_CONFLICTS
+from app.errors import FieldError, RelayError
+from app.metrics import CATALOGUE_NAMES_REFUSED, PROPERTY_CONFLICTS
 from app.store.base import Store
 from app.store.catalogue import PropertySeen
 
@@ -28,6 +31,8 @@ router = APIRouter(tags=["operations"])
 log = logging.getLogger("userpilot_relay.catalogue")
 
 FLUSH_SECONDS = 5.0
+PAGE_DEFAULT = 500
+PAGE_MAX = 1000
 
 Source = Annotated[str, Field(description="`api`, `bulk`, `hubspot` or `stripe`.")]
 
@@ -52,13 +57,20 @@ class PropertyOut(BaseModel):
     first_seen: float
     last_seen: float
     sources: list[Source]
+    added_by: str | None = Field(
+        description="The caller that added the name: a relay key's name, `hubspot` or "
+        "`stripe` (null when recorded before callers were)."
+    )
 
 
 class PropertiesOut(BaseModel):
-    """Every property recorded, by name."""
+    """A page of the properties recorded, by name."""
 
     properties: list[PropertyOut]
-    conflicts: int = Field(description="Properties seen with more than one type.")
+    conflicts: int = Field(description="Properties seen with more than one type, in all.")
+    next: str | None = Field(
+        description="Pass as `after` for the next page; null on the last page."
+    )
 
 
 @router.get(
@@ -73,17 +85,31 @@ async def list_properties(
     conflicts: Annotated[
         bool, Query(description="Only the properties seen with more than one type.")
     ] = False,
+    limit: Annotated[
+        int, Query(ge=1, le=PAGE_MAX, description="Properties in one page, 1 to 1,000.")
+    ] = PAGE_DEFAULT,
+    after: Annotated[
+        str | None,
+        Query(description="Start after this property name: the `next` of the last page."),
+    ] = None,
 ) -> PropertiesOut:
-    """The properties stored so far: types with counts, first and last seen, sources (admin)."""
-    seen = await store.catalogue.properties()
+    """The properties stored so far, by name, a page at a time: types with counts, first and
+    last seen, sources, the caller that added each (admin). Follow `next` until it is null."""
+    if after is not None and (problem := property_name_problem(after)) is not None:
+        raise RelayError(
+            422,
+            "invalid_request",
+            "invalid request: after",
+            errors=[FieldError(field="query.after", message=f"must be a property name: {problem}")],
+        )
+    page = await store.catalogue.page(after=after, limit=limit, conflicts=conflicts)
+    PROPERTY_CONFLICTS.set(page.conflicts)
     rules = settings.quality_rules()
-    found = [p for p in seen if p.conflict]
-    PROPERTY_CONFLICTS.set(len(found))
     out = []
-    for prop in found if conflicts else seen:
+    for prop in page.properties:
         rule = rules.schema.properties.get(prop.name) if rules.schema is not None else None
         out.append(_out(prop, None if rule is None else rule.type, rules.cleared(prop.name)))
-    return PropertiesOut(properties=out, conflicts=len(found))
+    return PropertiesOut(properties=out, conflicts=page.conflicts, next=page.next)
 
 
 @router.delete(
@@ -131,7 +157,14 @@ def _out(prop: PropertySeen, declared: str | None, cleared: bool) -> PropertyOut
         first_seen=min(t.first_seen for t in prop.types),
         last_seen=max(t.last_seen for t in prop.types),
         sources=sources,
+        added_by=prop.added_by,
     )
+
+
+def count_refused_names(caller: str, values: int) -> None:
+    """The catalogue did not record `values` values of new names from `caller` (a relay key's
+    name or a source: bounded)."""
+    CATALOGUE_NAMES_REFUSED.labels(caller=caller).inc(values)
 
 
 async def flush_catalogue(store: Store, *, every: float = FLUSH_SECONDS) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import PrivateAttr, field_validator
+from pydantic import Field, PrivateAttr, field_validator
 from pydantic_settings import BaseSettings, NoDecode
 
 from app.domain.quality import Rules
@@ -23,6 +23,7 @@ class QualitySettings(BaseSettings):
     relay_pii_policy: Literal["reject", "strip", "allow"] = "reject"
     relay_pii_allowed_properties: Annotated[frozenset[str], NoDecode] = frozenset()
     relay_type_drift: Literal["warn", "reject"] = "warn"
+    relay_catalogue_names_per_caller: int = Field(default=2_000, ge=1, le=10_000)
     _rules: Rules | None = PrivateAttr(default=None)
 
     @field_validator("relay_property_schema_file")

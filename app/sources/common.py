@@ -185,5 +185,5 @@ async def commit(
         WEBHOOK_UNMAPPED_FIELDS.labels(source=source).inc(unmapped)
     if result.stored:
         UPDATES_ACCEPTED.labels(source=source).inc(result.stored)
-        store.catalogue.record(kept, source=source)
+        store.catalogue.record(kept, source=source, caller=source)
     return result

@@ -10,6 +10,13 @@ a property with two rows is a conflict.
 `first_types` (the type each property was first recorded with, the oldest row) is what
 `RELAY_TYPE_DRIFT=reject` compares against; it is refreshed from the table by each flush, so a
 type another replica recorded first is known here within one flush interval.
+
+Each row keeps the caller that first recorded it (a relay key's name, or `hubspot` / `stripe`);
+a name belongs to the caller of its oldest row. A caller holding `names_per_caller` names adds
+no new ones (its values of known names still count), so one caller cannot take every name of
+the catalogue; what was not recorded is reported through `on_refused`. Replicas learn each
+other's names at each flush, so together they may pass a quota by what the others recorded
+within one flush interval. `page` reads the catalogue a page of names at a time.
 """
 
 from __future__ import annotations
@@ -17,32 +24,48 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from app.domain.models import Metadata
 from app.domain.values import SeenType, seen_type
 from app.store.part import Reader, StorePart, Writer
-from app.store.sql import Plan, Statement
+from app.store.sql import Plan, Row, Statement
 
 log = logging.getLogger("userpilot_relay.catalogue")
 
 SOURCES: tuple[str, ...] = ("api", "bulk", "hubspot", "stripe")
 _BITS = {name: 1 << index for index, name in enumerate(SOURCES)}
 MAX_PROPERTIES = 10_000  # names kept; past it new names are not recorded (logged once)
+NAMES_PER_CALLER = 2_000  # names one caller may add (RELAY_CATALOGUE_NAMES_PER_CALLER)
 
+# `caller` is read before `first_seen` changes (SET sees the row as it was): an older count
+# from another replica hands the row to its caller.
 UPSERT = """
-    INSERT INTO property_catalogue (name, type, seen, first_seen, last_seen, sources)
-    VALUES (:name, :type, :seen, :first_seen, :last_seen, :sources)
+    INSERT INTO property_catalogue (name, type, seen, first_seen, last_seen, sources, caller)
+    VALUES (:name, :type, :seen, :first_seen, :last_seen, :sources, :caller)
     ON CONFLICT (name, type) DO UPDATE SET
         seen = property_catalogue.seen + excluded.seen,
+        caller = CASE WHEN excluded.first_seen < property_catalogue.first_seen
+                      THEN excluded.caller ELSE property_catalogue.caller END,
         first_seen = LEAST(property_catalogue.first_seen, excluded.first_seen),
         last_seen = GREATEST(property_catalogue.last_seen, excluded.last_seen),
         sources = property_catalogue.sources | excluded.sources
 """
 FORGET = "DELETE FROM property_catalogue WHERE name = :name"
 ALL_ROWS = """
-    SELECT name, type, seen, first_seen, last_seen, sources FROM property_catalogue
+    SELECT name, type, seen, first_seen, last_seen, sources, caller FROM property_catalogue
+    ORDER BY name, first_seen, type
+"""
+# One page: the first `:names` names after `:after` ('' before the first) that were seen with
+# at least `:types` types, every row of each.
+PAGE_ROWS = """
+    SELECT name, type, seen, first_seen, last_seen, sources, caller FROM property_catalogue
+    WHERE name IN (
+        SELECT name FROM property_catalogue WHERE name > :after
+        GROUP BY name HAVING count(*) >= :types
+        ORDER BY name LIMIT :names)
     ORDER BY name, first_seen, type
 """
 
@@ -53,6 +76,7 @@ class _Count:
     first: float
     last: float
     sources: int
+    caller: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +86,7 @@ class TypeSeen:
     first_seen: float
     last_seen: float
     sources: tuple[str, ...]
+    caller: str = ""  # the caller that recorded it first ('' before callers were recorded)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +99,20 @@ class PropertySeen:
     @property
     def conflict(self) -> bool:
         return len(self.types) > 1
+
+    @property
+    def added_by(self) -> str | None:
+        """The caller that added the name (its oldest row's), None when not known."""
+        return self.types[0].caller or None if self.types else None
+
+
+@dataclass(frozen=True, slots=True)
+class CataloguePage:
+    """Some properties by name; `next` is the `after` of the next page, None at the end."""
+
+    properties: list[PropertySeen]
+    next: str | None
+    conflicts: int  # in the whole catalogue
 
 
 def _sources(bits: int) -> tuple[str, ...]:
@@ -89,23 +128,46 @@ class PropertyCatalogue(StorePart):
         self._first: dict[str, SeenType] = {}
         self._types: dict[str, set[SeenType]] = {}  # every type known here, for the warning
         self._warned: set[str] = set()
+        self._owners: dict[str, str] = {}  # name -> the caller that added it
+        self._owned: Counter[str] = Counter()  # caller -> names it added
         self._full_logged = False
+        self._quota_logged: set[str] = set()  # callers (bounded: relay keys and sources)
         self._lock = threading.Lock()  # `record` may run in a worker thread (a bulk request)
+        self.names_per_caller = NAMES_PER_CALLER
+        self.max_names = MAX_PROPERTIES
+        self.on_refused: Callable[[str, int], None] | None = None
+
+    def limit_callers(
+        self,
+        names_per_caller: int,
+        *,
+        on_refused: Callable[[str, int], None] | None = None,
+        max_names: int = MAX_PROPERTIES,
+    ) -> None:
+        """How many names one caller may add, and whom to tell (caller, how many values) when
+        a caller's new names were not recorded (its quota reached, or the catalogue full)."""
+        self.names_per_caller = names_per_caller
+        self.on_refused = on_refused
+        self.max_names = max_names
 
     # the request path ----------------------------------------------------------------------
     def first_types(self) -> Mapping[str, SeenType]:
         """The type each property was first recorded with (as of the last flush)."""
         return self._first
 
-    def record(self, updates: Iterable[Metadata], *, source: str) -> None:
-        """Count the values of stored updates (`null` removes a property: not a type)."""
+    def record(self, updates: Iterable[Metadata], *, source: str, caller: str) -> None:
+        """Count the values of stored updates (`null` removes a property: not a type) for
+        `caller` (a relay key's name; `hubspot` or `stripe` for their webhooks and backfills)."""
         now = time.time()
         bit = _BITS[source]
         with self._lock:
-            self._count(updates, now, bit)
+            refused = self._count(updates, now, bit, caller)
+        if refused and self.on_refused is not None:
+            self.on_refused(caller, refused)
 
-    def _count(self, updates: Iterable[Metadata], now: float, bit: int) -> None:
+    def _count(self, updates: Iterable[Metadata], now: float, bit: int, caller: str) -> int:
         pending = self._pending
+        refused = 0
         for metadata in updates:
             for name, value in metadata.items():
                 if value is None:
@@ -113,25 +175,41 @@ class PropertyCatalogue(StorePart):
                 kind = seen_type(value)
                 count = pending.get((name, kind))
                 if count is None:
-                    if not self._room(name):
+                    if not self._room(name, caller):
+                        refused += 1
                         continue
-                    pending[(name, kind)] = _Count(1, now, now, bit)
+                    pending[(name, kind)] = _Count(1, now, now, bit, caller)
                     self._new_type(name, kind)
                 else:
                     count.seen += 1
                     count.last = now
                     count.sources |= bit
+        return refused
 
-    def _room(self, name: str) -> bool:
-        if name in self._types or len(self._types) < MAX_PROPERTIES:
+    def _room(self, name: str, caller: str) -> bool:
+        """Whether `name` is recorded: known already, or a new name the caller may add."""
+        if name in self._types:
             return True
-        if not self._full_logged:
-            self._full_logged = True
-            log.warning(
-                "the property catalogue is full: new property names are no longer recorded",
-                extra={"limit": MAX_PROPERTIES},
-            )
-        return False
+        if len(self._types) >= self.max_names:
+            if not self._full_logged:
+                self._full_logged = True
+                log.warning(
+                    "the property catalogue is full: new property names are no longer recorded",
+                    extra={"limit": self.max_names},
+                )
+            return False
+        if self._owned[caller] >= self.names_per_caller:
+            if caller not in self._quota_logged:
+                self._quota_logged.add(caller)
+                log.warning(
+                    "a caller reached its property catalogue quota: "
+                    "its new property names are no longer recorded",
+                    extra={"caller": caller, "limit": self.names_per_caller},
+                )
+            return False
+        self._owners[name] = caller
+        self._owned[caller] += 1
+        return True
 
     def _new_type(self, name: str, kind: SeenType) -> None:
         types = self._types.setdefault(name, set())
@@ -164,6 +242,7 @@ class PropertyCatalogue(StorePart):
                 "first_seen": c.first,
                 "last_seen": c.last,
                 "sources": c.sources,
+                "caller": c.caller,
             }
             for (name, kind), c in sorted(pending.items())  # one order: no deadlock between
         ]
@@ -183,12 +262,27 @@ class PropertyCatalogue(StorePart):
         await self.flush()
         return await self._read(_all)
 
+    async def page(self, *, after: str | None, limit: int, conflicts: bool) -> CataloguePage:
+        """Up to `limit` properties by name after `after` (after this process's pending counts);
+        with `conflicts`, only those seen with more than one type."""
+        total = await self.flush()
+        found = await self._read(lambda: _page(after or "", limit + 1, 2 if conflicts else 1))
+        more = len(found) > limit
+        properties = found[:limit]
+        return CataloguePage(
+            properties=properties,
+            next=properties[-1].name if more else None,
+            conflicts=total,
+        )
+
     def _merge(self, key: tuple[str, SeenType], c: _Count) -> None:
         now = self._pending.get(key)
         if now is None:
             self._pending[key] = c
             return
         now.seen += c.seen
+        if c.first < now.first:
+            now.caller = c.caller
         now.first = min(now.first, c.first)
         now.last = max(now.last, c.last)
         now.sources |= c.sources
@@ -199,13 +293,17 @@ class PropertyCatalogue(StorePart):
         forgotten here too. `_first` is changed in place: readers hold it."""
         types: dict[str, set[SeenType]] = {p.name: {t.type for t in p.types} for p in properties}
         first = {p.name: p.types[0].type for p in properties if p.types}
-        for name, kind in self._pending:
+        owners = {p.name: p.types[0].caller for p in properties if p.types}
+        for (name, kind), count in self._pending.items():
             types.setdefault(name, set()).add(kind)
             first.setdefault(name, kind)
+            owners.setdefault(name, count.caller)
         for name in [n for n in self._first if n not in first]:
             del self._first[name]
         self._first.update(first)
         self._types = types
+        self._owners = owners
+        self._owned = Counter(owners.values())
         self._warned &= set(types)
         for name, known in types.items():
             self._warn(name, known)
@@ -222,6 +320,9 @@ class PropertyCatalogue(StorePart):
             self._types.pop(name, None)
             self._first.pop(name, None)
             self._warned.discard(name)
+            owner = self._owners.pop(name, None)
+            if owner is not None:
+                self._owned[owner] -= 1
         return result
 
 
@@ -238,8 +339,17 @@ def _forget(name: str) -> Plan[bool]:
 
 def _all() -> Plan[list[PropertySeen]]:
     result = yield Statement(ALL_ROWS)
+    return _grouped(result.rows)
+
+
+def _page(after: str, names: int, types: int) -> Plan[list[PropertySeen]]:
+    result = yield Statement(PAGE_ROWS, {"after": after, "names": names, "types": types})
+    return _grouped(result.rows)
+
+
+def _grouped(rows: list[Row]) -> list[PropertySeen]:
     grouped: dict[str, list[TypeSeen]] = {}
-    for name, kind, seen, first, last, bits in result.rows:
+    for name, kind, seen, first, last, bits, caller in rows:
         grouped.setdefault(name, []).append(
             TypeSeen(
                 type=kind,
@@ -247,6 +357,7 @@ def _all() -> Plan[list[PropertySeen]]:
                 first_seen=float(first),
                 last_seen=float(last),
                 sources=_sources(int(bits)),
+                caller=str(caller),
             )
         )
     return [PropertySeen(name=name, types=tuple(types)) for name, types in grouped.items()]

@@ -304,7 +304,9 @@ class BackfillRunner:
             UPDATES_ACCEPTED.labels(source=source).inc(outcome.enqueued)
             self.store.signals.work_arrived()
             # The catalogue counts the values read (a value older than a webhook's included).
-            self.store.catalogue.record((r.metadata for r in page.records), source=source)
+            self.store.catalogue.record(
+                (r.metadata for r in page.records), source=source, caller=source
+            )
         log.info(
             "backfill page committed",
             extra={
