@@ -221,20 +221,21 @@ def _has_card(text: str, key: str | None) -> bool:
 
 def _has_ip(text: str) -> bool:
     if "." in text:
+        public: dict[str, bool] = {}  # a long value repeats itself: each address parsed once
         for match in _IPV4.finditer(text):
-            parts = match.group().split(".")
-            if not _public_v4(parts):
-                continue
-            if all(len(part) == 1 for part in parts):
-                continue  # 1.2.3.4: a version
+            candidate = match.group()
+            if len(candidate) == 7:
+                continue  # four single digits (1.2.3.4): a version
+            known = public.get(candidate)
+            if known is None:
+                known = public[candidate] = _public_v4(candidate.split("."))
             start = match.start()
-            if _VERSION_BEFORE.search(text, max(start - 10, 0), start):
-                continue
-            return True
+            if known and not _VERSION_BEFORE.search(text, max(start - 10, 0), start):
+                return True
     # An IPv6 address has `::` or at least six colons (times and ISO dates have two).
     if "::" in text or text.count(":") >= 6:
-        for match in _IPV6.finditer(text):
-            if _public_v6(match.group().rstrip(".")):
+        for candidate in set(_IPV6.findall(text)):
+            if _public_v6(candidate.rstrip(".")):
                 return True
     return False
 
