@@ -20,7 +20,16 @@ from dataclasses import dataclass, field
 
 from app.domain.models import Metadata
 from app.domain.pii import PiiKind
-from app.domain.quality import PII_LABELS, PiiAction, Rules, company_pii, pii_problem, plain, review
+from app.domain.quality import (
+    PII_LABELS,
+    PiiAction,
+    Rules,
+    all_plain,
+    company_pii,
+    pii_problem,
+    plain,
+    review,
+)
 from app.domain.values import SeenType
 from app.errors import FieldError, RelayError, field_path
 from app.metrics import PII_FINDINGS, TYPE_DRIFT_REJECTIONS
@@ -58,6 +67,8 @@ def reviewed(
     findings = Findings()
     # Only the PII guard to apply: most updates pass its cheap tests and are kept as they are.
     guard_only = rules.schema is None and (rules.drift == "warn" or not first_types)
+    if guard_only and all_plain(companies):
+        return companies
     for index, (company_id, metadata) in enumerate(companies):
         prefix: tuple[str | int, ...] = ("companies", index) if bulk else ()
         kind = company_pii(company_id, rules)

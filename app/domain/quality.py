@@ -28,8 +28,9 @@ unless it is `allow`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Literal
 
 from app.domain.models import Metadata
@@ -101,10 +102,10 @@ class Reviewed:
 
 
 # What a property name is, remembered: names repeat across updates. (PII in the name, whether
-# it names a card.) Bounded: emptied when full.
+# it names a card.) Bounded: emptied when full. `_CLEAN` holds the names that are neither.
 _NAMES: dict[str, tuple[PiiKind | None, bool]] = {}
+_CLEAN: set[str] = set()
 _NAMES_KEPT = 10_000
-_MIGHT_HOLD = ("@", "+", ".", ":")
 
 
 def _name(key: str) -> tuple[PiiKind | None, bool]:
@@ -112,14 +113,22 @@ def _name(key: str) -> tuple[PiiKind | None, bool]:
     if known is None:
         if len(_NAMES) >= _NAMES_KEPT:
             _NAMES.clear()
+            _CLEAN.clear()
         known = _NAMES[key] = (find_pii(key), card_name(key))
+        if known == (None, False):
+            _CLEAN.add(key)
     return known
+
+
+def _might_hold(text: str) -> bool:
+    """Whether `find_pii` could find anything in `text`: its own first, cheap tests."""
+    return len(text) >= 13 or "@" in text or "+" in text or "." in text or ":" in text
 
 
 def company_pii(company_id: str, rules: Rules) -> PiiKind | None:
     """The kind of personal data a company id is, or None (and None when the policy is
     `allow`). A company id cannot be stripped: the update is refused or skipped."""
-    if rules.pii == "allow":
+    if rules.pii == "allow" or not _might_hold(company_id):
         return None
     return find_pii(company_id)
 
@@ -127,16 +136,39 @@ def company_pii(company_id: str, rules: Rules) -> PiiKind | None:
 def plain(metadata: Metadata) -> bool:
     """True when no name or value of `metadata` can be personal data, by the cheap tests
     `find_pii` starts with: the common case skips the review's copies and calls."""
+    clean = _CLEAN
     for key, value in metadata.items():
-        kind, card = _name(key)
-        if kind is not None:
+        if key not in clean and _name(key) != (None, False):
             return False
-        if type(value) is str:
-            if len(value) >= 13 or any(mark in value for mark in _MIGHT_HOLD):
-                return False
-        elif card and type(value) in (int, float):
+        if type(value) is str and (
+            len(value) >= 13 or "@" in value or "+" in value or "." in value or ":" in value
+        ):  # `_might_hold`, inline: this loop runs for every value of a bulk request
             return False
     return True
+
+
+def all_plain(updates: Sequence[tuple[str, Metadata]]) -> bool:
+    """True when no company id, property name or value of any update can be personal data
+    (`plain`'s tests, for a whole bulk request at once: a set test over every name and one
+    search of all the texts joined, so ordinary data costs a few milliseconds per 10,000)."""
+    if not _CLEAN.issuperset(chain.from_iterable([metadata for _, metadata in updates])):
+        return all(plain(metadata) for _, metadata in updates) and _plain_ids(updates)
+    return _plain_ids(updates) and _plain_texts(
+        [v for _, metadata in updates for v in metadata.values() if type(v) is str]
+    )
+
+
+def _plain_ids(updates: Sequence[tuple[str, Metadata]]) -> bool:
+    return _plain_texts([company_id for company_id, _ in updates])
+
+
+def _plain_texts(texts: list[str]) -> bool:
+    if not texts:
+        return True
+    if max(map(len, texts)) >= 13:
+        return False
+    joined = "\x00".join(texts)
+    return not ("@" in joined or "+" in joined or "." in joined or ":" in joined)
 
 
 def review(
