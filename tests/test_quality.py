@@ -539,27 +539,28 @@ def test_a_value_longer_than_userpilot_keeps_is_refused_before_the_scan(
 ) -> None:
     longest = ("4111 " * 13_108)[:65_535]  # the longest value, in the guard's costliest shape
 
-    async def main() -> tuple[httpx.Response, httpx.Response, httpx.Response, float, int]:
+    async def main() -> tuple[httpx.Response, httpx.Response, httpx.Response, int]:
         async with relay(database_url, sim) as r:
-            started = time.perf_counter()
-            single = await r.post_company("long", {"plan": "pro", "notes": "x" * 1_000_000})
-            elapsed = time.perf_counter() - started
+            # A megabyte of e-mail addresses: the answer says it is too long, not what the guard
+            # would have found, because the length is checked at the door, before any scan.
+            single = await r.post_company(
+                "long", {"plan": "pro", "notes": "bob@example.com " * 62_000}
+            )
             items = [
                 {"company_id": "a", "metadata": {"plan": "pro"}},
                 {"company_id": "b", "metadata": {"notes": "y" * 65_536}},
             ]
             bulk = await r.post("/companies/bulk", json={"companies": items})
             kept = await r.post_company("longest", {"notes": longest})
-            return single, bulk, kept, elapsed, (await r.store.stats()).queued
+            return single, bulk, kept, (await r.store.stats()).queued
 
-    single, bulk, kept, elapsed, queued = run(main())
+    single, bulk, kept, queued = run(main())
     assert single.status_code == 422, single.text
     assert single.json()["errors"] == [{"field": "metadata.notes", "message": TOO_LONG}]
     assert bulk.status_code == 422, bulk.text
     assert bulk.json()["errors"] == [{"field": "companies[1].metadata.notes", "message": TOO_LONG}]
     assert kept.status_code == 202, kept.text  # 65,535 characters: kept
     assert queued == 1
-    assert elapsed < 0.5  # refused before any scan (0.6-0.9 s under the old guard)
 
 
 def test_a_webhook_whose_company_id_is_personal_data_is_skipped_and_counted(
