@@ -54,6 +54,8 @@ Data quality and backfills:
   data (`email`, `phone`, `ip_address`, `card_number`), by what the guard did: `rejected` (a
   422), `stripped` (the property removed), `allowed` (the property is cleared for it). Never the
   value, never a company id.
+- `userpilot_relay_values_too_long_total{source}`: webhook and backfill string values longer
+  than Userpilot's 65,535 characters, dropped (the API refuses them with a 422).
 - `userpilot_relay_property_type_conflicts`: properties seen with more than one type.
 - `userpilot_relay_type_drift_rejections_total`: values refused (RELAY_TYPE_DRIFT=reject) for
   a type other than the one first recorded for their undeclared property.
@@ -181,6 +183,11 @@ PII_FINDINGS = Counter(
     "userpilot_relay_pii_findings",
     "Metadata values that look like personal data, by kind and what the guard did.",
     ["kind", "action"],
+)
+VALUES_TOO_LONG = Counter(
+    "userpilot_relay_values_too_long",
+    "Webhook and backfill string values longer than 65,535 characters, dropped.",
+    ["source"],
 )
 PROPERTY_CONFLICTS = Gauge(
     "userpilot_relay_property_type_conflicts", "Properties seen with more than one type."

@@ -8,6 +8,13 @@ every value. The two relays are measured in turns (A B B A ...) and the medians 
     .venv/bin/python -m bench.quality [--duration 10] [--rounds 2]
 
 Needs `wrk` (Debian: apt-get install wrk). Read the ratio, not the absolute figures.
+
+`--bulk` measures bulk ingest instead (issue 20: the target is >= 100,000 companies/s with the
+defaults): 10,000 companies a request with string properties (`bench.ingest.bulk`'s body),
+through a relay with the default settings (PII guard `reject`) and one with
+RELAY_PII_POLICY=allow, in turns, and prints both medians and their ratio:
+
+    .venv/bin/python -m bench.quality --bulk [--rounds 4] [--bulk-rounds 10]
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import tempfile
 from pathlib import Path
 
 from app.simulator.process import SimulatorProcess
-from bench.ingest import Figures, start, wrk
+from bench.ingest import Figures, bulk, start, wrk
 from tests.relay import RELAY_KEYS, UPSTREAM_KEY
 
 LUA = """
@@ -61,12 +68,53 @@ def schema() -> dict[str, object]:
     return {"properties": properties, "unknown_properties": "allow"}
 
 
+def bulk_main(rounds: int, bulk_rounds: int) -> None:
+    """Bulk companies/s with the default PII guard and with RELAY_PII_POLICY=allow."""
+    with SimulatorProcess(api_keys=[UPSTREAM_KEY]) as sim, tempfile.TemporaryDirectory() as tmp:
+        base = {
+            "USERPILOT_API_KEY": UPSTREAM_KEY,
+            "USERPILOT_ENDPOINT": sim.url,
+            "RELAY_API_KEYS": RELAY_KEYS,
+            "RELAY_ACCESS_LOG": "false",
+        }
+        configs = {
+            "defaults (PII guard reject)": {},
+            "RELAY_PII_POLICY=allow": {"RELAY_PII_POLICY": "allow"},
+        }
+        runs: dict[str, list[float]] = {name: [] for name in configs}
+        for round_ in range(rounds):
+            order = list(configs.items())
+            if round_ % 2:
+                order.reverse()
+            for index, (name, extra) in enumerate(order):
+                db = Path(tmp) / f"bulk-{round_}-{index}.db"
+                env = {**base, **extra, "RELAY_DATABASE_URL": f"sqlite:///{db}"}
+                process, url = start("app.main:app", env, 1)
+                try:
+                    runs[name].append(bulk(url, bulk_rounds))
+                finally:
+                    process.terminate()
+                    process.wait(30)
+    print(f"\nBulk, 10,000 companies a request, {rounds} relays x {bulk_rounds} requests each")
+    medians = {name: statistics.median(figures) for name, figures in runs.items()}
+    for name, rate in medians.items():
+        each = ", ".join(f"{r:,.0f}" for r in runs[name])
+        print(f"{name:32}{rate:>12,.0f} companies/s  ({each})")
+    guarded, allowed = medians.values()
+    print(f"defaults / allow: {guarded / allowed:.2f} (defaults target >= 100,000/s)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--bulk", action="store_true", help="bulk ingest, guard on and off")
+    parser.add_argument("--bulk-rounds", type=int, default=10)
     args = parser.parse_args()
+    if args.bulk:
+        bulk_main(max(args.rounds, 2), args.bulk_rounds)
+        return
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed: apt-get install wrk")
 

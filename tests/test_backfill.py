@@ -389,3 +389,62 @@ def test_a_source_time_from_the_future_does_not_hold_back_later_webhooks(
         result = run(main())
     assert result["status"] == "completed", result
     assert sim.companies()["hs-1000"]["name"] == "Renamed"
+
+
+def test_a_backfilled_company_id_that_is_personal_data_is_skipped_and_counted(
+    database_url: str, sim: SimulatorProcess
+) -> None:
+    # A company id cannot be stripped: the record is skipped and counted as an invalid record
+    # and a rejected finding, never sent, never logged; a value over 65,535 characters is
+    # dropped and counted, the record's other values sent.
+    def customer(i: int, company_id: str, name: str) -> dict[str, Any]:
+        return {
+            "id": f"cus_p{i}",
+            "object": "customer",
+            "name": name,
+            "currency": "usd",
+            "delinquent": False,
+            "created": 1700000000,
+            "metadata": {"company_id": company_id},
+        }
+
+    with StripeListStub() as stub:
+        stub.customers += [
+            customer(1, "ap@acme.example", "Leaked"),
+            customer(2, "co-fine", "Fine"),
+            customer(3, "co-long", "x" * 70_000),
+        ]
+
+        async def main() -> tuple[dict[str, Any], float, float, list[str]]:
+            async with InProcessRelay(
+                database_url,
+                endpoint=sim.url,
+                stripe_api_key=STRIPE_KEY,
+                stripe_api_base=stub.url,
+                **FAST,
+            ) as relay:
+                labels = {"kind": "email", "action": "rejected"}
+                before = await relay.metric("userpilot_relay_pii_findings_total", **labels)
+                long_before = await relay.metric(
+                    "userpilot_relay_values_too_long_total", source="stripe"
+                )
+                with captured_logs() as lines:
+                    result = await finished(relay, await start(relay, "stripe"))
+                    await drained(relay)
+                rejected = await relay.metric("userpilot_relay_pii_findings_total", **labels)
+                too_long = await relay.metric(
+                    "userpilot_relay_values_too_long_total", source="stripe"
+                )
+                return result, rejected - before, too_long - long_before, lines
+
+        result, rejected, too_long, lines = run(main(), limit=90)
+    assert result["status"] == "completed", result
+    assert result["errors"] == 1 and result["skipped"] == 1, result
+    assert "the company id looks like an email address" in (result["last_error"] or "")
+    assert "ap@acme" not in json.dumps(result)
+    assert rejected == 1 and too_long == 1
+    stored = sim.companies()
+    assert "ap@acme.example" not in stored
+    assert stored["co-fine"]["name"] == "Fine"
+    assert "name" not in stored["co-long"] and stored["co-long"]["currency"] == "usd"
+    assert not any("ap@acme" in line for line in lines)

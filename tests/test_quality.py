@@ -15,11 +15,21 @@ from pydantic import ValidationError
 from app.simulator.process import SimulatorProcess
 from tests.inprocess import ADMIN_KEY, InProcessRelay, run, settings_for
 from tests.relay import RELAY_KEYS
-from tests.webhook_helpers import captured_logs, hs_change, hubspot_relay, settled, v3_headers
+from tests.webhook_helpers import (
+    captured_logs,
+    customer_event,
+    hs_change,
+    hubspot_relay,
+    settled,
+    stripe_headers,
+    stripe_relay,
+    v3_headers,
+)
 
 FINDINGS = "userpilot_relay_pii_findings_total"
 CONFLICTS = "userpilot_relay_property_type_conflicts"
 DRIFTS = "userpilot_relay_type_drift_rejections_total"
+EVENTS = "userpilot_relay_webhook_events_total"
 
 PERSONAL = [
     ("billing_contact", "jane.doe@example.com", "looks like an email address", "email"),
@@ -532,3 +542,211 @@ def test_get_properties_pages_by_name_and_refuses_bad_paging(
         (422, "query.after"),
         (422, "query.after"),
     ]
+
+
+# Issue 20: the PII guard on company ids and property names, and the length of a value ---------
+TOO_LONG = "must be at most 65,535 characters"
+
+
+@pytest.mark.parametrize("policy", ["reject", "strip"])
+def test_a_company_id_that_is_personal_data_is_refused_naming_the_field(
+    database_url: str, sim: SimulatorProcess, policy: str
+) -> None:
+    # It cannot be stripped: refused under `reject` and `strip` alike, never echoed.
+    async def main() -> tuple[httpx.Response, httpx.Response, int, float]:
+        async with relay(database_url, sim, relay_pii_policy=policy) as r:
+            before = await metric(r, FINDINGS, kind="email", action="rejected")
+            single = await r.post_company("jane.doe@example.com", {"plan": "pro"})
+            items = [
+                {"company_id": "fine", "metadata": {"plan": "pro"}},
+                {"company_id": "+44 20 7946 0958", "metadata": {"plan": "pro"}},
+            ]
+            bulk = await r.post("/companies/bulk", json={"companies": items})
+            after = await metric(r, FINDINGS, kind="email", action="rejected")
+            return single, bulk, (await r.store.stats()).queued, after - before
+
+    single, bulk, queued, counted = run(main())
+    assert single.status_code == 422, single.text
+    assert single.json()["errors"] == [
+        {"field": "company_id", "message": "looks like an email address"}
+    ]
+    assert "jane.doe" not in single.text
+    assert bulk.status_code == 422, bulk.text
+    assert bulk.json()["errors"] == [
+        {"field": "companies[1].company_id", "message": "looks like a phone number"}
+    ]
+    assert "7946" not in bulk.text
+    assert queued == 0 and counted == 1
+    assert sim.company("fine") is None
+
+
+def test_a_property_name_that_is_personal_data_is_refused_without_repeating_it(
+    database_url: str, sim: SimulatorProcess
+) -> None:
+    async def main() -> tuple[httpx.Response, httpx.Response, int]:
+        async with relay(database_url, sim) as r:
+            single = await r.post_company("acme", {"plan": "pro", "bob@example.com": "owner"})
+            items = [
+                {"company_id": "a", "metadata": {"plan": "pro"}},
+                {"company_id": "b", "metadata": {"seats": 3, "+1 415 555 2671": True}},
+            ]
+            bulk = await r.post("/companies/bulk", json={"companies": items})
+            return single, bulk, (await r.store.stats()).queued
+
+    single, bulk, queued = run(main())
+    assert single.status_code == 422, single.text
+    assert single.json()["errors"] == [
+        {
+            "field": "metadata",
+            "message": "a property name looks like an email address (property #2)",
+        }
+    ]
+    assert "bob@" not in single.text
+    assert bulk.status_code == 422, bulk.text
+    assert bulk.json()["errors"] == [
+        {
+            "field": "companies[1].metadata",
+            "message": "a property name looks like a phone number (property #2)",
+        }
+    ]
+    assert "415" not in bulk.text
+    assert queued == 0
+
+
+def test_strip_drops_a_property_whose_name_is_personal_data(
+    database_url: str, sim: SimulatorProcess
+) -> None:
+    async def main() -> tuple[httpx.Response, httpx.Response, float]:
+        async with relay(database_url, sim, relay_pii_policy="strip") as r:
+            before = await metric(r, FINDINGS, kind="email", action="stripped")
+            single = await r.post_company(
+                "named-1",
+                {"plan": "pro", "bob@example.com": "owner"},
+                headers={"Prefer": "wait=10"},
+            )
+            bulk = await r.post(
+                "/companies/bulk",
+                json={"companies": [{"company_id": "named-2", "metadata": {"jo@x.io": 1, "n": 2}}]},
+            )
+            await r.batch_done(bulk.json()["batch_id"])
+            after = await metric(r, FINDINGS, kind="email", action="stripped")
+            return single, bulk, after - before
+
+    single, bulk, counted = run(main())
+    assert single.status_code == 200, single.text
+    assert bulk.status_code == 202, bulk.text
+    assert sim.company("named-1") == {"plan": "pro"}
+    assert sim.company("named-2") == {"n": 2}
+    assert counted == 2
+
+
+def test_ordinary_data_passes_the_default_guard(database_url: str, sim: SimulatorProcess) -> None:
+    # Values that looked like personal data to the old guard reach Userpilot as sent.
+    metadata = {
+        "agent_version": "1.2.3.4",
+        "db_host": "10.0.0.12",
+        "gateway": "192.168.1.1",
+        "repo": "git@github.com:acme/x.git",
+        "interface_id": "00:1A:2B:FF:FE:3C:4D:5E",
+        "model": "Ad::Feed",
+        "account_ref": "4539578763621486",
+        "order": "ORD-2026-000123",
+    }
+
+    async def main() -> httpx.Response:
+        async with relay(database_url, sim) as r:
+            return await r.post_company("ordinary", metadata, headers={"Prefer": "wait=10"})
+
+    answer = run(main())
+    assert answer.status_code == 200, answer.text
+    assert sim.company("ordinary") == metadata
+
+
+def test_a_value_longer_than_userpilot_keeps_is_refused_before_the_scan(
+    database_url: str, sim: SimulatorProcess
+) -> None:
+    longest = ("4111 " * 13_108)[:65_535]  # the longest value, in the guard's costliest shape
+
+    async def main() -> tuple[httpx.Response, httpx.Response, httpx.Response, int]:
+        async with relay(database_url, sim) as r:
+            # A megabyte of e-mail addresses: the answer says it is too long, not what the guard
+            # would have found, because the length is checked at the door, before any scan.
+            single = await r.post_company(
+                "long", {"plan": "pro", "notes": "bob@example.com " * 62_000}
+            )
+            items = [
+                {"company_id": "a", "metadata": {"plan": "pro"}},
+                {"company_id": "b", "metadata": {"notes": "y" * 65_536}},
+            ]
+            bulk = await r.post("/companies/bulk", json={"companies": items})
+            kept = await r.post_company("longest", {"notes": longest})
+            return single, bulk, kept, (await r.store.stats()).queued
+
+    single, bulk, kept, queued = run(main())
+    assert single.status_code == 422, single.text
+    assert single.json()["errors"] == [{"field": "metadata.notes", "message": TOO_LONG}]
+    assert bulk.status_code == 422, bulk.text
+    assert bulk.json()["errors"] == [{"field": "companies[1].metadata.notes", "message": TOO_LONG}]
+    assert kept.status_code == 202, kept.text  # 65,535 characters: kept
+    assert queued == 1
+
+
+def test_a_webhook_whose_company_id_is_personal_data_is_skipped_and_counted(
+    database_url: str, sim: SimulatorProcess
+) -> None:
+    events = [
+        customer_event("evt_pii", "cus_P", "ap@acme.example"),
+        customer_event("evt_ok", "cus_O", "acme-ok"),
+    ]
+
+    async def main() -> tuple[list[httpx.Response], float, float, list[Any], list[str]]:
+        async with stripe_relay(database_url, sim.url) as r:
+            before = await metric(r, FINDINGS, kind="email", action="rejected")
+            skipped = await metric(r, EVENTS, source="stripe", outcome="invalid_event")
+            with captured_logs() as lines:
+                answers = []
+                for event in events:
+                    body = json.dumps(event).encode()
+                    answers.append(
+                        await r.post(
+                            "/webhooks/stripe", key=None, content=body, headers=stripe_headers(body)
+                        )
+                    )
+            deliveries = await settled(r)
+            counted = await metric(r, FINDINGS, kind="email", action="rejected") - before
+            events_skipped = await metric(r, EVENTS, source="stripe", outcome="invalid_event")
+            return answers, counted, events_skipped - skipped, deliveries, lines
+
+    answers, counted, skipped, deliveries, lines = run(main())
+    assert [a.status_code for a in answers] == [200, 200]
+    assert counted == 1 and skipped == 1
+    assert [d.company_id for d in deliveries] == ["acme-ok"]
+    assert sim.company("acme-ok") is not None
+    assert any("the company id looks like an email address" in line for line in lines)
+    assert not any("ap@acme" in line for line in lines)
+
+
+def test_a_webhook_value_longer_than_userpilot_keeps_is_dropped_and_counted(
+    database_url: str, sim: SimulatorProcess
+) -> None:
+    now = int(time.time() * 1000)
+    batch = [
+        hs_change(711, "name", "x" * 70_000, at=now, event_id=1),
+        hs_change(711, "numberofemployees", "42", at=now, event_id=2),
+    ]
+    body = json.dumps(batch).encode()
+
+    async def main() -> tuple[httpx.Response, float]:
+        async with hubspot_relay(database_url, sim.url) as r:
+            before = await metric(r, "userpilot_relay_values_too_long_total", source="hubspot")
+            answer = await r.post(
+                "/webhooks/hubspot", key=None, content=body, headers=v3_headers(body, "")
+            )
+            await settled(r)
+            after = await metric(r, "userpilot_relay_values_too_long_total", source="hubspot")
+            return answer, after - before
+
+    answer, counted = run(main())
+    assert answer.status_code == 200, answer.text
+    assert counted == 1
+    assert sim.company("hs-711") == {"employees": 42}

@@ -5,7 +5,10 @@ declared properties are converted to their types (`"1000"` for a `number` is sto
 and a value that does not convert, an undeclared property the schema refuses, a value whose type
 drifted (RELAY_TYPE_DRIFT=reject) or personal data (RELAY_PII_POLICY=reject) is a 422 naming
 each field and what is wrong, never the value, and nothing is stored. With `strip`, personal data
-is removed and the rest stored. What the guard found is counted in
+is removed and the rest stored. A company id that is personal data is a 422 under `reject` and
+`strip` alike (it cannot be stripped), naming `company_id`; a property NAME that is personal data
+is a 422 naming `metadata` and the name's position (never the name) under `reject`, and is
+removed under `strip`. What the guard found is counted in
 `userpilot_relay_pii_findings_total{kind,action}`. Webhook updates go through the same review in
 `app/sources/common.py`, where what does not fit is dropped and counted instead.
 """
@@ -17,7 +20,16 @@ from dataclasses import dataclass, field
 
 from app.domain.models import Metadata
 from app.domain.pii import PiiKind
-from app.domain.quality import PII_LABELS, PiiAction, Rules, review
+from app.domain.quality import (
+    PII_LABELS,
+    PiiAction,
+    Rules,
+    all_plain,
+    company_pii,
+    pii_problem,
+    plain,
+    review,
+)
 from app.domain.values import SeenType
 from app.errors import FieldError, RelayError, field_path
 from app.metrics import PII_FINDINGS, TYPE_DRIFT_REJECTIONS
@@ -53,8 +65,26 @@ def reviewed(
     out: Companies = []
     errors: list[FieldError] = []
     findings = Findings()
+    # Only the PII guard to apply: most updates pass its cheap tests and are kept as they are.
+    guard_only = rules.schema is None and (rules.drift == "warn" or not first_types)
+    if guard_only and all_plain(companies):
+        return companies
     for index, (company_id, metadata) in enumerate(companies):
+        prefix: tuple[str | int, ...] = ("companies", index) if bulk else ()
+        kind = company_pii(company_id, rules)
+        if kind is not None:
+            findings.pii[(kind, "rejected")] = findings.pii.get((kind, "rejected"), 0) + 1
+            if len(errors) < MAX_ERRORS:
+                path = field_path((*prefix, "company_id"))
+                errors.append(FieldError(field=path, message=pii_problem(kind)))
+        if guard_only and plain(metadata):
+            out.append((company_id, metadata))
+            continue
         reviewed = review(metadata, rules, first_types, refuse=True)
+        for position, why in reviewed.name_problems:
+            if len(errors) < MAX_ERRORS:
+                path = field_path((*prefix, "metadata"))
+                errors.append(FieldError(field=path, message=f"{why} (property #{position})"))
         for key, why in reviewed.problems:
             loc = ("companies", index, "metadata", key) if bulk else ("metadata", key)
             if len(errors) < MAX_ERRORS:

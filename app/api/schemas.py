@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 from pydantic_core import PydanticCustomError
 
 from app.domain.models import Batch, Delivery, Metadata
+from app.domain.pii import MAX_VALUE
 from app.domain.rules import MAX_COMPANY_ID as MAX_COMPANY_ID
 from app.domain.rules import (
     MAX_PROPERTY_NAME,
@@ -38,8 +39,13 @@ def _json_type(value: object) -> str:
 
 
 def check_metadata(value: dict[str, Any]) -> dict[str, Any]:
-    """Every value a string, finite number, boolean or null; every key a non-empty string."""
+    """Every value a string (of at most `MAX_VALUE` characters, Userpilot's limit), finite
+    number, boolean or null; every key a non-empty string."""
     for key, item in value.items():
+        if type(item) is str and len(item) > MAX_VALUE:
+            raise PydanticCustomError(
+                "metadata_value", f"must be at most {MAX_VALUE:,} characters", {"key": key}
+            )
         if not _primitive(item):
             if type(item) is int:
                 raise PydanticCustomError(
@@ -103,7 +109,10 @@ def fast_companies(body: bytes, *, bulk: bool) -> list[tuple[str, dict[str, Any]
             return None
         for key, value in metadata.items():
             kind = type(value)
-            if kind in _SCALARS:
+            if kind is str:
+                if len(value) > MAX_VALUE:
+                    return None
+            elif kind in _SCALARS:
                 pass
             elif kind is int:
                 if not _INT_MIN <= value <= _INT_MAX:

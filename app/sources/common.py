@@ -7,10 +7,12 @@ Outcomes label `userpilot_relay_webhook_events_total{source,outcome}`:
 - `unmapped`: a HubSpot property change of a property no mapping names;
 - `invalid_value`: a value did not convert to its mapped or declared type: it was dropped and
   logged, the event's other fields were forwarded (personal data stripped by the PII guard is
-  counted in `userpilot_relay_pii_findings_total`, not here);
+  counted in `userpilot_relay_pii_findings_total`, not here; a string value over 65,535
+  characters also in `userpilot_relay_values_too_long_total`);
 - `invalid_event`: an event whose company id, identity or property name cannot be stored as
-  given (an `objectId` that is not an id, a blank or over-long company id, control characters):
-  skipped and logged, the other events of its batch were stored;
+  given (an `objectId` that is not an id, a blank or over-long company id, control characters,
+  a company id that is personal data while the PII guard is on): skipped and logged, the other
+  events of its batch were stored;
 - `unresolved`: a Stripe subscription event whose company is not known yet: kept and retried;
 - `resolved`: such an event, later forwarded once its company became known;
 - `no_company`: a Stripe customer without a company id, skipped as configured.
@@ -28,9 +30,15 @@ import orjson
 
 from app.domain.models import EnqueueResult, Metadata, NewUpdate
 from app.domain.pii import PiiKind
-from app.domain.quality import PII_LABELS, PiiAction, Rules, review
+from app.domain.quality import PII_LABELS, PiiAction, Rules, company_pii, pii_problem, review
 from app.domain.values import SeenType
-from app.metrics import PII_FINDINGS, UPDATES_ACCEPTED, WEBHOOK_EVENTS, WEBHOOK_UNMAPPED_FIELDS
+from app.metrics import (
+    PII_FINDINGS,
+    UPDATES_ACCEPTED,
+    VALUES_TOO_LONG,
+    WEBHOOK_EVENTS,
+    WEBHOOK_UNMAPPED_FIELDS,
+)
 from app.store.base import Store
 
 Outcome = Literal[
@@ -87,6 +95,7 @@ class EventPlan:
     invalid_fields: list[str] = field(default_factory=list)
     pii_stripped: list[str] = field(default_factory=list)  # properties removed as personal data
     problem: str | None = None  # why an `invalid_event` was skipped
+    too_long: int = 0  # values dropped for their length
 
 
 def reviewed(
@@ -97,14 +106,22 @@ def reviewed(
     an invalid value; personal data is stripped unless RELAY_PII_POLICY is `allow` or the
     property is cleared. Answers what the PII guard found."""
     found: Counter[tuple[PiiKind, PiiAction]] = Counter()
-    if quality.inert:
-        return found
     for plan in plans:
-        if plan.update is None or not plan.update.metadata:
+        if plan.update is None:
+            continue
+        kind = company_pii(plan.update.company_id, quality)
+        if kind is not None:  # it cannot be stripped: the event is skipped
+            found[(kind, "rejected")] += 1
+            plan.update, plan.outcome = None, "invalid_event"
+            plan.company_id = None  # never logged
+            plan.problem = f"the company id {pii_problem(kind)}"
+            continue
+        if quality.inert or not plan.update.metadata:
             continue
         reviewed = review(plan.update.metadata, quality, first_types, refuse=False)
         found.update(reviewed.pii)
         plan.pii_stripped += reviewed.stripped
+        plan.too_long += reviewed.too_long
         if reviewed.problems:
             plan.invalid_fields += [key for key, _ in reviewed.problems]
             if plan.outcome == "forwarded":
@@ -149,6 +166,8 @@ async def commit(
             outcome = "resolved"
         WEBHOOK_EVENTS.labels(source=source, outcome=outcome).inc()
         unmapped += plan.unmapped
+        if plan.too_long:
+            VALUES_TOO_LONG.labels(source=source).inc(plan.too_long)
         if plan.problem is not None:
             log.warning(
                 "webhook event skipped: it cannot be stored as given",

@@ -21,6 +21,7 @@ from app.domain.values import SeenType
 from app.sources.backfill.client import ListClient, ProviderError, text
 from app.sources.backfill.pages import (
     PAGE_SIZE,
+    company_refusal,
     cursor_text,
     encode_cursor,
     epoch,
@@ -123,6 +124,9 @@ class HubSpotLister:
         problem = company_id_problem(company_id)
         if problem is not None:
             return None, f"the company id (prefix + id) {problem}"
+        refusal = company_refusal(company_id, self._quality)
+        if refusal is not None:
+            return None, refusal
         properties = result.get("properties")
         if not isinstance(properties, dict):
             return None, f"company {raw_id} has no properties object"
@@ -135,7 +139,12 @@ class HubSpotLister:
                 continue
             flat[name] = None if value == "" else value
         mapped = map_record(
-            self._rules, flat, epoch_unit="ms", quality=self._quality, first_types=self._first
+            self._rules,
+            flat,
+            epoch_unit="ms",
+            quality=self._quality,
+            first_types=self._first,
+            source=self.source,
         )
         if mapped.invalid:
             note_invalid(self.source, self._backfill_id, company_id, mapped.invalid)

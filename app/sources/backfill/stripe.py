@@ -26,6 +26,7 @@ from app.domain.values import SeenType
 from app.sources.backfill.client import ListClient, ProviderError, text
 from app.sources.backfill.pages import (
     PAGE_SIZE,
+    company_refusal,
     cursor_text,
     encode_cursor,
     list_of,
@@ -147,6 +148,11 @@ class StripeLister:
             if company_id is None:
                 skipped += 1  # no company, and STRIPE_MISSING_COMPANY=skip
                 continue
+            refusal = company_refusal(company_id, self._quality)
+            if refusal is not None:  # personal data as the company id: never linked or sent
+                skipped, errors = skipped + 1, errors + 1
+                last_error = f"a Stripe customer ({text(customer_id, 40)}) was skipped: {refusal}"
+                continue
             links.append((customer_id, company_id))
             record = flatten(customer)
             record.pop("object", None)
@@ -162,12 +168,18 @@ class StripeLister:
         links, taken = await self._store.backfills.customers(self._backfill_id, known)
         records: list[Record] = []
         chosen: list[tuple[str, bool]] = []
-        skipped = len(data) - len(subscriptions)
+        skipped, errors, last_error = len(data) - len(subscriptions), 0, None
+
         for subscription, customer_id in zip(subscriptions, customer_of, strict=True):
             company_id = links.get(customer_id) if customer_id else None
             expanded = subscription.get("customer")
             if company_id is None and isinstance(expanded, dict) and "metadata" in expanded:
                 company_id = company_from_customer(expanded, key=self._key, missing=self._missing)
+                refusal = company_refusal(company_id, self._quality) if company_id else None
+                if refusal is not None:
+                    skipped, errors = skipped + 1, errors + 1
+                    last_error = f"a Stripe subscription was skipped: {refusal}"
+                    continue
             if customer_id is None or company_id is None:
                 skipped += 1  # its customer stands for no company (or was never listed)
                 continue
@@ -181,7 +193,7 @@ class StripeLister:
             record, unknown = subscription_record(subscription)
             present = {k: v for k, v in record.items() if v is not None or k in _ALWAYS}
             records.append(self._record(company_id, self._subscription_rules, present, unknown, at))
-        return Page(0, None, records, len(data), skipped, customers=chosen)
+        return Page(0, None, records, len(data), skipped, errors, last_error, customers=chosen)
 
     def _record(
         self,
@@ -192,7 +204,12 @@ class StripeLister:
         at: float,
     ) -> Record:
         mapped = map_record(
-            rules, record, epoch_unit="s", quality=self._quality, first_types=self._first
+            rules,
+            record,
+            epoch_unit="s",
+            quality=self._quality,
+            first_types=self._first,
+            source=self.source,
         )
         invalid = [f for f in unknown if f in rules] + mapped.invalid
         if invalid:
