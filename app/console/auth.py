@@ -58,7 +58,12 @@ def signed_in(request: Request) -> sessions.Session:
 async def checked_form(request: Request) -> tuple[sessions.Session, dict[str, str]]:
     """A state-changing form's fields, once its CSRF token is this session's (else a 403)."""
     found = current(request)
-    fields = await form(request)
+    try:
+        fields = await form(request)
+    except ConsoleError as exc:
+        if exc.status == 413:
+            raise
+        fields = {}  # not a form at all: it carries no token either
     if found is None or not sessions.csrf_matches(found, fields.get("csrf")):
         raise ConsoleError(403, "This form has expired or was not sent from this session.")
     return found, fields

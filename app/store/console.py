@@ -17,18 +17,19 @@ from app.store.queries import DELIVERY_COLUMNS
 from app.store.rows import row_to_delivery
 from app.store.sql import Plan, Statement
 
-# Optional filters are written whole: `(:x IS NULL OR col = :x)`.
+# Optional filters are written whole: `(:x IS NULL OR col = :x)`, the parameter cast where it
+# is only tested for NULL (PostgreSQL must know its type).
 _MATCHING = """
-    WHERE (:company IS NULL OR company_id = :company)
-      AND (:status IS NULL OR status = :status)
-      AND (:source IS NULL OR source = :source)
-      AND (:caller IS NULL OR caller = :caller)
-      AND (:since IS NULL OR created_at >= :since)
-      AND (:until IS NULL OR created_at < :until)
+    WHERE (CAST(:company AS TEXT) IS NULL OR company_id = :company)
+      AND (CAST(:status AS TEXT) IS NULL OR status = :status)
+      AND (CAST(:source AS TEXT) IS NULL OR source = :source)
+      AND (CAST(:caller AS TEXT) IS NULL OR caller = :caller)
+      AND (CAST(:since AS DOUBLE PRECISION) IS NULL OR created_at >= :since)
+      AND (CAST(:until AS DOUBLE PRECISION) IS NULL OR created_at < :until)
 """
 SEARCH = f"""
     SELECT {DELIVERY_COLUMNS} FROM deliveries {_MATCHING}
-      AND (:before IS NULL OR seq < :before)
+      AND (CAST(:before AS BIGINT) IS NULL OR seq < :before)
     ORDER BY seq DESC LIMIT :limit
 """
 COUNT = f"SELECT count(*) FROM deliveries {_MATCHING}"
