@@ -39,6 +39,7 @@ from app.api.fast import FastLane
 from app.api.middleware import RequestMetricsMiddleware
 from app.api.schemas import BulkIn, CompanyIn
 from app.config import ConfigError, Settings, load_settings
+from app.console import router as console_router
 from app.delivery.dispatcher import Dispatcher
 from app.domain.errors import StoreUnavailable
 from app.errors import install_error_handlers
@@ -237,6 +238,7 @@ def create_app(
     app.include_router(jobs.router)
     app.include_router(backfills.router)
     app.include_router(properties.router)
+    app.include_router(console_router, include_in_schema=False)  # HTML: not in the API document
     app.add_middleware(FastLane, relay=app)  # POST /companies, inside the metrics
     app.add_middleware(RequestMetricsMiddleware)
     return app

@@ -65,6 +65,8 @@ def _under(module: str, *prefixes: str) -> bool:
     [
         # Routes store; they never reach delivery or the Userpilot client.
         ("app.api", ("app.delivery", "app.userpilot")),
+        # The console reads and acts through the store, as the routes do.
+        ("app.console", ("app.delivery", "app.userpilot", "app.sources")),
         # Sources turn events into updates: no delivery, no routes, no Userpilot client.
         ("app.sources", ("app.delivery", "app.api", "app.userpilot", "app.main")),
         # Stores: no routes, no delivery, no Userpilot, no web framework.

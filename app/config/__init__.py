@@ -170,6 +170,11 @@ class Settings(SourceSettings, QualitySettings, StoreSettings):
     relay_bulk_stuck_seconds: float = Field(default=3600.0, gt=0, le=7 * 86_400)
     relay_bulk_fresh_seconds: float = Field(default=60.0, ge=0, le=86_400)
 
+    # The operator console at /console (docs/console.md).
+    relay_console: Literal["on", "off"] = "on"
+    relay_console_session_secret: SecretStr | None = None
+    relay_console_session_hours: float = Field(default=8.0, gt=0, le=24 * 30)
+
     relay_log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     relay_access_log: bool = True
 
@@ -182,7 +187,7 @@ class Settings(SourceSettings, QualitySettings, StoreSettings):
             return parse_api_keys(value)
         return value
 
-    @field_validator("userpilot_region", "relay_upstream_bulk", mode="before")
+    @field_validator("userpilot_region", "relay_upstream_bulk", "relay_console", mode="before")
     @classmethod
     def _lower_region(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value
@@ -192,6 +197,15 @@ class Settings(SourceSettings, QualitySettings, StoreSettings):
     def _key_not_blank(cls, value: SecretStr) -> SecretStr:
         if not value.get_secret_value().strip():
             raise ValueError("must not be empty")
+        return value
+
+    @field_validator("relay_console_session_secret")
+    @classmethod
+    def _session_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        if len(value.get_secret_value().strip()) < 32:
+            raise ValueError("must be at least 32 characters (e.g. openssl rand -hex 32)")
         return value
 
     @field_validator("userpilot_endpoint", "relay_public_url")

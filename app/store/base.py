@@ -25,6 +25,7 @@ from app.domain.models import (
 )
 from app.store.backfills import BackfillStore
 from app.store.catalogue import PropertyCatalogue
+from app.store.console import ConsoleReads
 from app.store.signals import Signals
 
 
@@ -35,11 +36,13 @@ class Store(abc.ABC):
     requests that wait on them.
 
     Features with state of their own keep it in parts built over the same engine
-    (`app/store/part.py`): `catalogue` (the properties sent) and `backfills`.
+    (`app/store/part.py`): `catalogue` (the properties sent), `backfills` and `console` (the
+    operator console's search and delivery rate).
     """
 
     catalogue: PropertyCatalogue
     backfills: BackfillStore
+    console: ConsoleReads
 
     def __init__(self) -> None:
         self.signals = Signals()
@@ -340,6 +343,11 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def pause_sending(self, until: float) -> None:
         """Hold every send slot until `until` (unix time): Userpilot said 429."""
+
+    async def paused_until(self) -> float | None:
+        """The unix time a pause set by `pause_sending` ends, while one is in force (on
+        SQLite: this process's; on PostgreSQL: every replica's). By default none is known."""
+        return None
 
     # webhook state --------------------------------------------------------------------------
     @abc.abstractmethod

@@ -28,7 +28,7 @@ from app.domain.models import (
     Status,
     UpstreamAnswer,
 )
-from app.store import claims, jobs, plans
+from app.store import claims, console, jobs, plans
 from app.store.backfills import BackfillStore
 from app.store.base import Store
 from app.store.catalogue import PropertyCatalogue
@@ -49,6 +49,7 @@ class SQLStore(Store):
         super().__init__()
         self.catalogue = PropertyCatalogue(self._write, self._read)
         self.backfills = BackfillStore(self._write, self._read)
+        self.console = console.ConsoleReads(self._write, self._read)
 
     def _work_committed(self) -> None:
         """Work became ready to deliver: wake this process's dispatcher."""

@@ -357,6 +357,16 @@ class PostgresStore(SQLStore):
 
         await self._run(write, transaction=False)
 
+    async def paused_until(self) -> float | None:
+        async def read(conn: Conn) -> float | None:
+            cur = await conn.execute(
+                f"SELECT paused_until FROM pacing WHERE id = 1 AND paused_until > {_CLOCK}"
+            )
+            row = await cur.fetchone()
+            return None if row is None else self._clock.local(float(row[0]))
+
+        return await self._run(read, transaction=False)
+
 
 async def _reconnect_failed(pool: AsyncConnectionPool[Conn]) -> None:
     log.warning("PostgreSQL still unreachable; the next request tries again")

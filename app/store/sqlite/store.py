@@ -211,6 +211,10 @@ class SQLiteStore(SQLStore):
         async with self._slot_lock:
             self._paused_until = max(self._paused_until, until)
 
+    async def paused_until(self) -> float | None:
+        until = self._paused_until
+        return until if until > time.time() else None
+
 
 def _migrate(conn: sqlite3.Connection) -> list[int]:
     """Apply pending migrations in one transaction; answer the versions applied."""
