@@ -161,7 +161,7 @@ class Settings(SourceSettings, QualitySettings, StoreSettings):
     relay_shutdown_grace_seconds: float = Field(default=10.0, ge=0)
     relay_delivered_retention_seconds: int = Field(default=7 * 24 * 3600, gt=0)
 
-    # Userpilot's asynchronous bulk jobs, beside the real-time calls (see docs/operations.md, "Bulk jobs").
+    # Userpilot's asynchronous bulk jobs, beside the real-time calls (docs/operations.md).
     relay_upstream_bulk: Literal["auto", "off"] = "auto"
     relay_bulk_threshold: int | None = Field(default=None, ge=1, le=10_000_000)
     relay_bulk_max_rows: int = Field(default=10_000, ge=1, le=10_000)
