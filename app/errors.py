@@ -164,9 +164,13 @@ def install_error_handlers(app: FastAPI) -> None:
         if isinstance(exc.__cause__, ClientDisconnect):  # FastAPI's body reading (400) wraps it
             return client_gone(request)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return error_response(
-            RelayError(exc.status_code, code, str(exc.detail), headers=exc.headers)
-        )
+        message = str(exc.detail)
+        path = request.scope.get("path", "")
+        if exc.status_code == 404 and _route(request) is None and path[1:].endswith("/"):
+            message = (
+                "not found: the relay's paths end without a slash (/companies, not /companies/)"
+            )
+        return error_response(RelayError(exc.status_code, code, message, headers=exc.headers))
 
     @app.exception_handler(StoreUnavailable)
     async def _store(request: Request, exc: StoreUnavailable) -> JSONResponse:
