@@ -18,9 +18,10 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from app.domain.errors import IdempotencyConflict, NotDead, NothingStored, StoreUnavailable
 
@@ -122,6 +123,20 @@ def _route(request: Request) -> str | None:
     return getattr(request.scope.get("route"), "path", None)
 
 
+# A client that hung up before its body was whole: nobody is there to answer, and it is no
+# error of the relay's. Counted under nginx's "client closed request" status, never as a 5xx.
+CLIENT_CLOSED_REQUEST = 499
+
+
+def client_gone(request: Request) -> Response:
+    """The (unheard) answer to a client that hung up mid-body, and its one log line."""
+    log.info(
+        "client disconnected before its request body was whole",
+        extra={"route": _route(request) or "unmatched"},
+    )
+    return Response(status_code=CLIENT_CLOSED_REQUEST)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RelayError)
     async def _relay(_: Request, exc: RelayError) -> JSONResponse:
@@ -140,12 +155,22 @@ def install_error_handlers(app: FastAPI) -> None:
         errors = validation_errors(list(exc.errors()))
         return error_response(RelayError(422, "invalid_request", "invalid request", errors=errors))
 
+    @app.exception_handler(ClientDisconnect)
+    async def _disconnect(request: Request, _: ClientDisconnect) -> Response:
+        return client_gone(request)
+
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        if isinstance(exc.__cause__, ClientDisconnect):  # FastAPI's body reading (400) wraps it
+            return client_gone(request)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return error_response(
-            RelayError(exc.status_code, code, str(exc.detail), headers=exc.headers)
-        )
+        message = str(exc.detail)
+        path = request.scope.get("path", "")
+        if exc.status_code == 404 and _route(request) is None and path[1:].endswith("/"):
+            message = (
+                "not found: the relay's paths end without a slash (/companies, not /companies/)"
+            )
+        return error_response(RelayError(exc.status_code, code, message, headers=exc.headers))
 
     @app.exception_handler(StoreUnavailable)
     async def _store(request: Request, exc: StoreUnavailable) -> JSONResponse:

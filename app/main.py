@@ -227,6 +227,10 @@ def create_app(
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        # `/companies/` is a 404, never a redirect: Starlette's would name http://<Host>/...
+        # (plain http behind TLS, a Host the caller chose), and a POST redirect is lost on most
+        # clients. docs/api.md says so.
+        redirect_slashes=False,
         **_NO_TELEMETRY,
     )
     install_error_handlers(app)

@@ -5,6 +5,7 @@ company ids, so what one test leaves behind does not change what another asserts
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import pty
@@ -16,7 +17,12 @@ from typing import Any
 
 import httpx
 import pytest
+import typer
+from rich.console import Console
 
+from app.cli import backfill as backfill_cli
+from app.cli import status as status_cli
+from app.cli.output import fail, markup, plain
 from app.main import create_app
 from app.simulator.process import SimulatorProcess
 from tests.relay import (
@@ -403,3 +409,76 @@ def test_status_shows_the_bulk_job_running(sim: SimulatorProcess, tmp_path: Path
     finally:
         sim.configure(bulk_rows_per_minute=1_000_000)
         process.stop()
+
+
+# --- text from outside is shown, never acted on ----------------------------------------------
+
+# Userpilot's error text with rich markup, a screen clear (CSI), a title change (OSC), an 8-bit
+# CSI (C1) and a right-to-left override: each must reach the terminal as text.
+HOSTILE = "[red]x[/red] \x1b[2J \x1b]0;title\x07 \x9b31m \u202egnp.exe"
+RAW = ("\x1b", "\x07", "\x9b", "\u202e")
+SHOWN = ("[red]x[/red]", "\\x1b[2J", "\\x1b]0;title\\x07", "\\x9b31m", "\\u202egnp.exe")
+
+
+def rendered(renderable: Any) -> str:
+    """What rich prints for `renderable`, with no styles of its own (so any ESC is the data's)."""
+    buffer = io.StringIO()
+    Console(file=buffer, width=300, color_system=None, force_terminal=False).print(renderable)
+    return buffer.getvalue()
+
+
+def test_userpilots_error_text_is_shown_as_text(relay: RelayProcess, sim: SimulatorProcess) -> None:
+    company = "hostile-[bold]co"
+    rejection = {"errors": [{"error": "bad", "error_code": "INVALID", "message": HOSTILE}]}
+    sim.add_fault(action="status", status=400, company_id=company, body=rejection)
+    r = relay.post_company(company, {"plan": "x"}, headers={"Prefer": "wait=10"})
+    assert r.status_code == 502, r.text
+    assert r.json()["last_error"] == f"INVALID: {HOSTILE}"  # kept as Userpilot sent it
+
+    listed = admin(relay, "dead-letters", "list", "--company", company)
+    status = admin(relay, "status")
+    for done in (listed, status):
+        assert done.returncode == 0, done.stderr
+        for raw in RAW:
+            assert raw not in done.stdout + done.stderr
+        for shown in SHOWN:
+            assert shown in done.stdout, (shown, done.stdout)
+        assert company in done.stdout  # its markup shown too, not applied
+
+    rows = as_json(admin(relay, "dead-letters", "list", "--company", company, "--json"))
+    assert [row["last_error"] for row in rows] == [f"INVALID: {HOSTILE}"]  # the data intact
+    report = admin(relay, "status", "--json")
+    assert json.loads(report.stdout)["last_upstream"]["error"] == f"INVALID: {HOSTILE}"
+    for done in (report, admin(relay, "dead-letters", "list", "--company", company, "--json")):
+        for raw in RAW:
+            assert raw not in done.stdout
+
+
+def test_backfill_and_bulk_job_values_are_shown_as_text() -> None:
+    final = {"id": f"bf-{HOSTILE}", "source": "hubspot", "mode": "full", "status": HOSTILE}
+    final |= {"pages": HOSTILE, "companies": 3, "last_error": HOSTILE, "errors": HOSTILE}
+    job = {"id": HOSTILE, "status": "running", "rows": 10, "completed_rows": 2}
+    for text in (
+        rendered(backfill_cli.counts(final)),
+        rendered(status_cli.bulk_line(HOSTILE, job | {"last_error": HOSTILE})),
+        rendered(markup(HOSTILE)),  # the progress bar's description and pages
+    ):
+        for raw in RAW:
+            assert raw not in text
+        assert "[red]x[/red]" in text and "\\x1b[2J" in text
+
+
+def test_plain_escapes_every_terminal_control() -> None:
+    assert plain("a\x1b[31mb\x00c\x7f\x85\u2066d\te\nf") == (
+        "a\\x1b[31mb\\x00c\\x7f\\x85\\u2066d\\x09e\\x0af"
+    )
+    assert plain("Grüße, 東京 [b]") == "Grüße, 東京 [b]"  # text stays text
+    assert markup("[red]x[/red]") == "\\[red]x\\[/red]"
+
+
+def test_a_failure_quoting_the_relay_is_escaped(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(typer.Exit):
+        fail(f"userpilot-relay status: GET /status: 500 {HOSTILE}")
+    err = capsys.readouterr().err
+    assert not [raw for raw in RAW if raw in err]
+    assert err.count("\n") == 1 and "\\x1b[2J" in err

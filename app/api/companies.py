@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import re
 import time
 from typing import Annotated, Any
 
@@ -19,6 +18,7 @@ from app.api.deps import (
     SettingsDep,
     StoreDep,
 )
+from app.api.prefer import MAX_WAIT_SECONDS, wait_seconds
 from app.api.quality import reviewed
 from app.api.schemas import (
     Accepted,
@@ -37,9 +37,6 @@ from app.store.base import Store
 
 router = APIRouter(tags=["companies"])
 
-MAX_WAIT_SECONDS = 30.0
-_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*\"?([0-9]+(?:\.[0-9]+)?)\"?", re.IGNORECASE)
-
 IdempotencyKey = Annotated[
     str | None,
     Header(
@@ -56,8 +53,10 @@ Prefer = Annotated[
     str | None,
     Header(
         description=(
-            "`wait=N` (N up to 30): wait up to N seconds for the upstream outcome. 200 once "
-            "delivered, 502 once Userpilot permanently rejected it, else 202 (still queued)."
+            f"`wait=N` (N whole seconds, capped at {MAX_WAIT_SECONDS}): wait up to N seconds "
+            "for the upstream outcome. 200 once delivered, 502 once Userpilot permanently "
+            "rejected it, else 202 (still queued). Every Prefer header is read (RFC 7240), the "
+            "first `wait` counts; one that is not whole seconds (`1.5`, `1e2`, `-1`) is ignored."
         ),
     ),
 ]
@@ -107,14 +106,9 @@ def _body_schema(model: type[CompanyIn] | type[BulkIn]) -> dict[str, Any]:
     }
 
 
-def parse_wait(prefer: str | None) -> float | None:
-    """Seconds from `Prefer: wait=N`, capped at 30; None when absent."""
-    if not prefer:
-        return None
-    match = _WAIT.search(prefer)
-    if match is None:
-        return None
-    return min(float(match.group(1)), MAX_WAIT_SECONDS)
+def parse_wait(prefer: str | None) -> int | None:
+    """Seconds from one `Prefer` header's `wait=N`, capped at 30; None when absent."""
+    return wait_seconds([prefer] if prefer else ())
 
 
 Companies = list[tuple[str, dict[str, Any]]]
@@ -183,7 +177,8 @@ async def post_company(
     other updates of the same company, paced under the rate limit and retried through
     outages. `null` values remove the property in Userpilot.
     """
-    return await store_company(request, caller, settings, store, idempotency_key, prefer)
+    del prefer  # declared for the document; every Prefer header is read by store_company
+    return await store_company(request, caller, settings, store, idempotency_key)
 
 
 async def store_company(
@@ -192,7 +187,6 @@ async def store_company(
     settings: Settings,
     store: Store,
     idempotency_key: str | None = None,
-    prefer: str | None = None,
 ) -> Response:
     """What `POST /companies` does once its caller is admitted; the route and the fast lane
     (`app/api/fast.py`) both answer through it."""
@@ -207,7 +201,7 @@ async def store_company(
             ttl_seconds=settings.relay_idempotency_ttl_seconds,
         )
     ((company_id, metadata),) = companies
-    wait = parse_wait(prefer)
+    wait = wait_seconds(request.headers.getlist("prefer"))
     # A reused Idempotency-Key (422) and an unreachable store (503) are answered by the
     # handlers in app/errors.py. A caller that waits never waits on a bulk job.
     result = await store.enqueue(
@@ -232,9 +226,9 @@ async def store_company(
 
 
 async def _wait_for_outcome(
-    store: Store, delivery_id: str, wait: float, *, replayed: bool = False
+    store: Store, delivery_id: str, wait: int, *, replayed: bool = False
 ) -> Response:
-    applied = {"Preference-Applied": f"wait={wait:g}"}
+    applied = {"Preference-Applied": f"wait={wait}"}
     deadline = time.monotonic() + wait
     with store.signals.watching(delivery_id) as event:
         # Nothing settles a new update before this line (settling happens on this loop), so

@@ -54,8 +54,7 @@ class FastLane:
             state = request.state
             settings, store = state.settings, state.store
             caller = admit(request, settings, ("ingest",), "ingest")
-            prefer = request.headers.get("prefer")
-            response = await store_company(request, caller, settings, store, prefer=prefer)
+            response = await store_company(request, caller, settings, store)
         except Exception as exc:
             handler = self._handler(exc)
             if handler is None:

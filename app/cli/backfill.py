@@ -14,7 +14,6 @@ from typing import Annotated, Any
 
 import httpx
 import typer
-from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -26,7 +25,7 @@ from rich.progress import (
 from rich.table import Table
 
 from app import __version__
-from app.cli.output import console, print_json, short, when
+from app.cli.output import console, markup, print_json, short, when
 from app.cli.remote import DEFAULT_URL, TIMEOUT, AdminKeyOption, JsonOption, Relay, UrlOption
 from app.cli.remote import error_message as relay_message
 
@@ -51,17 +50,18 @@ class BackfillRelay(Relay):
 
 
 def counts(backfill: dict[str, Any]) -> Table:
-    grid = Table(title=f"backfill {backfill.get('id')}", show_header=False)
+    """The final counts; every value the relay answered is shown as text (`markup`)."""
+    grid = Table(title=f"backfill {markup(backfill.get('id'))}", show_header=False)
     grid.add_column("what", style="bold")
     grid.add_column("value", overflow="fold")
     for key in ("source", "mode", "status", "pages", "companies", "enqueued", "skipped"):
-        grid.add_row(key, escape(str(backfill.get(key))))
-    grid.add_row("unchanged", str(backfill.get("unchanged")))
-    grid.add_row("errors", str(backfill.get("errors")))
+        grid.add_row(key, markup(backfill.get(key)))
+    grid.add_row("unchanged", markup(backfill.get("unchanged")))
+    grid.add_row("errors", markup(backfill.get("errors")))
     grid.add_row("started", when(backfill.get("started_at")))
     grid.add_row("finished", when(backfill.get("finished_at")))
     if backfill.get("last_error"):
-        grid.add_row("last error", escape(short(str(backfill["last_error"]), 200)))
+        grid.add_row("last error", markup(short(str(backfill["last_error"]), 200)))
     return grid
 
 
@@ -91,7 +91,7 @@ def backfill(
         if json_out:
             print_json({"id": backfill_id, "status": "running"})
         else:
-            console().print(f"backfill {escape(backfill_id)} of {source} started")
+            console().print(f"backfill {markup(backfill_id)} of {source} started")
         return
     final = follow(relay, backfill_id, quiet=json_out)
     if json_out:
@@ -119,7 +119,8 @@ def follow(relay: Relay, backfill_id: str, *, quiet: bool) -> dict[str, Any]:
     )
     started = time.monotonic()
     with progress:
-        task = progress.add_task(backfill_id, total=None, pages=0, rate="0")
+        # The description and the fields are read as markup: the relay's values as text.
+        task = progress.add_task(markup(backfill_id), total=None, pages=0, rate="0")
         while True:
             current: dict[str, Any] = relay.json("GET", f"/backfills/{backfill_id}")
             read = int(current.get("companies") or 0)
@@ -129,7 +130,7 @@ def follow(relay: Relay, backfill_id: str, *, quiet: bool) -> dict[str, Any]:
                 task,
                 completed=read,
                 total=max(int(total), read) if isinstance(total, int) else None,
-                pages=current.get("pages"),
+                pages=markup(current.get("pages")),
                 rate=f"{rate:,.0f}",
             )
             if current.get("status") != "running":

@@ -14,7 +14,7 @@ from urllib.parse import quote
 import typer
 from rich.table import Table
 
-from app.cli.output import console, fail, plural, print_json, short, when
+from app.cli.output import console, fail, markup, plain, plural, print_json, short, when
 from app.cli.remote import DEFAULT_URL, AdminKeyOption, JsonOption, Relay, UrlOption
 
 app = typer.Typer(
@@ -80,18 +80,18 @@ def list_dead(
     if json_out:
         print_json([_row(item) for item in items])
     elif not items:
-        print("no dead letters" + (f" of company {company}" if company else ""))
+        print(plain("no dead letters" + (f" of company {company}" if company else "")))
     else:
         grid = Table(title=plural(len(items), "dead letter"))
         for column in ("id", "company", "status", "error", "dead since (UTC)"):
             grid.add_column(column, overflow="fold" if column == "id" else "ellipsis")
         for item in items:
             status = item["last_upstream_status"]
-            grid.add_row(
-                item["id"],
-                item["company_id"],
-                "-" if status is None else str(status),
-                short(item["last_error"]),
+            grid.add_row(  # the relay's and Userpilot's text: shown, never acted on
+                markup(item["id"]),
+                markup(item["company_id"]),
+                "-" if status is None else markup(status),
+                markup(short(item["last_error"])),
                 when(item["updated_at"]),
             )
         console().print(grid)
@@ -120,7 +120,7 @@ def _target(
         if delivery["status"] != "dead":
             relay.fail(f"{delivery_id} is {delivery['status']}, not dead: nothing to {verb}")
         status = delivery["last_upstream_status"]
-        question = (
+        question = plain(
             f"{verb.capitalize()} dead letter {delivery_id} of company "
             f"{delivery['company_id']} ({status}: {short(delivery['last_error'], 50)})?"
         )
@@ -128,10 +128,10 @@ def _target(
         items, more = dead_letters(relay, company, PAGE)
         whose = f" of company {company}" if company else ""
         if not items:
-            print(f"no dead letters{whose} to {verb}")
+            print(plain(f"no dead letters{whose} to {verb}"))
             raise typer.Exit(0)
         count = f"{PAGE} or more" if more else str(len(items))
-        question = (
+        question = plain(
             f"{verb.capitalize()} {count} dead letter{'s' if count != '1' else ''}{whose} "
             "(and any that die before this runs: it acts on every one there is then)?"
         )
@@ -174,12 +174,12 @@ def replay(
     if delivery_id is not None:
         path = f"/deliveries/{quote(delivery_id, safe='')}/replay"
         delivery = relay.json("POST", path)
-        print(f"replayed 1 dead letter: {delivery['id']} is {delivery['status']}")
+        print(plain(f"replayed 1 dead letter: {delivery['id']} is {delivery['status']}"))
         return
     params = {} if company is None else {"company_id": company}
     count = int(relay.json("POST", "/deliveries/replay", params=params)["replayed"])
     whose = f" of company {company}" if company else ""
-    print(f"replayed {plural(count, 'dead letter')}{whose}")
+    print(plain(f"replayed {plural(count, 'dead letter')}{whose}"))
 
 
 @app.command("purge")
@@ -194,9 +194,9 @@ def purge(
     relay = _confirmed("purge", delivery_id, company, yes, url, admin_key)
     if delivery_id is not None:
         count = int(relay.json("DELETE", f"/deliveries/{quote(delivery_id, safe='')}")["purged"])
-        print(f"purged {plural(count, 'dead letter')}: {delivery_id}")
+        print(plain(f"purged {plural(count, 'dead letter')}: {delivery_id}"))
         return
     params = {"status": "dead"} if company is None else {"status": "dead", "company_id": company}
     count = int(relay.json("DELETE", "/deliveries", params=params)["purged"])
     whose = f" of company {company}" if company else ""
-    print(f"purged {plural(count, 'dead letter')}{whose}")
+    print(plain(f"purged {plural(count, 'dead letter')}{whose}"))

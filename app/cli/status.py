@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from rich.markup import escape
 from rich.table import Table
 
-from app.cli.output import age, console, fail, plural, print_json, short, when
+from app.cli.output import age, console, fail, markup, plural, print_json, short, when
 from app.cli.remote import DEFAULT_URL, AdminKeyOption, JsonOption, Relay, UrlOption
 
 
@@ -53,34 +52,38 @@ def collect(relay: Relay) -> dict[str, Any]:
 
 
 def table(report: dict[str, Any]) -> Table:
-    version = f" {report['version']}" if report["version"] else ""
-    grid = Table(title=f"userpilot-relay{version} at {report['relay']}", show_header=False)
+    """The report as a table; every value the relay answered is shown as text (`markup`)."""
+    version = f" {markup(report['version'])}" if report["version"] else ""
+    grid = Table(title=f"userpilot-relay{version} at {markup(report['relay'])}", show_header=False)
     grid.add_column("what", style="bold")
     grid.add_column("value", overflow="fold")
     queue = report["queue"]
     unknown = "unknown (store unreachable)"
     for name in ("queued", "delivering"):
-        grid.add_row(name, str(queue[name]) if queue else unknown)
+        grid.add_row(name, markup(queue[name]) if queue else unknown)
     grid.add_row(
         "dead letters",
-        (f"[red]{queue['dead']}[/red]" if queue["dead"] else "0") if queue else unknown,
+        (f"[red]{markup(queue['dead'])}[/red]" if queue["dead"] else "0") if queue else unknown,
     )
     grid.add_row("oldest queued", age(queue["oldest_queued_age_seconds"]) if queue else unknown)
     store = report["store"]
-    grid.add_row("store (/readyz)", "ok" if store == "ok" else f"[red]{store}[/red]")
+    grid.add_row("store (/readyz)", "ok" if store == "ok" else f"[red]{markup(store)}[/red]")
     last = report["last_upstream"]
     label = "last upstream answer"
     if report["last_upstream_window"]:
-        label += f"\n(newest {report['last_upstream_window']} updates)"
+        label += f"\n(newest {markup(report['last_upstream_window'])} updates)"
     if last:
         status = "network error" if last["status"] is None else str(last["status"])
-        grid.add_row(label, f"{status} at {when(last['at'])} (company {last['company_id']})")
-        grid.add_row("last upstream error", short(last["error"], 80))
+        line = f"{status} at {when(last['at'])} (company {last['company_id']})"
+        grid.add_row(label, markup(line))
+        grid.add_row("last upstream error", markup(short(last["error"], 80)))
     else:
         grid.add_row(label, "none recorded" if queue else unknown)
     rate, concurrency = report["rate_limit_per_minute"], report["delivery_concurrency"]
     pacing = (
-        f"{rate} calls/min, at most {plural(concurrency, 'call')} in flight" if rate else unknown
+        markup(f"{rate} calls/min, at most {plural(concurrency, 'call')} in flight")
+        if rate
+        else unknown
     )
     grid.add_row("pacing", pacing)
     if report["upstream_bulk"] is not None:
@@ -91,20 +94,20 @@ def table(report: dict[str, Any]) -> Table:
 def bulk_line(mode: str, job: dict[str, Any] | None) -> str:
     """`auto, job_… running: 1,200 of 7,500 rows`, and whether it is stuck."""
     if not isinstance(job, dict):
-        return f"{escape(short(str(mode), 10))}, none running"
+        return f"{markup(short(str(mode), 10))}, none running"
 
     def count(key: str) -> str:
         value = job.get(key)
         return f"{value:,}" if isinstance(value, int) else "?"
 
-    line = escape(
+    line = markup(
         f"{short(str(mode), 10)}, {short(str(job.get('id')), 40)} "
         f"{short(str(job.get('status')), 20)}: {count('completed_rows')} of {count('rows')} rows"
     )
     if job.get("stuck") is True:
         line += " [red](stuck: no progress)[/red]"
     if job.get("last_error"):
-        line += "\nlast error: " + escape(short(str(job["last_error"]), 80))
+        line += "\nlast error: " + markup(short(str(job["last_error"]), 80))
     return line
 
 
