@@ -632,3 +632,39 @@ def test_no_secret_reaches_bulk_logs_jobs_status_or_metrics(
     assert "accepted a bulk job" in seen and "409" in seen
     for secret in (UPSTREAM_KEY, ADMIN_KEY, INGEST_KEY):
         assert secret not in seen
+
+
+@pytest.mark.process  # waits on real pacing: 60 calls a minute
+def test_at_a_low_rate_limit_a_job_gets_its_send_slot_and_realtime_throughput_holds(
+    database_url: str, sim: SimulatorProcess
+) -> None:
+    # 60 calls a minute, a 5 s lease, a poll a second: two pacing intervals (2.04 s) are more
+    # than a third of that lease. The job must still get a slot, and real-time calls theirs.
+    async def main() -> tuple[dict[str, Any], list[float]]:
+        async with relay_on(
+            database_url,
+            sim,
+            relay_rate_limit_per_minute=60,
+            relay_lease_seconds=5,
+            relay_upstream_timeout_seconds=2,
+            relay_bulk_poll_seconds=1,
+        ) as relay:
+            await post_bulk(relay, companies("slow", 200))
+
+            async def completed() -> dict[str, Any] | None:
+                found = await jobs(relay, status="completed")
+                return found[0] if found else None
+
+            job: dict[str, Any] = await eventually(completed, within=20)
+            await asyncio.sleep(max(0.0, 12 - (job["finished_at"] - job["created_at"])))
+            times = [r["time"] for r in sim.requests(path="/v1/companies/identify")]
+            return job, times
+
+    job, times = run(main(), limit=60)
+    assert job["rows"] > 50 and job["attempts"] == 1, job
+    # Real-time calls in the 12 s after the first: about one a second, less the job's upload
+    # and poll (11 slots at most).
+    first = times[0]
+    in_window = [t for t in times if t - first < 12]
+    assert len(in_window) >= 8, (len(in_window), job)
+    assert sim.stats()["throttled"] == 0

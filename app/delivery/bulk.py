@@ -27,7 +27,7 @@ import time
 
 from app.config import Settings
 from app.delivery.breaker import Breaker
-from app.delivery.bulk_calls import ALL_REALTIME, JobCalls, job_context
+from app.delivery.bulk_calls import ALL_REALTIME, SLOTS_AHEAD, JobCalls, job_context
 from app.delivery.pacing import Pacer
 from app.domain.errors import StoreUnavailable
 from app.domain.models import BulkJob
@@ -58,8 +58,14 @@ class BulkDriver:
         self.settings = settings
         self.breaker = breaker
         self.owner = owner
-        # The job's lease, renewed at every poll: never shorter than three polls.
-        self.lease = max(settings.relay_lease_seconds, 3 * settings.relay_bulk_poll_seconds)
+        # The job's lease, renewed at every poll: never shorter than three polls, nor than
+        # three times the send slots its calls may wait for (`JobCalls._slot` waits up to a
+        # third of the lease; the feeder keeps a slot or two reserved ahead of it).
+        self.lease = max(
+            settings.relay_lease_seconds,
+            3 * settings.relay_bulk_poll_seconds,
+            3 * SLOTS_AHEAD * pacer.interval,
+        )
         self.calls = JobCalls(
             store=store,
             client=client,

@@ -48,6 +48,9 @@ ALL_REALTIME = 10**9  # min_rows that sends every row of a job to real-time call
 LOST_AFTER = 3  # 404s in a row before a job counts as lost (it may not be listed at once)
 MAX_CONFLICT_WAIT = 60.0
 BULK_OFF_SECONDS = 900.0  # after Userpilot refused bulk for the key: real-time only this long
+# Send slots a job's call may find reserved ahead of it (each replica's feeder holds one or two):
+# the job's lease is sized so that a third of it covers them (`bulk.BulkDriver.lease`).
+SLOTS_AHEAD = 3
 _REMEMBERED = 1000  # per-job counters kept at most (jobs that ended elsewhere drop out)
 
 
@@ -113,6 +116,8 @@ class JobCalls:
         slot = await self.store.reserve_send_slot(self.pacer.interval)
         wait = slot - time.time()
         if wait > self.lease / 3:
+            # Unused: give it back (when none was reserved after it) rather than waste it.
+            await self.store.release_send_slot(slot, self.pacer.interval)
             return wait
         await asyncio.sleep(max(0.0, wait))
         if self.pacer.paused():
