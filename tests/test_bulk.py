@@ -8,9 +8,11 @@ tests check what Userpilot ended up with and in which order it arrived.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from app.simulator.process import SimulatorProcess
@@ -668,3 +670,63 @@ def test_at_a_low_rate_limit_a_job_gets_its_send_slot_and_realtime_throughput_ho
     in_window = [t for t in times if t - first < 12]
     assert len(in_window) >= 8, (len(in_window), job)
     assert sim.stats()["throttled"] == 0
+
+
+def test_a_long_retry_after_on_a_job_poll_pauses_delivery_briefly_and_says_so(
+    database_url: str, sim: SimulatorProcess
+) -> None:
+    # One 429 with Retry-After: 3600 on a job poll: the pause is capped (2 s here, 5 minutes by
+    # default), logged with its length, shown in GET /status and exported; delivery goes on.
+    sim.configure(bulk_rows_per_minute=600)  # the job runs long enough to be polled
+    sim.add_fault(action="retry_after", retry_after=3600, path="/v1/background_jobs/", times=1)
+
+    async def main() -> tuple[dict[str, Any], float, list[str], dict[str, Any]]:
+        async with relay_on(database_url, sim, relay_max_upstream_pause_seconds=2) as relay:
+            with captured_logs() as lines:
+                await post_bulk(relay, companies("pz", 200))
+
+                async def paused() -> dict[str, Any] | None:
+                    body: dict[str, Any] = (await relay.get("/status", key=ADMIN_KEY)).json()
+                    return body if body["paused_until"] else None
+
+                status = await eventually(paused, within=20, interval=0.02)
+                gauge = await relay.metric("userpilot_relay_upstream_paused_until_seconds")
+                after = await relay.post_company("pz-after", {"x": 1})
+                delivered = await relay.wait_for(after.json()["id"], "delivered", within=15)
+            return status, gauge, list(lines), delivered
+
+    status, gauge, lines, delivered = run(main(), limit=60)
+    assert sim.faults() == []
+    assert status["paused_until"] - time.time() <= 2.5, status
+    assert "job poll" in status["pause_reason"] and "3600" in status["pause_reason"], status
+    assert gauge == pytest.approx(status["paused_until"], abs=1), (gauge, status)
+    warned = [orjson.loads(line) for line in lines if "upstream calls paused for 2 s" in line]
+    assert warned and warned[0]["level"] == "warning", warned
+    assert "Retry-After said 3600 s" in warned[0]["msg"], warned
+    assert delivered["via"] == "realtime"
+
+
+def test_the_status_command_shows_a_pause_escaped() -> None:
+    from rich.console import Console
+
+    from app.cli.status import table
+
+    report = {
+        "relay": "http://relay",
+        "version": "1",
+        "store": "ok",
+        "queue": {"queued": 0, "delivering": 0, "dead": 0, "oldest_queued_age_seconds": None},
+        "last_upstream": None,
+        "last_upstream_window": 200,
+        "rate_limit_per_minute": 600,
+        "delivery_concurrency": 16,
+        "upstream_bulk": "auto",
+        "bulk_job": None,
+        "paused_until": 4_102_444_800.0,
+        "pause_reason": "429 on a bulk job poll: 300 s [red]x[/red]\x1b[2J",
+    }
+    out = Console(width=200, record=True, force_terminal=False)
+    out.print(table(report))
+    text = out.export_text()
+    assert "paused" in text and "until 2100-01-01 00:00:00Z" in text, text
+    assert "429 on a bulk job poll: 300 s [red]x[/red]" in text and "\x1b" not in text, text

@@ -192,8 +192,10 @@ class JobCalls:
             return await self._defer(job, f"409: {error}", delay, counted=False)
         if outcome == "throttled":
             UPSTREAM_THROTTLED.inc()
-            delay = result.retry_after if result.retry_after is not None else self._backoff(job)
-            await self.store.pause_sending(self.pacer.pause(delay))
+            asked = result.retry_after if result.retry_after is not None else self._backoff(job)
+            until = self.pacer.pause(asked, "429 on a bulk upload")
+            await self.store.pause_sending(until, reason=self.pacer.pause_reason)
+            delay = self.pacer.capped(asked)
             return await self._defer(job, error, delay)
         if outcome == "error":  # no answer, a 5xx, or a 2xx without a job id: maybe accepted
             reason = "accepted without a usable job_id" if result.ok else error
@@ -320,7 +322,8 @@ class JobCalls:
         if result.status == 429:
             UPSTREAM_THROTTLED.inc()
             pause = result.retry_after if result.retry_after is not None else poll
-            await self.store.pause_sending(self.pacer.pause(pause))
+            until = self.pacer.pause(pause, "429 on a bulk job poll")
+            await self.store.pause_sending(until, reason=self.pacer.pause_reason)
         elif result.status in (401, 403):
             UPSTREAM_AUTH_FAILURES.inc()
             if job.id not in self._auth_logged:

@@ -333,8 +333,12 @@ class Store(abc.ABC):
         return None
 
     @abc.abstractmethod
-    async def pause_sending(self, until: float) -> None:
-        """Hold every send slot until `until` (unix time): Userpilot said 429."""
+    async def pause_sending(self, until: float, *, reason: str | None = None) -> None:
+        """Hold every send slot until `until` (unix time): Userpilot said 429 (`reason`)."""
+
+    @abc.abstractmethod
+    async def send_pause(self) -> tuple[float, str | None]:
+        """Until when sends are held (unix time; past or 0: not paused), and why."""
 
     # webhook state --------------------------------------------------------------------------
     @abc.abstractmethod
