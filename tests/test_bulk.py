@@ -730,3 +730,74 @@ def test_the_status_command_shows_a_pause_escaped() -> None:
     text = out.export_text()
     assert "paused" in text and "until 2100-01-01 00:00:00Z" in text, text
     assert "429 on a bulk job poll: 300 s [red]x[/red]" in text and "\x1b" not in text, text
+
+
+def test_a_premature_completed_is_not_trusted_and_a_newer_value_still_wins(
+    database_url: str, sim: SimulatorProcess
+) -> None:
+    # Userpilot answers `completed` with 0 rows done while the job has not run yet: the job's
+    # rows must stay in flight, so a newer real-time update goes out after the job's values.
+    sim.configure(bulk_rows_per_minute=0)
+    sim.add_job_fault(action="report", status="completed", after_rows=0, seconds=0.6)
+
+    async def main() -> tuple[str, dict[str, Any], dict[str, Any]]:
+        async with relay_on(database_url, sim, relay_bulk_fresh_seconds=0) as relay:
+            batch_id = await post_bulk(relay, companies("pre", 200))
+            job = await running_job(relay)
+
+            def told_completed() -> bool:
+                return any(r["status"] == 200 for r in sim.requests(path="/v1/background_jobs/"))
+
+            await eventually(told_completed, within=20)
+            # The false `completed` is over (0.6 s): Userpilot now says `processing`.
+            await asyncio.sleep(1.0)
+            seen = (await relay.get(f"/jobs/{job['id']}", key=ADMIN_KEY)).json()
+            assert seen["status"] == "running", seen
+            company = ""
+            for i in range(200):
+                d = (await relay.get(f"/deliveries/{batch_id}.{i}", key=ADMIN_KEY)).json()
+                if d["job_id"] == job["id"]:
+                    company = d["company_id"]
+                    break
+            newer = await relay.post_company(company, {"v": 2})
+            await asyncio.sleep(0.3)
+            queued = (await relay.get(f"/deliveries/{newer.json()['id']}", key=ADMIN_KEY)).json()
+            assert queued["status"] == "queued", queued
+            sim.configure(bulk_rows_per_minute=600_000)
+            await relay.wait_for(newer.json()["id"], "delivered", within=30)
+            await relay.batch_done(batch_id, within=30)
+            done = (await relay.get(f"/jobs/{job['id']}", key=ADMIN_KEY)).json()
+            return company, seen, done
+
+    company, seen, done = run(main(), limit=90)
+    assert done["status"] == "completed" and done["completed_rows"] == done["rows"], done
+    history = sim.history(company)
+    assert history is not None
+    assert [h["via"] for h in history] == ["bulk", "identify"], history
+    assert sim.company(company) == {"n": int(company.split("-")[1]), "v": 2}
+
+
+def test_a_completed_short_is_polled_again_then_accepted_with_its_shortfall_recorded(
+    database_url: str, sim: SimulatorProcess
+) -> None:
+    sim.configure(bulk_rows_per_minute=0)
+    sim.add_job_fault(action="report", status="completed", after_rows=0)  # for ever
+
+    async def main() -> dict[str, Any]:
+        async with relay_on(database_url, sim) as relay:
+            batch_id = await post_bulk(relay, companies("short", 200))
+            await relay.batch_done(batch_id, within=30)
+            (job,) = await jobs(relay)
+            return job
+
+    job = run(main(), limit=60)
+    polls = [
+        r
+        for r in sim.requests(path="/v1/background_jobs/")
+        if r["path"].endswith(job["upstream_job_id"].replace(":", "%3A")) or r["status"] == 200
+    ]
+    assert job["status"] == "completed" and job["completed_rows"] == 0, job
+    assert "only 0 of" in job["outcome"] and "taken as completed" in job["outcome"], job
+    assert "only 0 of" in (job["last_error"] or ""), job
+    # Asked again (ten answers) before it was believed.
+    assert len(polls) >= 10, len(polls)

@@ -51,6 +51,10 @@ BULK_OFF_SECONDS = 900.0  # after Userpilot refused bulk for the key: real-time 
 # Send slots a job's call may find reserved ahead of it (each replica's feeder holds one or two):
 # the job's lease is sized so that a third of it covers them (`bulk.BulkDriver.lease`).
 SLOTS_AHEAD = 3
+# A `completed` with fewer rows done than sent is polled again, up to this many answers or
+# seconds, then taken as completed short (the shortfall recorded on the job).
+SHORT_COMPLETED_POLLS = 10
+SHORT_COMPLETED_SECONDS = 300.0
 _REMEMBERED = 1000  # per-job counters kept at most (jobs that ended elsewhere drop out)
 
 
@@ -91,6 +95,8 @@ class JobCalls:
         self._conflicts: dict[str, int] = {}
         self._lost: dict[str, int] = {}
         self._auth_logged: set[str] = set()
+        self._unknown_logged: set[str] = set()
+        self._short: dict[str, tuple[int, float]] = {}  # premature `completed`: answers, since
 
     @property
     def bulk_off_reason(self) -> str | None:
@@ -305,7 +311,24 @@ class JobCalls:
         done = completed_rows(body, job.rows) if status is not None else None
         if result.status != 404:
             self._lost.pop(job.id, None)
+        if status == "completed" and done is not None and done < job.rows:
+            if not self._short_accepted(job):
+                # Userpilot says completed with rows missing: maybe not finished at all.
+                await self.store.job_polled(
+                    job,
+                    owner=self.owner,
+                    upstream_status="completed",
+                    completed_rows=done,
+                    error=f"Userpilot says completed with {done} of {job.rows} rows done; "
+                    "polling again",
+                    lease=self.lease,
+                )
+                return poll
+            polls, since = self._short.pop(job.id)
+            await self._complete(job, done, short=(polls, time.time() - since))
+            return 0.0
         if status == "completed":
+            self._short.pop(job.id, None)
             await self._complete(job, done)
             return 0.0
         if status == "failed":
@@ -335,6 +358,16 @@ class JobCalls:
                     extra=job_context(job) | {"error": result.error},
                 )
         state = None if status is None else status if status in RUNNING else f"unknown: {status}"
+        if status is not None and status not in RUNNING and job.id not in self._unknown_logged:
+            if len(self._unknown_logged) > _REMEMBERED:
+                self._unknown_logged.clear()
+            self._unknown_logged.add(job.id)
+            log.error(
+                "Userpilot reported an undocumented status for a bulk job: it stays running and "
+                "its companies in flight; after RELAY_BULK_STUCK_SECONDS without progress it is "
+                "reported stuck, and POST /jobs/{id}/abandon ends it",
+                extra=job_context(job) | {"upstream_job_status": status},
+            )
         await self.store.job_polled(
             job,
             owner=self.owner,
@@ -348,11 +381,27 @@ class JobCalls:
             BULK_JOB_ROWS.labels(state="completed").set(done or 0)
         return poll
 
-    async def _complete(self, job: BulkJob, done: int | None) -> None:
+    def _short_accepted(self, job: BulkJob) -> bool:
+        """Count a premature `completed`; True once it has said so long enough to believe."""
+        if job.id not in self._short and len(self._short) > _REMEMBERED:
+            self._short.clear()
+        polls, since = self._short.get(job.id, (0, time.time()))
+        self._short[job.id] = (polls + 1, since)
+        return polls + 1 >= SHORT_COMPLETED_POLLS or time.time() - since >= SHORT_COMPLETED_SECONDS
+
+    async def _complete(
+        self, job: BulkJob, done: int | None, *, short: tuple[int, float] | None = None
+    ) -> None:
         claims = await self.store.job_rows(job.id)
         sent = {claim.company_id: merge_claim(claim)[1] for claim in claims}
+        shortfall = None
+        if short is not None and done is not None:
+            shortfall = (
+                f"Userpilot reported only {done} of {job.rows} rows done, and still did after "
+                f"{short[0]} answers over {short[1]:.0f} s: taken as completed"
+            )
         if not await self.store.job_completed(
-            job, owner=self.owner, sent_versions=sent, completed_rows=done
+            job, owner=self.owner, sent_versions=sent, completed_rows=done, shortfall=shortfall
         ):
             return
         BULK_JOBS.labels(outcome="completed").inc()

@@ -168,7 +168,9 @@ class SimulatorState:
                 if fault.times <= 0:
                     del self.job_faults[index]
                 self.stats.faults_applied += 1
-                return JobFault(fault.action, 1, fault.company_id, fault.after_rows)
+                return JobFault(
+                    fault.action, 1, fault.company_id, fault.after_rows, fault.status, fault.seconds
+                )
         return None
 
     # Rate limiting

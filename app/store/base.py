@@ -278,9 +278,10 @@ class Store(abc.ABC):
         owner: str,
         sent_versions: Mapping[str, Mapping[str, int]],
         completed_rows: int | None = None,
+        shortfall: str | None = None,
     ) -> bool:
         """Userpilot completed the job: its deliveries are delivered (via bulk);
-        `completed_rows` as Userpilot last reported it."""
+        `completed_rows` as Userpilot last reported it; `shortfall` says why fewer."""
 
     @abc.abstractmethod
     async def job_split(

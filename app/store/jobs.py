@@ -293,11 +293,15 @@ def completed(
     owner: str,
     sent_versions: Mapping[str, Mapping[str, int]],
     completed_rows: int | None,
+    shortfall: str | None = None,
 ) -> Plan[bool]:
-    """The job's deliveries delivered, with the property versions its rows sent."""
+    """The job's deliveries delivered, with the property versions its rows sent (`shortfall`:
+    Userpilot reported fewer rows done than sent, recorded in the outcome and as the error)."""
     outcome = f"delivered {job.rows} companies ({job.updates} updates)"
+    if shortfall:
+        outcome += f"; {shortfall}"
     finished = yield from _finish(
-        job, owner, "completed", outcome=outcome, completed_rows=completed_rows
+        job, owner, "completed", outcome=outcome, completed_rows=completed_rows, error=shortfall
     )
     if not finished:
         return False

@@ -329,8 +329,11 @@ class SQLStore(Store):
         owner: str,
         sent_versions: Mapping[str, Mapping[str, int]],
         completed_rows: int | None = None,
+        shortfall: str | None = None,
     ) -> bool:
-        done = await self._write(lambda: jobs.completed(job, owner, sent_versions, completed_rows))
+        done = await self._write(
+            lambda: jobs.completed(job, owner, sent_versions, completed_rows, shortfall)
+        )
         if done:
             self._work_committed()  # updates that waited behind the job may go now
         return done
