@@ -769,7 +769,7 @@ def test_a_premature_completed_is_not_trusted_and_a_newer_value_still_wins(
             done = (await relay.get(f"/jobs/{job['id']}", key=ADMIN_KEY)).json()
             return company, seen, done
 
-    company, seen, done = run(main(), limit=90)
+    company, _, done = run(main(), limit=90)
     assert done["status"] == "completed" and done["completed_rows"] == done["rows"], done
     history = sim.history(company)
     assert history is not None
