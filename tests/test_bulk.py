@@ -801,3 +801,86 @@ def test_a_completed_short_is_polled_again_then_accepted_with_its_shortfall_reco
     assert "only 0 of" in (job["last_error"] or ""), job
     # Asked again (ten answers) before it was believed.
     assert len(polls) >= 10, len(polls)
+
+
+def test_an_undocumented_job_status_is_reported_stuck_and_an_operator_can_abandon_the_job(
+    database_url: str, sim: SimulatorProcess
+) -> None:
+    # Userpilot answers `cancelled` (not a documented status) for ever: logged once, reported
+    # stuck, and POST /jobs/{id}/abandon ends it; its rows go out again real-time, a newer
+    # update of one of its companies still wins.
+    sim.configure(bulk_rows_per_minute=0)
+    sim.add_job_fault(action="report", status="cancelled")
+
+    async def main() -> dict[str, Any]:
+        async with relay_on(
+            database_url, sim, relay_bulk_stuck_seconds=1, relay_bulk_fresh_seconds=0
+        ) as relay:
+            with captured_logs() as lines:
+                batch_id = await post_bulk(relay, companies("cx", 200))
+                job = await running_job(relay)
+                path = f"/jobs/{job['id']}"
+
+                async def stuck() -> dict[str, Any] | None:
+                    found: dict[str, Any] = (await relay.get(path, key=ADMIN_KEY)).json()
+                    return found if found["stuck"] else None
+
+                found = await eventually(stuck, within=20)
+                status = (await relay.get("/status", key=ADMIN_KEY)).json()
+
+                async def raised() -> float:
+                    return await relay.metric("userpilot_relay_bulk_job_stuck")
+
+                gauge = await eventually(raised, within=10)
+                polls = len(sim.requests(path="/v1/background_jobs/"))
+            company = ""
+            for i in range(200):
+                d = (await relay.get(f"/deliveries/{batch_id}.{i}", key=ADMIN_KEY)).json()
+                if d["job_id"] == job["id"]:
+                    company = d["company_id"]
+                    break
+            newer = (await relay.post_company(company, {"v": 2})).json()["id"]
+            answers = [
+                await relay.post(f"{path}/abandon", key=INGEST_KEY),
+                await relay.post("/jobs/job_0000000000000_000000000000/abandon", key=ADMIN_KEY),
+                await relay.post(f"{path}/abandon", key=ADMIN_KEY),
+                await relay.post(f"{path}/abandon", key=ADMIN_KEY),
+            ]
+            # The abandoned job still holds Userpilot's slot until it ends there (the risk
+            # docs/runbooks.md names); let it end so that the rest of the backlog may use bulk.
+            sim.configure(bulk_rows_per_minute=600_000)
+            done = await relay.batch_done(batch_id, within=60)
+            await relay.wait_for(newer, "delivered", within=20)
+            row = (
+                await relay.get(f"/deliveries/{batch_id}.{company.split('-')[1]}", key=ADMIN_KEY)
+            ).json()
+            return {
+                "found": found,
+                "status": status,
+                "gauge": gauge,
+                "polls": polls,
+                "lines": list(lines),
+                "company": company,
+                "answers": [(a.status_code, a.json()) for a in answers],
+                "done": done,
+                "row": row,
+                "after": (await relay.get(path, key=ADMIN_KEY)).json(),
+            }
+
+    seen = run(main(), limit=90)
+    assert seen["found"]["status"] == "running", seen["found"]
+    assert seen["found"]["upstream_status"] == "unknown: cancelled", seen["found"]
+    assert seen["status"]["bulk_job"]["stuck"] is True and seen["gauge"] == 1
+    undocumented = [line for line in seen["lines"] if "undocumented status" in line]
+    assert len(undocumented) == 1 and seen["polls"] >= 3, (undocumented, seen["polls"])
+    codes = [code for code, _ in seen["answers"]]
+    assert codes == [403, 404, 200, 409], seen["answers"]
+    abandoned = seen["answers"][2][1]
+    assert abandoned["status"] == "abandoned" and abandoned["abandoned_by"] == "ops", abandoned
+    assert abandoned["abandoned_at"] is not None and "real-time" in abandoned["outcome"]
+    assert seen["answers"][3][1]["error"] == "conflict", seen["answers"][3]
+    assert seen["after"]["status"] == "abandoned" and seen["after"]["owner"] is None
+    assert seen["done"]["counts"]["delivered"] == 200, seen["done"]
+    assert seen["row"]["via"] == "realtime" and seen["row"]["status"] == "delivered", seen["row"]
+    company = seen["company"]
+    assert sim.company(company) == {"n": int(company.split("-")[1]), "v": 2}

@@ -313,6 +313,11 @@ class Store(abc.ABC):
     async def get_job(self, job_id: str) -> BulkJob | None: ...
 
     @abc.abstractmethod
+    async def abandon_job(self, job_id: str, *, by: str) -> tuple[BulkJob | None, bool]:
+        """End an unfinished job for an operator (`by`) and send its rows again real-time;
+        answers the job (None: unknown) and whether this call ended it."""
+
+    @abc.abstractmethod
     async def list_jobs(
         self, *, status: JobStatus | None, before: str | None, limit: int
     ) -> list[BulkJob]:

@@ -44,6 +44,8 @@ def row_to_job(row: Row) -> BulkJob:
         last_error=row[16],
         outcome=row[17],
         uncertain_at=row[18],
+        abandoned_by=row[19],
+        abandoned_at=row[20],
     )
 
 
@@ -385,6 +387,24 @@ def split(
         }
         yield Statement(jq.JOB_ROWS_TO_REALTIME, params)
     return children
+
+
+def abandon(job_id: str, by: str) -> Plan[tuple[BulkJob | None, bool]]:
+    """An operator ends the job (`by`: the relay key's name) and its rows go out again as
+    real-time calls, merged with anything newer for their companies. Answers the job and
+    whether this ended it (False: unknown, or already finished)."""
+    yield Statement(jq.LOCK_JOBS)
+    job = yield from _job(job_id)
+    if job is None or job.status not in ("waiting", "running"):
+        return job, False
+    who = _text(by, 200)
+    outcome = f"abandoned by {who}: {job.rows} companies sent again as real-time calls"
+    params = {"id": job_id, "by": who, "outcome": _text(outcome, 2000)}
+    if not (yield Statement(jq.JOB_ABANDONED, params)).rowcount:
+        return job, False
+    error = _text(f"bulk job {job_id} abandoned by {who}")
+    yield Statement(jq.JOB_ALL_ROWS_TO_REALTIME, {"job": job_id, "error": error})
+    return (yield from _job(job_id)), True
 
 
 def release(job: BulkJob, owner: str) -> Plan[None]:

@@ -377,6 +377,12 @@ class SQLStore(Store):
     async def get_job(self, job_id: str) -> BulkJob | None:
         return await self._read(lambda: jobs.get_job(job_id))
 
+    async def abandon_job(self, job_id: str, *, by: str) -> tuple[BulkJob | None, bool]:
+        job, ended = await self._write(lambda: jobs.abandon(job_id, by))
+        if ended:
+            self._work_committed()  # its rows wait for real-time calls now
+        return job, ended
+
     async def list_jobs(
         self, *, status: JobStatus | None, before: str | None, limit: int
     ) -> list[BulkJob]:
