@@ -1,9 +1,9 @@
 """The `userpilot-relay` command, for operators.
 
 - `migrate`, `openapi`, `hash-key`: no running relay needed (`app.cli.local`).
-- `status`, `dead-letters list|replay|purge`, `jobs abandon`, `backfill hubspot|stripe`: a running relay's
-  admin API, found through `RELAY_URL` and `RELAY_ADMIN_KEY` or `--url` and `--admin-key`
-  (`app.cli.remote`).
+- `status`, `dead-letters list|replay|purge`, `jobs abandon`, `backfill hubspot|stripe`: a
+  running relay's admin API, found through `RELAY_URL` and `RELAY_ADMIN_KEY` or `--url` and
+  `--admin-key` (`app.cli.remote`).
 
 `python -m app.cli` runs the same command.
 """
