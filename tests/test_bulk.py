@@ -884,3 +884,92 @@ def test_an_undocumented_job_status_is_reported_stuck_and_an_operator_can_abando
     assert seen["row"]["via"] == "realtime" and seen["row"]["status"] == "delivered", seen["row"]
     company = seen["company"]
     assert sim.company(company) == {"n": int(company.split("-")[1]), "v": 2}
+
+
+def test_an_upload_whose_answer_was_lost_is_found_in_userpilots_job_list_and_adopted(
+    database_url: str, sim: SimulatorProcess
+) -> None:
+    # The upload starts a job but its answer never arrives; then bulk is switched off (the
+    # runbook's advice). The relay asks Userpilot's job list, adopts the orphan and polls it:
+    # no second upload, no real-time call under it, and a newer update lands after it.
+    sim.configure(bulk_rows_per_minute=0)
+    sim.add_fault(action="lose_answer", path="/v1/companies/bulk_identify", times=1)
+
+    async def first() -> tuple[str, dict[str, Any]]:
+        async with relay_on(database_url, sim, relay_retry_base_seconds=0.1) as relay:
+            batch_id = await post_bulk(relay, companies("orph", 200))
+
+            async def in_doubt() -> dict[str, Any] | None:
+                found = await jobs(relay)
+                return found[0] if found and found[0]["uncertain_since"] else None
+
+            job: dict[str, Any] = await eventually(in_doubt, within=20)
+            return batch_id, job
+
+    batch_id, job = run(first(), limit=60)
+    (orphan,) = sim.jobs()
+
+    async def second() -> tuple[dict[str, Any], str]:
+        async with relay_on(database_url, sim, relay_upstream_bulk="off") as relay:
+            adopted = await running_job(relay)
+            company = ""
+            for i in range(200):
+                d = (await relay.get(f"/deliveries/{batch_id}.{i}", key=ADMIN_KEY)).json()
+                if d["job_id"] == job["id"]:
+                    company = d["company_id"]
+                    break
+            newer = (await relay.post_company(company, {"v": 2})).json()["id"]
+            sim.configure(bulk_rows_per_minute=600_000)
+            await relay.wait_for(newer, "delivered", within=30)
+            await relay.batch_done(batch_id, within=60)
+            return {
+                **adopted,
+                "end": (await relay.get(f"/jobs/{job['id']}", key=ADMIN_KEY)).json(),
+            }, company
+
+    adopted, company = run(second(), limit=90)
+    assert adopted["id"] == job["id"] and adopted["upstream_job_id"] == orphan["job_id"], adopted
+    assert adopted["end"]["status"] == "completed", adopted["end"]
+    assert sim.stats()["jobs_created"] == 1
+    history = sim.history(company)
+    assert history is not None and [h["via"] for h in history] == ["bulk", "identify"], history
+    assert sim.company(company) == {"n": int(company.split("-")[1]), "v": 2}
+
+
+def test_an_upload_that_never_arrived_goes_real_time_once_userpilot_lists_no_job(
+    database_url: str, sim: SimulatorProcess
+) -> None:
+    # The connection drops before Userpilot reads the upload: its job list shows nothing, so
+    # with bulk off the rows go out real-time now, not after a ten-minute window.
+    sim.add_fault(action="drop", path="/v1/companies/bulk_identify", times=1)
+
+    async def first() -> str:
+        async with relay_on(
+            database_url, sim, relay_retry_base_seconds=30, relay_retry_max_seconds=60
+        ) as relay:
+            batch_id = await post_bulk(relay, companies("never", 200))
+
+            async def in_doubt() -> bool:
+                found = await jobs(relay)
+                return bool(found and found[0]["uncertain_since"])
+
+            await eventually(in_doubt, within=20)
+            return batch_id
+
+    batch_id = run(first(), limit=60)
+
+    async def second() -> list[dict[str, Any]]:
+        async with relay_on(
+            database_url, sim, relay_upstream_bulk="off", relay_rate_limit_per_minute=6000
+        ) as relay:
+            await relay.store.retry_now()  # the job's next attempt is due now
+            done = await relay.batch_done(batch_id, within=60)
+            assert done["counts"]["delivered"] == 200, done
+            return await jobs(relay)
+
+    listed = run(second(), limit=90)
+    assert sim.stats()["jobs_created"] == 0
+    assert len(sim.requests(path="/v1/background_jobs")) >= 1
+    (job,) = listed
+    assert job["status"] == "split" and "real-time" in job["outcome"], job
+    assert all(sim.company(f"never-{i}") == {"n": i} for i in range(200))

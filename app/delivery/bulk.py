@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 import time
@@ -132,12 +133,17 @@ class BulkDriver:
             await self.store.release_job(job, owner=self.owner)
             self._current = None
             return _IDLE_CHECK
-        if not self._bulk_on() and not job.in_doubt(time.time()):
+        if job.uncertain_at is not None:
+            # An upload of it went unanswered: Userpilot's job list says whether it started a
+            # job (adopted) or not; only then may its rows go anywhere, bulk on or off.
+            wait = await self.calls.resolve_doubt(job)
+            if wait is not None:
+                return wait
+            job = dataclasses.replace(job, uncertain_at=None)
+        if not self._bulk_on():
             reason = self.calls.bulk_off_reason or "RELAY_UPSTREAM_BULK is off"
             await self.calls.split(job, "split", reason, None, ALL_REALTIME)
             return 0.0
-        # (A job in doubt is submitted even with bulk off: an upload of it may be pending,
-        # and only an accepted submission proves it is over.)
         return await self.calls.submit(job)
 
     def _idle_wait(self) -> float:

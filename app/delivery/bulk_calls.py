@@ -39,7 +39,9 @@ from app.userpilot.client import (
     UpstreamResult,
     UserpilotClient,
     completed_rows,
+    job_started,
     job_status,
+    listed_jobs,
 )
 
 log = logging.getLogger("userpilot_relay.bulk")
@@ -53,6 +55,8 @@ BULK_OFF_SECONDS = 900.0  # after Userpilot refused bulk for the key: real-time 
 SLOTS_AHEAD = 3
 # A `completed` with fewer rows done than sent is polled again, up to this many answers or
 # seconds, then taken as completed short (the shortfall recorded on the job).
+# How far Userpilot's clock may lag ours when matching a listed job to an unanswered upload.
+CLOCK_SKEW = 5.0
 SHORT_COMPLETED_POLLS = 10
 SHORT_COMPLETED_SECONDS = 300.0
 _REMEMBERED = 1000  # per-job counters kept at most (jobs that ended elsewhere drop out)
@@ -139,6 +143,74 @@ class JobCalls:
             if claim.updates:
                 sendable.append(claim)
         return sendable
+
+    # doubt ----------------------------------------------------------------------------------
+    async def resolve_doubt(self, job: BulkJob) -> float | None:
+        """Ask Userpilot whether the job's unanswered upload started a job: a companies job of
+        the same row count submitted since the upload left (and not one the relay knows) is
+        that upload: adopted and polled. None when Userpilot shows no such job and none running
+        (the rows may go anywhere now); else how long to wait before asking again."""
+        assert job.uncertain_at is not None
+        poll = self.settings.relay_bulk_poll_seconds
+        if (later := await self._slot()) > 0:
+            return min(later, poll)
+        result = await self.client.background_jobs()
+        await self._observe(result)
+        listed = listed_jobs(result.body or {}) if result.ok else None
+        if listed is None:
+            error = result.error or f"HTTP {result.status}: no job list"
+            return await self._defer(job, f"cannot list Userpilot's jobs: {error}", counted=False)
+        ids = [str(j["job_id"]) for j in listed if isinstance(j.get("job_id"), str)]
+        known = await self.store.known_upstream_ids(ids)
+        since = job.uncertain_at - CLOCK_SKEW
+        if job.submitted_at is not None:  # accepted once, then lost: not that job again
+            since = max(since, job.submitted_at)
+        orphan: dict[str, object] | None = None
+        running = False
+        for upstream in listed:
+            state = job_status(upstream)
+            upstream_id = upstream.get("job_id")
+            kind = upstream.get("type")
+            started = job_started(upstream)
+            if (
+                orphan is None
+                and isinstance(upstream_id, str)
+                and upstream_id not in known
+                and kind in (None, "companies_bulk_identify")
+                and upstream.get("total_rows") == job.rows
+                and started is not None
+                and started >= since
+            ):
+                orphan = upstream
+            elif state in RUNNING:
+                running = True
+        context = job_context(job)
+        if orphan is not None:
+            upstream_id = str(orphan["job_id"])
+            state = job_status(orphan) or "queued"
+            if await self.store.job_submitted(
+                job,
+                owner=self.owner,
+                upstream_id=upstream_id,
+                upstream_status=state,
+                lease=self.lease,
+                http_status=202,
+                request_id=None,
+                within=self.lease,
+            ):
+                log.warning(
+                    "an upload whose answer was lost started a job at Userpilot: adopted",
+                    extra=context | {"upstream_job_id": upstream_id, "upstream_status": state},
+                )
+            return 0.0
+        if running:
+            # Another job runs: it may be this upload's under another count or clock; ask later.
+            error = "in doubt: Userpilot runs a job that may hold these rows; asking again"
+            return await self._defer(job, error, counted=False)
+        if not await self.store.job_certain(job, owner=self.owner):
+            return 0.0
+        log.info("Userpilot shows no job from the unanswered upload: not in doubt", extra=context)
+        return None
 
     # submitting ------------------------------------------------------------------------------
     async def submit(self, job: BulkJob) -> float:

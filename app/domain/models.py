@@ -186,12 +186,11 @@ class BulkJob:
     abandoned_by: str | None = None
     abandoned_at: float | None = None
 
-    def in_doubt(self, now: float) -> bool:
-        """An unanswered upload may still run at Userpilot: until twice the time its rows take
-        at Userpilot's slowest documented pace (1,200 a minute), ten minutes at least."""
-        if self.uncertain_at is None:
-            return False
-        return now - self.uncertain_at < max(600.0, 2 * self.rows / 20)
+    def in_doubt(self, now: float | None = None) -> bool:
+        """An unanswered upload may have started a job at Userpilot: until Userpilot's job list
+        shows it (adopted) or shows none (see `bulk_calls.JobCalls.resolve_doubt`), or a later
+        submission is accepted. No timer ends the doubt."""
+        return self.uncertain_at is not None
 
     def stuck(self, *, after: float, now: float) -> bool:
         """Unfinished with no progress (accepted, a new status, more rows done) for `after`

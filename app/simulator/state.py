@@ -19,7 +19,7 @@ from app.simulator.config import HISTORY_LIMIT, SimulatorConfig
 from app.simulator.jobs import BulkJob, JobFault, Row
 from app.simulator.validation import CompanyRecord, Metadata, merge_metadata
 
-FaultAction = Literal["status", "delay", "drop", "retry_after"]
+FaultAction = Literal["status", "delay", "drop", "retry_after", "lose_answer"]
 WriteVia = Literal["identify", "bulk"]
 
 

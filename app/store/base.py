@@ -313,6 +313,14 @@ class Store(abc.ABC):
     async def get_job(self, job_id: str) -> BulkJob | None: ...
 
     @abc.abstractmethod
+    async def job_certain(self, job: BulkJob, *, owner: str) -> bool:
+        """Userpilot's job list shows no job from the job's unanswered upload: not in doubt."""
+
+    @abc.abstractmethod
+    async def known_upstream_ids(self, ids: Sequence[str]) -> set[str]:
+        """Which of these Userpilot job ids belong to jobs the relay recorded."""
+
+    @abc.abstractmethod
     async def abandon_job(self, job_id: str, *, by: str) -> tuple[BulkJob | None, bool]:
         """End an unfinished job for an operator (`by`) and send its rows again real-time;
         answers the job (None: unknown) and whether this call ended it."""

@@ -179,6 +179,13 @@ JOB_ALL_ROWS_TO_REALTIME = """
         last_error = :error
     WHERE job_id = :job AND status = 'delivering'
 """
+# Userpilot's job list shows no job from the unanswered upload: the job is certain again.
+JOB_CERTAIN = (
+    """
+    UPDATE bulk_jobs SET uncertain_at = NULL, updated_at = {now}"""
+    + _OWNED
+)
+KNOWN_UPSTREAM_IDS = "SELECT upstream_id FROM bulk_jobs WHERE upstream_id = ANY(:ids)"
 
 # recovery after an outage -------------------------------------------------------------------
 RETRY_NOW = """

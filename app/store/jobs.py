@@ -407,6 +407,18 @@ def abandon(job_id: str, by: str) -> Plan[tuple[BulkJob | None, bool]]:
     return (yield from _job(job_id)), True
 
 
+def certain(job: BulkJob, owner: str) -> Plan[bool]:
+    """No upload of the job runs at Userpilot (its job list says so): doubt cleared."""
+    return (yield Statement(jq.JOB_CERTAIN, _owned(job, owner, "waiting"))).rowcount > 0
+
+
+def known_upstream_ids(ids: Sequence[str]) -> Plan[set[str]]:
+    """Which of Userpilot's job ids the relay recorded for one of its jobs."""
+    if not ids:
+        return set()
+    return {r[0] for r in (yield Statement(jq.KNOWN_UPSTREAM_IDS, {"ids": list(ids)})).rows}
+
+
 def release(job: BulkJob, owner: str) -> Plan[None]:
     yield Statement(jq.RELEASE_JOB, {"id": job.id, "owner": owner})
 

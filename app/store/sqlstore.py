@@ -377,6 +377,12 @@ class SQLStore(Store):
     async def get_job(self, job_id: str) -> BulkJob | None:
         return await self._read(lambda: jobs.get_job(job_id))
 
+    async def job_certain(self, job: BulkJob, *, owner: str) -> bool:
+        return await self._write(lambda: jobs.certain(job, owner))
+
+    async def known_upstream_ids(self, ids: Sequence[str]) -> set[str]:
+        return await self._read(lambda: jobs.known_upstream_ids(ids))
+
     async def abandon_job(self, job_id: str, *, by: str) -> tuple[BulkJob | None, bool]:
         job, ended = await self._write(lambda: jobs.abandon(job_id, by))
         if ended:
