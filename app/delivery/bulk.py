@@ -136,9 +136,11 @@ class BulkDriver:
         if job.uncertain_at is not None:
             # An upload of it went unanswered: Userpilot's job list says whether it started a
             # job (adopted) or not; only then may its rows go anywhere, bulk on or off.
-            wait = await self.calls.resolve_doubt(job)
-            if wait is not None:
-                return wait
+            resolved = await self.calls.resolve_doubt(job)
+            if resolved == "submit":  # still in doubt: only an accepted submission ends it
+                return await self.calls.submit(job)
+            if resolved != "certain":
+                return resolved
             job = dataclasses.replace(job, uncertain_at=None)
         if not self._bulk_on():
             reason = self.calls.bulk_off_reason or "RELAY_UPSTREAM_BULK is off"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Literal
 
 from app.config import Settings
 from app.delivery.breaker import Breaker
@@ -55,6 +56,9 @@ BULK_OFF_SECONDS = 900.0  # after Userpilot refused bulk for the key: real-time 
 SLOTS_AHEAD = 3
 # A `completed` with fewer rows done than sent is polled again, up to this many answers or
 # seconds, then taken as completed short (the shortfall recorded on the job).
+# A 2xx upload answer with no job id to poll: Userpilot said it took the upload, so its job list
+# showing nothing proves nothing; the job stays in doubt until a later upload is accepted.
+ACCEPTED_WITHOUT_ID = "accepted without a usable job_id"
 # How far Userpilot's clock may lag ours when matching a listed job to an unanswered upload.
 CLOCK_SKEW = 5.0
 SHORT_COMPLETED_POLLS = 10
@@ -145,11 +149,13 @@ class JobCalls:
         return sendable
 
     # doubt ----------------------------------------------------------------------------------
-    async def resolve_doubt(self, job: BulkJob) -> float | None:
+    async def resolve_doubt(self, job: BulkJob) -> float | Literal["certain", "submit"]:
         """Ask Userpilot whether the job's unanswered upload started a job: a companies job of
         the same row count submitted since the upload left (and not one the relay knows) is
-        that upload: adopted and polled. None when Userpilot shows no such job and none running
-        (the rows may go anywhere now); else how long to wait before asking again."""
+        that upload: adopted and polled. `certain` when Userpilot shows no such job and none
+        running (the rows may go anywhere now); `submit` when the lost upload was answered 2xx
+        without a job id (nothing listed proves nothing: submit it again, in doubt); else how
+        long to wait before asking again."""
         assert job.uncertain_at is not None
         poll = self.settings.relay_bulk_poll_seconds
         if (later := await self._slot()) > 0:
@@ -207,10 +213,12 @@ class JobCalls:
             # Another job runs: it may be this upload's under another count or clock; ask later.
             error = "in doubt: Userpilot runs a job that may hold these rows; asking again"
             return await self._defer(job, error, counted=False)
+        if (job.last_error or "").startswith(ACCEPTED_WITHOUT_ID):
+            return "submit"
         if not await self.store.job_certain(job, owner=self.owner):
             return 0.0
         log.info("Userpilot shows no job from the unanswered upload: not in doubt", extra=context)
-        return None
+        return "certain"
 
     # submitting ------------------------------------------------------------------------------
     async def submit(self, job: BulkJob) -> float:
@@ -276,7 +284,7 @@ class JobCalls:
             delay = self.pacer.capped(asked)
             return await self._defer(job, error, delay)
         if outcome == "error":  # no answer, a 5xx, or a 2xx without a job id: maybe accepted
-            reason = "accepted without a usable job_id" if result.ok else error
+            reason = ACCEPTED_WITHOUT_ID if result.ok else error
             return await self._defer(job, reason, uncertain=True)
         if outcome == "key_refused":
             UPSTREAM_AUTH_FAILURES.inc()
