@@ -66,8 +66,9 @@ class JobOut(BaseModel):
     uncertain_since: float | None = Field(
         description=(
             "Unix time an upload of it left whose answer is not recorded: it may still run at "
-            "Userpilot, so the job's rows stay in bulk jobs until a submission is accepted (or "
-            "twice the time its rows take at 1,200 a minute has passed, 10 minutes at least)."
+            "Userpilot, so the job's rows stay in bulk jobs until Userpilot's job list settles it "
+            "(a job from that upload is adopted; none listed and none running ends the doubt) "
+            "or a submission is accepted."
         )
     )
     last_error: str | None = Field(description="The last submission's or poll's error.")

@@ -3,10 +3,12 @@
 Submitting: the job's rows are read and merged, the upload takes a send slot (it counts against
 the rate limit), and the job is marked uncertain first (`uncertain_at`): if no answer is
 recorded (no answer, a 5xx, a crash), an upload may be pending at Userpilot, so its rows never
-go out real-time while it may still run (`BulkJob.in_doubt`), until a submission is accepted
-(then every earlier one has ended: Userpilot runs one job at a time). Polling takes a send slot
-too, so the two paths together never pass the rate limit. Every answer also tells the circuit
-breaker whether Userpilot is up.
+go out real-time while it may still run (`BulkJob.in_doubt`): Userpilot's job list settles it
+(`resolve_doubt`: a job from that upload is adopted and polled; none listed and none running
+ends the doubt), or a submission is accepted (then every earlier one has ended: Userpilot runs
+one job at a time). A `completed` with rows missing is polled again before it is believed.
+Polling takes a send slot too, so the two paths together never pass the rate limit. Every
+answer also tells the circuit breaker whether Userpilot is up.
 """
 
 from __future__ import annotations
