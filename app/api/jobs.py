@@ -175,7 +175,9 @@ async def abandon_job(
     update of a company still wins). Userpilot may still run the job later, landing its older
     values: use it for a job Userpilot reports in an undocumented state or that is stuck."""
     valid = job_id.isascii() and job_id.isprintable()
-    job, ended = await store.abandon_job(job_id, by=caller.name) if valid else (None, False)
+    job, ended = (
+        await store.job_recovery.abandon(job_id, by=caller.name) if valid else (None, False)
+    )
     if job is None:
         raise RelayError(404, "not_found", "no job with this id")
     if not ended:

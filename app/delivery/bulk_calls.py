@@ -20,6 +20,7 @@ from typing import Literal
 
 from app.config import Settings
 from app.delivery.breaker import Breaker
+from app.delivery.bulk_answers import ACCEPTED_WITHOUT_ID, OddAnswers, resolve_doubt
 from app.delivery.merge import MAX_JOB_BYTES, bulk_body, merge_claim
 from app.delivery.pacing import Pacer
 from app.delivery.refuse import without_unsendable
@@ -42,9 +43,7 @@ from app.userpilot.client import (
     UpstreamResult,
     UserpilotClient,
     completed_rows,
-    job_started,
     job_status,
-    listed_jobs,
 )
 
 log = logging.getLogger("userpilot_relay.bulk")
@@ -53,18 +52,7 @@ ALL_REALTIME = 10**9  # min_rows that sends every row of a job to real-time call
 LOST_AFTER = 3  # 404s in a row before a job counts as lost (it may not be listed at once)
 MAX_CONFLICT_WAIT = 60.0
 BULK_OFF_SECONDS = 900.0  # after Userpilot refused bulk for the key: real-time only this long
-# Send slots a job's call may find reserved ahead of it (each replica's feeder holds one or two):
-# the job's lease is sized so that a third of it covers them (`bulk.BulkDriver.lease`).
-SLOTS_AHEAD = 3
-# A `completed` with fewer rows done than sent is polled again, up to this many answers or
-# seconds, then taken as completed short (the shortfall recorded on the job).
-# A 2xx upload answer with no job id to poll: Userpilot said it took the upload, so its job list
-# showing nothing proves nothing; the job stays in doubt until a later upload is accepted.
-ACCEPTED_WITHOUT_ID = "accepted without a usable job_id"
-# How far Userpilot's clock may lag ours when matching a listed job to an unanswered upload.
-CLOCK_SKEW = 5.0
-SHORT_COMPLETED_POLLS = 10
-SHORT_COMPLETED_SECONDS = 300.0
+SLOTS_AHEAD = 3  # slots a job's call may find reserved ahead of it (sizes its lease)
 _REMEMBERED = 1000  # per-job counters kept at most (jobs that ended elsewhere drop out)
 
 
@@ -105,8 +93,11 @@ class JobCalls:
         self._conflicts: dict[str, int] = {}
         self._lost: dict[str, int] = {}
         self._auth_logged: set[str] = set()
-        self._unknown_logged: set[str] = set()
-        self._short: dict[str, tuple[int, float]] = {}  # premature `completed`: answers, since
+        self.odd = OddAnswers()  # premature `completed`s and undocumented statuses
+
+    async def resolve_doubt(self, job: BulkJob) -> float | Literal["certain", "submit"]:
+        """Userpilot's job list on the job's unanswered upload (see `bulk_answers.py`)."""
+        return await resolve_doubt(self, job)
 
     @property
     def bulk_off_reason(self) -> str | None:
@@ -149,78 +140,6 @@ class JobCalls:
             if claim.updates:
                 sendable.append(claim)
         return sendable
-
-    # doubt ----------------------------------------------------------------------------------
-    async def resolve_doubt(self, job: BulkJob) -> float | Literal["certain", "submit"]:
-        """Ask Userpilot whether the job's unanswered upload started a job: a companies job of
-        the same row count submitted since the upload left (and not one the relay knows) is
-        that upload: adopted and polled. `certain` when Userpilot shows no such job and none
-        running (the rows may go anywhere now); `submit` when the lost upload was answered 2xx
-        without a job id (nothing listed proves nothing: submit it again, in doubt); else how
-        long to wait before asking again."""
-        assert job.uncertain_at is not None
-        poll = self.settings.relay_bulk_poll_seconds
-        if (later := await self._slot()) > 0:
-            return min(later, poll)
-        result = await self.client.background_jobs()
-        await self._observe(result)
-        listed = listed_jobs(result.body or {}) if result.ok else None
-        if listed is None:
-            error = result.error or f"HTTP {result.status}: no job list"
-            return await self._defer(job, f"cannot list Userpilot's jobs: {error}", counted=False)
-        ids = [str(j["job_id"]) for j in listed if isinstance(j.get("job_id"), str)]
-        known = await self.store.known_upstream_ids(ids)
-        since = job.uncertain_at - CLOCK_SKEW
-        if job.submitted_at is not None:  # accepted once, then lost: not that job again
-            since = max(since, job.submitted_at)
-        orphan: dict[str, object] | None = None
-        running = False
-        for upstream in listed:
-            state = job_status(upstream)
-            upstream_id = upstream.get("job_id")
-            kind = upstream.get("type")
-            started = job_started(upstream)
-            if (
-                orphan is None
-                and isinstance(upstream_id, str)
-                and upstream_id not in known
-                and kind in (None, "companies_bulk_identify")
-                and upstream.get("total_rows") == job.rows
-                and started is not None
-                and started >= since
-            ):
-                orphan = upstream
-            elif state in RUNNING:
-                running = True
-        context = job_context(job)
-        if orphan is not None:
-            upstream_id = str(orphan["job_id"])
-            state = job_status(orphan) or "queued"
-            if await self.store.job_submitted(
-                job,
-                owner=self.owner,
-                upstream_id=upstream_id,
-                upstream_status=state,
-                lease=self.lease,
-                http_status=202,
-                request_id=None,
-                within=self.lease,
-            ):
-                log.warning(
-                    "an upload whose answer was lost started a job at Userpilot: adopted",
-                    extra=context | {"upstream_job_id": upstream_id, "upstream_status": state},
-                )
-            return 0.0
-        if running:
-            # Another job runs: it may be this upload's under another count or clock; ask later.
-            error = "in doubt: Userpilot runs a job that may hold these rows; asking again"
-            return await self._defer(job, error, counted=False)
-        if (job.last_error or "").startswith(ACCEPTED_WITHOUT_ID):
-            return "submit"
-        if not await self.store.job_certain(job, owner=self.owner):
-            return 0.0
-        log.info("Userpilot shows no job from the unanswered upload: not in doubt", extra=context)
-        return "certain"
 
     # submitting ------------------------------------------------------------------------------
     async def submit(self, job: BulkJob) -> float:
@@ -394,7 +313,7 @@ class JobCalls:
         if result.status != 404:
             self._lost.pop(job.id, None)
         if status == "completed" and done is not None and done < job.rows:
-            if not self._short_accepted(job):
+            if (note := self.odd.premature(job, done)) is None:
                 # Userpilot says completed with rows missing: maybe not finished at all.
                 await self.store.job_polled(
                     job,
@@ -406,11 +325,10 @@ class JobCalls:
                     lease=self.lease,
                 )
                 return poll
-            polls, since = self._short.pop(job.id)
-            await self._complete(job, done, short=(polls, time.time() - since))
+            await self._complete(job, done, shortfall=note)
             return 0.0
         if status == "completed":
-            self._short.pop(job.id, None)
+            self.odd.forget(job)
             await self._complete(job, done)
             return 0.0
         if status == "failed":
@@ -440,16 +358,8 @@ class JobCalls:
                     extra=job_context(job) | {"error": result.error},
                 )
         state = None if status is None else status if status in RUNNING else f"unknown: {status}"
-        if status is not None and status not in RUNNING and job.id not in self._unknown_logged:
-            if len(self._unknown_logged) > _REMEMBERED:
-                self._unknown_logged.clear()
-            self._unknown_logged.add(job.id)
-            log.error(
-                "Userpilot reported an undocumented status for a bulk job: it stays running and "
-                "its companies in flight; after RELAY_BULK_STUCK_SECONDS without progress it is "
-                "reported stuck, and POST /jobs/{id}/abandon ends it",
-                extra=job_context(job) | {"upstream_job_status": status},
-            )
+        if status is not None and status not in RUNNING:
+            self.odd.unknown(job, status)
         await self.store.job_polled(
             job,
             owner=self.owner,
@@ -463,29 +373,15 @@ class JobCalls:
             BULK_JOB_ROWS.labels(state="completed").set(done or 0)
         return poll
 
-    def _short_accepted(self, job: BulkJob) -> bool:
-        """Count a premature `completed`; True once it has said so long enough to believe."""
-        if job.id not in self._short and len(self._short) > _REMEMBERED:
-            self._short.clear()
-        polls, since = self._short.get(job.id, (0, time.time()))
-        self._short[job.id] = (polls + 1, since)
-        return polls + 1 >= SHORT_COMPLETED_POLLS or time.time() - since >= SHORT_COMPLETED_SECONDS
-
-    async def _complete(
-        self, job: BulkJob, done: int | None, *, short: tuple[int, float] | None = None
-    ) -> None:
+    async def _complete(self, job: BulkJob, done: int | None, *, shortfall: str = "") -> None:
         claims = await self.store.job_rows(job.id)
         sent = {claim.company_id: merge_claim(claim)[1] for claim in claims}
-        shortfall = None
-        if short is not None and done is not None:
-            shortfall = (
-                f"Userpilot reported only {done} of {job.rows} rows done, and still did after "
-                f"{short[0]} answers over {short[1]:.0f} s: taken as completed"
-            )
         if not await self.store.job_completed(
-            job, owner=self.owner, sent_versions=sent, completed_rows=done, shortfall=shortfall
+            job, owner=self.owner, sent_versions=sent, completed_rows=done
         ):
             return
+        if shortfall:
+            await self.store.job_recovery.shortfall(job, shortfall)
         BULK_JOBS.labels(outcome="completed").inc()
         BULK_ROWS.labels(outcome="delivered").inc(len(claims))
         updates = sum(len(c.updates) for c in claims)

@@ -71,7 +71,10 @@ class JobFault:
         return any(isinstance(r, CompanyRecord) and r.company_id == self.company_id for r in rows)
 
     def to_json(self) -> dict[str, object]:
-        return asdict(self)
+        found = asdict(self)
+        if self.action != "report":  # only a `report` fault says a status, for a while
+            del found["status"], found["seconds"]
+        return found
 
 
 class JobHost(Protocol):

@@ -25,6 +25,7 @@ from app.domain.models import (
 )
 from app.store.backfills import BackfillStore
 from app.store.catalogue import PropertyCatalogue
+from app.store.job_recovery import JobRecovery
 from app.store.signals import Signals
 
 
@@ -35,11 +36,13 @@ class Store(abc.ABC):
     requests that wait on them.
 
     Features with state of their own keep it in parts built over the same engine
-    (`app/store/part.py`): `catalogue` (the properties sent) and `backfills`.
+    (`app/store/part.py`): `catalogue` (the properties sent), `backfills` and
+    `job_recovery` (a bulk job's doubt settled, an operator's abandon).
     """
 
     catalogue: PropertyCatalogue
     backfills: BackfillStore
+    job_recovery: JobRecovery
 
     def __init__(self) -> None:
         self.signals = Signals()
@@ -278,10 +281,9 @@ class Store(abc.ABC):
         owner: str,
         sent_versions: Mapping[str, Mapping[str, int]],
         completed_rows: int | None = None,
-        shortfall: str | None = None,
     ) -> bool:
         """Userpilot completed the job: its deliveries are delivered (via bulk);
-        `completed_rows` as Userpilot last reported it; `shortfall` says why fewer."""
+        `completed_rows` as Userpilot last reported it."""
 
     @abc.abstractmethod
     async def job_split(
@@ -311,19 +313,6 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def get_job(self, job_id: str) -> BulkJob | None: ...
-
-    @abc.abstractmethod
-    async def job_certain(self, job: BulkJob, *, owner: str) -> bool:
-        """Userpilot's job list shows no job from the job's unanswered upload: not in doubt."""
-
-    @abc.abstractmethod
-    async def known_upstream_ids(self, ids: Sequence[str]) -> set[str]:
-        """Which of these Userpilot job ids belong to jobs the relay recorded."""
-
-    @abc.abstractmethod
-    async def abandon_job(self, job_id: str, *, by: str) -> tuple[BulkJob | None, bool]:
-        """End an unfinished job for an operator (`by`) and send its rows again real-time;
-        answers the job (None: unknown) and whether this call ended it."""
 
     @abc.abstractmethod
     async def list_jobs(

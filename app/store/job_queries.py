@@ -185,6 +185,10 @@ JOB_CERTAIN = (
     UPDATE bulk_jobs SET uncertain_at = NULL, updated_at = {now}"""
     + _OWNED
 )
+JOB_SHORTFALL = """
+    UPDATE bulk_jobs SET outcome = outcome || '; ' || :note, last_error = :note, updated_at = {now}
+    WHERE id = :id AND status = 'completed'
+"""
 KNOWN_UPSTREAM_IDS = "SELECT upstream_id FROM bulk_jobs WHERE upstream_id = ANY(:ids)"
 
 # recovery after an outage -------------------------------------------------------------------

@@ -295,15 +295,11 @@ def completed(
     owner: str,
     sent_versions: Mapping[str, Mapping[str, int]],
     completed_rows: int | None,
-    shortfall: str | None = None,
 ) -> Plan[bool]:
-    """The job's deliveries delivered, with the property versions its rows sent (`shortfall`:
-    Userpilot reported fewer rows done than sent, recorded in the outcome and as the error)."""
+    """The job's deliveries delivered, with the property versions its rows sent."""
     outcome = f"delivered {job.rows} companies ({job.updates} updates)"
-    if shortfall:
-        outcome += f"; {shortfall}"
     finished = yield from _finish(
-        job, owner, "completed", outcome=outcome, completed_rows=completed_rows, error=shortfall
+        job, owner, "completed", outcome=outcome, completed_rows=completed_rows
     )
     if not finished:
         return False
@@ -389,47 +385,8 @@ def split(
     return children
 
 
-def abandon(job_id: str, by: str) -> Plan[tuple[BulkJob | None, bool]]:
-    """An operator ends the job (`by`: the relay key's name) and its rows go out again as
-    real-time calls, merged with anything newer for their companies. Answers the job and
-    whether this ended it (False: unknown, or already finished)."""
-    yield Statement(jq.LOCK_JOBS)
-    job = yield from _job(job_id)
-    if job is None or job.status not in ("waiting", "running"):
-        return job, False
-    who = _text(by, 200)
-    outcome = f"abandoned by {who}: {job.rows} companies sent again as real-time calls"
-    params = {"id": job_id, "by": who, "outcome": _text(outcome, 2000)}
-    if not (yield Statement(jq.JOB_ABANDONED, params)).rowcount:
-        return job, False
-    error = _text(f"bulk job {job_id} abandoned by {who}")
-    yield Statement(jq.JOB_ALL_ROWS_TO_REALTIME, {"job": job_id, "error": error})
-    return (yield from _job(job_id)), True
-
-
-def certain(job: BulkJob, owner: str) -> Plan[bool]:
-    """No upload of the job runs at Userpilot (its job list says so): doubt cleared."""
-    return (yield Statement(jq.JOB_CERTAIN, _owned(job, owner, "waiting"))).rowcount > 0
-
-
-def known_upstream_ids(ids: Sequence[str]) -> Plan[set[str]]:
-    """Which of Userpilot's job ids the relay recorded for one of its jobs."""
-    if not ids:
-        return set()
-    return {r[0] for r in (yield Statement(jq.KNOWN_UPSTREAM_IDS, {"ids": list(ids)})).rows}
-
-
 def release(job: BulkJob, owner: str) -> Plan[None]:
     yield Statement(jq.RELEASE_JOB, {"id": job.id, "owner": owner})
-
-
-def retry_now(*, one_company: bool) -> Plan[int]:
-    """Bring updates waiting out a backoff forward: every one, or the oldest one's company."""
-    if one_company:
-        return (yield Statement(jq.RETRY_OLDEST)).rowcount
-    moved = (yield Statement(jq.RETRY_NOW)).rowcount
-    yield Statement(jq.JOBS_RETRY_NOW)
-    return moved
 
 
 def prune_jobs(before: float) -> Plan[int]:

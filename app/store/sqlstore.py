@@ -28,7 +28,7 @@ from app.domain.models import (
     Status,
     UpstreamAnswer,
 )
-from app.store import claims, jobs, plans
+from app.store import claims, job_recovery, jobs, plans
 from app.store.backfills import BackfillStore
 from app.store.base import Store
 from app.store.catalogue import PropertyCatalogue
@@ -49,6 +49,7 @@ class SQLStore(Store):
         super().__init__()
         self.catalogue = PropertyCatalogue(self._write, self._read)
         self.backfills = BackfillStore(self._write, self._read)
+        self.job_recovery = job_recovery.JobRecovery(self._write, self._read)
 
     def _work_committed(self) -> None:
         """Work became ready to deliver: wake this process's dispatcher."""
@@ -224,7 +225,7 @@ class SQLStore(Store):
         self._work_committed()
 
     async def retry_now(self, *, one_company: bool = False) -> int:
-        moved = await self._write(lambda: jobs.retry_now(one_company=one_company))
+        moved = await self._write(lambda: job_recovery.retry_now(one_company=one_company))
         self._work_committed()
         return moved
 
@@ -329,11 +330,8 @@ class SQLStore(Store):
         owner: str,
         sent_versions: Mapping[str, Mapping[str, int]],
         completed_rows: int | None = None,
-        shortfall: str | None = None,
     ) -> bool:
-        done = await self._write(
-            lambda: jobs.completed(job, owner, sent_versions, completed_rows, shortfall)
-        )
+        done = await self._write(lambda: jobs.completed(job, owner, sent_versions, completed_rows))
         if done:
             self._work_committed()  # updates that waited behind the job may go now
         return done
@@ -376,18 +374,6 @@ class SQLStore(Store):
 
     async def get_job(self, job_id: str) -> BulkJob | None:
         return await self._read(lambda: jobs.get_job(job_id))
-
-    async def job_certain(self, job: BulkJob, *, owner: str) -> bool:
-        return await self._write(lambda: jobs.certain(job, owner))
-
-    async def known_upstream_ids(self, ids: Sequence[str]) -> set[str]:
-        return await self._read(lambda: jobs.known_upstream_ids(ids))
-
-    async def abandon_job(self, job_id: str, *, by: str) -> tuple[BulkJob | None, bool]:
-        job, ended = await self._write(lambda: jobs.abandon(job_id, by))
-        if ended:
-            self._work_committed()  # its rows wait for real-time calls now
-        return job, ended
 
     async def list_jobs(
         self, *, status: JobStatus | None, before: str | None, limit: int
