@@ -36,6 +36,9 @@ Bulk jobs and recovery:
   5xx, a 2xx without a job id), `refused` (some row is bad: 400, 422, ...).
 - `userpilot_relay_bulk_job_duration_seconds`: from acceptance to the end, per job.
 - `userpilot_relay_bulk_job_rows{state}`: the running job's rows, `total` and `completed`.
+- `userpilot_relay_upstream_paused_until_seconds`: unix time until which this process holds
+  every call after a 429 (0 or past: not paused); the pause is capped at
+  RELAY_MAX_UPSTREAM_PAUSE_SECONDS.
 - `userpilot_relay_bulk_job_stuck`: 1 while an unfinished job (running, or never accepted) has
   made no progress for RELAY_BULK_STUCK_SECONDS.
 - `userpilot_relay_upstream_circuit_open`: 1 while Userpilot looks down and the relay only
@@ -174,6 +177,10 @@ BULK_JOB_ROWS = Gauge(
 BULK_JOB_STUCK = Gauge(
     "userpilot_relay_bulk_job_stuck",
     "1 while an unfinished bulk job has made no progress for RELAY_BULK_STUCK_SECONDS.",
+)
+UPSTREAM_PAUSED_UNTIL = Gauge(
+    "userpilot_relay_upstream_paused_until_seconds",
+    "Unix time until which calls to Userpilot are held after a 429 (0 or past: not paused).",
 )
 CIRCUIT_OPEN = Gauge(
     "userpilot_relay_upstream_circuit_open",

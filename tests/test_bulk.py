@@ -8,9 +8,11 @@ tests check what Userpilot ended up with and in which order it arrived.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from app.simulator.process import SimulatorProcess
@@ -696,3 +698,342 @@ def test_a_job_over_many_updates_per_company_sends_the_newest_value_per_property
         bulk_rows += sum(1 for h in history if h["via"] == "bulk")
         assert sim.company(company) == {"i": per_company - 1, **newest}, company
     assert bulk_rows >= count // 2, bulk_rows
+
+
+@pytest.mark.process  # waits on real pacing: 60 calls a minute
+def test_at_a_low_rate_limit_a_job_gets_its_send_slot_and_realtime_throughput_holds(
+    database_url: str, sim: SimulatorProcess
+) -> None:
+    # 60 calls a minute, a 5 s lease, a poll a second: two pacing intervals (2.04 s) are more
+    # than a third of that lease. The job must still get a slot, and real-time calls theirs.
+    async def main() -> tuple[dict[str, Any], list[float]]:
+        async with relay_on(
+            database_url,
+            sim,
+            relay_rate_limit_per_minute=60,
+            relay_lease_seconds=5,
+            relay_upstream_timeout_seconds=2,
+            relay_bulk_poll_seconds=1,
+        ) as relay:
+            await post_bulk(relay, companies("slow", 200))
+
+            async def completed() -> dict[str, Any] | None:
+                found = await jobs(relay, status="completed")
+                return found[0] if found else None
+
+            job: dict[str, Any] = await eventually(completed, within=20)
+            await asyncio.sleep(max(0.0, 12 - (job["finished_at"] - job["created_at"])))
+            times = [r["time"] for r in sim.requests(path="/v1/companies/identify")]
+            return job, times
+
+    job, times = run(main(), limit=60)
+    assert job["rows"] > 50 and job["attempts"] == 1, job
+    # Real-time calls in the 12 s after the first: about one a second, less the job's upload
+    # and poll (11 slots at most).
+    first = times[0]
+    in_window = [t for t in times if t - first < 12]
+    assert len(in_window) >= 8, (len(in_window), job)
+    assert sim.stats()["throttled"] == 0
+
+
+def test_a_long_retry_after_on_a_job_poll_pauses_delivery_briefly_and_says_so(
+    database_url: str, sim: SimulatorProcess
+) -> None:
+    # One 429 with Retry-After: 3600 on a job poll: the pause is capped (2 s here, 5 minutes by
+    # default), logged with its length, shown in GET /status and exported; delivery goes on.
+    sim.configure(bulk_rows_per_minute=600)  # the job runs long enough to be polled
+    sim.add_fault(action="retry_after", retry_after=3600, path="/v1/background_jobs/", times=1)
+
+    async def main() -> tuple[dict[str, Any], float, list[str], dict[str, Any]]:
+        async with relay_on(database_url, sim, relay_max_upstream_pause_seconds=2) as relay:
+            with captured_logs() as lines:
+                await post_bulk(relay, companies("pz", 200))
+
+                async def paused() -> dict[str, Any] | None:
+                    body: dict[str, Any] = (await relay.get("/status", key=ADMIN_KEY)).json()
+                    return body if body["paused_until"] else None
+
+                status = await eventually(paused, within=20, interval=0.02)
+                gauge = await relay.metric("userpilot_relay_upstream_paused_until_seconds")
+                after = await relay.post_company("pz-after", {"x": 1})
+                delivered = await relay.wait_for(after.json()["id"], "delivered", within=15)
+            return status, gauge, list(lines), delivered
+
+    status, gauge, lines, delivered = run(main(), limit=60)
+    assert sim.faults() == []
+    assert status["paused_until"] - time.time() <= 2.5, status
+    assert "job poll" in status["pause_reason"] and "3600" in status["pause_reason"], status
+    assert gauge == pytest.approx(status["paused_until"], abs=1), (gauge, status)
+    warned = [orjson.loads(line) for line in lines if "upstream calls paused for 2 s" in line]
+    assert warned and warned[0]["level"] == "warning", warned
+    assert "Retry-After said 3600 s" in warned[0]["msg"], warned
+    assert delivered["via"] == "realtime"
+
+
+def test_the_status_command_shows_a_pause_escaped() -> None:
+    from rich.console import Console
+
+    from app.cli.status import table
+
+    report = {
+        "relay": "http://relay",
+        "version": "1",
+        "store": "ok",
+        "queue": {"queued": 0, "delivering": 0, "dead": 0, "oldest_queued_age_seconds": None},
+        "last_upstream": None,
+        "last_upstream_window": 200,
+        "rate_limit_per_minute": 600,
+        "delivery_concurrency": 16,
+        "upstream_bulk": "auto",
+        "bulk_job": None,
+        "paused_until": 4_102_444_800.0,
+        "pause_reason": "429 on a bulk job poll: 300 s [red]x[/red]\x1b[2J",
+    }
+    out = Console(width=200, record=True, force_terminal=False)
+    out.print(table(report))
+    text = out.export_text()
+    assert "paused" in text and "until 2100-01-01 00:00:00Z" in text, text
+    assert "429 on a bulk job poll: 300 s [red]x[/red]" in text and "\x1b" not in text, text
+
+
+def test_a_premature_completed_is_not_trusted_and_a_newer_value_still_wins(
+    database_url: str, sim: SimulatorProcess
+) -> None:
+    # Userpilot answers `completed` with 0 rows done while the job has not run yet: the job's
+    # rows must stay in flight, so a newer real-time update goes out after the job's values.
+    sim.configure(bulk_rows_per_minute=0)
+    sim.add_job_fault(action="report", status="completed", after_rows=0, seconds=0.6)
+
+    async def main() -> tuple[str, dict[str, Any], dict[str, Any]]:
+        async with relay_on(database_url, sim, relay_bulk_fresh_seconds=0) as relay:
+            batch_id = await post_bulk(relay, companies("pre", 200))
+            job = await running_job(relay)
+
+            def told_completed() -> bool:
+                return any(r["status"] == 200 for r in sim.requests(path="/v1/background_jobs/"))
+
+            await eventually(told_completed, within=20)
+            # The false `completed` is over (0.6 s): Userpilot now says `processing`.
+            await asyncio.sleep(1.0)
+            seen = (await relay.get(f"/jobs/{job['id']}", key=ADMIN_KEY)).json()
+            assert seen["status"] == "running", seen
+            company = ""
+            for i in range(200):
+                d = (await relay.get(f"/deliveries/{batch_id}.{i}", key=ADMIN_KEY)).json()
+                if d["job_id"] == job["id"]:
+                    company = d["company_id"]
+                    break
+            newer = await relay.post_company(company, {"v": 2})
+            await asyncio.sleep(0.3)
+            queued = (await relay.get(f"/deliveries/{newer.json()['id']}", key=ADMIN_KEY)).json()
+            assert queued["status"] == "queued", queued
+            sim.configure(bulk_rows_per_minute=600_000)
+            await relay.wait_for(newer.json()["id"], "delivered", within=30)
+            await relay.batch_done(batch_id, within=30)
+            done = (await relay.get(f"/jobs/{job['id']}", key=ADMIN_KEY)).json()
+            return company, seen, done
+
+    company, _, done = run(main(), limit=90)
+    assert done["status"] == "completed" and done["completed_rows"] == done["rows"], done
+    history = sim.history(company)
+    assert history is not None
+    assert [h["via"] for h in history] == ["bulk", "identify"], history
+    assert sim.company(company) == {"n": int(company.split("-")[1]), "v": 2}
+
+
+def test_a_completed_short_is_polled_again_then_accepted_with_its_shortfall_recorded(
+    database_url: str, sim: SimulatorProcess
+) -> None:
+    sim.configure(bulk_rows_per_minute=0)
+    sim.add_job_fault(action="report", status="completed", after_rows=0)  # for ever
+
+    async def main() -> dict[str, Any]:
+        async with relay_on(database_url, sim) as relay:
+            batch_id = await post_bulk(relay, companies("short", 200))
+            await relay.batch_done(batch_id, within=30)
+            (job,) = await jobs(relay)
+            return job
+
+    job = run(main(), limit=60)
+    polls = [
+        r
+        for r in sim.requests(path="/v1/background_jobs/")
+        if r["path"].endswith(job["upstream_job_id"].replace(":", "%3A")) or r["status"] == 200
+    ]
+    assert job["status"] == "completed" and job["completed_rows"] == 0, job
+    assert "only 0 of" in job["outcome"] and "taken as completed" in job["outcome"], job
+    assert "only 0 of" in (job["last_error"] or ""), job
+    # Asked again (ten answers) before it was believed.
+    assert len(polls) >= 10, len(polls)
+
+
+def test_an_undocumented_job_status_is_reported_stuck_and_an_operator_can_abandon_the_job(
+    database_url: str, sim: SimulatorProcess
+) -> None:
+    # Userpilot answers `cancelled` (not a documented status) for ever: logged once, reported
+    # stuck, and POST /jobs/{id}/abandon ends it; its rows go out again real-time, a newer
+    # update of one of its companies still wins.
+    sim.configure(bulk_rows_per_minute=0)
+    sim.add_job_fault(action="report", status="cancelled")
+
+    async def main() -> dict[str, Any]:
+        async with relay_on(
+            database_url, sim, relay_bulk_stuck_seconds=1, relay_bulk_fresh_seconds=0
+        ) as relay:
+            with captured_logs() as lines:
+                batch_id = await post_bulk(relay, companies("cx", 200))
+                job = await running_job(relay)
+                path = f"/jobs/{job['id']}"
+
+                async def stuck() -> dict[str, Any] | None:
+                    found: dict[str, Any] = (await relay.get(path, key=ADMIN_KEY)).json()
+                    return found if found["stuck"] else None
+
+                found = await eventually(stuck, within=20)
+                status = (await relay.get("/status", key=ADMIN_KEY)).json()
+
+                async def raised() -> float:
+                    return await relay.metric("userpilot_relay_bulk_job_stuck")
+
+                gauge = await eventually(raised, within=10)
+                polls = len(sim.requests(path="/v1/background_jobs/"))
+            company = ""
+            for i in range(200):
+                d = (await relay.get(f"/deliveries/{batch_id}.{i}", key=ADMIN_KEY)).json()
+                if d["job_id"] == job["id"]:
+                    company = d["company_id"]
+                    break
+            newer = (await relay.post_company(company, {"v": 2})).json()["id"]
+            answers = [
+                await relay.post(f"{path}/abandon", key=INGEST_KEY),
+                await relay.post("/jobs/job_0000000000000_000000000000/abandon", key=ADMIN_KEY),
+                await relay.post(f"{path}/abandon", key=ADMIN_KEY),
+                await relay.post(f"{path}/abandon", key=ADMIN_KEY),
+            ]
+            # The abandoned job still holds Userpilot's slot until it ends there (the risk
+            # docs/runbooks.md names); let it end so that the rest of the backlog may use bulk.
+            sim.configure(bulk_rows_per_minute=600_000)
+            done = await relay.batch_done(batch_id, within=60)
+            await relay.wait_for(newer, "delivered", within=20)
+            row = (
+                await relay.get(f"/deliveries/{batch_id}.{company.split('-')[1]}", key=ADMIN_KEY)
+            ).json()
+            return {
+                "found": found,
+                "status": status,
+                "gauge": gauge,
+                "polls": polls,
+                "lines": list(lines),
+                "company": company,
+                "answers": [(a.status_code, a.json()) for a in answers],
+                "done": done,
+                "row": row,
+                "after": (await relay.get(path, key=ADMIN_KEY)).json(),
+            }
+
+    seen = run(main(), limit=90)
+    assert seen["found"]["status"] == "running", seen["found"]
+    assert seen["found"]["upstream_status"] == "unknown: cancelled", seen["found"]
+    assert seen["status"]["bulk_job"]["stuck"] is True and seen["gauge"] == 1
+    undocumented = [line for line in seen["lines"] if "undocumented status" in line]
+    assert len(undocumented) == 1 and seen["polls"] >= 3, (undocumented, seen["polls"])
+    codes = [code for code, _ in seen["answers"]]
+    assert codes == [403, 404, 200, 409], seen["answers"]
+    abandoned = seen["answers"][2][1]
+    assert abandoned["status"] == "abandoned" and abandoned["abandoned_by"] == "ops", abandoned
+    assert abandoned["abandoned_at"] is not None and "real-time" in abandoned["outcome"]
+    assert seen["answers"][3][1]["error"] == "conflict", seen["answers"][3]
+    assert seen["after"]["status"] == "abandoned" and seen["after"]["owner"] is None
+    assert seen["done"]["counts"]["delivered"] == 200, seen["done"]
+    assert seen["row"]["via"] == "realtime" and seen["row"]["status"] == "delivered", seen["row"]
+    company = seen["company"]
+    assert sim.company(company) == {"n": int(company.split("-")[1]), "v": 2}
+
+
+def test_an_upload_whose_answer_was_lost_is_found_in_userpilots_job_list_and_adopted(
+    database_url: str, sim: SimulatorProcess
+) -> None:
+    # The upload starts a job but its answer never arrives; then bulk is switched off (the
+    # runbook's advice). The relay asks Userpilot's job list, adopts the orphan and polls it:
+    # no second upload, no real-time call under it, and a newer update lands after it.
+    sim.configure(bulk_rows_per_minute=0)
+    sim.add_fault(action="lose_answer", path="/v1/companies/bulk_identify", times=1)
+
+    async def first() -> tuple[str, dict[str, Any]]:
+        async with relay_on(database_url, sim, relay_retry_base_seconds=0.1) as relay:
+            batch_id = await post_bulk(relay, companies("orph", 200))
+
+            async def in_doubt() -> dict[str, Any] | None:
+                found = await jobs(relay)
+                return found[0] if found and found[0]["uncertain_since"] else None
+
+            job: dict[str, Any] = await eventually(in_doubt, within=20)
+            return batch_id, job
+
+    batch_id, job = run(first(), limit=60)
+    (orphan,) = sim.jobs()
+
+    async def second() -> tuple[dict[str, Any], str]:
+        async with relay_on(database_url, sim, relay_upstream_bulk="off") as relay:
+            adopted = await running_job(relay)
+            company = ""
+            for i in range(200):
+                d = (await relay.get(f"/deliveries/{batch_id}.{i}", key=ADMIN_KEY)).json()
+                if d["job_id"] == job["id"]:
+                    company = d["company_id"]
+                    break
+            newer = (await relay.post_company(company, {"v": 2})).json()["id"]
+            sim.configure(bulk_rows_per_minute=600_000)
+            await relay.wait_for(newer, "delivered", within=30)
+            await relay.batch_done(batch_id, within=60)
+            return {
+                **adopted,
+                "end": (await relay.get(f"/jobs/{job['id']}", key=ADMIN_KEY)).json(),
+            }, company
+
+    adopted, company = run(second(), limit=90)
+    assert adopted["id"] == job["id"] and adopted["upstream_job_id"] == orphan["job_id"], adopted
+    assert adopted["end"]["status"] == "completed", adopted["end"]
+    assert sim.stats()["jobs_created"] == 1
+    history = sim.history(company)
+    assert history is not None and [h["via"] for h in history] == ["bulk", "identify"], history
+    assert sim.company(company) == {"n": int(company.split("-")[1]), "v": 2}
+
+
+def test_an_upload_that_never_arrived_goes_real_time_once_userpilot_lists_no_job(
+    database_url: str, sim: SimulatorProcess
+) -> None:
+    # The connection drops before Userpilot reads the upload: its job list shows nothing, so
+    # with bulk off the rows go out real-time now, not after a ten-minute window.
+    sim.add_fault(action="drop", path="/v1/companies/bulk_identify", times=1)
+
+    async def first() -> str:
+        async with relay_on(
+            database_url, sim, relay_retry_base_seconds=30, relay_retry_max_seconds=60
+        ) as relay:
+            batch_id = await post_bulk(relay, companies("never", 200))
+
+            async def in_doubt() -> bool:
+                found = await jobs(relay)
+                return bool(found and found[0]["uncertain_since"])
+
+            await eventually(in_doubt, within=20)
+            return batch_id
+
+    batch_id = run(first(), limit=60)
+
+    async def second() -> list[dict[str, Any]]:
+        async with relay_on(
+            database_url, sim, relay_upstream_bulk="off", relay_rate_limit_per_minute=6000
+        ) as relay:
+            await relay.store.retry_now()  # the job's next attempt is due now
+            done = await relay.batch_done(batch_id, within=60)
+            assert done["counts"]["delivered"] == 200, done
+            return await jobs(relay)
+
+    listed = run(second(), limit=90)
+    assert sim.stats()["jobs_created"] == 0
+    assert len(sim.requests(path="/v1/background_jobs")) >= 1
+    (job,) = listed
+    assert job["status"] == "split" and "real-time" in job["outcome"], job
+    assert all(sim.company(f"never-{i}") == {"n": i} for i in range(200))

@@ -170,3 +170,33 @@ def test_two_postgres_replicas_run_one_job_and_resume_a_dead_owners(
     finally:
         for replica in replicas:
             replica.stop()
+
+
+@pytest.mark.process
+@pg.SQLITE_ONLY
+def test_the_jobs_abandon_command_ends_a_job_that_reports_an_undocumented_status(
+    relay_factory: Any, sim: SimulatorProcess
+) -> None:
+    from tests.test_cli import cli
+
+    sim.configure(bulk_rows_per_minute=0)
+    sim.add_job_fault(action="report", status="cancelled")
+    relay = relay_factory(**BULK_ENV)
+    batch_id = post_bulk(relay, "ab", 200)
+
+    def unknown() -> dict[str, Any] | None:
+        items = admin_get(relay, "/jobs", status="running")["items"]
+        return items[0] if items and items[0]["upstream_status"] == "unknown: cancelled" else None
+
+    job = wait_until(unknown, timeout=20, interval=0.1)
+    env = {"RELAY_URL": relay.url, "RELAY_ADMIN_KEY": ADMIN_KEY}
+    done = cli("jobs", "abandon", job["id"], **env)
+    assert done.returncode == 0, done.stderr
+    assert f"abandoned {job['id']}" in done.stdout and "by ops" in done.stdout, done.stdout
+    again = cli("jobs", "abandon", job["id"], **env)
+    assert again.returncode == 1 and "409" in again.stderr, again
+    assert ADMIN_KEY not in again.stderr + done.stdout
+    assert admin_get(relay, f"/jobs/{job['id']}")["status"] == "abandoned"
+    sim.configure(bulk_rows_per_minute=600_000)  # the abandoned job ends at Userpilot too
+    batch_delivered(relay, batch_id, 200)
+    all_values_arrived(sim, "ab", 200)

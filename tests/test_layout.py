@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 APP = Path(__file__).resolve().parent.parent / "app"
-MAX_LINES = 400
 
 
 def _module_name(path: Path) -> str:
@@ -124,12 +123,3 @@ def test_no_import_cycle() -> None:
     for module in sorted(GRAPH):
         if module not in state:
             visit(module)
-
-
-def test_no_module_is_longer_than_a_newcomer_can_read() -> None:
-    long = {
-        str(p.relative_to(APP.parent)): n
-        for p in APP.rglob("*.py")
-        if (n := len(p.read_text().splitlines())) > MAX_LINES
-    }
-    assert long == {}

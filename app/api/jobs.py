@@ -1,7 +1,9 @@
-"""`GET /jobs` and `GET /jobs/{job_id}` (admin): the Userpilot bulk jobs the relay ran or runs."""
+"""`GET /jobs`, `GET /jobs/{job_id}` and `POST /jobs/{job_id}/abandon` (admin): the Userpilot bulk
+jobs the relay ran or runs, and the way out of one that never ends."""
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Annotated
 
@@ -12,6 +14,9 @@ from app.api.companies import AUTH_ERRORS, _error
 from app.api.deps import AdminCaller, SettingsDep, StoreDep
 from app.domain.models import BulkJob, JobStatus
 from app.errors import RelayError
+from app.metrics import BULK_JOBS
+
+log = logging.getLogger("userpilot_relay.jobs")
 
 router = APIRouter(tags=["operations"])
 
@@ -30,7 +35,9 @@ class JobOut(BaseModel):
             "smaller jobs or real-time calls (`outcome` says which); `split`: too large, or bulk "
             "was switched off: its rows went to smaller jobs or real-time calls; `rejected`: "
             "Userpilot refused bulk jobs for the key (401/403) or the endpoint has no bulk API: "
-            "its rows went out as real-time calls, and that replica packs no jobs for 15 minutes."
+            "its rows went out as real-time calls, and that replica packs no jobs for 15 minutes; "
+            "`abandoned`: an operator ended it (`abandoned_by`, `abandoned_at`): its rows went "
+            "out again as real-time calls (Userpilot may still run it)."
         )
     )
     upstream_job_id: str | None = Field(description="Userpilot's job id, once accepted.")
@@ -59,12 +66,17 @@ class JobOut(BaseModel):
     uncertain_since: float | None = Field(
         description=(
             "Unix time an upload of it left whose answer is not recorded: it may still run at "
-            "Userpilot, so the job's rows stay in bulk jobs until a submission is accepted (or "
-            "twice the time its rows take at 1,200 a minute has passed, 10 minutes at least)."
+            "Userpilot, so the job's rows stay in bulk jobs until Userpilot's job list settles it "
+            "(a job from that upload is adopted; none listed and none running ends the doubt) "
+            "or a submission is accepted."
         )
     )
     last_error: str | None = Field(description="The last submission's or poll's error.")
     outcome: str | None = Field(description="What became of its rows, once it ended.")
+    abandoned_by: str | None = Field(
+        default=None, description="The name of the relay key that abandoned it."
+    )
+    abandoned_at: float | None = Field(default=None, description="Unix time it was abandoned.")
 
     @classmethod
     def of(cls, job: BulkJob, stuck_seconds: float) -> JobOut:
@@ -88,6 +100,8 @@ class JobOut(BaseModel):
             uncertain_since=job.uncertain_at,
             last_error=job.last_error,
             outcome=job.outcome,
+            abandoned_by=job.abandoned_by,
+            abandoned_at=job.abandoned_at,
         )
 
 
@@ -137,4 +151,40 @@ async def get_job(
     job = await store.get_job(job_id) if job_id.isascii() and job_id.isprintable() else None
     if job is None:
         raise RelayError(404, "not_found", "no job with this id")
+    return JobOut.of(job, settings.relay_bulk_stuck_seconds)
+
+
+@router.post(
+    "/jobs/{job_id}/abandon",
+    response_model=JobOut,
+    responses={
+        **AUTH_ERRORS,
+        404: _error("No such job."),
+        409: _error("The job has already finished."),
+        422: _error("Invalid job id."),
+    },
+)
+async def abandon_job(
+    job_id: Annotated[str, Path(min_length=1, max_length=64, description="The relay's job id.")],
+    caller: AdminCaller,
+    store: StoreDep,
+    settings: SettingsDep,
+) -> JobOut:
+    """End a waiting or running bulk job that will not end (admin): it is recorded `abandoned`
+    with your key's name and the time, and its rows go out again as real-time calls (a newer
+    update of a company still wins). Userpilot may still run the job later, landing its older
+    values: use it for a job Userpilot reports in an undocumented state or that is stuck."""
+    valid = job_id.isascii() and job_id.isprintable()
+    job, ended = (
+        await store.job_recovery.abandon(job_id, by=caller.name) if valid else (None, False)
+    )
+    if job is None:
+        raise RelayError(404, "not_found", "no job with this id")
+    if not ended:
+        raise RelayError(409, "conflict", f"the job has already finished ({job.status})")
+    BULK_JOBS.labels(outcome="abandoned").inc()
+    log.warning(
+        "a bulk job was abandoned by an operator: its rows go out again real-time",
+        extra={"job_id": job.id, "upstream_job_id": job.upstream_id, "by": caller.name},
+    )
     return JobOut.of(job, settings.relay_bulk_stuck_seconds)

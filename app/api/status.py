@@ -63,6 +63,16 @@ class RelayStatus(BaseModel):
     rate_limit_per_minute: int = Field(description="RELAY_RATE_LIMIT_PER_MINUTE: upstream calls.")
     delivery_concurrency: int = Field(description="RELAY_DELIVERY_CONCURRENCY: calls in flight.")
     upstream_bulk: Literal["auto", "off"] = Field(description="RELAY_UPSTREAM_BULK.")
+    paused_until: float | None = Field(
+        default=None,
+        description=(
+            "Unix time until which every call to Userpilot is held after a 429 (capped at "
+            "RELAY_MAX_UPSTREAM_PAUSE_SECONDS); null when not paused."
+        ),
+    )
+    pause_reason: str | None = Field(
+        default=None, description="Why calls are paused (which call got the 429, for how long)."
+    )
     bulk_job: JobOut | None = Field(
         description="The bulk job running now, else the oldest waiting one (null when none)."
     )
@@ -87,6 +97,8 @@ async def get_status(_: AdminCaller, settings: SettingsDep, store: StoreDep) -> 
     stats = await store.stats()
     job = await store.unfinished_job()
     oldest = stats.oldest_queued_at
+    paused_until, pause_reason = await store.send_pause()
+    paused = paused_until > time.time()
     return RelayStatus(
         version=__version__,
         queue=QueueDepth(
@@ -101,4 +113,6 @@ async def get_status(_: AdminCaller, settings: SettingsDep, store: StoreDep) -> 
         delivery_concurrency=settings.relay_delivery_concurrency,
         upstream_bulk=settings.relay_upstream_bulk,
         bulk_job=None if job is None else JobOut.of(job, settings.relay_bulk_stuck_seconds),
+        paused_until=paused_until if paused else None,
+        pause_reason=pause_reason if paused else None,
     )

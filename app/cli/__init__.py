@@ -1,9 +1,9 @@
 """The `userpilot-relay` command, for operators.
 
 - `migrate`, `openapi`, `hash-key`: no running relay needed (`app.cli.local`).
-- `status`, `dead-letters list|replay|purge`, `backfill hubspot|stripe`: a running relay's
-  admin API, found through `RELAY_URL` and `RELAY_ADMIN_KEY` or `--url` and `--admin-key`
-  (`app.cli.remote`).
+- `status`, `dead-letters list|replay|purge`, `jobs abandon`, `backfill hubspot|stripe`: a
+  running relay's admin API, found through `RELAY_URL` and `RELAY_ADMIN_KEY` or `--url` and
+  `--admin-key` (`app.cli.remote`).
 
 `python -m app.cli` runs the same command.
 """
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import typer
 
-from app.cli import backfill, dead_letters, local, status
+from app.cli import backfill, dead_letters, jobs, local, status
 
 cli = typer.Typer(
     name="userpilot-relay",
@@ -31,6 +31,7 @@ cli.command("hash-key")(local.hash_key)
 cli.command("status")(status.status)
 cli.command("backfill")(backfill.backfill)
 cli.add_typer(dead_letters.app, name="dead-letters")
+cli.add_typer(jobs.app, name="jobs")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from app.cli.output import age, console, fail, markup, plural, print_json, short, when
 from app.cli.remote import DEFAULT_URL, AdminKeyOption, JsonOption, Relay, UrlOption
+from app.domain.rules import printable
 
 
 def collect(relay: Relay) -> dict[str, Any]:
@@ -48,6 +49,8 @@ def collect(relay: Relay) -> dict[str, Any]:
         "delivery_concurrency": status["delivery_concurrency"] if status else None,
         "upstream_bulk": status.get("upstream_bulk") if status else None,
         "bulk_job": status.get("bulk_job") if status else None,
+        "paused_until": status.get("paused_until") if status else None,
+        "pause_reason": status.get("pause_reason") if status else None,
     }
 
 
@@ -86,6 +89,11 @@ def table(report: dict[str, Any]) -> Table:
         else unknown
     )
     grid.add_row("pacing", pacing)
+    paused = report.get("paused_until")
+    if isinstance(paused, int | float):
+        said = printable(str(report.get("pause_reason") or "429 from Userpilot"), 200)
+        reason = markup(short(said, 80))
+        grid.add_row("paused", f"[yellow]until {when(paused)}[/yellow]: {reason}")
     if report["upstream_bulk"] is not None:
         grid.add_row("bulk jobs", bulk_line(report["upstream_bulk"], report["bulk_job"]))
     return grid

@@ -139,6 +139,8 @@ class Settings(SourceSettings, QualitySettings, StoreSettings):
     relay_api_keys: Annotated[tuple[ApiKey, ...], NoDecode]
     # relay_database_url: see StoreSettings
     relay_rate_limit_per_minute: int = Field(default=600, gt=0, le=100_000)
+    # The longest pause taken from a 429's Retry-After (Userpilot's header may say an hour).
+    relay_max_upstream_pause_seconds: float = Field(default=300.0, gt=0, le=3600)
 
     relay_max_body_bytes: int = Field(default=1024 * 1024, gt=0)
     relay_max_bulk_body_bytes: int = Field(default=20 * 1024 * 1024, gt=0)

@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 import time
 
 from app.config import Settings
 from app.delivery.breaker import Breaker
-from app.delivery.bulk_calls import ALL_REALTIME, JobCalls, job_context
+from app.delivery.bulk_calls import ALL_REALTIME, SLOTS_AHEAD, JobCalls, job_context
 from app.delivery.pacing import Pacer
 from app.domain.errors import StoreUnavailable
 from app.domain.models import BulkJob
@@ -58,8 +59,14 @@ class BulkDriver:
         self.settings = settings
         self.breaker = breaker
         self.owner = owner
-        # The job's lease, renewed at every poll: never shorter than three polls.
-        self.lease = max(settings.relay_lease_seconds, 3 * settings.relay_bulk_poll_seconds)
+        # The job's lease, renewed at every poll: never shorter than three polls, nor than
+        # three times the send slots its calls may wait for (`JobCalls._slot` waits up to a
+        # third of the lease; the feeder keeps a slot or two reserved ahead of it).
+        self.lease = max(
+            settings.relay_lease_seconds,
+            3 * settings.relay_bulk_poll_seconds,
+            3 * SLOTS_AHEAD * pacer.interval,
+        )
         self.calls = JobCalls(
             store=store,
             client=client,
@@ -126,12 +133,19 @@ class BulkDriver:
             await self.store.release_job(job, owner=self.owner)
             self._current = None
             return _IDLE_CHECK
-        if not self._bulk_on() and not job.in_doubt(time.time()):
+        if job.uncertain_at is not None:
+            # An upload of it went unanswered: Userpilot's job list says whether it started a
+            # job (adopted) or not; only then may its rows go anywhere, bulk on or off.
+            resolved = await self.calls.resolve_doubt(job)
+            if resolved == "submit":  # still in doubt: only an accepted submission ends it
+                return await self.calls.submit(job)
+            if resolved != "certain":
+                return resolved
+            job = dataclasses.replace(job, uncertain_at=None)
+        if not self._bulk_on():
             reason = self.calls.bulk_off_reason or "RELAY_UPSTREAM_BULK is off"
             await self.calls.split(job, "split", reason, None, ALL_REALTIME)
             return 0.0
-        # (A job in doubt is submitted even with bulk off: an upload of it may be pending,
-        # and only an accepted submission proves it is over.)
         return await self.calls.submit(job)
 
     def _idle_wait(self) -> float:

@@ -3,10 +3,12 @@
 Submitting: the job's rows are read and merged, the upload takes a send slot (it counts against
 the rate limit), and the job is marked uncertain first (`uncertain_at`): if no answer is
 recorded (no answer, a 5xx, a crash), an upload may be pending at Userpilot, so its rows never
-go out real-time while it may still run (`BulkJob.in_doubt`), until a submission is accepted
-(then every earlier one has ended: Userpilot runs one job at a time). Polling takes a send slot
-too, so the two paths together never pass the rate limit. Every answer also tells the circuit
-breaker whether Userpilot is up.
+go out real-time while it may still run (`BulkJob.in_doubt`): Userpilot's job list settles it
+(`resolve_doubt`: a job from that upload is adopted and polled; none listed and none running
+ends the doubt), or a submission is accepted (then every earlier one has ended: Userpilot runs
+one job at a time). A `completed` with rows missing is polled again before it is believed.
+Polling takes a send slot too, so the two paths together never pass the rate limit. Every
+answer also tells the circuit breaker whether Userpilot is up.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Literal
 
 from app.config import Settings
 from app.delivery.breaker import Breaker
+from app.delivery.bulk_answers import ACCEPTED_WITHOUT_ID, OddAnswers, resolve_doubt
 from app.delivery.merge import MAX_JOB_BYTES, JobMerge, JobRow, bulk_body, read_chunks
 from app.delivery.pacing import Pacer
 from app.delivery.refuse import without_unsendable
@@ -48,6 +52,7 @@ ALL_REALTIME = 10**9  # min_rows that sends every row of a job to real-time call
 LOST_AFTER = 3  # 404s in a row before a job counts as lost (it may not be listed at once)
 MAX_CONFLICT_WAIT = 60.0
 BULK_OFF_SECONDS = 900.0  # after Userpilot refused bulk for the key: real-time only this long
+SLOTS_AHEAD = 3  # slots a job's call may find reserved ahead of it (sizes its lease)
 _REMEMBERED = 1000  # per-job counters kept at most (jobs that ended elsewhere drop out)
 
 
@@ -88,6 +93,11 @@ class JobCalls:
         self._conflicts: dict[str, int] = {}
         self._lost: dict[str, int] = {}
         self._auth_logged: set[str] = set()
+        self.odd = OddAnswers()  # premature `completed`s and undocumented statuses
+
+    async def resolve_doubt(self, job: BulkJob) -> float | Literal["certain", "submit"]:
+        """Userpilot's job list on the job's unanswered upload (see `bulk_answers.py`)."""
+        return await resolve_doubt(self, job)
 
     @property
     def bulk_off_reason(self) -> str | None:
@@ -113,6 +123,8 @@ class JobCalls:
         slot = await self.store.reserve_send_slot(self.pacer.interval)
         wait = slot - time.time()
         if wait > self.lease / 3:
+            # Unused: give it back (when none was reserved after it) rather than waste it.
+            await self.store.release_send_slot(slot, self.pacer.interval)
             return wait
         await asyncio.sleep(max(0.0, wait))
         if self.pacer.paused():
@@ -195,11 +207,13 @@ class JobCalls:
             return await self._defer(job, f"409: {error}", delay, counted=False)
         if outcome == "throttled":
             UPSTREAM_THROTTLED.inc()
-            delay = result.retry_after if result.retry_after is not None else self._backoff(job)
-            await self.store.pause_sending(self.pacer.pause(delay))
+            asked = result.retry_after if result.retry_after is not None else self._backoff(job)
+            until = self.pacer.pause(asked, "429 on a bulk upload")
+            await self.store.pause_sending(until, reason=self.pacer.pause_reason)
+            delay = self.pacer.capped(asked)
             return await self._defer(job, error, delay)
         if outcome == "error":  # no answer, a 5xx, or a 2xx without a job id: maybe accepted
-            reason = "accepted without a usable job_id" if result.ok else error
+            reason = ACCEPTED_WITHOUT_ID if result.ok else error
             return await self._defer(job, reason, uncertain=True)
         if outcome == "key_refused":
             UPSTREAM_AUTH_FAILURES.inc()
@@ -306,7 +320,23 @@ class JobCalls:
         done = completed_rows(body, job.rows) if status is not None else None
         if result.status != 404:
             self._lost.pop(job.id, None)
+        if status == "completed" and done is not None and done < job.rows:
+            if (note := self.odd.premature(job, done)) is None:
+                # Userpilot says completed with rows missing: maybe not finished at all.
+                await self.store.job_polled(
+                    job,
+                    owner=self.owner,
+                    upstream_status="completed",
+                    completed_rows=done,
+                    error=f"Userpilot says completed with {done} of {job.rows} rows done; "
+                    "polling again",
+                    lease=self.lease,
+                )
+                return poll
+            await self._complete(job, done, shortfall=note)
+            return 0.0
         if status == "completed":
+            self.odd.forget(job)
             await self._complete(job, done)
             return 0.0
         if status == "failed":
@@ -323,7 +353,8 @@ class JobCalls:
         if result.status == 429:
             UPSTREAM_THROTTLED.inc()
             pause = result.retry_after if result.retry_after is not None else poll
-            await self.store.pause_sending(self.pacer.pause(pause))
+            until = self.pacer.pause(pause, "429 on a bulk job poll")
+            await self.store.pause_sending(until, reason=self.pacer.pause_reason)
         elif result.status in (401, 403):
             UPSTREAM_AUTH_FAILURES.inc()
             if job.id not in self._auth_logged:
@@ -335,6 +366,8 @@ class JobCalls:
                     extra=job_context(job) | {"error": result.error},
                 )
         state = None if status is None else status if status in RUNNING else f"unknown: {status}"
+        if status is not None and status not in RUNNING:
+            self.odd.unknown(job, status)
         await self.store.job_polled(
             job,
             owner=self.owner,
@@ -348,13 +381,15 @@ class JobCalls:
             BULK_JOB_ROWS.labels(state="completed").set(done or 0)
         return poll
 
-    async def _complete(self, job: BulkJob, done: int | None) -> None:
+    async def _complete(self, job: BulkJob, done: int | None, *, shortfall: str = "") -> None:
         rows = await self._rows(job, refuse=False)
         sent = {row.company_id: row.sent_versions for row in rows}
         if not await self.store.job_completed(
             job, owner=self.owner, sent_versions=sent, completed_rows=done
         ):
             return
+        if shortfall:
+            await self.store.job_recovery.shortfall(job, shortfall)
         BULK_JOBS.labels(outcome="completed").inc()
         BULK_ROWS.labels(outcome="delivered").inc(len(rows))
         updates = sum(row.updates for row in rows)

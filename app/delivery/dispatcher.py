@@ -66,7 +66,10 @@ class Dispatcher:
         self.client = client
         self.settings = settings
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{random.getrandbits(32):08x}"
-        self._pacer = Pacer(settings.relay_rate_limit_per_minute)
+        self._pacer = Pacer(
+            settings.relay_rate_limit_per_minute,
+            max_pause=settings.relay_max_upstream_pause_seconds,
+        )
         self._breaker = Breaker()
         self.bulk = BulkDriver(
             store=store,
@@ -288,10 +291,13 @@ class Dispatcher:
                 cap=self.settings.relay_retry_max_seconds,
             )
             if result.retry_after is not None:
-                delay = result.retry_after
+                delay = self._pacer.capped(result.retry_after)
             if result.status == 429:
                 UPSTREAM_THROTTLED.inc()
-                await self.store.pause_sending(self._pacer.pause(delay))
+                until = self._pacer.pause(
+                    result.retry_after or delay, "429 on a real-time identify call"
+                )
+                await self.store.pause_sending(until, reason=self._pacer.pause_reason)
             RETRIES.labels(reason=retry_reason(result)).inc()
             await self.store.mark_retry(claim, status=result.status, error=error, delay=delay)
             log.warning(

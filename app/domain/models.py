@@ -11,7 +11,7 @@ Metadata = dict[str, Primitive]
 Status = Literal["queued", "delivering", "delivered", "dead"]
 STATUSES: tuple[Status, ...] = ("queued", "delivering", "delivered", "dead")
 Via = Literal["realtime", "bulk"]
-JobStatus = Literal["waiting", "running", "completed", "failed", "split", "rejected"]
+JobStatus = Literal["waiting", "running", "completed", "failed", "split", "rejected", "abandoned"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +157,8 @@ class BulkJob:
     upload: its rows went to smaller jobs or real-time calls), `split` (too large, or bulk
     switched off: its rows went to smaller jobs or real-time calls), `rejected` (Userpilot
     refused bulk jobs for this key, or the endpoint has none: its rows went out real-time and
-    the process packs no jobs for a while).
+    the process packs no jobs for a while), `abandoned` (an operator ended it: its rows went
+    out real-time; Userpilot may still run it).
     """
 
     id: str
@@ -181,13 +182,15 @@ class BulkJob:
     # When an upload of its rows left whose answer is not recorded (None: none): that upload
     # may be pending at Userpilot, so the rows stay in bulk jobs (see `in_doubt`).
     uncertain_at: float | None = None
+    # `abandoned`: an operator ended it (the relay key's name, when); its rows were sent again.
+    abandoned_by: str | None = None
+    abandoned_at: float | None = None
 
-    def in_doubt(self, now: float) -> bool:
-        """An unanswered upload may still run at Userpilot: until twice the time its rows take
-        at Userpilot's slowest documented pace (1,200 a minute), ten minutes at least."""
-        if self.uncertain_at is None:
-            return False
-        return now - self.uncertain_at < max(600.0, 2 * self.rows / 20)
+    def in_doubt(self, now: float | None = None) -> bool:
+        """An unanswered upload may have started a job at Userpilot: until Userpilot's job list
+        shows it (adopted) or shows none (see `bulk_calls.JobCalls.resolve_doubt`), or a later
+        submission is accepted. No timer ends the doubt."""
+        return self.uncertain_at is not None
 
     def stuck(self, *, after: float, now: float) -> bool:
         """Unfinished with no progress (accepted, a new status, more rows done) for `after`

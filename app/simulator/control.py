@@ -39,7 +39,8 @@ class FaultIn(BaseModel):
 
 
 class JobFaultIn(BaseModel):
-    """A bad ending (`fail` or `stall` after `after_rows` rows) for the next `times` jobs."""
+    """A bad ending (`fail` or `stall` after `after_rows` rows), or a false `status` reported
+    for `seconds` (`report`), for the next `times` jobs."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -47,6 +48,8 @@ class JobFaultIn(BaseModel):
     times: int = Field(default=1, ge=1)
     company_id: str | None = None
     after_rows: int = Field(default=0, ge=0)
+    status: str | None = Field(default=None, min_length=1, max_length=60)
+    seconds: float | None = Field(default=None, ge=0)
 
     def to_fault(self) -> JobFault:
         return JobFault(**self.model_dump())

@@ -27,7 +27,7 @@ from app.simulator.validation import CompanyRecord, UserRecord
 
 JobStatus = Literal["queued", "validating", "processing", "pending_refresh", "completed", "failed"]
 JobType = Literal["companies_bulk_identify", "users_bulk_identify"]
-JobFaultAction = Literal["fail", "stall"]
+JobFaultAction = Literal["fail", "stall", "report"]
 Row = CompanyRecord | UserRecord
 JOB_TYPE: JobType = "companies_bulk_identify"
 USERS_JOB_TYPE: JobType = "users_bulk_identify"
@@ -53,13 +53,17 @@ class JobFault:
     """A bad ending for the next `times` jobs created whose rows include `company_id` (if set).
 
     `fail`: the job applies `after_rows` rows, then ends `failed`. `stall`: it applies
-    `after_rows` rows, then stays `processing` with no progress until `/_sim/reset`.
+    `after_rows` rows, then stays `processing` with no progress until `/_sim/reset`. `report`:
+    it runs as usual, but its answers say `status` (an undocumented one, or a premature
+    `completed`) with at most `after_rows` rows done, for `seconds` (None: for ever).
     """
 
     action: JobFaultAction
     times: int = 1
     company_id: str | None = None
     after_rows: int = 0
+    status: str | None = None
+    seconds: float | None = None
 
     def matches(self, rows: Sequence[Row]) -> bool:
         if self.company_id is None:
@@ -67,7 +71,10 @@ class JobFault:
         return any(isinstance(r, CompanyRecord) and r.company_id == self.company_id for r in rows)
 
     def to_json(self) -> dict[str, object]:
-        return asdict(self)
+        found = asdict(self)
+        if self.action != "report":  # only a `report` fault says a status, for a while
+            del found["status"], found["seconds"]
+        return found
 
 
 class JobHost(Protocol):
@@ -108,13 +115,23 @@ class BulkJob:
 
     def to_json(self) -> dict[str, object]:
         """The job as `bulk_identify` and `GET /v1/background_jobs/{id}` return it."""
-        end = self.end_time if self.end_time is not None else time.time()
+        now = time.time()
+        end = self.end_time if self.end_time is not None else now
+        status: str = self.status
+        done = self.completed_rows
+        fault = self.fault
+        if (
+            fault is not None
+            and fault.action == "report"
+            and (fault.seconds is None or now - self.start_time < fault.seconds)
+        ):
+            status, done = fault.status or status, min(done, fault.after_rows)
         return {
             "job_id": self.job_id,
-            "status": self.status,
+            "status": status,
             "type": self.job_type,
             "total_rows": self.total_rows,
-            "completed_rows": self.completed_rows,
+            "completed_rows": done,
             "start_time": _iso(self.start_time),
             "end_time": None if self.end_time is None else _iso(self.end_time),
             "elapsed_time": int(end - self.start_time),
@@ -136,7 +153,7 @@ class BulkJob:
             self._end("failed", host)
             return
         self.status = "processing"
-        if self.fault is None:
+        if self.fault is None or self.fault.action == "report":
             await self._process(host, self.total_rows)
         else:
             await self._process(host, min(self.total_rows, self.fault.after_rows))

@@ -170,6 +170,16 @@ class SimulatorMiddleware:
             fault = state.take_fault(record.path, record.company_id)
             if fault is not None and fault.action == "delay":
                 await asyncio.sleep(fault.delay)
+            elif fault is not None and fault.action == "lose_answer":
+                # Handled as usual (a bulk upload starts its job), but the answer never leaves.
+                async def swallow(message: Message) -> None:
+                    if message["type"] == "http.response.start":
+                        record.status = message["status"]
+
+                await self.app(scope, receive, swallow)
+                state.stats.dropped += 1
+                await drop_connection(server_receive)
+                return
             elif fault is not None and fault.action == "drop":
                 record.status = 0
                 state.stats.dropped += 1

@@ -19,7 +19,7 @@ from app.simulator.config import HISTORY_LIMIT, SimulatorConfig
 from app.simulator.jobs import BulkJob, JobFault, Row
 from app.simulator.validation import CompanyRecord, Metadata, merge_metadata
 
-FaultAction = Literal["status", "delay", "drop", "retry_after"]
+FaultAction = Literal["status", "delay", "drop", "retry_after", "lose_answer"]
 WriteVia = Literal["identify", "bulk"]
 
 
@@ -168,7 +168,9 @@ class SimulatorState:
                 if fault.times <= 0:
                     del self.job_faults[index]
                 self.stats.faults_applied += 1
-                return JobFault(fault.action, 1, fault.company_id, fault.after_rows)
+                return JobFault(
+                    fault.action, 1, fault.company_id, fault.after_rows, fault.status, fault.seconds
+                )
         return None
 
     # Rate limiting

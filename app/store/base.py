@@ -8,6 +8,7 @@ one runs. `app.store.connect.open_store` picks one from the database URL.
 from __future__ import annotations
 
 import abc
+import time
 from collections.abc import Mapping, Sequence
 
 from app.domain.models import (
@@ -26,6 +27,7 @@ from app.domain.models import (
 from app.store.backfills import BackfillStore
 from app.store.catalogue import PropertyCatalogue
 from app.store.console import ConsoleReads
+from app.store.job_recovery import JobRecovery
 from app.store.signals import Signals
 
 
@@ -38,11 +40,17 @@ class Store(abc.ABC):
     Features with state of their own keep it in parts built over the same engine
     (`app/store/part.py`): `catalogue` (the properties sent), `backfills` and `console` (the
     operator console's search and delivery rate).
+
+
+    (`app/store/part.py`): `catalogue` (the properties sent), `backfills` and
+    `job_recovery` (a bulk job's doubt settled, an operator's abandon).
     """
 
     catalogue: PropertyCatalogue
     backfills: BackfillStore
     console: ConsoleReads
+
+    job_recovery: JobRecovery
 
     def __init__(self) -> None:
         self.signals = Signals()
@@ -341,13 +349,18 @@ class Store(abc.ABC):
         return None
 
     @abc.abstractmethod
-    async def pause_sending(self, until: float) -> None:
-        """Hold every send slot until `until` (unix time): Userpilot said 429."""
+    async def pause_sending(self, until: float, *, reason: str | None = None) -> None:
+        """Hold every send slot until `until` (unix time): Userpilot said 429 (`reason`)."""
+
+    @abc.abstractmethod
+    async def send_pause(self) -> tuple[float, str | None]:
+        """Until when sends are held (unix time; past or 0: not paused), and why."""
 
     async def paused_until(self) -> float | None:
         """The unix time a pause set by `pause_sending` ends, while one is in force (on
-        SQLite: this process's; on PostgreSQL: every replica's). By default none is known."""
-        return None
+        SQLite: this process's; on PostgreSQL: every replica's)."""
+        until, _ = await self.send_pause()
+        return until if until > time.time() else None
 
     # webhook state --------------------------------------------------------------------------
     @abc.abstractmethod

@@ -10,7 +10,7 @@ from __future__ import annotations
 JOB_COLUMNS = (
     "id, parent_id, status, upstream_id, upstream_status, total_rows, updates, completed_rows, "
     "attempts, owner, next_attempt_at, created_at, updated_at, submitted_at, progress_at, "
-    "finished_at, last_error, outcome, uncertain_at"
+    "finished_at, last_error, outcome, uncertain_at, abandoned_by, abandoned_at"
 )
 
 # PostgreSQL: one replica at a time decides which job runs (`LOCK_JOBS`); packing also holds the
@@ -171,6 +171,30 @@ JOB_ROWS_TO_REALTIME = """
         last_status = :status, last_error = :error
     WHERE job_id = :job AND status = 'delivering' AND company_id = ANY(:companies)
 """
+# An operator ends an unfinished job, whoever drives it; its rows go to real-time calls.
+JOB_ABANDONED = """
+    UPDATE bulk_jobs SET status = 'abandoned', abandoned_by = :by, abandoned_at = {now},
+        finished_at = {now}, updated_at = {now}, outcome = :outcome, owner = NULL,
+        lease_until = NULL
+    WHERE id = :id AND status IN ('waiting', 'running')
+"""
+JOB_ALL_ROWS_TO_REALTIME = """
+    UPDATE deliveries SET status = 'queued', job_id = NULL, via = NULL, realtime_only = 1,
+        lease_owner = NULL, lease_until = NULL, next_attempt_at = {now}, updated_at = {now},
+        last_error = :error
+    WHERE job_id = :job AND status = 'delivering'
+"""
+# Userpilot's job list shows no job from the unanswered upload: the job is certain again.
+JOB_CERTAIN = (
+    """
+    UPDATE bulk_jobs SET uncertain_at = NULL, updated_at = {now}"""
+    + _OWNED
+)
+JOB_SHORTFALL = """
+    UPDATE bulk_jobs SET outcome = outcome || '; ' || :note, last_error = :note, updated_at = {now}
+    WHERE id = :id AND status = 'completed'
+"""
+KNOWN_UPSTREAM_IDS = "SELECT upstream_id FROM bulk_jobs WHERE upstream_id = ANY(:ids)"
 
 # recovery after an outage -------------------------------------------------------------------
 RETRY_NOW = """

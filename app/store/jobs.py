@@ -44,6 +44,8 @@ def row_to_job(row: Row) -> BulkJob:
         last_error=row[16],
         outcome=row[17],
         uncertain_at=row[18],
+        abandoned_by=row[19],
+        abandoned_at=row[20],
     )
 
 
@@ -384,15 +386,6 @@ def split(
 
 def release(job: BulkJob, owner: str) -> Plan[None]:
     yield Statement(jq.RELEASE_JOB, {"id": job.id, "owner": owner})
-
-
-def retry_now(*, one_company: bool) -> Plan[int]:
-    """Bring updates waiting out a backoff forward: every one, or the oldest one's company."""
-    if one_company:
-        return (yield Statement(jq.RETRY_OLDEST)).rowcount
-    moved = (yield Statement(jq.RETRY_NOW)).rowcount
-    yield Statement(jq.JOBS_RETRY_NOW)
-    return moved
 
 
 def prune_jobs(before: float) -> Plan[int]:

@@ -28,7 +28,7 @@ from app.domain.models import (
     Status,
     UpstreamAnswer,
 )
-from app.store import claims, console, jobs, plans
+from app.store import claims, console, job_recovery, jobs, plans
 from app.store.backfills import BackfillStore
 from app.store.base import Store
 from app.store.catalogue import PropertyCatalogue
@@ -50,6 +50,8 @@ class SQLStore(Store):
         self.catalogue = PropertyCatalogue(self._write, self._read)
         self.backfills = BackfillStore(self._write, self._read)
         self.console = console.ConsoleReads(self._write, self._read)
+
+        self.job_recovery = job_recovery.JobRecovery(self._write, self._read)
 
     def _work_committed(self) -> None:
         """Work became ready to deliver: wake this process's dispatcher."""
@@ -224,7 +226,7 @@ class SQLStore(Store):
         self._work_committed()
 
     async def retry_now(self, *, one_company: bool = False) -> int:
-        moved = await self._write(lambda: jobs.retry_now(one_company=one_company))
+        moved = await self._write(lambda: job_recovery.retry_now(one_company=one_company))
         self._work_committed()
         return moved
 

@@ -11,6 +11,7 @@ import asyncio
 import math
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from email.utils import parsedate_to_datetime
 from urllib.parse import quote
 
@@ -82,6 +83,31 @@ def completed_rows(job: dict[str, object], total: int) -> int | None:
     return max(0, min(total, int(value)))
 
 
+def listed_jobs(body: dict[str, object]) -> list[dict[str, object]] | None:
+    """The jobs of a `GET /v1/background_jobs` answer (`jobs` or `data`), None if it has none."""
+    for key in ("jobs", "data", "items"):
+        items = body.get(key)
+        if isinstance(items, list):
+            return [item for item in items if isinstance(item, dict)]
+    return None
+
+
+def job_started(job: dict[str, object]) -> float | None:
+    """When a listed job was submitted (unix time): `submitted_at` or `start_time`, as an ISO
+    8601 text or a number; None when neither is readable."""
+    for key in ("submitted_at", "start_time"):
+        value = job.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value) / (1000 if value > 10**11 else 1)
+        if isinstance(value, str) and value:
+            try:
+                when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            except ValueError:
+                continue
+            return when.timestamp() if when.tzinfo is not None else None
+    return None
+
+
 def _json_object(response: httpx.Response) -> dict[str, object] | None:
     """The answer's JSON object (at most 1 MB of it read), or None."""
     if len(response.content) > 1024 * 1024:
@@ -148,6 +174,11 @@ class UserpilotClient:
         """A bulk job's status (the id URL-encoded: Userpilot's contain colons)."""
         path = f"{_JOBS_PATH}/{quote(job_id, safe='')}"
         return await self._call("GET", path, "background_jobs", None)
+
+    async def background_jobs(self) -> UpstreamResult:
+        """The environment's bulk jobs (`{"jobs": [...]}`, newest first): to learn whether an
+        upload whose answer was lost started a job."""
+        return await self._call("GET", _JOBS_PATH, "background_jobs_list", None)
 
     async def _post(self, path: str, endpoint: str, body: bytes) -> UpstreamResult:
         return await self._call("POST", path, endpoint, body)

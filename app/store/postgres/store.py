@@ -348,22 +348,23 @@ class PostgresStore(SQLStore):
 
         await self._run(write, transaction=False)
 
-    async def pause_sending(self, until: float) -> None:
+    async def pause_sending(self, until: float, *, reason: str | None = None) -> None:
         async def write(conn: Conn) -> None:
             await conn.execute(
-                "UPDATE pacing SET paused_until = GREATEST(paused_until, %s) WHERE id = 1",
-                (self._clock.remote(until),),
+                "UPDATE pacing SET paused_until = %(until)s, pause_reason = %(reason)s "
+                "WHERE id = 1 AND paused_until < %(until)s",
+                {"until": self._clock.remote(until), "reason": reason},
             )
 
         await self._run(write, transaction=False)
 
-    async def paused_until(self) -> float | None:
-        async def read(conn: Conn) -> float | None:
-            cur = await conn.execute(
-                f"SELECT paused_until FROM pacing WHERE id = 1 AND paused_until > {_CLOCK}"
-            )
+    async def send_pause(self) -> tuple[float, str | None]:
+        async def read(conn: Conn) -> tuple[float, str | None]:
+            cur = await conn.execute("SELECT paused_until, pause_reason FROM pacing WHERE id = 1")
             row = await cur.fetchone()
-            return None if row is None else self._clock.local(float(row[0]))
+            if row is None:
+                return 0.0, None
+            return self._clock.local(float(row[0])), row[1]
 
         return await self._run(read, transaction=False)
 

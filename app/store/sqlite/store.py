@@ -97,6 +97,7 @@ class SQLiteStore(SQLStore):
         self._local = threading.local()
         self._next_slot = 0.0
         self._paused_until = 0.0
+        self._pause_reason: str | None = None
         self._slot_lock = asyncio.Lock()
         self._lock_file: IO[bytes] | None = None
 
@@ -207,13 +208,13 @@ class SQLiteStore(SQLStore):
             if self._next_slot == slot + interval:  # nothing reserved after it
                 self._next_slot = slot
 
-    async def pause_sending(self, until: float) -> None:
+    async def pause_sending(self, until: float, *, reason: str | None = None) -> None:
         async with self._slot_lock:
-            self._paused_until = max(self._paused_until, until)
+            if until > self._paused_until:
+                self._paused_until, self._pause_reason = until, reason
 
-    async def paused_until(self) -> float | None:
-        until = self._paused_until
-        return until if until > time.time() else None
+    async def send_pause(self) -> tuple[float, str | None]:
+        return self._paused_until, self._pause_reason
 
 
 def _migrate(conn: sqlite3.Connection) -> list[int]:
