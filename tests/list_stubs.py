@@ -130,6 +130,8 @@ class HubSpotStub(_Stub):
         # id -> properties (every value a string or None, as HubSpot sends them)
         self.companies: dict[str, dict[str, str | None]] = {}
         self.cursor: Callable[[int], str] = lambda index: f"cur{index:06d}"
+        # Never a last page: every page names a new cursor, its companies read round again.
+        self.endless = False
         super().__init__()
 
     def answer(
@@ -155,10 +157,14 @@ class HubSpotStub(_Stub):
                 "updatedAt": "2020-01-01T00:00:00Z",
                 "archived": False,
             }
-            for company_id in ids[start : start + limit]
+            for company_id in (
+                [ids[(start + i) % len(ids)] for i in range(limit)]
+                if self.endless
+                else ids[start : start + limit]
+            )
         ]
         page: dict[str, Any] = {"results": results}
-        if start + limit < len(ids):
+        if self.endless or start + limit < len(ids):
             page["paging"] = {"next": {"after": self.cursor(start + limit), "link": "x"}}
         return start // limit + 1, page
 
