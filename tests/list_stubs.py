@@ -14,6 +14,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
+from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Self
@@ -31,6 +32,7 @@ class _Stub:
         self.trouble: list[tuple[int, dict[str, str]]] = []
         self.hostile: dict[int, bytes] = {}  # page number (1-based) -> raw body
         self.delay = 0.0  # seconds before every answer
+        self.clock_ahead = 0.0  # seconds the `Date` of every answer runs ahead of ours
         self.lock = threading.Lock()
         stub = self
 
@@ -44,6 +46,9 @@ class _Stub:
 
             def log_message(self, format: str, *args: Any) -> None:
                 return
+
+            def date_time_string(self, timestamp: float | None = None) -> str:
+                return formatdate(time.time() + stub.clock_ahead, usegmt=True)
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True

@@ -49,13 +49,16 @@ class EnqueueResult:
     """What a store answers once the updates are committed.
 
     `ids` follows the input order with None for a skipped update (a duplicate event, or one
-    emptied by ordering). `replayed` means an earlier request with the same idempotency key
-    already stored this; `ids`/`batch_id` are then the first request's.
+    emptied by ordering). `older` holds the input positions of the updates that lost some or
+    all of their properties to a newer source time already recorded. `replayed` means an
+    earlier request with the same idempotency key already stored this; `ids`/`batch_id` are
+    then the first request's.
     """
 
     ids: list[str | None]
     batch_id: str | None = None
     replayed: bool = False
+    older: frozenset[int] = frozenset()
 
     @property
     def stored(self) -> int:

@@ -95,6 +95,7 @@ def enqueue(
         if first is not None:
             return EnqueueResult(ids=first["ids"], replayed=True)
     stored_ids: list[str | None] = list(ids)
+    older: set[int] = set()
     rows: list[dict[str, Any]] = []
     for index, update in enumerate(updates):
         body = encoded[index]
@@ -105,6 +106,8 @@ def enqueue(
                 continue
         if update.property_times:
             kept = yield from newest_only(update)
+            if len(kept) != len(update.metadata):
+                older.add(index)
             if not kept and update.skip_if_empty:
                 stored_ids[index] = None
                 continue
@@ -126,7 +129,7 @@ def enqueue(
         yield Statement(q.INSERT_DELIVERY, rows, many=True)
     if idem is not None:
         yield from remember(idem, {"ids": stored_ids})
-    return EnqueueResult(ids=stored_ids)
+    return EnqueueResult(ids=stored_ids, older=frozenset(older))
 
 
 def enqueue_batch(
