@@ -1,7 +1,8 @@
-"""Source times against the relay's clock (issue 20, finding 9), on both stores: a provider's
-clock running ahead (a backfill answer's `Date`, an event dated in the future) is clamped to
-the relay's, so it never holds back a later change; an event whose values lose to newer ones
-already applied is counted `older`, never `forwarded`."""
+"""Source times, on both stores (issue 20, findings 8 and 9): a provider's clock running
+ahead (a backfill answer's `Date`, an event dated in the future) is clamped to the relay's, so
+it never holds back a later change; an event whose values lose to newer ones already applied
+is counted `older`, never `forwarded`; an API update takes its acceptance as its source time,
+so an older source value read after it never overwrites it."""
 
 from __future__ import annotations
 
@@ -10,11 +11,14 @@ from typing import Any
 
 from app.simulator.process import SimulatorProcess
 from tests.inprocess import run
-from tests.list_stubs import STRIPE_KEY, StripeListStub
-from tests.test_backfill import FAST, drained, finished, start
+from tests.list_stubs import STRIPE_KEY, HubSpotStub, StripeListStub
+from tests.relay import INGEST_KEY
+from tests.test_backfill import FAST, drained, finished, hubspot_company, hubspot_on, start
 from tests.test_webhooks_e2e import post_hubspot, post_stripe
 from tests.webhook_helpers import (
     EVENTS,
+    HS_SECRET,
+    PUBLIC_URL,
     Counters,
     customer_event,
     hs_change,
@@ -120,3 +124,51 @@ def test_an_event_whose_values_lose_to_newer_ones_is_counted_older(
             assert company["name"] == "Newest" and company["billing_country"] == "DE"
 
     run(scenario())
+
+
+def test_an_api_update_is_newer_than_an_older_source_value_read_after_it(
+    database_url: str, sim: SimulatorProcess
+) -> None:
+    """Finding 8: an API update carries no source time; it takes its acceptance as one, so a
+    reconciliation (or a webhook) with an older source time never puts the old value back."""
+    with HubSpotStub() as stub:
+        stub.companies = {str(1000 + i): hubspot_company(i) for i in range(3)}
+        before_api = int(time.time() * 1000)
+
+        async def main() -> tuple[dict[str, Any], dict[str, Any], float]:
+            async with hubspot_on(
+                database_url,
+                sim,
+                stub,
+                hubspot_client_secret=HS_SECRET,
+                relay_public_url=PUBLIC_URL,
+            ) as relay:
+                first = await finished(relay, await start(relay, "hubspot"))
+                await drained(relay)
+                assert first["enqueued"] == 3, first
+                r = await relay.post_company(
+                    "hs-1000", {"name": "Named by the API"}, key=INGEST_KEY
+                )
+                assert r.status_code == 202, r.text
+                bulk = {"companies": [{"company_id": "hs-1001", "metadata": {"name": "In bulk"}}]}
+                r = await relay.post("/companies/bulk", json=bulk, key=INGEST_KEY)
+                assert r.status_code == 202, r.text
+                await drained(relay)
+                counters = Counters()
+                # A HubSpot change made before the API's update, delivered after it.
+                late = hs_change(1000, "name", "Late webhook", at=before_api, event_id=7)
+                answer = (await post_hubspot(relay, [late])).json()
+                older = counters(EVENTS, source="hubspot", outcome="older")
+                # HubSpot still has its 2024 names: they differ from what was delivered.
+                result = await finished(relay, await start(relay, "hubspot", mode="reconcile"))
+                await drained(relay)
+                return result, answer, older
+
+        result, answer, older = run(main(), limit=90)
+    assert answer["accepted"] == 0 and older == 1
+    assert result["status"] == "completed", result
+    assert result["enqueued"] == 0 and result["skipped"] == 2 and result["unchanged"] == 1
+    stored = sim.companies()
+    assert stored["hs-1000"]["name"] == "Named by the API"
+    assert stored["hs-1001"]["name"] == "In bulk"
+    assert stored["hs-1002"]["name"] == "Acme 2"

@@ -42,6 +42,12 @@ SOURCE_TIME = """
     WHERE source_property_times.event_time <= excluded.event_time
     RETURNING 1
 """
+# An API update's properties take its acceptance as their source time (never moved back).
+STAMP_TIME = """
+    INSERT INTO source_property_times (company_id, key, event_time) VALUES (:company, :key, {now})
+    ON CONFLICT (company_id, key) DO UPDATE SET event_time = excluded.event_time
+    WHERE source_property_times.event_time < excluded.event_time
+"""
 # The id is ours: a retry after a lost answer cannot store the update twice.
 INSERT_DELIVERY = """
     INSERT INTO deliveries (id, company_id, metadata, status, source, caller,
