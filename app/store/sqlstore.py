@@ -103,11 +103,8 @@ class SQLStore(Store):
                 raise ValueError(f"a batch holds at most {limit} updates")
             batch_id, payload, count = new_ids(1)[0], encode_batch(updates), len(updates)
             stamped = [(u.company_id, k) for u in updates if u.stamp_times for k in u.metadata]
-            return await self._write(
-                lambda: plans.enqueue_batch(
-                    payload, count, batch_id, source, caller, idempotency, stamped
-                )
-            )
+            args = (payload, count, batch_id, source, caller, idempotency, stamped)
+            return await self._write(lambda: plans.enqueue_batch(*args))
         ids = new_ids(len(updates))
         encoded = [orjson.dumps(u.metadata) for u in updates]
         # One plain update, the common case: one statement, safe to repeat (the id is ours).
