@@ -82,10 +82,13 @@ def plain(update: NewUpdate) -> bool:
 
 
 def stamp_times(pairs: Sequence[tuple[str, str]]) -> Plan[None]:
-    """These company properties were set by the API now: their source time moves to now."""
-    rows = [{"company": c, "key": k} for c, k in sorted(set(pairs))]  # one lock order
-    if rows:
-        yield Statement(q.STAMP_TIME, rows, many=True)
+    """These company properties were set by the API now: their source time moves to now (one
+    statement, however many; validated ids and names hold no control character)."""
+    joined = sorted({f"{c}\x1f{k}" for c, k in pairs})
+    if any(text.count("\x1f") != 1 for text in joined):
+        raise ValueError("a company id or property name holds a control character")
+    if joined:
+        yield Statement(q.STAMP_TIMES, {"pairs": joined})
 
 
 def enqueue(
