@@ -5,9 +5,8 @@ Outcomes label `userpilot_relay_webhook_events_total{source,outcome}`:
 - `skipped`: a redelivery, so nothing new was stored;
 - `older`: some or all of its values were older than values already applied to those company
   properties: those were not stored (the rest were; a parked Stripe event stored at last
-  counts `resolved`); an event time more than `MAX_AHEAD`
-  seconds ahead of the relay's clock (a wrong clock) counts as the relay's clock, so it never
-  holds back later changes;
+  counts `resolved`). An event time more than `MAX_AHEAD` seconds ahead of the relay's clock
+  (a wrong clock) counts as the relay's clock, so it never holds back later changes;
 - `ignored`: an event type the relay does not forward (deletions, merges, associations...);
 - `unmapped`: a HubSpot property change of a property no mapping names;
 - `invalid_value`: a value did not convert to its mapped or declared type: it was dropped and
