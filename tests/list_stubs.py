@@ -14,6 +14,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
+from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Self
@@ -31,6 +32,7 @@ class _Stub:
         self.trouble: list[tuple[int, dict[str, str]]] = []
         self.hostile: dict[int, bytes] = {}  # page number (1-based) -> raw body
         self.delay = 0.0  # seconds before every answer
+        self.clock_ahead = 0.0  # seconds the `Date` of every answer runs ahead of ours
         self.lock = threading.Lock()
         stub = self
 
@@ -44,6 +46,9 @@ class _Stub:
 
             def log_message(self, format: str, *args: Any) -> None:
                 return
+
+            def date_time_string(self, timestamp: float | None = None) -> str:
+                return formatdate(time.time() + stub.clock_ahead, usegmt=True)
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
@@ -130,6 +135,8 @@ class HubSpotStub(_Stub):
         # id -> properties (every value a string or None, as HubSpot sends them)
         self.companies: dict[str, dict[str, str | None]] = {}
         self.cursor: Callable[[int], str] = lambda index: f"cur{index:06d}"
+        # Never a last page: every page names a new cursor, its companies read round again.
+        self.endless = False
         super().__init__()
 
     def answer(
@@ -155,10 +162,14 @@ class HubSpotStub(_Stub):
                 "updatedAt": "2020-01-01T00:00:00Z",
                 "archived": False,
             }
-            for company_id in ids[start : start + limit]
+            for company_id in (
+                [ids[(start + i) % len(ids)] for i in range(limit)]
+                if self.endless
+                else ids[start : start + limit]
+            )
         ]
         page: dict[str, Any] = {"results": results}
-        if start + limit < len(ids):
+        if self.endless or start + limit < len(ids):
             page["paging"] = {"next": {"after": self.cursor(start + limit), "link": "x"}}
         return start // limit + 1, page
 

@@ -9,15 +9,18 @@ import pytest
 
 from app.domain.models import Primitive
 from app.domain.pii import MAX_VALUE, PII_KINDS, card_brand, find_pii, luhn_valid
+from app.domain.schema import PropertyRule, PropertySchema, check
 from app.domain.values import (
     EPOCH_MS_FROM,
     PROPERTY_TYPES,
+    EpochUnit,
     PropertyType,
     ValueMismatch,
     iso_from_epoch,
     seen_type,
     to_type,
 )
+from app.sources.mapping import convert
 
 MAY_1_NOON = 1714564800  # 2024-05-01T12:00:00Z
 MAX_INT64 = 2**63 - 1
@@ -220,8 +223,11 @@ def test_booleans_refused(value: Primitive) -> None:
         (MAY_1_NOON * 1000 + 250, "2024-05-01T12:00:00.250Z"),
         (MAY_1_NOON + 0.123, "2024-05-01T12:00:00.123Z"),
         (MAY_1_NOON * 1000.0, "2024-05-01T12:00:00Z"),
-        (EPOCH_MS_FROM - 1, "5138-11-16T09:46:39Z"),  # the last number read as seconds
-        (EPOCH_MS_FROM, "1973-03-03T09:46:40Z"),  # the first read as milliseconds
+        (253_402_300_799, "9999-12-31T23:59:59Z"),  # "never expires", in seconds
+        (253_402_300_799.5, "9999-12-31T23:59:59.500Z"),
+        (EPOCH_MS_FROM - 1, "9999-12-31T23:59:59Z"),  # the last number read as seconds
+        (EPOCH_MS_FROM, "1978-01-11T21:31:40.800Z"),  # the first read as milliseconds
+        (100_000_000_000, "5138-11-16T09:46:40Z"),  # seconds, not 1973 in milliseconds
         (253_402_300_799_999, "9999-12-31T23:59:59.999Z"),
     ],
     ids=_short,
@@ -302,11 +308,31 @@ def test_a_declared_epoch_unit_reads_numbers_and_digit_strings_in_it() -> None:
     assert to_type("0" * 10 + "5", "date", epoch="s") == "1970-01-01T00:00:05Z"
     # Magnitude no longer decides: a small millisecond value is 1970.
     assert to_type(1000, "date", epoch="ms") == "1970-01-01T00:00:01Z"
-    assert to_type(EPOCH_MS_FROM, "date", epoch="s") == "5138-11-16T09:46:40Z"
+    assert to_type(EPOCH_MS_FROM - 1, "date", epoch="ms") == "1978-01-11T21:31:40.799Z"
+    assert to_type(100_000_000_000, "date", epoch="s") == "5138-11-16T09:46:40Z"
     assert to_type("2026-12-01", "date", epoch="ms") == "2026-12-01T00:00:00Z"
     for bad in ("99999999999999999", "1" * 5000, "0" * 4301, "-5", "+5", "1714564800.5", "\u0661"):
         _refused(bad, "date", epoch="ms")
     _refused(253_402_300_800, "date", epoch="s")
+
+
+@pytest.mark.parametrize(
+    ("value", "unit", "expected"),
+    [
+        (253_402_300_799, "s", "9999-12-31T23:59:59Z"),  # Stripe's "never expires"
+        (MAY_1_NOON, "s", "2024-05-01T12:00:00Z"),
+        (MAY_1_NOON * 1000 + 250, "ms", "2024-05-01T12:00:00.250Z"),
+        (253_402_300_799_999, "ms", "9999-12-31T23:59:59.999Z"),
+    ],
+)
+def test_an_epoch_reads_the_same_through_a_schema_and_a_source_mapping(
+    value: int, unit: EpochUnit, expected: str
+) -> None:
+    """A date declared in the property schema (no unit: told apart by magnitude) and one a
+    source mapping converts in its own unit agree for every epoch a source sends."""
+    schema = PropertySchema(properties={"renews_at": PropertyRule(type="date")})
+    assert check(schema, {"renews_at": value}).metadata == {"renews_at": expected}
+    assert convert(value, "date", epoch=unit) == expected
 
 
 def test_epochs_through_the_helper() -> None:

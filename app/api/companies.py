@@ -205,7 +205,14 @@ async def store_company(
     # A reused Idempotency-Key (422) and an unreachable store (503) are answered by the
     # handlers in app/errors.py. A caller that waits never waits on a bulk job.
     result = await store.enqueue(
-        [NewUpdate(company_id=company_id, metadata=metadata, realtime_only=wait is not None)],
+        [
+            NewUpdate(
+                company_id=company_id,
+                metadata=metadata,
+                realtime_only=wait is not None,
+                stamp_times=True,
+            )
+        ],
         source="api",
         caller=caller.name,
         batch=False,
@@ -306,7 +313,7 @@ async def _store_bulk(
             ttl_seconds=settings.relay_idempotency_ttl_seconds,
         )
     result = await store.enqueue(
-        [NewUpdate(company_id=c, metadata=m) for c, m in companies],
+        [NewUpdate(company_id=c, metadata=m, stamp_times=True) for c, m in companies],
         source="bulk",
         caller=caller,
         batch=True,

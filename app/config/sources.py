@@ -38,6 +38,8 @@ class SourceSettings(BaseSettings):
     # Off by default; else a reconciliation of every configured source this often (seconds
     # from the start of the last backfill of that source).
     relay_reconcile_interval_seconds: float | None = Field(default=None, ge=1, le=30 * 86_400)
+    # A backfill reading more pages than this fails (a provider whose paging never ends).
+    relay_backfill_max_pages: int = Field(default=100_000, ge=1, le=10_000_000)
 
     @field_validator(
         "hubspot_client_secret",

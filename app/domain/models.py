@@ -22,7 +22,10 @@ class NewUpdate:
     its source is skipped. `property_times` carries each property's source event time; a
     property older than the newest time already recorded for it is dropped, so an event that
     arrives late never overwrites a newer value. With `skip_if_empty`, an update left with no
-    property after that is not stored at all.
+    property after that is not stored at all. With `stamp_times` (the API's updates, which
+    carry no source time) its properties take the moment it is stored as their source time: it
+    is newer than any source value before it, so a later backfill, reconciliation or webhook
+    with an older source time is skipped as older.
     """
 
     company_id: str
@@ -30,6 +33,7 @@ class NewUpdate:
     event_key: str | None = None
     property_times: Mapping[str, float] | None = None
     skip_if_empty: bool = False
+    stamp_times: bool = False
     # Never packed into a bulk job (its caller waits for the real-time answer).
     realtime_only: bool = False
 
@@ -49,13 +53,16 @@ class EnqueueResult:
     """What a store answers once the updates are committed.
 
     `ids` follows the input order with None for a skipped update (a duplicate event, or one
-    emptied by ordering). `replayed` means an earlier request with the same idempotency key
-    already stored this; `ids`/`batch_id` are then the first request's.
+    emptied by ordering). `older` holds the input positions of the updates that lost some or
+    all of their properties to a newer source time already recorded. `replayed` means an
+    earlier request with the same idempotency key already stored this; `ids`/`batch_id` are
+    then the first request's.
     """
 
     ids: list[str | None]
     batch_id: str | None = None
     replayed: bool = False
+    older: frozenset[int] = frozenset()
 
     @property
     def stored(self) -> int:

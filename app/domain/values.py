@@ -21,8 +21,10 @@ guessed, and `None` always passes (it removes the property). The rules:
   (`Z`, `+02:00`, `+0200`, `+02`); a date-time without an offset is taken as UTC. Week and
   ordinal dates, the basic format (`20261201`) and anything else (`12/01/2026`, `next tuesday`)
   are refused, as is a moment outside years 0001..9999 once in UTC. From a number: epoch time,
-  between 1970-01-01 and 9999-12-31; without a declared unit, below `EPOCH_MS_FROM` (1e11, the
-  year 5138 in seconds, 1973-03-03 in milliseconds) it is seconds, from there milliseconds.
+  between 1970-01-01 and 9999-12-31; without a declared unit, a number that is a moment of
+  those years in seconds is seconds (up to `MAX_EPOCH_S`, 253402300799, the common "never
+  expires" 9999-12-31T23:59:59Z), and a larger one milliseconds (from 1978-01-11T21:31:40.800Z:
+  a millisecond time before that reads as seconds, so declare the unit for such values).
   With a declared unit (a source mapping's: HubSpot milliseconds, Stripe seconds) the number
   is read in it, and a string of ASCII digits is an epoch too (HubSpot sends dates so).
 - `string`: a string passes unchanged (nothing stripped); a number or a bool is refused,
@@ -55,9 +57,11 @@ MIN_INTEGER = -(2**63)
 MAX_INTEGER = 2**63 - 1
 # int() refuses more than 4,300 digits; a longer numeric string is never what a caller meant.
 MAX_DIGITS = 4_300
-# Below this an epoch number is seconds (up to the year 5138), from it milliseconds (1973 on).
-EPOCH_MS_FROM = 100_000_000_000
+MAX_EPOCH_S = 253_402_300_799  # 9999-12-31T23:59:59Z
 MAX_EPOCH_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+# Below this an epoch number is seconds (every second up to the year 9999's last), from it
+# milliseconds (1978-01-11T21:31:40.800Z on).
+EPOCH_MS_FROM = MAX_EPOCH_S + 1
 
 _BLANKS = " \t\n\r\x0b\x0c"
 # ASCII digits only: `\d` and int() take other scripts' digits.

@@ -2,7 +2,11 @@
 
 Outcomes label `userpilot_relay_webhook_events_total{source,outcome}`:
 - `forwarded`: stored for delivery;
-- `skipped`: a redelivery, or older than what was already applied, so nothing new was stored;
+- `skipped`: a redelivery, so nothing new was stored;
+- `older`: some or all of its values were older than values already applied to those company
+  properties: those were not stored (the rest were; a parked Stripe event stored at last
+  counts `resolved`). An event time more than `MAX_AHEAD` seconds ahead of the relay's clock
+  (a wrong clock) counts as the relay's clock, so it never holds back later changes;
 - `ignored`: an event type the relay does not forward (deletions, merges, associations...);
 - `unmapped`: a HubSpot property change of a property no mapping names;
 - `invalid_value`: a value did not convert to its mapped or declared type: it was dropped and
@@ -21,6 +25,7 @@ Outcomes label `userpilot_relay_webhook_events_total{source,outcome}`:
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -44,6 +49,7 @@ from app.store.base import Store
 Outcome = Literal[
     "forwarded",
     "skipped",
+    "older",
     "ignored",
     "unmapped",
     "invalid_value",
@@ -55,6 +61,10 @@ Outcome = Literal[
 Source = Literal["hubspot", "stripe"]
 
 log = logging.getLogger("userpilot_relay.webhooks")
+
+# Seconds an event's time may run ahead of the relay's clock (the providers' own signature
+# tolerance); further ahead, the clock that dated it is wrong and the relay's is taken.
+MAX_AHEAD = 300.0
 
 
 class Malformed(Exception):
@@ -131,6 +141,19 @@ def reviewed(
     return found
 
 
+def clamped(update: NewUpdate, now: float) -> NewUpdate:
+    """The update with every source time more than `MAX_AHEAD` ahead of the relay's clock set
+    to `now`: an event dated in the future never holds back later changes. Times within it
+    are kept, so events of a provider whose clock runs a little ahead still keep their order."""
+    times = update.property_times
+    latest = now + MAX_AHEAD
+    if not times or all(at <= latest for at in times.values()):
+        return update
+    return replace(
+        update, property_times={k: now if at > latest else at for k, at in times.items()}
+    )
+
+
 async def commit(
     store: Store,
     plans: Sequence[EventPlan],
@@ -144,26 +167,29 @@ async def commit(
     Raises `StoreUnavailable` (nothing stored, nothing counted) when the store is down.
     """
     found = reviewed(plans, quality, store.catalogue.first_types())
-    updates = [p.update for p in plans if p.update is not None]
+    now = time.time()
+    updates = [clamped(p.update, now) for p in plans if p.update is not None]
     result = (
         await store.enqueue(updates, source=source, caller=None)
         if updates
         else EnqueueResult(ids=[])
     )
-    stored = iter(result.ids)
+    stored = iter(enumerate(result.ids))
     kept: list[Metadata] = []
     unmapped = 0
     for (kind, action), n in found.items():
         PII_FINDINGS.labels(kind=PII_LABELS[kind], action=action).inc(n)
     for plan in plans:
         outcome = plan.outcome
-        stored_id = next(stored) if plan.update is not None else None
+        index, stored_id = next(stored) if plan.update is not None else (-1, None)
         if stored_id is not None and plan.update is not None:
             kept.append(plan.update.metadata)
         if plan.update is not None and stored_id is None and outcome != "invalid_value":
-            outcome = "skipped"
+            outcome = "older" if index in result.older else "skipped"
         elif resolved and outcome == "forwarded":
-            outcome = "resolved"
+            outcome = "resolved"  # as many as were counted `unresolved`
+        elif index in result.older and outcome == "forwarded":
+            outcome = "older"
         WEBHOOK_EVENTS.labels(source=source, outcome=outcome).inc()
         unmapped += plan.unmapped
         if plan.too_long:

@@ -77,8 +77,18 @@ def newest_only(update: NewUpdate) -> Plan[dict[str, Any]]:
 
 
 def plain(update: NewUpdate) -> bool:
-    """Nothing to check against other stored state: no event key, no source times."""
-    return update.event_key is None and not update.property_times
+    """Nothing to check or record against other stored state: no event key, no source times."""
+    return update.event_key is None and not update.property_times and not update.stamp_times
+
+
+def stamp_times(pairs: Sequence[tuple[str, str]]) -> Plan[None]:
+    """These company properties were set by the API now: their source time moves to now (one
+    statement, however many; validated ids and names hold no control character)."""
+    joined = sorted({f"{c}\x1f{k}" for c, k in pairs})
+    if any(text.count("\x1f") != 1 for text in joined):
+        raise ValueError("a company id or property name holds a control character")
+    if joined:
+        yield Statement(q.STAMP_TIMES, {"pairs": joined})
 
 
 def enqueue(
@@ -95,6 +105,8 @@ def enqueue(
         if first is not None:
             return EnqueueResult(ids=first["ids"], replayed=True)
     stored_ids: list[str | None] = list(ids)
+    older: set[int] = set()
+    stamped: list[tuple[str, str]] = []
     rows: list[dict[str, Any]] = []
     for index, update in enumerate(updates):
         body = encoded[index]
@@ -105,11 +117,15 @@ def enqueue(
                 continue
         if update.property_times:
             kept = yield from newest_only(update)
+            if len(kept) != len(update.metadata):
+                older.add(index)
             if not kept and update.skip_if_empty:
                 stored_ids[index] = None
                 continue
             if len(kept) != len(update.metadata):
                 body = orjson.dumps(kept)
+        if update.stamp_times:
+            stamped += [(update.company_id, key) for key in update.metadata]
         rows.append(
             {
                 "id": ids[index],
@@ -124,9 +140,10 @@ def enqueue(
         yield Statement(q.INSERT_DELIVERY, rows[0])
     elif rows:
         yield Statement(q.INSERT_DELIVERY, rows, many=True)
+    yield from stamp_times(stamped)
     if idem is not None:
         yield from remember(idem, {"ids": stored_ids})
-    return EnqueueResult(ids=stored_ids)
+    return EnqueueResult(ids=stored_ids, older=frozenset(older))
 
 
 def enqueue_batch(
@@ -136,8 +153,10 @@ def enqueue_batch(
     source: str,
     caller: str | None,
     idem: Idempotency | None,
+    stamped: Sequence[tuple[str, str]] = (),
 ) -> Plan[EnqueueResult]:
-    """Store a whole batch as one row, reserving its updates' places in the arrival order.
+    """Store a whole batch as one row, reserving its updates' places in the arrival order;
+    `stamped` company properties take now as their source time (`NewUpdate.stamp_times`).
 
     The updates become deliveries later, a chunk at a time, as the dispatcher needs them
     (`claims.expand`): ingest costs one insert whatever the batch size, and update i's place
@@ -164,6 +183,7 @@ def enqueue_batch(
             "payload": payload,
         },
     )
+    yield from stamp_times(stamped)
     if idem is not None:
         yield from remember(idem, {"batch_id": batch_id, "count": count})
     return EnqueueResult(ids=batch_ids(batch_id, count), batch_id=batch_id)

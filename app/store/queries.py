@@ -42,6 +42,14 @@ SOURCE_TIME = """
     WHERE source_property_times.event_time <= excluded.event_time
     RETURNING 1
 """
+# API updates' properties take their acceptance as their source time (never moved back): one
+# statement for every `:pairs` ("company\x1fkey", unique; neither may hold control characters).
+STAMP_TIMES = """
+    INSERT INTO source_property_times (company_id, key, event_time)
+    SELECT company_id, key, {now} FROM {stamp_pairs} WHERE true ORDER BY company_id, key
+    ON CONFLICT (company_id, key) DO UPDATE SET event_time = excluded.event_time
+    WHERE source_property_times.event_time < excluded.event_time
+"""
 # The id is ours: a retry after a lost answer cannot store the update twice.
 INSERT_DELIVERY = """
     INSERT INTO deliveries (id, company_id, metadata, status, source, caller,

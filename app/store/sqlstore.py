@@ -105,9 +105,9 @@ class SQLStore(Store):
             if limit is not None and len(updates) > limit:
                 raise ValueError(f"a batch holds at most {limit} updates")
             batch_id, payload, count = new_ids(1)[0], encode_batch(updates), len(updates)
-            return await self._write(
-                lambda: plans.enqueue_batch(payload, count, batch_id, source, caller, idempotency)
-            )
+            stamped = [(u.company_id, k) for u in updates if u.stamp_times for k in u.metadata]
+            args = (payload, count, batch_id, source, caller, idempotency, stamped)
+            return await self._write(lambda: plans.enqueue_batch(*args))
         ids = new_ids(len(updates))
         encoded = [orjson.dumps(u.metadata) for u in updates]
         # One plain update, the common case: one statement, safe to repeat (the id is ours).

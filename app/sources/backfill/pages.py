@@ -30,7 +30,6 @@ log = logging.getLogger("userpilot_relay.backfill")
 
 MAX_CURSOR = 1000
 PAGE_SIZE = 100  # what every list request asks for (`limit=100`)
-MAX_SKEW = 300.0  # seconds a provider's clock may run ahead of ours
 
 
 class Lister(Protocol):
@@ -89,9 +88,9 @@ def list_of(body: Mapping[str, Any], key: str, name: str, *, most: int = PAGE_SI
 
 
 def plausible(at: float | None, now: float) -> float:
-    """A source time to order by: `now` (the answer's time) when missing or later than a few
-    minutes of clock skew allow, so a wrong clock cannot hold back later webhooks."""
-    return now if at is None or at > now + MAX_SKEW else at
+    """A source time to order by: `now` (the relay's clock when it asked) when missing or
+    later, so a provider's clock running ahead cannot hold back later webhooks."""
+    return now if at is None or at > now else at
 
 
 def epoch(value: Any) -> float | None:

@@ -46,6 +46,9 @@ SOURCES = ("hubspot", "stripe")
 _IDLE = 2.0  # how often an idle replica looks for a backfill to resume, or a reconciliation due
 _STORE_RETRY = 2.0
 _STORE_TRIES = 30
+# Records a backfill may read past the provider's count (companies added meanwhile) at least;
+# past a tenth more (or this) its paging is taken as endless.
+PAST_TOTAL = 1000
 
 
 class NotConfigured(Exception):
@@ -240,11 +243,14 @@ class BackfillRunner:
                 await lister.aclose()
 
     async def _pages(self, backfill: Backfill, lister: Lister) -> None:
-        if backfill.pages == 0 and backfill.total is None:
+        total = backfill.total
+        if backfill.pages == 0 and total is None:
             total = await lister.total()
             if total is not None:
                 await self.store.backfills.set_total(backfill.id, owner=self.owner, total=total)
-        cursor, number = backfill.cursor, backfill.pages + 1
+        most = self.settings.relay_backfill_max_pages
+        read_most = None if total is None else total + max(total // 10, PAST_TOTAL)
+        cursor, number, read = backfill.cursor, backfill.pages + 1, backfill.companies
         if backfill.pages:
             log.info(
                 "backfill resumed from its committed cursor",
@@ -252,6 +258,15 @@ class BackfillRunner:
             )
         seen = {cursor}
         while True:
+            if number > most:
+                BACKFILL_ERRORS.labels(source=backfill.source, reason="page_limit").inc()
+                await self._fail(
+                    backfill,
+                    f"the provider still answered a next page after {most:,} pages "
+                    "(RELAY_BACKFILL_MAX_PAGES): its paging looks endless, so the backfill "
+                    "stopped",
+                )
+                return
             try:
                 page = await lister.page(decode_cursor(cursor))
             except ProviderError as exc:
@@ -266,6 +281,16 @@ class BackfillRunner:
                     "its paging repeats, so the backfill stopped rather than loop",
                 )
                 return
+            if read_most is not None and read + page.read > read_most:
+                BACKFILL_ERRORS.labels(source=backfill.source, reason="past_total").inc()
+                await self._fail(
+                    backfill,
+                    f"page {number} would make {read + page.read:,} records read where the "
+                    f"provider counted {total:,}: its paging looks endless, so the backfill "
+                    "stopped",
+                )
+                return
+            read += page.read
             page = replace(page, number=number)
             outcome = await self._commit(backfill, page)
             self._counted(backfill, page, outcome)

@@ -81,6 +81,8 @@ POSTGRES = Dialect(
         "lock_jobs": f"SELECT pg_advisory_xact_lock({JOB_LOCKS}, 0)",
         "lock_pack": f"SELECT pg_advisory_xact_lock({JOB_LOCKS}, 1)",
         "overriding": "OVERRIDING SYSTEM VALUE",
+        "stamp_pairs": "(SELECT split_part(p, chr(31), 1) AS company_id, "
+        "split_part(p, chr(31), 2) AS key FROM unnest(CAST(:pairs AS text[])) AS p) AS pairs",
         "reserve_seqs": "SELECT nextval(pg_get_serial_sequence('deliveries', 'seq'))",
     },
     max_batch=SEQ_BLOCK,

@@ -44,6 +44,8 @@ SQLITE = Dialect(
         "lock_jobs": "",
         "lock_pack": "",
         "overriding": "",
+        "stamp_pairs": "(SELECT substr(value, 1, instr(value, char(31)) - 1) AS company_id, "
+        "substr(value, instr(value, char(31)) + 1) AS key FROM json_each(:pairs)) AS pairs",
         # The counter AUTOINCREMENT keeps: a batch takes `count` numbers at once.
         "reserve_seqs": "UPDATE sqlite_sequence SET seq = seq + :count "
         "WHERE name = 'deliveries' RETURNING seq - :count + 1",
