@@ -46,7 +46,7 @@ from app.errors import install_error_handlers
 from app.lifecycle import cancel_and_wait
 from app.logs import configure_logging, write_directly
 from app.sources.backfill import BackfillRunner
-from app.sources.mapping import MappingError
+from app.sources.mapping import MappingError, sourced_properties
 from app.sources.service import WebhookSources
 from app.store.base import Store
 from app.store.connect import open_store
@@ -167,6 +167,25 @@ def create_app(
             configure_logging(active.relay_log_level)
         try:
             sources = WebhookSources(active)
+            # HubSpot or Stripe, by webhook or backfill: the properties they can write.
+            sourced = sourced_properties(
+                {
+                    source: path
+                    for source, secret, path in (
+                        (
+                            "hubspot",
+                            active.hubspot_client_secret or active.hubspot_access_token,
+                            active.hubspot_mapping_file,
+                        ),
+                        (
+                            "stripe",
+                            active.stripe_webhook_secret or active.stripe_api_key,
+                            active.stripe_mapping_file,
+                        ),
+                    )
+                    if secret is not None
+                }
+            )
         except MappingError as exc:
             app.state.startup_error = f"userpilot-relay cannot start: {exc}"
             raise StartupError(app.state.startup_error) from None
@@ -205,6 +224,7 @@ def create_app(
             yield BackfillState(
                 settings=active,
                 store=store,
+                sourced_properties=sourced,
                 webhooks=sources,
                 backfills=runner,
             )

@@ -20,6 +20,7 @@ from app.sources.mapping import (
     convert,
     flatten,
     load_mapping,
+    sourced_properties,
 )
 from app.sources.stripe.events import (
     StripeEvent,
@@ -680,3 +681,13 @@ def test_mappings_and_the_schema_convert_alike(value: Any, kind: str) -> None:
     except ConversionError:
         got = ConversionError
     assert got == expected
+
+
+def test_only_properties_an_enabled_source_can_write_take_an_api_updates_time() -> None:
+    """An API update stamps its acceptance as the source time of a property only where a
+    source could ever send an older value of it (issue 20, finding 8, at no cost otherwise)."""
+    assert sourced_properties({}) == frozenset()
+    hubspot = sourced_properties({"hubspot": None})
+    assert {"name", "domain", "employees"} <= hubspot and "plan" not in hubspot
+    both = sourced_properties({"hubspot": None, "stripe": None})
+    assert {"plan", "mrr", "name"} <= both and "seats" not in both

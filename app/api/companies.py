@@ -29,7 +29,7 @@ from app.api.schemas import (
     fast_companies,
 )
 from app.config import ApiKey, Settings
-from app.domain.models import Idempotency, NewUpdate
+from app.domain.models import Idempotency, Metadata, NewUpdate
 from app.domain.quality import Rules
 from app.errors import ErrorBody
 from app.metrics import UPDATES_ACCEPTED
@@ -181,6 +181,13 @@ async def post_company(
     return await store_company(request, caller, settings, store, idempotency_key)
 
 
+def sourced(request: Request, metadata: Metadata) -> tuple[str, ...]:
+    """The properties of an API update that a source mapping can also write: they take its
+    acceptance as their source time (`NewUpdate.stamp_times`)."""
+    names: frozenset[str] = request.state.sourced_properties
+    return tuple(key for key in metadata if key in names)
+
+
 async def store_company(
     request: Request,
     caller: ApiKey,
@@ -210,7 +217,7 @@ async def store_company(
                 company_id=company_id,
                 metadata=metadata,
                 realtime_only=wait is not None,
-                stamp_times=True,
+                stamp_times=sourced(request, metadata),
             )
         ],
         source="api",
@@ -294,7 +301,10 @@ async def post_companies_bulk(
             rules = settings.quality_rules()
             companies = await asyncio.to_thread(_reviewed, body, rules, store, bulk=True)
             del body  # the parsed form replaces it
-            return await _store_bulk(companies, caller.name, settings, store, idempotency_key)
+            names: frozenset[str] = request.state.sourced_properties
+            return await _store_bulk(
+                companies, caller.name, settings, store, idempotency_key, names
+            )
 
 
 async def _store_bulk(
@@ -303,6 +313,7 @@ async def _store_bulk(
     settings: SettingsDep,
     store: Store,
     idempotency_key: str | None,
+    names: frozenset[str],
 ) -> Response:
     idempotency = None
     if idempotency_key is not None:
@@ -313,7 +324,10 @@ async def _store_bulk(
             ttl_seconds=settings.relay_idempotency_ttl_seconds,
         )
     result = await store.enqueue(
-        [NewUpdate(company_id=c, metadata=m, stamp_times=True) for c, m in companies],
+        [
+            NewUpdate(company_id=c, metadata=m, stamp_times=tuple(k for k in m if k in names))
+            for c, m in companies
+        ],
         source="bulk",
         caller=caller,
         batch=True,

@@ -25,6 +25,8 @@ class State(TypedDict):
 
     settings: Settings
     store: Store
+    # Properties a HubSpot or Stripe mapping can write (`app.sources.mapping.sourced_properties`).
+    sourced_properties: frozenset[str]
 
 
 async def get_settings(request: Request) -> Settings:

@@ -22,10 +22,11 @@ class NewUpdate:
     its source is skipped. `property_times` carries each property's source event time; a
     property older than the newest time already recorded for it is dropped, so an event that
     arrives late never overwrites a newer value. With `skip_if_empty`, an update left with no
-    property after that is not stored at all. With `stamp_times` (the API's updates, which
-    carry no source time) its properties take the moment it is stored as their source time: it
-    is newer than any source value before it, so a later backfill, reconciliation or webhook
-    with an older source time is skipped as older.
+    property after that is not stored at all. `stamp_times` (on the API's updates, which carry
+    no source time) names the properties that take the moment it is stored as their source
+    time: it is newer than any source value before it, so a later backfill, reconciliation or
+    webhook with an older source time is skipped as older. Only properties a source mapping can
+    write need it (no other ever gets a source time).
     """
 
     company_id: str
@@ -33,7 +34,7 @@ class NewUpdate:
     event_key: str | None = None
     property_times: Mapping[str, float] | None = None
     skip_if_empty: bool = False
-    stamp_times: bool = False
+    stamp_times: tuple[str, ...] = ()
     # Never packed into a bulk job (its caller waits for the real-time answer).
     realtime_only: bool = False
 

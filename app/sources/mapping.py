@@ -124,6 +124,16 @@ def load_mapping(source: str, path: str | Path | None = None) -> SourceMapping:
     )
 
 
+def sourced_properties(enabled: Mapping[str, str | Path | None]) -> frozenset[str]:
+    """Every Userpilot property the enabled sources (source -> its mapping file, None for the
+    packaged default) can write: the only properties a source time can ever order."""
+    names: set[str] = set()
+    for source, path in enabled.items():
+        for rules in load_mapping(source, path).sections.values():
+            names.update(rule.property for rule in rules.values())
+    return frozenset(names)
+
+
 # conversions ----------------------------------------------------------------------------------
 def convert(value: Primitive, kind: FieldType, *, epoch: EpochUnit) -> Primitive:
     """`value` as Userpilot should get it for `kind`; None stays None (removes the property).

@@ -124,8 +124,7 @@ def enqueue(
                 continue
             if len(kept) != len(update.metadata):
                 body = orjson.dumps(kept)
-        if update.stamp_times:
-            stamped += [(update.company_id, key) for key in update.metadata]
+        stamped += [(update.company_id, key) for key in update.stamp_times]
         rows.append(
             {
                 "id": ids[index],

@@ -105,7 +105,7 @@ class SQLStore(Store):
             if limit is not None and len(updates) > limit:
                 raise ValueError(f"a batch holds at most {limit} updates")
             batch_id, payload, count = new_ids(1)[0], encode_batch(updates), len(updates)
-            stamped = [(u.company_id, k) for u in updates if u.stamp_times for k in u.metadata]
+            stamped = [(u.company_id, k) for u in updates for k in u.stamp_times]
             args = (payload, count, batch_id, source, caller, idempotency, stamped)
             return await self._write(lambda: plans.enqueue_batch(*args))
         ids = new_ids(len(updates))
