@@ -106,6 +106,8 @@ def erase(
     erasure = relay.json(
         "POST", "/erasures", body={"company_ids": targets, "reason": why}, expect=(202,)
     )
+    if not isinstance(erasure, dict):
+        relay.fail("POST /erasures: the answer is not an erasure (is RELAY_URL a relay?)")
     if json_out:
         print_json(erasure)
         return
@@ -185,35 +187,28 @@ def list_erasures(
         print(plain("no erasures" + (f" {status}" if status else "")))
     else:
         grid = Table(title=plural(len(items), "erasure"))
-        columns = (
-            "id",
-            "status",
-            "reason",
-            "companies",
-            "created (UTC)",
-            "finished (UTC)",
-            "Userpilot",
-            "request id",
-            "accepted (UTC)",
-            "scheduled (UTC)",
-        )
-        for column in columns:
-            grid.add_column(
-                column, overflow="fold" if column in ("id", "request id") else "ellipsis"
-            )
+        # Userpilot's answer as `status request-id`; when it accepted the delete is in --json.
+        for column in ("id", "status", "companies", "created (UTC)", "finished (UTC)"):
+            grid.add_column(column, overflow="fold" if column == "id" else "ellipsis", no_wrap=True)
+        grid.add_column("Userpilot", overflow="fold")
+        grid.add_column("scheduled (UTC)", no_wrap=True)
+        grid.add_column("reason", overflow="ellipsis")
         for item in items:  # the relay's and Userpilot's text: shown, never acted on
             upstream = _upstream(item)
+            answer = " ".join(
+                _text(upstream.get(key), 64)
+                for key in ("status", "request_id")
+                if upstream.get(key) is not None
+            )
             grid.add_row(
                 _text(item.get("id"), 64),
                 _text(item.get("status"), 20),
-                _text(item.get("reason")),
                 f"{_text(item.get('erased'), 10)}/{_text(item.get('companies'), 10)}",
                 _time(item.get("created_at")),
                 _time(item.get("finished_at")),
-                _text(upstream.get("status"), 10),
-                _text(upstream.get("request_id"), 64),
-                _time(upstream.get("accepted_at")),
+                answer or "-",
                 _time(upstream.get("scheduled_for")),
+                _text(item.get("reason"), 60),
             )
         console().print(grid)
     if more:
