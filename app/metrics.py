@@ -70,6 +70,15 @@ Data quality and backfills:
   {source,reason}`: what backfills from HubSpot and Stripe read and did.
 - `userpilot_relay_backfill_running{source}`: 1 while a backfill of that source runs here.
 
+Erasures (forgetting a company in Userpilot and in the relay):
+- `userpilot_relay_erasures_total{outcome}`: erasures ended, `completed` or `failed`.
+- `userpilot_relay_companies_erased_total`: companies of completed erasures.
+- `userpilot_relay_suppressed_updates_total{source}`: updates of erased companies dropped at
+  ingest (`api`, `bulk`, `hubspot`, `stripe`, `backfill`).
+- `userpilot_relay_erasure_requests_total{result}`: `DELETE /v1/companies` calls by `accepted`,
+  `throttled`, `error` (no answer, a 5xx), `refused` (a 4xx other than 429).
+- `userpilot_relay_erasure_oldest_running_seconds`: age of the oldest running erasure (0: none).
+
 - `userpilot_relay_build_info{version}`: always 1.
 """
 
@@ -224,9 +233,33 @@ BACKFILL_ERRORS = Counter(
 BACKFILL_RUNNING = Gauge(
     "userpilot_relay_backfill_running", "1 while a backfill of that source runs here.", ["source"]
 )
+ERASURES = Counter(
+    "userpilot_relay_erasures", "Erasures ended, by outcome (completed, failed).", ["outcome"]
+)
+COMPANIES_ERASED = Counter("userpilot_relay_companies_erased", "Companies of completed erasures.")
+SUPPRESSED_UPDATES = Counter(
+    "userpilot_relay_suppressed_updates",
+    "Updates of erased companies dropped at ingest, by source.",
+    ["source"],
+)
+ERASURE_REQUESTS = Counter(
+    "userpilot_relay_erasure_requests",
+    "Userpilot DELETE /v1/companies calls, by result (accepted, throttled, error, refused).",
+    ["result"],
+)
+ERASURE_OLDEST_RUNNING = Gauge(
+    "userpilot_relay_erasure_oldest_running_seconds",
+    "Seconds since the oldest running erasure was requested (0 when none runs).",
+)
 BUILD_INFO = Gauge("userpilot_relay_build_info", "The relay's version.", ["version"])
 BUILD_INFO.labels(version=__version__).set(1)
 for _status in ("queued", "delivering"):
     QUEUE_DEPTH.labels(status=_status)
 for _outcome in ("delivered", "dead"):
     DELIVERIES.labels(outcome=_outcome)
+for _outcome in ("completed", "failed"):
+    ERASURES.labels(outcome=_outcome)
+for _result in ("accepted", "throttled", "error", "refused"):
+    ERASURE_REQUESTS.labels(result=_result)
+for _source in ("api", "bulk", "hubspot", "stripe", "backfill"):
+    SUPPRESSED_UPDATES.labels(source=_source)

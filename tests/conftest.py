@@ -148,6 +148,8 @@ def sim(simulator_process: SimulatorProcess) -> SimulatorProcess:
         bulk_refresh_seconds=0.1,
         bulk_success_status=202,
         invalid_company_ids=[],
+        delete_interval_seconds=2.0,
+        delete_immediately=False,
     )
     return simulator_process
 

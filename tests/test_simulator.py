@@ -22,6 +22,7 @@ IDENTIFY = "/v1/companies/identify"
 BULK = "/v1/companies/bulk_identify"
 USERS_BULK = "/v1/users/bulk_identify"
 JOBS = "/v1/background_jobs"
+DELETE = "/v1/companies"
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +43,8 @@ def fresh(sim: SimulatorProcess) -> None:
         bulk_refresh_seconds=0.02,
         bulk_success_status=202,
         invalid_company_ids=[],
+        delete_interval_seconds=0,
+        delete_immediately=False,
     )
 
 
@@ -761,6 +764,194 @@ def test_command_line_sets_the_bulk_options() -> None:
     assert config["bulk_refresh_seconds"] == 0.3
     assert config["bulk_success_status"] == 201
     assert config["invalid_company_ids"] == ["bad", "worse"]
+
+
+# Delete companies
+
+
+def delete(client: httpx.Client, *ids: object, **headers: str) -> httpx.Response:
+    body = json.dumps({"companies": list(ids)})
+    return client.request("DELETE", DELETE, content=body, headers=headers)
+
+
+def test_delete_schedules_companies_until_the_daily_run(
+    client: httpx.Client, sim: SimulatorProcess
+) -> None:
+    for company_id in ("a", "b", "keep"):
+        client.post(IDENTIFY, json={"company_id": company_id, "metadata": {"x": 1}})
+    before = time.time()
+    response = delete(client, "a", "b", "a", "never-seen")
+    assert response.status_code == 202
+    assert response.json() == {"message": "3 companies scheduled for deletion"}
+    request_id = response.headers["x-request-id"]
+    assert uuid.UUID(request_id)
+    (deletion,) = sim.deletions()
+    assert deletion["request_id"] == request_id
+    assert deletion["company_ids"] == ["a", "b", "a", "never-seen"]
+    assert deletion["api_version"] == "2020-09-22"
+    assert before <= deletion["accepted_at"] <= time.time()
+    scheduled = deletion["scheduled_for"]
+    assert time.gmtime(scheduled)[3:6] == (2, 0, 0)
+    assert deletion["accepted_at"] <= scheduled < deletion["accepted_at"] + 86_400
+    assert (deletion["executed_at"], deletion["deleted"]) == (None, [])
+    assert set(sim.companies()) == {"a", "b", "keep"}  # scheduled, not yet deleted
+
+    assert sim.run_deletions() == ["a", "b"]
+    assert set(sim.companies()) == {"keep"}
+    (ran,) = sim.deletions()
+    assert ran["executed_at"] >= ran["accepted_at"]
+    assert ran["deleted"] == ["a", "b"]
+    assert sim.run_deletions() == []  # nothing left to run
+    stats = sim.stats()
+    assert (stats["delete_calls"], stats["delete_accepted"], stats["companies_deleted"]) == (
+        1,
+        1,
+        2,
+    )
+
+
+def test_identify_after_a_delete_re_creates_the_company(
+    client: httpx.Client, sim: SimulatorProcess
+) -> None:
+    sim.set_delete_pacing(0, immediately=True)
+    client.post(IDENTIFY, json={"company_id": "acme", "metadata": {"plan": "pro", "seats": 3}})
+    assert delete(client, "acme").status_code == 202
+    assert sim.company("acme") is None
+    assert sim.deletions()[0]["deleted"] == ["acme"]
+    assert client.post(IDENTIFY, json={"company_id": "acme", "metadata": {"seats": 4}}).is_success
+    assert sim.company("acme") == {"seats": 4}  # upsert: nothing of the old company is left
+    history = sim.history("acme")
+    assert history is not None
+    assert [write["metadata"] for write in history] == [{"seats": 4}]
+
+
+@pytest.mark.parametrize("authorization", [None, "Token wrong-key", f"Bearer {KEY}"])
+def test_delete_without_a_valid_token_is_401(
+    sim: SimulatorProcess, authorization: str | None
+) -> None:
+    headers = {} if authorization is None else {"Authorization": authorization}
+    response = httpx.request("DELETE", sim.url + DELETE, json={"companies": ["a"]}, headers=headers)
+    assert response.status_code == 401
+    assert uuid.UUID(response.headers["x-request-id"])
+    assert sim.deletions() == []
+
+
+@pytest.mark.parametrize(
+    ("body", "index"),
+    [
+        (b"not json", None),
+        (b'["a"]', None),
+        (b"{}", None),
+        (b'{"companies": "a"}', None),
+        (b'{"companies": []}', None),
+        (b'{"companies": ["a", ""]}', 1),
+        (b'{"companies": ["a", 7]}', 1),
+        (b'{"companies": [null]}', 0),
+    ],
+)
+def test_delete_rejects_malformed_bodies_with_400(
+    client: httpx.Client, sim: SimulatorProcess, body: bytes, index: int | None
+) -> None:
+    client.post(IDENTIFY, json={"company_id": "a"})
+    sim.set_delete_pacing(0, immediately=True)
+    response = client.request("DELETE", DELETE, content=body)
+    assert response.status_code == 400
+    error = error_of(response)
+    assert error["error_code"] == "BAD_REQUEST"
+    assert error["details"].get("index") == index
+    assert uuid.UUID(response.headers["x-request-id"])
+    assert sim.deletions() == []
+    assert sim.company("a") == {}
+
+
+def test_delete_accepts_a_request_without_api_version_and_records_it(
+    sim: SimulatorProcess,
+) -> None:
+    response = httpx.request(
+        "DELETE",
+        sim.url + DELETE,
+        json={"companies": ["a"]},
+        headers={"Authorization": f"Token {KEY}"},
+    )
+    assert response.status_code == 202
+    assert response.json() == {"message": "1 companies scheduled for deletion"}
+    assert [d["api_version"] for d in sim.deletions()] == [None]
+
+
+@pytest.mark.process
+def test_delete_is_paced_per_key_apart_from_identify(
+    client: httpx.Client, sim: SimulatorProcess
+) -> None:
+    sim.set_delete_pacing(0.5)
+    sim.configure(rate_limit_per_minute=1)
+    assert client.post(IDENTIFY, json={"company_id": "a"}).status_code == 202
+    assert client.post(IDENTIFY, json={"company_id": "b"}).status_code == 429
+    first = delete(client, "a")
+    assert first.status_code == 202  # identify's exhausted window does not count
+    started = time.monotonic()
+    throttled = delete(client, "b")
+    assert throttled.status_code == 429
+    assert throttled.headers["retry-after"] == "1"
+    assert 0 < error_of(throttled)["details"]["retry_after_seconds"] <= 0.5
+    assert uuid.UUID(throttled.headers["x-request-id"])
+    other = httpx.request(
+        "DELETE",
+        sim.url + DELETE,
+        json={"companies": ["c"]},
+        headers={"Authorization": f"Token {OTHER_KEY}"},
+    )
+    assert other.status_code == 202  # per key
+    accepted = wait_until(lambda: (r := delete(client, "b")).status_code == 202 and r)
+    assert time.monotonic() - started >= 0.4
+    assert accepted.status_code == 202
+    assert [d["company_ids"] for d in sim.deletions()] == [["a"], ["c"], ["b"]]
+    assert sim.stats()["delete_throttled"] >= 1
+
+
+def test_delete_faults_match_by_method(client: httpx.Client, sim: SimulatorProcess) -> None:
+    sim.add_faults(
+        [
+            {"action": "status", "status": 500, "path": DELETE, "method": "DELETE"},
+            {"action": "retry_after", "retry_after": 7, "path": DELETE, "method": "DELETE"},
+            {"action": "status", "status": 403, "path": DELETE, "method": "DELETE"},
+        ]
+    )
+    assert client.post(IDENTIFY, json={"company_id": "a"}).status_code == 202  # not a DELETE
+    assert delete(client, "a").status_code == 500
+    throttled = delete(client, "a")
+    assert (throttled.status_code, throttled.headers["retry-after"]) == (429, "7")
+    assert delete(client, "a").status_code == 403
+    assert sim.deletions() == []
+    assert delete(client, "a").status_code == 202
+    assert len(sim.deletions()) == 1
+
+
+def test_delete_lose_answer_fault_schedules_but_never_answers(
+    client: httpx.Client, sim: SimulatorProcess
+) -> None:
+    sim.add_fault(action="lose_answer", path=DELETE, method="DELETE")
+    with pytest.raises(httpx.TransportError):
+        delete(client, "a")
+    (deletion,) = sim.deletions()
+    assert deletion["company_ids"] == ["a"]
+
+
+def test_reset_forgets_deletions(client: httpx.Client, sim: SimulatorProcess) -> None:
+    sim.set_delete_pacing(60)
+    assert delete(client, "a").status_code == 202
+    sim.reset()
+    assert sim.deletions() == []
+    assert delete(client, "a").status_code == 202  # the pacing window was forgotten too
+
+
+def test_command_line_sets_the_delete_options() -> None:
+    args = ["--delete-interval-seconds", "0.25", "--delete-immediately"]
+    with SimulatorProcess(api_keys=["k"], extra_args=args) as process:
+        config = process.config()
+        assert (config["delete_interval_seconds"], config["delete_immediately"]) == (0.25, True)
+    with SimulatorProcess(api_keys=["k"]) as process:
+        config = process.config()
+        assert (config["delete_interval_seconds"], config["delete_immediately"]) == (2.0, False)
 
 
 # Process lifecycle

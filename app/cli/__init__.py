@@ -1,7 +1,8 @@
 """The `userpilot-relay` command, for operators.
 
 - `migrate`, `openapi`, `hash-key`: no running relay needed (`app.cli.local`).
-- `status`, `dead-letters list|replay|purge`, `jobs abandon`, `backfill hubspot|stripe`: a
+- `status`, `dead-letters list|replay|purge`, `jobs abandon`, `backfill hubspot|stripe`,
+  `erase ID...`, `erasures`: a
   running relay's admin API, found through `RELAY_URL` and `RELAY_ADMIN_KEY` or `--url` and
   `--admin-key` (`app.cli.remote`).
 
@@ -15,7 +16,7 @@ from collections.abc import Sequence
 
 import typer
 
-from app.cli import backfill, dead_letters, jobs, local, status
+from app.cli import backfill, dead_letters, erasures, jobs, local, status
 
 cli = typer.Typer(
     name="userpilot-relay",
@@ -30,6 +31,8 @@ cli.command("openapi")(local.openapi)
 cli.command("hash-key")(local.hash_key)
 cli.command("status")(status.status)
 cli.command("backfill")(backfill.backfill)
+cli.command("erase")(erasures.erase)
+cli.command("erasures")(erasures.list_erasures)
 cli.add_typer(dead_letters.app, name="dead-letters")
 cli.add_typer(jobs.app, name="jobs")
 

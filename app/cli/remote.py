@@ -77,16 +77,23 @@ class Relay:
         path: str,
         *,
         params: dict[str, str] | None = None,
+        body: object = None,
         auth: bool = True,
         expect: tuple[int, ...] = (200,),
     ) -> httpx.Response:
-        """The relay's answer, if its status is in `expect`; exits on anything else."""
+        """The relay's answer, if its status is in `expect`; exits on anything else. `body`, when
+        not None, is sent as JSON."""
         headers = {"User-Agent": f"userpilot-relay-cli/{__version__}"}
         if auth:
             headers["Authorization"] = f"Bearer {self._key}"
         try:
             response = httpx.request(
-                method, self.url + path, params=params, headers=headers, timeout=TIMEOUT
+                method,
+                self.url + path,
+                params=params,
+                json=body,
+                headers=headers,
+                timeout=TIMEOUT,
             )
         except httpx.TimeoutException:
             self.fail(f"the relay at {self.url} did not answer within {TIMEOUT:g} s")

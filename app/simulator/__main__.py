@@ -16,6 +16,7 @@ from app.simulator.config import (
     DEFAULT_BULK_PHASE_SECONDS,
     DEFAULT_BULK_REFRESH_SECONDS,
     DEFAULT_BULK_ROWS_PER_MINUTE,
+    DEFAULT_DELETE_INTERVAL_SECONDS,
     DEFAULT_RATE_LIMIT_PER_MINUTE,
     SimulatorConfig,
 )
@@ -75,6 +76,17 @@ def _parser() -> argparse.ArgumentParser:
         default=100_000,
         help="how many recent requests /_sim/requests keeps",
     )
+    parser.add_argument(
+        "--delete-interval-seconds",
+        type=float,
+        default=DEFAULT_DELETE_INTERVAL_SECONDS,
+        help="at most one DELETE /v1/companies per key in this many seconds",
+    )
+    parser.add_argument(
+        "--delete-immediately",
+        action="store_true",
+        help="delete at once rather than at POST /_sim/run-deletions (the 02:00 UTC run)",
+    )
     parser.add_argument("--http", choices=("auto", "h11", "httptools"), default="auto")
     parser.add_argument("--access-log", action="store_true", help="log every request")
     parser.add_argument("--log-level", default="warning")
@@ -102,6 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         bulk_success_status=args.bulk_success_status,
         invalid_company_ids=list(args.invalid_company_ids),
         request_log_limit=args.request_log_limit,
+        delete_interval_seconds=args.delete_interval_seconds,
+        delete_immediately=args.delete_immediately,
     )
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _ignore)

@@ -1,21 +1,31 @@
-"""The Userpilot-compatible routes: identify a company, bulk identify, background jobs."""
+"""The Userpilot-compatible routes: identify a company, bulk identify, background jobs, and
+delete companies."""
 
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Protocol
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from app.simulator.config import BULK_PATH, IDENTIFY_PATH, JOBS_PATH, USERS_BULK_PATH
+from app.simulator.config import (
+    BULK_PATH,
+    DELETE_PATH,
+    IDENTIFY_PATH,
+    JOBS_PATH,
+    USERS_BULK_PATH,
+)
 from app.simulator.deps import ApiKeyDep, RateLimitedApiKeyDep, StateDep
 from app.simulator.errors import SimulatorError
 from app.simulator.jobs import JOB_TYPE, USERS_JOB_TYPE, BulkJob, JobType, Row, new_job_id
+from app.simulator.middleware import REQUEST_ID_KEY
 from app.simulator.state import SimulatorState
 from app.simulator.validation import (
     invalid,
     parse_company,
+    parse_company_ids,
     parse_json,
     parse_multipart,
     parse_ndjson,
@@ -134,3 +144,30 @@ async def get_background_job(job_id: str, state: StateDep, api_key: ApiKeyDep) -
     if job is None or job.api_key != api_key:
         raise SimulatorError(404, f"no job {job_id!r} in this environment")
     return JSONResponse(job.to_json())
+
+
+@router.delete(DELETE_PATH, status_code=202)
+async def delete_companies(request: Request, state: StateDep, api_key: ApiKeyDep) -> JSONResponse:
+    """Schedule `{"companies": [ids]}` for deletion at the next daily run (02:00 UTC).
+
+    At most one request every `delete_interval_seconds` per key (429 with Retry-After beyond),
+    a limit apart from identify's. `X-API-Version: 2020-09-22` is recorded, not required.
+    """
+    wait = state.admit_delete(api_key)
+    if wait is not None:
+        interval = state.config.delete_interval_seconds
+        raise SimulatorError(
+            429,
+            f"rate limit exceeded: at most one delete request every {interval:g} seconds",
+            {"retry_after_seconds": round(wait, 3)},
+            headers={"retry-after": str(max(1, math.ceil(wait)))},
+        )
+    company_ids = parse_company_ids(parse_json(await request.body()))
+    request_id = request.scope.get(REQUEST_ID_KEY)
+    deletion = state.schedule_deletion(
+        company_ids,
+        request_id=request_id if isinstance(request_id, str) else "",
+        api_version=request.headers.get("x-api-version"),
+    )
+    count = len(dict.fromkeys(deletion.company_ids))
+    return JSONResponse({"message": f"{count} companies scheduled for deletion"}, status_code=202)

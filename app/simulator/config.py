@@ -12,6 +12,8 @@ IDENTIFY_PATH = "/v1/companies/identify"
 BULK_PATH = "/v1/companies/bulk_identify"
 USERS_BULK_PATH = "/v1/users/bulk_identify"
 JOBS_PATH = "/v1/background_jobs"
+# `DELETE` with `{"companies": [ids]}` schedules companies for deletion.
+DELETE_PATH = "/v1/companies"
 CONTROL_PREFIX = "/_sim"
 
 DEFAULT_RATE_LIMIT_PER_MINUTE = 600
@@ -20,6 +22,8 @@ MAX_BULK_RECORDS = 10_000
 MAX_BULK_BYTES = 50 * 1024 * 1024
 DEFAULT_BULK_PHASE_SECONDS = 0.1
 DEFAULT_BULK_REFRESH_SECONDS = 0.1
+# Userpilot takes at most one delete request every 2 seconds per API key.
+DEFAULT_DELETE_INTERVAL_SECONDS = 2.0
 # How many writes `/_sim/companies/{id}/history` keeps per company (the most recent).
 HISTORY_LIMIT = 50
 
@@ -49,6 +53,11 @@ class SimulatorConfig:
     max_bulk_bytes: int = MAX_BULK_BYTES
     # `/_sim/requests` keeps the most recent this many requests (bounded for long benchmarks).
     request_log_limit: int = 100_000
+    # At most one `DELETE /v1/companies` per key in this many seconds (0: no limit).
+    delete_interval_seconds: float = DEFAULT_DELETE_INTERVAL_SECONDS
+    # False: accepted deletions wait for `POST /_sim/run-deletions` (Userpilot's daily 02:00
+    # UTC run); True: the companies are deleted as the request is accepted.
+    delete_immediately: bool = False
 
     def __post_init__(self) -> None:
         # Our own copy: `dataclasses.replace` would otherwise share the caller's list.
@@ -69,4 +78,6 @@ class SimulatorConfig:
             "max_bulk_records": self.max_bulk_records,
             "max_bulk_bytes": self.max_bulk_bytes,
             "request_log_limit": self.request_log_limit,
+            "delete_interval_seconds": self.delete_interval_seconds,
+            "delete_immediately": self.delete_immediately,
         }

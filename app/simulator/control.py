@@ -33,6 +33,7 @@ class FaultIn(BaseModel):
     company_id: str | None = None
     path: str | None = None
     body: JsonValue = None
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] | None = None
 
     def to_fault(self) -> Fault:
         return Fault(**self.model_dump())
@@ -68,6 +69,8 @@ class ConfigIn(BaseModel):
     bulk_refresh_seconds: float | None = Field(default=None, ge=0)
     bulk_success_status: Literal[200, 201, 202] | None = None
     invalid_company_ids: list[str] | None = None
+    delete_interval_seconds: float | None = Field(default=None, ge=0)
+    delete_immediately: bool | None = None
 
 
 T = TypeVar("T")
@@ -199,6 +202,22 @@ async def list_jobs(state: StateDep) -> dict[str, object]:
     return {"jobs": [job.to_json() for job in state.jobs.values()]}
 
 
+@router.get("/deletions")
+async def list_deletions(state: StateDep) -> dict[str, object]:
+    """Accepted delete requests, oldest first: ids, request id, when accepted, scheduled, run."""
+    return {"deletions": [deletion.to_json() for deletion in state.deletions]}
+
+
+@router.post("/run-deletions")
+async def run_deletions(state: StateDep) -> dict[str, object]:
+    """Run the daily deletion now: every scheduled deletion is executed, oldest first."""
+    executed = state.run_deletions()
+    return {
+        "deletions": [deletion.to_json() for deletion in executed],
+        "deleted": [company_id for deletion in executed for company_id in deletion.deleted],
+    }
+
+
 @router.get("/stats")
 async def get_stats(state: StateDep) -> dict[str, object]:
     """Counters and high-water marks since the last reset (windows are per API key)."""
@@ -207,6 +226,7 @@ async def get_stats(state: StateDep) -> dict[str, object]:
 
 @router.post("/reset")
 async def reset(state: StateDep) -> dict[str, object]:
-    """Forget companies, history, requests, faults, jobs, rate windows, stats; keep config."""
+    """Forget companies, history, requests, faults, jobs, deletions, rate windows, stats; keep
+    config."""
     state.reset()
     return {"reset": True}

@@ -16,12 +16,20 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.simulator.config import BULK_PATH, CONTROL_PREFIX, IDENTIFY_PATH, USERS_BULK_PATH
+from app.simulator.config import (
+    BULK_PATH,
+    CONTROL_PREFIX,
+    DELETE_PATH,
+    IDENTIFY_PATH,
+    USERS_BULK_PATH,
+)
 from app.simulator.connection import drop_connection
 from app.simulator.errors import error_body
 from app.simulator.state import Fault, RecordedRequest, SimulatorState
 from app.simulator.validation import summarize_bulk, try_parse_json
 
+# Where routes find the id stamped on their answer (a deletion records it).
+REQUEST_ID_KEY = "simulator.request_id"
 # Bulk uploads are logged as a summary (row count, first ids), not their up to 10,000 rows.
 _BULK_LOGGED = {BULK_PATH: ("companies", "company_id"), USERS_BULK_PATH: ("users", "user_id")}
 
@@ -96,6 +104,7 @@ class SimulatorMiddleware:
             await self.app(scope, receive, send)
             return
         request_id = str(uuid.uuid4())
+        scope[REQUEST_ID_KEY] = request_id
         record: RecordedRequest | None = None
         response_started = False
 
@@ -154,6 +163,8 @@ class SimulatorMiddleware:
             self.state.stats.identify_calls += 1
         elif scope["method"] == "POST" and path == BULK_PATH:
             self.state.stats.bulk_calls += 1
+        elif scope["method"] == "DELETE" and path == DELETE_PATH:
+            self.state.stats.delete_calls += 1
         return record
 
     async def _handle(
@@ -167,7 +178,7 @@ class SimulatorMiddleware:
         state = self.state
         state.request_started(record.company_id)
         try:
-            fault = state.take_fault(record.path, record.company_id)
+            fault = state.take_fault(record.path, record.company_id, record.method)
             if fault is not None and fault.action == "delay":
                 await asyncio.sleep(fault.delay)
             elif fault is not None and fault.action == "lose_answer":

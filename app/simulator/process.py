@@ -182,9 +182,29 @@ class SimulatorProcess:
         """Change live settings: rate_limit_per_minute, success_status, latency, ...
 
         Bulk: bulk_rows_per_minute, bulk_phase_seconds, bulk_refresh_seconds,
-        bulk_success_status (200/201/202) and invalid_company_ids (a list).
+        bulk_success_status (200/201/202) and invalid_company_ids (a list). Deletes:
+        delete_interval_seconds and delete_immediately.
         """
         return dict(self._call("PUT", "/_sim/config", json=config))
+
+    def set_delete_pacing(
+        self, interval_seconds: float, *, immediately: bool | None = None
+    ) -> dict[str, Any]:
+        """At most one delete request per key every `interval_seconds` (Userpilot: 2); with
+        `immediately`, accepted deletions run at once instead of at `run_deletions()`."""
+        config: dict[str, Any] = {"delete_interval_seconds": interval_seconds}
+        if immediately is not None:
+            config["delete_immediately"] = immediately
+        return self.configure(**config)
+
+    def deletions(self) -> list[dict[str, Any]]:
+        """Accepted delete requests, oldest first: `{request_id, company_ids, accepted_at,
+        scheduled_for, api_version, executed_at, deleted}` each."""
+        return list(self._call("GET", "/_sim/deletions")["deletions"])
+
+    def run_deletions(self) -> list[str]:
+        """Run the daily (02:00 UTC) deletion now; the ids of the companies it removed."""
+        return list(self._call("POST", "/_sim/run-deletions")["deleted"])
 
 
 def _pump(stream: IO[str], lines: queue.Queue[str | None]) -> None:

@@ -1,7 +1,8 @@
 """Everything one simulator instance remembers, held in memory on its app.
 
 Companies and their write history, the request log, pending request and job faults, bulk
-jobs, the per-key rate windows and the counters behind `/_sim/stats`. One object per app (no
+jobs, accepted deletion requests, the per-key rate windows and the counters behind
+`/_sim/stats`. One object per app (no
 module globals) so several simulators can run in one process, and `/_sim/reset` can clear it
 between tests.
 """
@@ -13,6 +14,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from app.simulator.config import HISTORY_LIMIT, SimulatorConfig
@@ -36,9 +38,13 @@ class Fault:
     company_id: str | None = None
     path: str | None = None
     body: object = None
+    # Only requests with this HTTP method (e.g. "DELETE": `/v1/companies` prefixes identify).
+    method: str | None = None
 
-    def matches(self, path: str, company_id: str | None) -> bool:
+    def matches(self, path: str, company_id: str | None, method: str = "POST") -> bool:
         if self.path is not None and not path.startswith(self.path):
+            return False
+        if self.method is not None and self.method.upper() != method.upper():
             return False
         return self.company_id is None or self.company_id == company_id
 
@@ -76,6 +82,32 @@ class Write:
         return asdict(self)
 
 
+def next_deletion_run(moment: float) -> float:
+    """Userpilot's daily deletion run: the next 02:00 UTC at or after `moment` (unix time)."""
+    day = datetime.fromtimestamp(moment, UTC).replace(hour=2, minute=0, second=0, microsecond=0)
+    run = day.timestamp()
+    return run if run >= moment else (day + timedelta(days=1)).timestamp()
+
+
+@dataclass
+class Deletion:
+    """One accepted `DELETE /v1/companies`, as `/_sim/deletions` lists it."""
+
+    request_id: str
+    company_ids: list[str]
+    accepted_at: float
+    # Userpilot's next daily run (02:00 UTC) at or after `accepted_at`.
+    scheduled_for: float
+    # The `X-API-Version` header as sent (None: absent; accepted anyway).
+    api_version: str | None
+    # When the deletion ran (None: still scheduled), and the ids that existed then.
+    executed_at: float | None = None
+    deleted: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+
 @dataclass
 class RateWindow:
     """Timestamps of the requests one key had accepted in the last minute and second."""
@@ -107,6 +139,12 @@ class Stats:
     max_running_jobs: int = 0
     faults_applied: int = 0
     dropped: int = 0
+    # `DELETE /v1/companies`: requests, accepted ones, those over the pacing (429), and
+    # companies actually removed by executed deletions.
+    delete_calls: int = 0
+    delete_accepted: int = 0
+    delete_throttled: int = 0
+    companies_deleted: int = 0
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
@@ -124,6 +162,9 @@ class SimulatorState:
         self.jobs: dict[str, BulkJob] = {}
         self.history: dict[str, deque[Write]] = {}
         self.windows: dict[str, RateWindow] = {}
+        self.deletions: list[Deletion] = []
+        # When each key's last delete request was admitted (monotonic clock).
+        self.last_delete: dict[str, float] = {}
         self.stats = Stats()
         self.in_flight = 0
         self.in_flight_by_company: Counter[str] = Counter()
@@ -138,6 +179,8 @@ class SimulatorState:
         self.jobs.clear()
         self.history.clear()
         self.windows.clear()
+        self.deletions.clear()
+        self.last_delete.clear()
         self.stats = Stats()
 
     def cancel_jobs(self) -> list[BulkJob]:
@@ -149,10 +192,10 @@ class SimulatorState:
 
     # Faults
 
-    def take_fault(self, path: str, company_id: str | None) -> Fault | None:
+    def take_fault(self, path: str, company_id: str | None, method: str = "POST") -> Fault | None:
         """Consume one use of the oldest fault matching this request (FIFO)."""
         for index, fault in enumerate(self.faults):
-            if fault.matches(path, company_id):
+            if fault.matches(path, company_id, method):
                 fault.times -= 1
                 if fault.times <= 0:
                     del self.faults[index]
@@ -192,6 +235,17 @@ class SimulatorState:
         stats.max_in_any_60s_window = max(stats.max_in_any_60s_window, len(window.minute))
         stats.max_in_any_1s_window = max(stats.max_in_any_1s_window, len(window.second))
         return True
+
+    def admit_delete(self, api_key: str) -> float | None:
+        """Admit one delete request for the key; else the seconds until the next is allowed."""
+        now = time.monotonic()
+        interval = self.config.delete_interval_seconds
+        last = self.last_delete.get(api_key)
+        if last is not None and now - last < interval:
+            self.stats.delete_throttled += 1
+            return interval - (now - last)
+        self.last_delete[api_key] = now
+        return None
 
     # Concurrency
 
@@ -251,3 +305,39 @@ class SimulatorState:
     def jobs_of(self, api_key: str) -> list[BulkJob]:
         """The environment's jobs, newest first."""
         return [job for job in reversed(self.jobs.values()) if job.api_key == api_key]
+
+    # Deletions
+
+    def schedule_deletion(
+        self, company_ids: list[str], *, request_id: str, api_version: str | None
+    ) -> Deletion:
+        """Record an accepted deletion; run it now when `delete_immediately` is set."""
+        accepted_at = time.time()
+        deletion = Deletion(
+            request_id=request_id,
+            company_ids=company_ids,
+            accepted_at=accepted_at,
+            scheduled_for=next_deletion_run(accepted_at),
+            api_version=api_version,
+        )
+        self.deletions.append(deletion)
+        self.stats.delete_accepted += 1
+        if self.config.delete_immediately:
+            self.execute(deletion)
+        return deletion
+
+    def execute(self, deletion: Deletion) -> None:
+        """Delete the companies (and their history) that exist now; a later identify re-creates."""
+        deletion.executed_at = time.time()
+        for company_id in dict.fromkeys(deletion.company_ids):
+            if self.companies.pop(company_id, None) is not None:
+                self.history.pop(company_id, None)
+                deletion.deleted.append(company_id)
+        self.stats.companies_deleted += len(deletion.deleted)
+
+    def run_deletions(self) -> list[Deletion]:
+        """The daily run: execute every scheduled deletion, oldest first."""
+        pending = [deletion for deletion in self.deletions if deletion.executed_at is None]
+        for deletion in pending:
+            self.execute(deletion)
+        return pending

@@ -126,6 +126,21 @@ def parse_user(value: object, *, index: int | None = None) -> UserRecord:
     return UserRecord(user_id=user_id, metadata=metadata)
 
 
+def parse_company_ids(value: object) -> list[str]:
+    """Validate a delete body `{"companies": ["id", ...]}`: a non-empty list of non-empty ids."""
+    if not isinstance(value, dict):
+        raise invalid('body must be {"companies": ["company id", ...]}')
+    ids = value.get("companies")
+    if not isinstance(ids, list) or not ids:
+        raise invalid("companies must be a non-empty list of company ids", field="companies")
+    for index, company_id in enumerate(ids):
+        if not isinstance(company_id, str) or not company_id:
+            raise invalid(
+                f"companies[{index}] must be a non-empty string", field="companies", index=index
+            )
+    return list(ids)
+
+
 def refused(company_id: str) -> SimulatorError:
     """Userpilot's answer to a company it will not take (see `invalid_company_ids`)."""
     return SimulatorError(

@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from urllib.parse import quote
 
@@ -26,6 +27,8 @@ _BULK_PATH = "/v1/companies/bulk_identify"
 # A bulk job's statuses that mean Userpilot still works on it (then `completed` or `failed`).
 RUNNING = frozenset({"queued", "validating", "processing", "pending_refresh"})
 _JOBS_PATH = "/v1/background_jobs"
+# `DELETE` here with `{"companies": [ids]}` schedules companies for Userpilot's daily deletion.
+_COMPANIES_PATH = "/v1/companies"
 _MAX_ERROR_CHARS = 500
 
 
@@ -65,6 +68,16 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     if seconds != seconds:  # NaN
         return None
     return min(max(seconds, 0.0), 3600.0)
+
+
+def next_deletion_run(accepted_at: float) -> float:
+    """When Userpilot executes a deletion accepted at `accepted_at` (unix time): its daily run,
+    the next 02:00 UTC at or after the acceptance."""
+    day = datetime.fromtimestamp(accepted_at, UTC).replace(
+        hour=2, minute=0, second=0, microsecond=0
+    )
+    run = day.timestamp()
+    return run if run >= accepted_at else (day + timedelta(days=1)).timestamp()
 
 
 def job_status(job: dict[str, object]) -> str | None:
@@ -179,6 +192,12 @@ class UserpilotClient:
         """The environment's bulk jobs (`{"jobs": [...]}`, newest first): to learn whether an
         upload whose answer was lost started a job."""
         return await self._call("GET", _JOBS_PATH, "background_jobs_list", None)
+
+    async def delete_companies(self, company_ids: Sequence[str]) -> UpstreamResult:
+        """Schedule companies for deletion (`DELETE /v1/companies`, at most one call every 2 s
+        per key: the caller paces); a 2xx answer's `body` holds Userpilot's `message`."""
+        body = orjson.dumps({"companies": list(company_ids)})
+        return await self._call("DELETE", _COMPANIES_PATH, "companies_delete", body)
 
     async def _post(self, path: str, endpoint: str, body: bytes) -> UpstreamResult:
         return await self._call("POST", path, endpoint, body)
