@@ -95,8 +95,8 @@ def add_schemas(document: dict[str, Any], extra: dict[str, dict[str, Any]]) -> d
     return document
 
 
-# FastAPI 0.16x asks OpenTelemetry on every request whether it is configured (about 12 µs of
-# the hot path); the relay exports Prometheus metrics and configures no OpenTelemetry.
+# FastAPI 0.16x asks OpenTelemetry on every request whether it is configured; the relay exports
+# Prometheus metrics and configures none (the cost: docs/development.md, Benchmarks).
 _NO_TELEMETRY: dict[str, Any] = (
     {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
     if "telemetry" in inspect.signature(FastAPI.__init__).parameters
@@ -288,8 +288,7 @@ def tune_gc() -> None:
     """Collect cyclic garbage rarely, and never walk what was imported.
 
     Requests free their objects by reference counting; what the cyclic collector adds is
-    pauses: with Python's default thresholds a full collection ran every few thousand
-    requests and set the tail latency (p99 25 ms against 10 ms without it, `bench/ingest.py`).
+    pauses, which set the tail latency with Python's default thresholds (docs/development.md).
     The young generation is now collected every 50,000 allocations net (the middle one every
     50 of those, the oldest every 100 of the middle one's), and everything alive at start-up
     is moved out of the collector's sight.

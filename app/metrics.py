@@ -1,76 +1,7 @@
-"""Prometheus metrics, every name prefixed `userpilot_relay_`. Labels stay bounded.
+"""The relay's Prometheus metrics as module-level objects, every name prefixed
+`userpilot_relay_`, labels bounded (a route template, never a raw path or a company id).
 
-Inbound:
-- `userpilot_relay_http_requests_total{route,method,caller,status}`: requests answered; route is
-  the template (`/deliveries/{delivery_id}`), caller the relay key's name (`anonymous`,
-  `hubspot`, `stripe` otherwise). `/metrics` and the probes are not counted.
-- `userpilot_relay_http_request_duration_seconds{route,method,caller}`: their latency.
-- `userpilot_relay_updates_accepted_total{source}`: updates stored (`api`, `bulk`, `hubspot`,
-  `stripe`).
-
-Upstream:
-- `userpilot_relay_upstream_requests_total{endpoint,status_class}`: calls to Userpilot by
-  endpoint and `2xx`/`4xx`/`5xx`/`error` (no HTTP answer).
-- `userpilot_relay_upstream_request_duration_seconds{endpoint}`: their latency.
-- `userpilot_relay_upstream_throttled_total`: 429 answers.
-- `userpilot_relay_upstream_auth_failures_total`: 401/403 answers (the Userpilot key is wrong).
-
-Delivery:
-- `userpilot_relay_deliveries_total{outcome}`: updates that reached `delivered` or `dead`.
-- `userpilot_relay_delivery_retries_total{reason}`: calls retried, by `throttled`,
-  `server_error`, `timeout`, `connection_error`.
-- `userpilot_relay_updates_merged_total`: updates that rode along in another update's call.
-- `userpilot_relay_queue_depth{status}`: updates `queued` or `delivering` now.
-- `userpilot_relay_queue_oldest_age_seconds`: how long the oldest waiting update has waited.
-- `userpilot_relay_dead_letters`: dead updates waiting for a replay or a purge.
-- `userpilot_relay_store_up`: 1 when the store answered its last check.
-
-Bulk jobs and recovery:
-- `userpilot_relay_bulk_jobs_total{outcome}`: jobs ended, `completed`, `failed`, `split` (too
-  large, or bulk off) or `rejected` (bulk refused for the key, or no bulk API).
-- `userpilot_relay_bulk_rows_total{outcome}`: company rows of ended jobs: `delivered`, or
-  `resent` (to a smaller job or real-time calls).
-- `userpilot_relay_bulk_submissions_total{result}`: bulk uploads by `accepted`, `conflict`
-  (409: another job holds the environment's slot), `too_large`, `key_refused` (401/403),
-  `unavailable` (no bulk API: 404, 405, 501, a redirect), `throttled`, `error` (no answer, a
-  5xx, a 2xx without a job id), `refused` (some row is bad: 400, 422, ...).
-- `userpilot_relay_bulk_job_duration_seconds`: from acceptance to the end, per job.
-- `userpilot_relay_bulk_job_rows{state}`: the running job's rows, `total` and `completed`.
-- `userpilot_relay_upstream_paused_until_seconds`: unix time until which this process holds
-  every call after a 429 (0 or past: not paused); the pause is capped at
-  RELAY_MAX_UPSTREAM_PAUSE_SECONDS.
-- `userpilot_relay_bulk_job_stuck`: 1 while an unfinished job (running, or never accepted) has
-  made no progress for RELAY_BULK_STUCK_SECONDS.
-- `userpilot_relay_upstream_circuit_open`: 1 while Userpilot looks down and the relay only
-  probes it, one call at a time.
-
-Webhooks:
-- `userpilot_relay_webhook_events_total{source,outcome}`: verified events by what became of them.
-- `userpilot_relay_webhook_rejections_total{source,reason}`: requests refused (signature,
-  timestamp, body).
-- `userpilot_relay_webhook_unmapped_fields_total{source}`: source fields dropped as unmapped.
-- `userpilot_relay_webhook_parked_events`: verified events waiting for their company to be
-  known (a Stripe subscription whose customer is not linked yet); retried, never dropped.
-
-Data quality and backfills:
-- `userpilot_relay_pii_findings_total{kind,action}`: metadata values that look like personal
-  data (`email`, `phone`, `ip_address`, `card_number`), by what the guard did: `rejected` (a
-  422), `stripped` (the property removed), `allowed` (the property is cleared for it). Never the
-  value, never a company id.
-- `userpilot_relay_values_too_long_total{source}`: webhook and backfill string values longer
-  than Userpilot's 65,535 characters, dropped (the API refuses them with a 422).
-- `userpilot_relay_property_type_conflicts`: properties seen with more than one type.
-- `userpilot_relay_type_drift_rejections_total`: values refused (RELAY_TYPE_DRIFT=reject) for
-  a type other than the one first recorded for their undeclared property.
-- `userpilot_relay_catalogue_names_refused_total{caller}`: values of a new property name the
-  catalogue did not record because their caller (a relay key's name, `hubspot`, `stripe`) holds
-  RELAY_CATALOGUE_NAMES_PER_CALLER names, or the catalogue is full (the update is still stored).
-- `userpilot_relay_backfill_pages_total{source}`, `userpilot_relay_backfill_companies_total
-  {source,outcome}` (`enqueued`, `skipped`, `unchanged`), `userpilot_relay_backfill_errors_total
-  {source,reason}`: what backfills from HubSpot and Stripe read and did.
-- `userpilot_relay_backfill_running{source}`: 1 while a backfill of that source runs here.
-
-- `userpilot_relay_build_info{version}`: always 1.
+What each one counts, with its labels and values, is documented once, in docs/metrics.md.
 """
 
 from __future__ import annotations

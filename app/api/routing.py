@@ -1,10 +1,10 @@
 """`RequestRoute`: a route documented like any other, served with the `Request` alone.
 
-FastAPI's dependency solving costs more than everything `POST /companies` does itself (issue 21:
-299 µs a request through it, about 120 without; docs/development.md), so that route is one
-`RequestRoute`: its OpenAPI operation comes from its endpoint's signature as usual, but the
-endpoint is called with the request only, and reads its caller, headers and body itself. It
-keeps Starlette's routing and the app's exception handlers: one request path, no lane beside it.
+FastAPI's dependency solving costs more than everything `POST /companies` does itself (the
+figures: docs/development.md), so that route is a `RequestRoute`: its OpenAPI operation comes
+from its endpoint's signature as usual, but the endpoint is called with the request only and
+reads its caller, headers and body itself. Starlette's routing and the app's exception handlers
+stay: one request path, no lane beside it.
 """
 
 from __future__ import annotations
