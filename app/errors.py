@@ -1,19 +1,27 @@
-"""One error type with a status code, one handler that renders every error as the same JSON.
+"""Errors as HTTP answers: the hierarchy, the body every error is answered with, one handler.
 
-This is the one place errors become HTTP answers: routes raise `RelayError` for what they
-refuse themselves, and let the domain's errors (`app/domain/errors.py`: the store unreachable,
-an idempotency key reused, a replay of a delivery that is not dead) propagate to the handlers
-registered here.
+```
+RelayError (app/domain/errors.py)   status, code, message, field errors, headers
+├── StoreUnavailable > NothingStored     503 store_unavailable
+├── IdempotencyConflict                  422 idempotency_key_reused
+├── NotDead                              409 not_dead
+├── NotConfigured                        400 not_configured
+├── BackfillConflict                     409 backfill_running
+├── SignatureError                       401 <reason>
+└── Malformed                            400 malformed_body
+Starlette's HTTPException, request validation, a client gone mid-body, anything else (500):
+rendered here as a `RelayError` would be.
+```
 
-The body is `{"error": <code>, "message": <what to do>, "errors": [{"field", "message"}]}`;
-`errors` lists every offending field (`companies[3].metadata.plan` in bulk) on a 422.
-Nothing from the request's headers or from Userpilot's internals is echoed.
+Routes raise `RelayError` (or a subclass) and never translate one error into another. The body
+is `{"error": <code>, "message": <what to do>, "errors": [{"field", "message"}]}`; `errors`
+names every offending field (`companies[3].metadata.plan` in bulk) on a 422. Nothing from the
+request's headers or from Userpilot's internals is echoed.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -23,16 +31,11 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from app.domain.errors import IdempotencyConflict, NotDead, NothingStored, StoreUnavailable
+from app.domain.errors import FieldError, NothingStored, RelayError, StoreUnavailable
+
+__all__ = ["ErrorBody", "FieldError", "RelayError", "field_path", "install_error_handlers"]
 
 log = logging.getLogger("userpilot_relay.errors")
-
-
-class FieldError(BaseModel):
-    """One offending field: its path in the body (or header/query) and what is wrong."""
-
-    field: str
-    message: str
 
 
 class ErrorBody(BaseModel):
@@ -43,28 +46,8 @@ class ErrorBody(BaseModel):
     errors: list[FieldError] | None = None
 
 
-class RelayError(Exception):
-    """An error with the status and code the caller gets."""
-
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        message: str,
-        *,
-        errors: list[FieldError] | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.errors = errors
-        self.headers = headers
-
-
 def error_response(exc: RelayError) -> JSONResponse:
-    body = ErrorBody(error=exc.code, message=exc.message, errors=exc.errors)
+    body = ErrorBody(error=exc.code, message=exc.message, errors=exc.fields)
     return JSONResponse(
         body.model_dump(exclude_none=True), status_code=exc.status, headers=exc.headers
     )
@@ -137,9 +120,30 @@ def client_gone(request: Request) -> Response:
     return Response(status_code=CLIENT_CLOSED_REQUEST)
 
 
+def _store_unavailable(request: Request, exc: StoreUnavailable) -> JSONResponse:
+    """The 503 of an unreachable store: `stored` on a storing route whose updates were not
+    stored, else `changed` (and logged, with the store's detail, never answered)."""
+    storing = isinstance(exc, NothingStored) and _route(request) in STORING_ROUTES
+    if not storing:
+        log.error("store unavailable", extra={"error": str(exc)[:300]})
+    return error_response(
+        RelayError(
+            503,
+            exc.code,
+            "the relay cannot reach its store; "
+            f"nothing was {'stored' if storing else 'changed'}, retry later",
+            headers=exc.headers,
+        )
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    """Register the one handler of `RelayError` and the renderings of what is not one."""
+
     @app.exception_handler(RelayError)
-    async def _relay(_: Request, exc: RelayError) -> JSONResponse:
+    async def _relay(request: Request, exc: RelayError) -> JSONResponse:
+        if isinstance(exc, StoreUnavailable):
+            return _store_unavailable(request, exc)
         return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
@@ -171,41 +175,6 @@ def install_error_handlers(app: FastAPI) -> None:
                 "not found: the relay's paths end without a slash (/companies, not /companies/)"
             )
         return error_response(RelayError(exc.status_code, code, message, headers=exc.headers))
-
-    @app.exception_handler(StoreUnavailable)
-    async def _store(request: Request, exc: StoreUnavailable) -> JSONResponse:
-        storing = isinstance(exc, NothingStored) and _route(request) in STORING_ROUTES
-        if not storing:
-            log.error("store unavailable", extra={"error": str(exc)[:300]})
-        return error_response(
-            RelayError(
-                503,
-                "store_unavailable",
-                "the relay cannot reach its store; "
-                f"nothing was {'stored' if storing else 'changed'}, retry later",
-                headers={"Retry-After": "1"},
-            )
-        )
-
-    @app.exception_handler(IdempotencyConflict)
-    async def _idempotency(_: Request, exc: IdempotencyConflict) -> JSONResponse:
-        return error_response(
-            RelayError(
-                422,
-                "idempotency_key_reused",
-                "this Idempotency-Key was already used with a different body",
-            )
-        )
-
-    @app.exception_handler(NotDead)
-    async def _not_dead(_: Request, exc: NotDead) -> JSONResponse:
-        return error_response(
-            RelayError(
-                409,
-                "not_dead",
-                f"only a dead delivery can be {exc.action}; this one is {exc.status}",
-            )
-        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -33,11 +33,10 @@ from app.api import (
     status,
     webhooks,
 )
-from app.api.backfills import BackfillState
 from app.api.deps import State
-from app.api.fast import FastLane
 from app.api.middleware import RequestMetricsMiddleware
 from app.api.schemas import BulkIn, CompanyIn
+from app.chores import count_refused_names, flush_catalogue
 from app.config import ConfigError, Settings, load_settings
 from app.console import router as console_router
 from app.delivery.dispatcher import Dispatcher
@@ -96,8 +95,8 @@ def add_schemas(document: dict[str, Any], extra: dict[str, dict[str, Any]]) -> d
     return document
 
 
-# FastAPI 0.16x asks OpenTelemetry on every request whether it is configured (about 12 µs of
-# the hot path); the relay exports Prometheus metrics and configures no OpenTelemetry.
+# FastAPI 0.16x asks OpenTelemetry on every request whether it is configured; the relay exports
+# Prometheus metrics and configures none (the cost: docs/development.md, Benchmarks).
 _NO_TELEMETRY: dict[str, Any] = (
     {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
     if "telemetry" in inspect.signature(FastAPI.__init__).parameters
@@ -191,7 +190,7 @@ def create_app(
             raise StartupError(app.state.startup_error) from None
         store = given_store or open_store(active.relay_database_url)
         store.catalogue.limit_callers(
-            active.relay_catalogue_names_per_caller, on_refused=properties.count_refused_names
+            active.relay_catalogue_names_per_caller, on_refused=count_refused_names
         )
         try:
             await store.open()
@@ -209,7 +208,7 @@ def create_app(
         # Resumes a backfill a previous process (or a dead replica) left, and reconciles.
         runner = BackfillRunner(settings=active, store=store)
         runner.start_loop()
-        catalogue = asyncio.create_task(properties.flush_catalogue(store))
+        catalogue = asyncio.create_task(flush_catalogue(store))
         log.info(
             "relay started",
             extra={
@@ -221,7 +220,7 @@ def create_app(
             },
         )
         try:
-            yield BackfillState(
+            yield State(
                 settings=active,
                 store=store,
                 sourced_properties=sourced,
@@ -263,7 +262,6 @@ def create_app(
     app.include_router(backfills.router)
     app.include_router(properties.router)
     app.include_router(console_router, include_in_schema=False)  # HTML: not in the API document
-    app.add_middleware(FastLane, relay=app)  # POST /companies, inside the metrics
     app.add_middleware(RequestMetricsMiddleware)
     return app
 
@@ -290,8 +288,7 @@ def tune_gc() -> None:
     """Collect cyclic garbage rarely, and never walk what was imported.
 
     Requests free their objects by reference counting; what the cyclic collector adds is
-    pauses: with Python's default thresholds a full collection ran every few thousand
-    requests and set the tail latency (p99 25 ms against 10 ms without it, `bench/ingest.py`).
+    pauses, which set the tail latency with Python's default thresholds (docs/development.md).
     The young generation is now collected every 50,000 allocations net (the middle one every
     50 of those, the oldest every 100 of the middle one's), and everything alive at start-up
     is moved out of the collector's sight.

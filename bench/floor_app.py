@@ -112,6 +112,9 @@ class NullStore(Store):
 
     async def release(self, claim: Claim) -> None: ...
 
+    async def send_pause(self) -> tuple[float, str | None]:
+        return 0.0, None
+
     async def reserve_send_slot(self, interval: float) -> float:
         import time
 

@@ -68,6 +68,13 @@ def _under(module: str, *prefixes: str) -> bool:
         ("app.console", ("app.delivery", "app.userpilot", "app.sources")),
         # Sources turn events into updates: no delivery, no routes, no Userpilot client.
         ("app.sources", ("app.delivery", "app.api", "app.userpilot", "app.main")),
+        # The one ingest service sits below every front door: it reviews, stores, counts and
+        # catalogues for the routes, the webhook sources and the backfills, and imports none
+        # of them, nor the delivery.
+        (
+            "app.ingest",
+            ("app.api", "app.sources", "app.delivery", "app.userpilot", "app.console", "app.main"),
+        ),
         # Stores: no routes, no delivery, no Userpilot, no web framework.
         ("app.store", ("app.api", "app.delivery", "app.userpilot", "app.sources", "app.main")),
         ("app.userpilot", ("app.store", "app.api", "app.delivery", "app.sources")),

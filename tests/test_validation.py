@@ -267,9 +267,9 @@ def test_every_bulk_item_is_readable_at_once(database_url: str) -> None:
     run(main())
 
 
-def test_the_fast_lane_answers_exactly_as_the_route(sqlite_url: str) -> None:
-    """A POST /companies without Idempotency-Key is answered by app/api/fast.py, one with it by
-    the FastAPI route: the same input gets the same status, body and challenge either way."""
+def test_with_or_without_idempotency_key_the_answers_are_the_same(sqlite_url: str) -> None:
+    """A POST /companies without Idempotency-Key and one with it take the one request path: the
+    same input gets the same status, body and challenge either way."""
     json_type = {"Content-Type": "application/json"}
     cases: list[tuple[str | None, dict[str, str], bytes]] = [
         (INGEST_KEY, json_type, b'{"company_id": "", "metadata": {}}'),

@@ -5,34 +5,18 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.companies import AUTH_ERRORS, _error
-from app.api.deps import AdminCaller, StoreDep
-from app.api.webhooks import WebhookState
+from app.api.deps import AdminCaller, RunnerDep, StoreDep
 from app.errors import RelayError
-from app.sources.backfill import BackfillRunner, NotConfigured
-from app.store.backfills import Backfill, BackfillRunning, BackfillStatus, Mode
+from app.store.backfills import Backfill, BackfillStatus, Mode
 
 router = APIRouter(tags=["operations"])
 
 Source = Literal["hubspot", "stripe"]
 _BACKFILL_ID = r"^bf_[0-9]{13}_[0-9a-f]{12}$"
-
-
-class BackfillState(WebhookState):
-    """The lifespan state with the backfill runner."""
-
-    backfills: BackfillRunner
-
-
-async def get_runner(request: Request) -> BackfillRunner:
-    runner: BackfillRunner = request.state.backfills
-    return runner
-
-
-RunnerDep = Annotated[BackfillRunner, Depends(get_runner)]
 
 
 class BackfillIn(BaseModel):
@@ -134,17 +118,7 @@ async def start_backfill(body: BackfillIn, _: AdminCaller, runner: RunnerDep) ->
     API, stored as bulk batches and drained through Userpilot's bulk jobs. One per source at a
     time, across every replica; a relay stopped or killed meanwhile resumes it from its last
     committed page."""
-    try:
-        backfill = await runner.start(body.source, body.mode)
-    except NotConfigured as exc:
-        raise RelayError(400, "not_configured", str(exc)) from None
-    except BackfillRunning as exc:
-        raise RelayError(
-            409,
-            "backfill_running",
-            f"a backfill of {body.source} runs already: {exc.backfill_id} "
-            f"(GET /backfills/{exc.backfill_id})",
-        ) from None
+    backfill = await runner.start(body.source, body.mode)  # NotConfigured, BackfillConflict
     return BackfillStarted(id=backfill.id, status="running")
 
 

@@ -13,13 +13,9 @@ from fastapi import APIRouter, Header, Request, Response
 
 from app.api.admission import bulk_admission
 from app.api.body import parse, read_body
-from app.api.deps import (
-    IngestCaller,
-    SettingsDep,
-    StoreDep,
-)
+from app.api.deps import IngestCaller, SettingsDep, StoreDep, admit
 from app.api.prefer import MAX_WAIT_SECONDS, wait_seconds
-from app.api.quality import reviewed
+from app.api.routing import RequestRoute, idempotency_key_of
 from app.api.schemas import (
     Accepted,
     BulkAccepted,
@@ -28,11 +24,11 @@ from app.api.schemas import (
     DeliveryOut,
     fast_companies,
 )
-from app.config import ApiKey, Settings
-from app.domain.models import Idempotency, Metadata, NewUpdate
+from app.config import Settings
+from app.domain.models import Idempotency
 from app.domain.quality import Rules
 from app.errors import ErrorBody
-from app.metrics import UPDATES_ACCEPTED
+from app.ingest import review_api, store_api
 from app.store.base import Store
 
 router = APIRouter(tags=["companies"])
@@ -126,9 +122,9 @@ def validated(body: bytes, *, bulk: bool) -> Companies:
 
 
 def _reviewed(body: bytes, rules: Rules, store: Store, *, bulk: bool) -> Companies:
-    """`validated`, then through the data-quality rules: declared types, type drift, the PII
-    guard (a 422 when something does not fit)."""
-    return reviewed(validated(body, bulk=bulk), rules, store.catalogue.first_types(), bulk=bulk)
+    """`validated`, then the ingest service's review at the API's door (a 422 when something
+    does not fit)."""
+    return review_api(validated(body, bulk=bulk), rules, store.catalogue.first_types(), bulk=bulk)
 
 
 def fingerprint(route: str, companies: Companies) -> str:
@@ -143,8 +139,60 @@ def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = No
     )
 
 
-@router.post(
+async def post_company(
+    request: Request,
+    idempotency_key: IdempotencyKey = None,
+    prefer: Prefer = None,
+) -> Response:
+    """Store one company update and answer its delivery id.
+
+    The update is committed durably before the 202: it will reach Userpilot, merged with
+    other updates of the same company, paced under the rate limit and retried through
+    outages. `null` values remove the property in Userpilot.
+    """
+    del idempotency_key, prefer  # documented here; read from the request below
+    state = request.state
+    settings: Settings = state.settings
+    store: Store = state.store
+    caller = admit(request, settings, ("ingest",), "ingest")
+    key = idempotency_key_of(request)
+    body = await read_body(request, limit=settings.relay_max_body_bytes)
+    companies = _reviewed(body, settings.quality_rules(), store, bulk=False)
+    idempotency = None
+    if key is not None:
+        idempotency = Idempotency(
+            caller=caller.name,
+            key=key,
+            fingerprint=fingerprint("companies", companies),
+            ttl_seconds=settings.relay_idempotency_ttl_seconds,
+        )
+    wait = wait_seconds(request.headers.getlist("prefer"))
+    # A reused Idempotency-Key (422) and an unreachable store (503) are answered by the one
+    # handler in app/errors.py. A caller that waits never waits on a bulk job.
+    result = await store_api(
+        store,
+        companies,
+        caller=caller.name,
+        bulk=False,
+        idempotency=idempotency,
+        sourced=state.sourced_properties,
+        realtime_only=wait is not None,
+    )
+    delivery_id = result.ids[0]
+    assert delivery_id is not None
+    status = "queued"
+    if result.replayed:  # the first request's delivery, wherever it stands now
+        first = await store.get_delivery(delivery_id)
+        status = first.status if first else status
+    if wait is None:
+        return _json(202, {"id": delivery_id, "status": status})
+    return await _wait_for_outcome(store, delivery_id, wait, replayed=result.replayed)
+
+
+router.add_api_route(
     "/companies",
+    post_company,
+    methods=["POST"],
     status_code=202,
     response_model=Accepted,
     openapi_extra=_body_schema(CompanyIn),
@@ -162,81 +210,8 @@ def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = No
         **AUTH_ERRORS,
         **BODY_ERRORS,
     },
+    route_class_override=RequestRoute,
 )
-async def post_company(
-    request: Request,
-    caller: IngestCaller,
-    settings: SettingsDep,
-    store: StoreDep,
-    idempotency_key: IdempotencyKey = None,
-    prefer: Prefer = None,
-) -> Response:
-    """Store one company update and answer its delivery id.
-
-    The update is committed durably before the 202: it will reach Userpilot, merged with
-    other updates of the same company, paced under the rate limit and retried through
-    outages. `null` values remove the property in Userpilot.
-    """
-    del prefer  # declared for the document; every Prefer header is read by store_company
-    return await store_company(request, caller, settings, store, idempotency_key)
-
-
-def sourced(request: Request, metadata: Metadata) -> tuple[str, ...]:
-    """The properties of an API update that a source mapping can also write: they take its
-    acceptance as their source time (`NewUpdate.stamp_times`)."""
-    names: frozenset[str] = request.state.sourced_properties
-    return tuple(key for key in metadata if key in names)
-
-
-async def store_company(
-    request: Request,
-    caller: ApiKey,
-    settings: Settings,
-    store: Store,
-    idempotency_key: str | None = None,
-) -> Response:
-    """What `POST /companies` does once its caller is admitted; the route and the fast lane
-    (`app/api/fast.py`) both answer through it."""
-    body = await read_body(request, limit=settings.relay_max_body_bytes)
-    companies = _reviewed(body, settings.quality_rules(), store, bulk=False)
-    idempotency = None
-    if idempotency_key is not None:
-        idempotency = Idempotency(
-            caller=caller.name,
-            key=idempotency_key,
-            fingerprint=fingerprint("companies", companies),
-            ttl_seconds=settings.relay_idempotency_ttl_seconds,
-        )
-    ((company_id, metadata),) = companies
-    wait = wait_seconds(request.headers.getlist("prefer"))
-    # A reused Idempotency-Key (422) and an unreachable store (503) are answered by the
-    # handlers in app/errors.py. A caller that waits never waits on a bulk job.
-    result = await store.enqueue(
-        [
-            NewUpdate(
-                company_id=company_id,
-                metadata=metadata,
-                realtime_only=wait is not None,
-                stamp_times=sourced(request, metadata),
-            )
-        ],
-        source="api",
-        caller=caller.name,
-        batch=False,
-        idempotency=idempotency,
-    )
-    delivery_id = result.ids[0]
-    assert delivery_id is not None
-    status = "queued"
-    if result.replayed:  # the first request's delivery, wherever it stands now
-        first = await store.get_delivery(delivery_id)
-        status = first.status if first else status
-    else:
-        UPDATES_ACCEPTED.labels(source="api").inc()
-        store.catalogue.record((metadata,), source="api", caller=caller.name)
-    if wait is None:
-        return _json(202, {"id": delivery_id, "status": status})
-    return await _wait_for_outcome(store, delivery_id, wait, replayed=result.replayed)
 
 
 async def _wait_for_outcome(
@@ -323,20 +298,7 @@ async def _store_bulk(
             fingerprint=fingerprint("companies/bulk", companies),
             ttl_seconds=settings.relay_idempotency_ttl_seconds,
         )
-    result = await store.enqueue(
-        [
-            NewUpdate(company_id=c, metadata=m, stamp_times=tuple(k for k in m if k in names))
-            for c, m in companies
-        ],
-        source="bulk",
-        caller=caller,
-        batch=True,
-        idempotency=idempotency,
+    result = await store_api(
+        store, companies, caller=caller, bulk=True, idempotency=idempotency, sourced=names
     )
-    if not result.replayed:
-        UPDATES_ACCEPTED.labels(source="bulk").inc(result.stored)
-        # Off the event loop: a type per value of up to 10,000 companies.
-        await asyncio.to_thread(
-            store.catalogue.record, [m for _, m in companies], source="bulk", caller=caller
-        )
     return _json(202, {"batch_id": result.batch_id, "accepted": result.stored})

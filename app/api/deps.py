@@ -1,4 +1,4 @@
-"""Typed dependencies: the shared resources from the lifespan state, and caller auth.
+"""The app state, typed dependencies on its resources, and caller auth.
 
 Every dependency is `async def`: FastAPI runs a plain `def` dependency in a worker thread,
 a thread hop per dependency per request for what is an attribute read.
@@ -17,16 +17,21 @@ from fastapi import Depends, Request
 
 from app.config import ApiKey, Role, Settings
 from app.errors import RelayError
+from app.sources.backfill import BackfillRunner
+from app.sources.service import WebhookSources
 from app.store.base import Store
 
 
 class State(TypedDict):
-    """What the lifespan builds and yields; every request sees it as `request.state`."""
+    """What the lifespan (`app/main.py`) builds and yields, the one app state; every request
+    sees it as `request.state`."""
 
     settings: Settings
     store: Store
     # Properties a HubSpot or Stripe mapping can write (`app.sources.mapping.sourced_properties`).
     sourced_properties: frozenset[str]
+    webhooks: WebhookSources  # the enabled webhook sources
+    backfills: BackfillRunner  # this replica's backfill runner
 
 
 async def get_settings(request: Request) -> Settings:
@@ -39,8 +44,20 @@ async def get_store(request: Request) -> Store:
     return store
 
 
+async def get_webhooks(request: Request) -> WebhookSources:
+    webhooks: WebhookSources = request.state.webhooks
+    return webhooks
+
+
+async def get_runner(request: Request) -> BackfillRunner:
+    runner: BackfillRunner = request.state.backfills
+    return runner
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[Store, Depends(get_store)]
+WebhooksDep = Annotated[WebhookSources, Depends(get_webhooks)]
+RunnerDep = Annotated[BackfillRunner, Depends(get_runner)]
 
 _CHALLENGE = 'Bearer realm="userpilot-relay"'
 

@@ -11,7 +11,6 @@ counted in `userpilot_relay_catalogue_names_refused_total{caller}` instead of re
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Annotated
 
@@ -23,8 +22,7 @@ from app.api.deps import AdminCaller, SettingsDep, StoreDep
 from app.domain.rules import property_name_problem
 from app.domain.values import SeenType
 from app.errors import FieldError, RelayError
-from app.metrics import CATALOGUE_NAMES_REFUSED, PROPERTY_CONFLICTS
-from app.store.base import Store
+from app.metrics import PROPERTY_CONFLICTS
 from app.store.catalogue import PropertySeen
 
 router = APIRouter(tags=["operations"])
@@ -159,20 +157,3 @@ def _out(prop: PropertySeen, declared: str | None, cleared: bool) -> PropertyOut
         sources=sources,
         added_by=prop.added_by,
     )
-
-
-def count_refused_names(caller: str, values: int) -> None:
-    """The catalogue did not record `values` values of new names from `caller` (a relay key's
-    name or a source: bounded)."""
-    CATALOGUE_NAMES_REFUSED.labels(caller=caller).inc(values)
-
-
-async def flush_catalogue(store: Store, *, every: float = FLUSH_SECONDS) -> None:
-    """Add this process's counts to the shared catalogue every few seconds (until cancelled),
-    and keep the conflicts gauge current; a failed flush keeps its counts for the next."""
-    while True:
-        await asyncio.sleep(every)
-        try:
-            PROPERTY_CONFLICTS.set(await store.catalogue.flush())
-        except Exception as exc:  # the store is down: readiness says so; counts are kept
-            log.debug("property catalogue flush failed", extra={"error": type(exc).__name__})

@@ -6,41 +6,27 @@ They answer as soon as the events are committed to the store; delivery happens l
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from typing import Annotated, Any
+from collections.abc import Iterator
+from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
 from app.api.body import read_body
-from app.api.deps import SettingsDep, State
-from app.errors import ErrorBody, FieldError, RelayError
+from app.api.deps import SettingsDep, WebhooksDep
+from app.domain.errors import Malformed, SignatureError, StoreUnavailable
+from app.errors import ErrorBody, RelayError
 from app.metrics import WEBHOOK_REJECTIONS
-from app.sources.common import Malformed, Source
+from app.sources.common import Source
 from app.sources.hubspot import MAX_EVENTS
-from app.sources.service import WebhookSources
-from app.sources.signatures import SignatureError
 
 log = logging.getLogger("userpilot_relay.webhooks")
 router = APIRouter(tags=["webhooks"])
 
 HUBSPOT_PATH = "/webhooks/hubspot"
 STRIPE_PATH = "/webhooks/stripe"
-
-
-class WebhookState(State):
-    """The lifespan state with the webhook sources."""
-
-    webhooks: WebhookSources
-
-
-async def get_webhooks(request: Request) -> WebhookSources:
-    """The sources the lifespan built (`WebhookState.webhooks`)."""
-    webhooks: WebhookSources = request.state.webhooks
-    return webhooks
-
-
-WebhooksDep = Annotated[WebhookSources, Depends(get_webhooks)]
 
 
 class WebhookAck(BaseModel):
@@ -121,39 +107,32 @@ STRIPE_OPENAPI: dict[str, Any] = {
 }
 
 
-def _reject(
-    source: Source,
-    reason: str,
-    status: int,
-    message: str,
-    *,
-    errors: list[FieldError] | None = None,
-) -> RelayError:
-    WEBHOOK_REJECTIONS.labels(source=source, reason=reason).inc()
-    if reason != "disabled":
-        log.warning(
-            "webhook rejected", extra={"source": source, "reason": reason, "status": status}
-        )
-    code = "not_found" if status == 404 else reason
-    return RelayError(status, code, message, errors=errors)
+# The reason each refusal is counted under, by the status of a body that could not be read.
+_BODY_REASONS = {408: "request_timeout", 413: "payload_too_large", 415: "unsupported_media_type"}
 
 
-async def _read(request: Request, source: Source, limit: int) -> bytes:
+@contextlib.contextmanager
+def _counted(source: Source) -> Iterator[None]:
+    """Count (and log) every refusal of a webhook request under its reason, then let it on to
+    the one handler (app/errors.py): a signature (401), a body (400, 408, 413, 415)."""
     try:
-        return await read_body(request, limit=limit)
+        yield
     except RelayError as exc:
-        reason = {
-            408: "request_timeout",
-            413: "payload_too_large",
-            415: "unsupported_media_type",
-        }.get(exc.status)
-        WEBHOOK_REJECTIONS.labels(source=source, reason=reason or "malformed_body").inc()
+        if isinstance(exc, SignatureError | Malformed):
+            WEBHOOK_REJECTIONS.labels(source=source, reason=exc.code).inc()
+            log.warning(
+                "webhook rejected",
+                extra={"source": source, "reason": exc.code, "status": exc.status},
+            )
+        elif not isinstance(exc, StoreUnavailable):
+            reason = _BODY_REASONS.get(exc.status, "malformed_body")
+            WEBHOOK_REJECTIONS.labels(source=source, reason=reason).inc()
         raise
 
 
-def _malformed(source: Source, exc: Malformed) -> RelayError:
-    errors = [FieldError(field=f, message=m) for f, m in exc.errors[:50]] or None
-    return _reject(source, "malformed_body", 400, exc.message, errors=errors)
+def _disabled(source: Source, name: str) -> RelayError:
+    WEBHOOK_REJECTIONS.labels(source=source, reason="disabled").inc()
+    return RelayError(404, "not_found", f"not found: the {name} webhook is not enabled")
 
 
 @router.post(
@@ -179,9 +158,9 @@ async def hubspot_webhook(
     request.state.caller = "hubspot"
     source = webhooks.hubspot
     if source is None:
-        raise _reject("hubspot", "disabled", 404, "not found: the HubSpot webhook is not enabled")
-    body = await _read(request, "hubspot", settings.relay_max_body_bytes)
-    try:
+        raise _disabled("hubspot", "HubSpot")
+    with _counted("hubspot"):
+        body = await read_body(request, limit=settings.relay_max_body_bytes)
         ack = await source.handle(
             method=request.method,
             path=HUBSPOT_PATH,
@@ -189,10 +168,6 @@ async def hubspot_webhook(
             headers=request.headers,
             body=body,
         )
-    except SignatureError as exc:
-        raise _reject("hubspot", exc.reason, 401, exc.message) from None
-    except Malformed as exc:
-        raise _malformed("hubspot", exc) from None
     return WebhookAck(received=ack.received, accepted=ack.accepted)
 
 
@@ -215,12 +190,8 @@ async def stripe_webhook(
     request.state.caller = "stripe"
     source = webhooks.stripe
     if source is None:
-        raise _reject("stripe", "disabled", 404, "not found: the Stripe webhook is not enabled")
-    body = await _read(request, "stripe", settings.relay_max_body_bytes)
-    try:
+        raise _disabled("stripe", "Stripe")
+    with _counted("stripe"):
+        body = await read_body(request, limit=settings.relay_max_body_bytes)
         ack = await source.handle(headers=request.headers, body=body)
-    except SignatureError as exc:
-        raise _reject("stripe", exc.reason, 401, exc.message) from None
-    except Malformed as exc:
-        raise _malformed("stripe", exc) from None
     return WebhookAck(received=ack.received, accepted=ack.accepted)

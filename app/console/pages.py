@@ -188,7 +188,7 @@ async def replay(request: Request, delivery_id: str) -> Response:
     try:
         found = await store_of(request).replay(_delivery_id(delivery_id))
     except NotDead as exc:
-        message = f"Only a dead delivery can be replayed (this one: {exc.status})."
+        message = f"Only a dead delivery can be replayed (this one: {exc.state})."
         raise ConsoleError(409, message) from None
     if found is None:
         raise ConsoleError(404, "No delivery with this id.")

@@ -29,7 +29,7 @@ from app.userpilot.client import (
 
 
 class Calls(Protocol):
-    """What the job list's questions need of `bulk_calls.JobCalls`."""
+    """What the job list's questions need of `bulk.BulkDriver`."""
 
     store: Store
     client: UserpilotClient

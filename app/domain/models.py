@@ -196,7 +196,7 @@ class BulkJob:
 
     def in_doubt(self, now: float | None = None) -> bool:
         """An unanswered upload may have started a job at Userpilot: until Userpilot's job list
-        shows it (adopted) or shows none (see `bulk_calls.JobCalls.resolve_doubt`), or a later
+        shows it (adopted) or shows none (see `bulk_answers.resolve_doubt`), or a later
         submission is accepted. No timer ends the doubt."""
         return self.uncertain_at is not None
 

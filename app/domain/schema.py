@@ -12,7 +12,7 @@ with types `string`, `number`, `boolean`, `date` (see `values.py` for what conve
 (default) or `reject`. `parse_schema` refuses a malformed file with one line that says what to
 fix; `check` converts one update's metadata and names each property that does not fit.
 
-Applied at the door by `app/api/quality.py` and to webhook updates by `app/sources/common.py`.
+Applied to every door's updates by the ingest service (`app/ingest.py`).
 """
 
 from __future__ import annotations

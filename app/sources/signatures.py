@@ -25,6 +25,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
+from app.domain.errors import SignatureError as SignatureError  # raised here
 from app.domain.rules import parse_ascii_int
 
 Reason = Literal["missing_signature", "bad_signature", "stale_timestamp", "legacy_signature"]
@@ -59,15 +60,6 @@ LEGACY_DISABLED = (
     "timestamp, so a captured request could be replayed at any time. HubSpot sends v3 on every "
     "request; to accept v1/v2 anyway set HUBSPOT_ACCEPT_LEGACY_SIGNATURES=true"
 )
-
-
-class SignatureError(Exception):
-    """The request is not proven to come from the provider; `reason` labels the metric."""
-
-    def __init__(self, reason: Reason, message: str) -> None:
-        super().__init__(message)
-        self.reason: Reason = reason
-        self.message = message
 
 
 def _same(expected: str, presented: str) -> bool:

@@ -10,6 +10,7 @@ Like the webhook sources, backfills only store (through `store.backfills`, one t
 page): they never import the delivery, the routes or the Userpilot client.
 """
 
-from app.sources.backfill.runner import SOURCES, BackfillRunner, NotConfigured, missing_setting
+from app.domain.errors import NotConfigured
+from app.sources.backfill.runner import SOURCES, BackfillRunner, missing_setting
 
 __all__ = ["SOURCES", "BackfillRunner", "NotConfigured", "missing_setting"]

@@ -18,10 +18,10 @@ from app.domain.models import Primitive
 from app.domain.quality import Rules
 from app.domain.rules import company_id_problem, parse_ascii_int
 from app.domain.values import SeenType
+from app.ingest import company_refusal
 from app.sources.backfill.client import ListClient, ProviderError, text
 from app.sources.backfill.pages import (
     PAGE_SIZE,
-    company_refusal,
     cursor_text,
     encode_cursor,
     epoch,

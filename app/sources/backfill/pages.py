@@ -18,10 +18,10 @@ from typing import Any, Protocol
 import orjson
 
 from app.domain.models import Metadata, Primitive
-from app.domain.quality import PII_LABELS, Rules, company_pii, pii_problem, review
+from app.domain.quality import Rules
 from app.domain.rules import has_control
 from app.domain.values import SeenType
-from app.metrics import PII_FINDINGS, VALUES_TOO_LONG
+from app.ingest import review_record
 from app.sources.backfill.client import ProviderError
 from app.sources.mapping import ConversionError, FieldRule, apply, convert
 from app.store.backfills import Page
@@ -126,31 +126,14 @@ def map_record(
     first_types: Mapping[str, SeenType],
     source: str,
 ) -> Mapped:
-    """Map a flat record as the webhooks do, then through the data-quality rules as a webhook
-    event goes (`app/domain/quality.py`): a value that does not fit its declared type is
-    dropped, never guessed; personal data is stripped (and counted) unless the policy is
-    `allow` or the property is cleared; a string longer than 65,535 characters is dropped."""
+    """Map a flat record as the webhooks do, then through the ingest service's review as a
+    webhook event goes (`app/ingest.py`: never refused, what does not fit dropped)."""
     mapped = apply(rules, record, epoch="ms" if epoch_unit == "ms" else "s")
     out = Mapped(metadata=mapped.metadata, invalid=list(mapped.invalid))
-    if out.metadata and not quality.inert:
-        reviewed = review(out.metadata, quality, first_types, refuse=False)
-        out.invalid += [key for key, _ in reviewed.problems]
-        out.metadata = dict(reviewed.metadata)
-        for kind, action in reviewed.pii:
-            PII_FINDINGS.labels(kind=PII_LABELS[kind], action=action).inc()
-        if reviewed.too_long:
-            VALUES_TOO_LONG.labels(source=source).inc(reviewed.too_long)
+    if out.metadata:
+        out.metadata, dropped = review_record(out.metadata, quality, first_types, source=source)
+        out.invalid += dropped
     return out
-
-
-def company_refusal(company_id: str, quality: Rules) -> str | None:
-    """Why a record's company id cannot be sent while the PII guard is on (it is personal
-    data, and cannot be stripped), counted as a rejected finding; None when it can."""
-    kind = company_pii(company_id, quality)
-    if kind is None:
-        return None
-    PII_FINDINGS.labels(kind=PII_LABELS[kind], action="rejected").inc()
-    return f"the company id {pii_problem(kind)}"
 
 
 def note_invalid(source: str, backfill_id: str, company_id: str, fields: list[str]) -> None:

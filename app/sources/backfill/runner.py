@@ -23,14 +23,14 @@ import time
 from dataclasses import replace
 
 from app.config import Settings
-from app.domain.errors import StoreUnavailable
+from app.domain.errors import BackfillConflict, NotConfigured, StoreUnavailable
+from app.ingest import commit_page
 from app.lifecycle import cancel_and_wait
 from app.metrics import (
     BACKFILL_COMPANIES,
     BACKFILL_ERRORS,
     BACKFILL_PAGES,
     BACKFILL_RUNNING,
-    UPDATES_ACCEPTED,
 )
 from app.sources.backfill.client import ListClient, ProviderError
 from app.sources.backfill.hubspot import HubSpotLister
@@ -49,10 +49,6 @@ _STORE_TRIES = 30
 # Records a backfill may read past the provider's count (companies added meanwhile) at least;
 # past a tenth more (or this) its paging is taken as endless.
 PAST_TOTAL = 1000
-
-
-class NotConfigured(Exception):
-    """The source cannot be backfilled here; the message names the setting to set."""
 
 
 def missing_setting(settings: Settings, source: str) -> str | None:
@@ -102,14 +98,17 @@ class BackfillRunner:
         self._driving.clear()
 
     async def start(self, source: str, mode: Mode = "full") -> Backfill:
-        """Record a new running backfill (`NotConfigured`, `BackfillRunning`); it is driven at
+        """Record a new running backfill (`NotConfigured`, `BackfillConflict`); it is driven at
         once by this replica's loop."""
         problem = missing_setting(self.settings, source)
         if problem is not None:
             raise NotConfigured(problem)
-        backfill = await self.store.backfills.start(
-            source=source, mode=mode, owner=self.owner, lease=self.lease
-        )
+        try:
+            backfill = await self.store.backfills.start(
+                source=source, mode=mode, owner=self.owner, lease=self.lease
+            )
+        except BackfillRunning as exc:
+            raise BackfillConflict(source, exc.backfill_id) from None
         log.info(
             "backfill started",
             extra={"backfill_id": backfill.id, "source": source, "mode": mode},
@@ -157,7 +156,7 @@ class BackfillRunner:
             since = latest if latest is not None else self._started_at
             if time.time() - since < interval:
                 continue
-            with contextlib.suppress(BackfillRunning):
+            with contextlib.suppress(BackfillConflict):
                 await self.start(source, "reconcile")
 
     # one backfill --------------------------------------------------------------------------------
@@ -303,8 +302,13 @@ class BackfillRunner:
     async def _commit(self, backfill: Backfill, page: Page) -> PageOutcome:
         for attempt in range(_STORE_TRIES):
             try:
-                return await self.store.backfills.commit_page(
-                    backfill.id, owner=self.owner, page=page, lease=self.lease
+                return await commit_page(
+                    self.store,
+                    backfill.id,
+                    owner=self.owner,
+                    page=page,
+                    lease=self.lease,
+                    source=backfill.source,
                 )
             except StoreUnavailable:
                 BACKFILL_ERRORS.labels(source=backfill.source, reason="store").inc()
@@ -325,13 +329,6 @@ class BackfillRunner:
                 BACKFILL_COMPANIES.labels(source=source, outcome=name).inc(count)
         if page.errors:
             BACKFILL_ERRORS.labels(source=source, reason="invalid_record").inc(page.errors)
-        if outcome.enqueued:
-            UPDATES_ACCEPTED.labels(source=source).inc(outcome.enqueued)
-            self.store.signals.work_arrived()
-            # The catalogue counts the values read (a value older than a webhook's included).
-            self.store.catalogue.record(
-                (r.metadata for r in page.records), source=source, caller=source
-            )
         log.info(
             "backfill page committed",
             extra={

@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from pydantic import SecretStr
 
 from app.domain.quality import Rules
-from app.sources.common import Ack, commit
+from app.ingest import commit_events
+from app.sources.common import Ack
 from app.sources.hubspot.events import parse_batch, plan_batch
 from app.sources.mapping import FieldRule
 from app.sources.signatures import hubspot_uri, verify_hubspot
@@ -60,7 +61,7 @@ class HubSpotSource:
             accept_legacy=self._accept_legacy,
         )
         events = parse_batch(body)
-        result = await commit(
+        result = await commit_events(
             self._store,
             plan_batch(events, self._rules, self._prefix),
             source="hubspot",

@@ -17,8 +17,8 @@ from typing import Any
 
 from app.domain.models import NewUpdate, Primitive
 from app.domain.quality import Rules
+from app.ingest import EventPlan, commit_events
 from app.metrics import WEBHOOK_EVENTS
-from app.sources.common import EventPlan, commit
 from app.sources.mapping import FieldRule, SourceMapping, apply, flatten
 from app.sources.stripe.events import (
     CUSTOMER_EVENTS,
@@ -177,7 +177,7 @@ class StripeProcessor:
         return await self._commit(self.plan_subscription(event, company_id))
 
     async def _commit(self, plan: EventPlan, *, resolved: bool = False) -> tuple[str, int]:
-        result = await commit(
+        result = await commit_events(
             self.store, [plan], source="stripe", resolved=resolved, quality=self.quality
         )
         stored = result.ids[0] if result.ids else None
