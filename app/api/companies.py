@@ -33,7 +33,7 @@ from app.domain.models import Idempotency, Metadata, NewUpdate
 from app.domain.quality import Rules
 from app.errors import ErrorBody
 from app.metrics import UPDATES_ACCEPTED
-from app.store.base import Store
+from app.store.store import Store
 
 router = APIRouter(tags=["companies"])
 
@@ -211,7 +211,7 @@ async def store_company(
     wait = wait_seconds(request.headers.getlist("prefer"))
     # A reused Idempotency-Key (422) and an unreachable store (503) are answered by the
     # handlers in app/errors.py. A caller that waits never waits on a bulk job.
-    result = await store.enqueue(
+    result = await store.deliveries.enqueue(
         [
             NewUpdate(
                 company_id=company_id,
@@ -229,7 +229,7 @@ async def store_company(
     assert delivery_id is not None
     status = "queued"
     if result.replayed:  # the first request's delivery, wherever it stands now
-        first = await store.get_delivery(delivery_id)
+        first = await store.deliveries.get(delivery_id)
         status = first.status if first else status
     else:
         UPDATES_ACCEPTED.labels(source="api").inc()
@@ -253,7 +253,7 @@ async def _wait_for_outcome(
                 async with asyncio.timeout(min(wait, 0.25)):  # no task, as wait_for makes
                     await event.wait()
         while True:
-            delivery = store.signals.outcome(delivery_id) or await store.get_delivery(delivery_id)
+            delivery = store.signals.outcome(delivery_id) or await store.deliveries.get(delivery_id)
             if delivery is not None and delivery.status in ("delivered", "dead"):
                 status = 200 if delivery.status == "delivered" else 502
                 return _json(status, DeliveryOut.of(delivery).model_dump(), applied)
@@ -323,7 +323,7 @@ async def _store_bulk(
             fingerprint=fingerprint("companies/bulk", companies),
             ttl_seconds=settings.relay_idempotency_ttl_seconds,
         )
-    result = await store.enqueue(
+    result = await store.deliveries.enqueue(
         [
             NewUpdate(company_id=c, metadata=m, stamp_times=tuple(k for k in m if k in names))
             for c, m in companies

@@ -17,7 +17,7 @@ from fastapi import Depends, Request
 
 from app.config import ApiKey, Role, Settings
 from app.errors import RelayError
-from app.store.base import Store
+from app.store.store import Store
 
 
 class State(TypedDict):

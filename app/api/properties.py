@@ -24,8 +24,8 @@ from app.domain.rules import property_name_problem
 from app.domain.values import SeenType
 from app.errors import FieldError, RelayError
 from app.metrics import CATALOGUE_NAMES_REFUSED, PROPERTY_CONFLICTS
-from app.store.base import Store
 from app.store.catalogue import PropertySeen
+from app.store.store import Store
 
 router = APIRouter(tags=["operations"])
 log = logging.getLogger("userpilot_relay.catalogue")

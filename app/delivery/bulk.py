@@ -33,7 +33,7 @@ from app.delivery.pacing import Pacer
 from app.domain.errors import StoreUnavailable
 from app.domain.models import BulkJob
 from app.metrics import BULK_JOB_ROWS, BULK_JOB_STUCK
-from app.store.base import Store
+from app.store.store import Store
 from app.userpilot.client import UserpilotClient
 
 log = logging.getLogger("userpilot_relay.bulk")
@@ -105,17 +105,17 @@ class BulkDriver:
             job, self._current = self._current, None
             if job is not None:  # another replica may take it over at once
                 with contextlib.suppress(Exception):
-                    await asyncio.shield(self.store.release_job(job, owner=self.owner))
+                    await asyncio.shield(self.store.jobs.release(job, owner=self.owner))
 
     def _bulk_on(self) -> bool:
         return self.settings.relay_upstream_bulk == "auto" and self.calls.bulk_off_reason is None
 
     async def _step(self) -> float:
         """One turn: answers how long to wait before the next."""
-        job = await self.store.take_job(owner=self.owner, lease_seconds=self.lease)
+        job = await self.store.jobs.take(owner=self.owner, lease_seconds=self.lease)
         self._current = job
         if job is None:
-            unfinished = await self.store.unfinished_job()
+            unfinished = await self.store.jobs.unfinished()
             if unfinished is not None:  # another replica drives it, or it is not due yet
                 self._check_stuck(unfinished)
                 return _IDLE_CHECK
@@ -130,7 +130,7 @@ class BulkDriver:
             return await self.calls.poll(job)
         if self.breaker.open:
             # Userpilot looks down: leave the job to whichever replica sees it back first.
-            await self.store.release_job(job, owner=self.owner)
+            await self.store.jobs.release(job, owner=self.owner)
             self._current = None
             return _IDLE_CHECK
         if job.uncertain_at is not None:
@@ -161,10 +161,10 @@ class BulkDriver:
         if not self._bulk_on() or self.breaker.open:
             return None
         threshold = settings.bulk_threshold
-        if await self.store.waiting_companies(threshold + 1) <= threshold:
+        if await self.store.jobs.waiting_companies(threshold + 1) <= threshold:
             self._empty_packs = 0
             return None
-        job = await self.store.pack_job(
+        job = await self.store.jobs.pack(
             owner=self.owner,
             lease_seconds=self.lease,
             max_rows=await self._job_size(),
@@ -187,7 +187,7 @@ class BulkDriver:
         paths end together; within RELAY_BULK_MIN_ROWS and RELAY_BULK_MAX_ROWS."""
         settings = self.settings
         largest = settings.relay_bulk_max_rows
-        waiting = await self.store.waiting_companies(2 * largest)
+        waiting = await self.store.jobs.waiting_companies(2 * largest)
         realtime = settings.relay_rate_limit_per_minute / 60
         bulk = self.calls.rows_per_second or 3 * realtime
         rows = math.ceil(waiting * bulk / (bulk + realtime))

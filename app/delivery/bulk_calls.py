@@ -37,7 +37,7 @@ from app.metrics import (
     UPSTREAM_AUTH_FAILURES,
     UPSTREAM_THROTTLED,
 )
-from app.store.base import Store
+from app.store.store import Store
 from app.userpilot.client import (
     RUNNING,
     UpstreamResult,
@@ -113,18 +113,18 @@ class JobCalls:
     async def _observe(self, result: UpstreamResult) -> None:
         """Tell the breaker; an answer from a Userpilot that was down brings retries forward."""
         if self.breaker.record(result, probe=False):
-            await self.store.retry_now()
+            await self.store.claims.retry_now()
 
     async def _slot(self) -> float:
         """Wait for a send slot; answers how long it is still away when that is too long to
         wait holding the job's lease (a 429 pause): then nothing is sent now."""
         if self.pacer.paused():  # a 429: no slot before it ends
             return min(self.lease / 3, 1.0)
-        slot = await self.store.reserve_send_slot(self.pacer.interval)
+        slot = await self.store.pacing.reserve_send_slot(self.pacer.interval)
         wait = slot - time.time()
         if wait > self.lease / 3:
             # Unused: give it back (when none was reserved after it) rather than waste it.
-            await self.store.release_send_slot(slot, self.pacer.interval)
+            await self.store.pacing.release_send_slot(slot, self.pacer.interval)
             return wait
         await asyncio.sleep(max(0.0, wait))
         if self.pacer.paused():
@@ -137,8 +137,8 @@ class JobCalls:
         event loop between chunks); with `refuse`, less the updates that cannot be sent
         (dead-lettered first)."""
         merged = JobMerge()
-        for chunk in read_chunks(await self.store.job_companies(job.id)):
-            claims = await self.store.job_rows(job.id, chunk)
+        for chunk in read_chunks(await self.store.jobs.companies(job.id)):
+            claims = await self.store.jobs.rows(job.id, chunk)
             if refuse:
                 claims = [
                     await without_unsendable(self.store, claim, job_context(job), strict=True)
@@ -155,7 +155,7 @@ class JobCalls:
         context = job_context(job)
         rows = await self._rows(job, refuse=True)
         if not rows:
-            await self.store.job_completed(job, owner=self.owner, sent_versions={})
+            await self.store.jobs.completed(job, owner=self.owner, sent_versions={})
             return 0.0
         body = bulk_body(rows)
         del rows  # only the body is held while the upload runs
@@ -164,7 +164,7 @@ class JobCalls:
             return 0.0
         if (later := await self._slot()) > 0:
             return later
-        if not await self.store.job_uploading(job, owner=self.owner, lease=self.lease):
+        if not await self.store.jobs.uploading(job, owner=self.owner, lease=self.lease):
             log.info("another replica took the bulk job over", extra=context)
             return 0.0
         # A large upload may take longer than a real-time call; it ends inside the job's lease.
@@ -180,7 +180,7 @@ class JobCalls:
             assert upstream_id is not None
             self._conflicts.pop(job.id, None)
             state = job_status(result.body or {})
-            if await self.store.job_submitted(
+            if await self.store.jobs.submitted(
                 job,
                 owner=self.owner,
                 upstream_id=upstream_id,
@@ -209,7 +209,7 @@ class JobCalls:
             UPSTREAM_THROTTLED.inc()
             asked = result.retry_after if result.retry_after is not None else self._backoff(job)
             until = self.pacer.pause(asked, "429 on a bulk upload")
-            await self.store.pause_sending(until, reason=self.pacer.pause_reason)
+            await self.store.pacing.pause_sending(until, reason=self.pacer.pause_reason)
             delay = self.pacer.capped(asked)
             return await self._defer(job, error, delay)
         if outcome == "error":  # no answer, a 5xx, or a 2xx without a job id: maybe accepted
@@ -249,7 +249,7 @@ class JobCalls:
         """Submit it again later; `uncertain`: this upload may be pending at Userpilot (else
         the job keeps the doubt it had before the upload)."""
         wait = self._backoff(job) if delay is None else delay
-        await self.store.job_deferred(
+        await self.store.jobs.deferred(
             job,
             owner=self.owner,
             delay=wait,
@@ -285,7 +285,7 @@ class JobCalls:
         keep_in_bulk: bool = False,
     ) -> None:
         """End the job `status`; its rows go to two smaller jobs or real-time calls."""
-        children = await self.store.job_split(
+        children = await self.store.jobs.split(
             job,
             owner=self.owner,
             status=status,
@@ -323,7 +323,7 @@ class JobCalls:
         if status == "completed" and done is not None and done < job.rows:
             if (note := self.odd.premature(job, done)) is None:
                 # Userpilot says completed with rows missing: maybe not finished at all.
-                await self.store.job_polled(
+                await self.store.jobs.polled(
                     job,
                     owner=self.owner,
                     upstream_status="completed",
@@ -354,7 +354,7 @@ class JobCalls:
             UPSTREAM_THROTTLED.inc()
             pause = result.retry_after if result.retry_after is not None else poll
             until = self.pacer.pause(pause, "429 on a bulk job poll")
-            await self.store.pause_sending(until, reason=self.pacer.pause_reason)
+            await self.store.pacing.pause_sending(until, reason=self.pacer.pause_reason)
         elif result.status in (401, 403):
             UPSTREAM_AUTH_FAILURES.inc()
             if job.id not in self._auth_logged:
@@ -368,7 +368,7 @@ class JobCalls:
         state = None if status is None else status if status in RUNNING else f"unknown: {status}"
         if status is not None and status not in RUNNING:
             self.odd.unknown(job, status)
-        await self.store.job_polled(
+        await self.store.jobs.polled(
             job,
             owner=self.owner,
             upstream_status=state,
@@ -384,12 +384,12 @@ class JobCalls:
     async def _complete(self, job: BulkJob, done: int | None, *, shortfall: str = "") -> None:
         rows = await self._rows(job, refuse=False)
         sent = {row.company_id: row.sent_versions for row in rows}
-        if not await self.store.job_completed(
+        if not await self.store.jobs.completed(
             job, owner=self.owner, sent_versions=sent, completed_rows=done
         ):
             return
         if shortfall:
-            await self.store.job_recovery.shortfall(job, shortfall)
+            await self.store.jobs.shortfall(job, shortfall)
         BULK_JOBS.labels(outcome="completed").inc()
         BULK_ROWS.labels(outcome="delivered").inc(len(rows))
         updates = sum(row.updates for row in rows)

@@ -44,7 +44,7 @@ from app.metrics import (
     WEBHOOK_EVENTS,
     WEBHOOK_UNMAPPED_FIELDS,
 )
-from app.store.base import Store
+from app.store.store import Store
 
 Outcome = Literal[
     "forwarded",
@@ -170,7 +170,7 @@ async def commit(
     now = time.time()
     updates = [clamped(p.update, now) for p in plans if p.update is not None]
     result = (
-        await store.enqueue(updates, source=source, caller=None)
+        await store.deliveries.enqueue(updates, source=source, caller=None)
         if updates
         else EnqueueResult(ids=[])
     )
