@@ -217,7 +217,7 @@ def expand(*, before_seq: int | None) -> Plan[bool]:
 def claim(
     *, owner: str, lease_seconds: float, max_merge: int, settle_seconds: float, single_first: bool
 ) -> Plan[Claim | None]:
-    """The `Store.claim` transaction: see its contract."""
+    """The `Claims.claim` transaction: see its contract."""
     params: dict[str, Any] = {
         "settle": settle_seconds,
         "scan": CANDIDATES,
@@ -333,6 +333,19 @@ class Claims(StorePart):
         settle_seconds: float = 0.0,
         single_first: bool = False,
     ) -> Claim | None:
+        """Lease every queued update of the company that has waited longest and is free.
+
+        With `single_first`, the company of the oldest ready single update (one not from a
+        batch) goes first, so one caller's single update never waits behind a whole import;
+        batch updates that arrived before it are expanded first and ride in the same claim.
+
+        A company is free when none of its updates is being delivered (under a live lease)
+        and none is waiting out a retry backoff. Its oldest ready update must have been queued
+        `settle_seconds` ago, so a burst of updates to one company leaves in one call, unless
+        a caller waits for one of them (`realtime_only`, `Prefer: wait`): that company goes at
+        once, with whatever else of it is queued. Updates come in arrival order (at most
+        `max_merge`).
+        """
         return await self._write(
             lambda: claim(
                 owner=owner,
@@ -352,6 +365,11 @@ class Claims(StorePart):
         request_id: str | None,
         sent_versions: Mapping[str, int],
     ) -> None:
+        """Record success for every update of the claim.
+
+        `sent_versions` maps each property sent to the sequence number of the update whose
+        value was sent, so that an older update replayed later cannot overwrite it.
+        """
         watched = self._signals.watched(claim.ids)
         # Not durable: a power cut may lose the last commits (none a durable one followed),
         # and their updates go again. `watched`: a waiting request gets the rows committed.
@@ -364,19 +382,25 @@ class Claims(StorePart):
     async def mark_retry(
         self, claim: Claim, *, status: int | None, error: str, delay: float
     ) -> None:
+        """Put the claim's updates back in the queue, not before `delay` seconds."""
         await self._write(lambda: mark_retry(claim, status, error, delay))
 
     async def mark_dead(
         self, claim: Claim, *, status: int | None, error: str, request_id: str | None
     ) -> None:
+        """Dead-letter every update of the claim (a permanent rejection)."""
         await self._write(lambda: mark_dead(claim, status, error, request_id))
         self._signals.settled(claim.ids)
 
     async def release(self, claim: Claim) -> None:
+        """Hand the claim back untouched (shutdown): it is delivered again later."""
         await self._write(lambda: release(claim))
         self._work_committed()
 
     async def retry_now(self, *, one_company: bool = False) -> int:
+        """Bring updates waiting out a retry backoff forward (Userpilot is back): every one,
+        and every waiting bulk job's next submission, or (a probe) only the company of the
+        oldest such update. Answers how many updates moved."""
         moved = await self._write(lambda: retry_now(one_company=one_company))
         self._work_committed()
         return moved

@@ -401,6 +401,13 @@ class Deliveries(StorePart):
         batch: bool = False,
         idempotency: Idempotency | None = None,
     ) -> EnqueueResult:
+        """Commit the updates (all or none) and answer their delivery ids.
+
+        With `batch`, the updates form a batch: update i's delivery id is `{batch_id}.{i}`.
+
+        Raises `IdempotencyConflict` when the key was used with another body, and
+        `StoreUnavailable` when nothing could be committed.
+        """
         try:
             result = await self._enqueue(updates, source, caller, batch, idempotency)
         except StoreUnavailable as exc:  # the commit did not happen: say so, for the answer
@@ -453,9 +460,12 @@ class Deliveries(StorePart):
     async def listing(
         self, *, status: Status | None, company_id: str | None, after_seq: int, limit: int
     ) -> list[Delivery]:
+        """Deliveries in arrival order after `after_seq` (a page cursor)."""
         return await self._read(lambda: list_deliveries(status, company_id, after_seq, limit))
 
     async def recent_answers(self, limit: int) -> list[UpstreamAnswer]:
+        """The answers recorded on the `limit` newest updates that have one, newest first
+        (the relay's own refusals left out); no update's metadata is read."""
         return await self._read(lambda: recent_answers(limit))
 
     async def stats(self) -> QueueStats:
@@ -463,12 +473,14 @@ class Deliveries(StorePart):
 
     # dead letters --------------------------------------------------------------------------
     async def replay(self, delivery_id: str) -> Delivery | None:
+        """Re-queue one dead delivery; None when unknown, `NotDead` when not dead."""
         delivery = await self._write(lambda: replay(delivery_id))
         if delivery is not None:
             self._work_committed()
         return delivery
 
     async def replay_dead(self, *, company_id: str | None = None) -> int:
+        """Re-queue every dead delivery (of one company when given); answer how many."""
         count = await self._write(lambda: replay_dead(company_id))
         if count:
             self._work_committed()
@@ -477,10 +489,13 @@ class Deliveries(StorePart):
     async def purge_dead(
         self, *, delivery_id: str | None = None, company_id: str | None = None
     ) -> int:
+        """Delete dead deliveries (one, one company's, or all); answer how many."""
         return await self._write(lambda: purge_dead(delivery_id, company_id))
 
     async def prune(self, *, delivered_before: float) -> int:
-        """In short transactions of their own, so pruning never holds up the queue."""
+        """Delete delivered updates older than the retention period; answer how many.
+
+        In short transactions of their own, so pruning never holds up the queue."""
         total = 0
         while True:
             n = await self._write(lambda: prune_delivered(delivered_before))

@@ -229,7 +229,7 @@ PRUNE_JOBS = """
 
 
 def row_to_job(row: Row) -> BulkJob:
-    """A row of `job_queries.JOB_COLUMNS`."""
+    """A row of `JOB_COLUMNS`."""
     return BulkJob(
         id=row[0],
         parent_id=row[1],
@@ -640,6 +640,7 @@ class Jobs(StorePart):
     """Bulk jobs, one at a time across every replica."""
 
     async def waiting_companies(self, limit: int) -> int:
+        """About how many companies wait for delivery, counted up to about `limit`."""
         return await self._read(lambda: waiting_companies(limit), snapshot=True)
 
     async def pack(
@@ -652,6 +653,13 @@ class Jobs(StorePart):
         settle_seconds: float,
         fresh_seconds: float,
     ) -> BulkJob | None:
+        """Record a `waiting` job of the oldest waiting companies, leased to `owner`.
+
+        A company rides only when every queued update of it is ready, allowed on a job (not
+        `realtime_only`) and not a single update younger than `fresh_seconds`, and nothing of
+        it is in flight; its updates (at most `max_merge`) are in flight from then on. None
+        when some job is unfinished, or no company may ride.
+        """
         job_id = new_job_id()
         for _ in range(EXPANSIONS_PER_JOB):  # the oldest waiting may sit in a batch
             if not await self._write(lambda: expand_for_job(max_rows)):
@@ -669,12 +677,17 @@ class Jobs(StorePart):
         )
 
     async def take(self, *, owner: str, lease_seconds: float) -> BulkJob | None:
+        """Lease the job `owner` should drive now: the running one, else the oldest waiting
+        one that is due; None while another owner's lease on an unfinished job is live."""
         return await self._write(lambda: take(owner, lease_seconds))
 
     async def companies(self, job_id: str) -> list[tuple[str, int]]:
+        """The job's companies, oldest first, each with how many updates the job holds of it."""
         return await self._read(lambda: companies(job_id))
 
     async def rows(self, job_id: str, companies: Sequence[str]) -> list[Claim]:
+        """The job's deliveries of `companies` (read a chunk at a time: a job may hold a whole
+        backlog), a `Claim` per company, oldest company first."""
         return await self._read(lambda: rows(job_id, list(companies)), snapshot=True)
 
     async def submitted(
@@ -689,6 +702,10 @@ class Jobs(StorePart):
         request_id: str | None,
         within: float,
     ) -> bool:
+        """Userpilot accepted the job (its answer's status and x-request-id become its
+        deliveries' last); waiting jobs whose uploads went unanswered more than `within`
+        seconds ago are certain again. False (here and below) when `owner` no longer holds
+        it."""
         return await self._write(
             lambda: submitted(
                 job, owner, upstream_id, upstream_status, lease, http_status, request_id, within
@@ -705,6 +722,7 @@ class Jobs(StorePart):
         error: str | None,
         lease: float,
     ) -> bool:
+        """Record a poll (`upstream_status` None: the poll failed) and renew the lease."""
         return await self._write(
             lambda: polled(
                 job,
@@ -717,6 +735,8 @@ class Jobs(StorePart):
         )
 
     async def uploading(self, job: BulkJob, *, owner: str, lease: float) -> bool:
+        """About to upload the waiting job: its lease renewed, and the job `uncertain` until
+        Userpilot's answer is recorded (False: `owner` no longer holds it; do not upload)."""
         return await self._write(lambda: uploading(job, owner, lease))
 
     async def deferred(
@@ -729,6 +749,8 @@ class Jobs(StorePart):
         counted: bool,
         uncertain: bool,
     ) -> bool:
+        """Not accepted (or lost): `waiting` again, submitted by any replica after `delay`;
+        `uncertain` when the upload may still be pending at Userpilot (no answer)."""
         return await self._write(
             lambda: deferred(
                 job, owner, delay=delay, error=error, counted=counted, uncertain=uncertain
@@ -743,6 +765,8 @@ class Jobs(StorePart):
         sent_versions: Mapping[str, Mapping[str, int]],
         completed_rows: int | None = None,
     ) -> bool:
+        """Userpilot completed the job: its deliveries are delivered (via bulk);
+        `completed_rows` as Userpilot last reported it."""
         done = await self._write(lambda: completed(job, owner, sent_versions, completed_rows))
         if done:
             self._work_committed()  # updates that waited behind the job may go now
@@ -760,6 +784,10 @@ class Jobs(StorePart):
         http_status: int | None,
         keep_in_bulk: bool = False,
     ) -> list[str] | None:
+        """End the job (`failed`, `split` or `rejected`): its companies in two halves, a half
+        of at least `min_rows` a new waiting job, a smaller one back to real-time calls; with
+        `keep_in_bulk` every half a job. Answers the new jobs' ids (None when `owner` no longer
+        holds it)."""
         child_ids = [new_job_id() for _ in range(2)]
         children = await self._write(
             lambda: split(
@@ -779,9 +807,11 @@ class Jobs(StorePart):
         return children
 
     async def release(self, job: BulkJob, *, owner: str) -> None:
+        """Give the job's lease up (shutdown): another replica may drive it at once."""
         await self._write(lambda: release(job, owner))
 
     async def unfinished(self) -> BulkJob | None:
+        """The running job, else the oldest waiting one, whoever drives it."""
         return await self._read(unfinished)
 
     async def get(self, job_id: str) -> BulkJob | None:
@@ -790,6 +820,7 @@ class Jobs(StorePart):
     async def listing(
         self, *, status: JobStatus | None, before: str | None, limit: int
     ) -> list[BulkJob]:
+        """Jobs newest first, older than the job `before` (a page cursor)."""
         return await self._read(lambda: list_jobs(status, before, limit))
 
     # doubt and abandon ------------------------------------------------------------------

@@ -70,15 +70,19 @@ class Webhooks(StorePart):
     """Customer links and parked events."""
 
     async def link_customers(self, links: Sequence[tuple[str, str]]) -> None:
+        """Remember (Stripe customer id, company id) pairs."""
         await self._write(lambda: link_customers(links))
 
     async def company_for_customer(self, customer_id: str) -> str | None:
         return await self._read(lambda: company_for_customer(customer_id))
 
     async def park(self, *, source: str, key: str, payload: bytes, reason: str) -> None:
+        """Keep an event that cannot be mapped yet (idempotent on source and key: parking it
+        again records the new reason and moves it to the back of `parked_events`)."""
         await self._write(lambda: park_event(source, key, payload, reason))
 
     async def parked(self, *, source: str, limit: int) -> list[tuple[str, bytes]]:
+        """Parked events (key, payload), least recently parked or retried first."""
         return await self._read(lambda: parked_events(source, limit))
 
     async def unpark(self, *, source: str, key: str) -> None:
