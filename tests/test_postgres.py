@@ -155,7 +155,7 @@ def test_replicas_never_hold_the_same_company_at_once(database_url: str) -> None
             nonlocal producing
             for n in range(300):
                 c = companies[n % len(companies)]
-                await stores[n % 3].enqueue(
+                await stores[n % 3].deliveries.enqueue(
                     [NewUpdate(company_id=c, metadata={"n": n})], source="api", caller="t"
                 )
                 if n == 100:
@@ -163,7 +163,7 @@ def test_replicas_never_hold_the_same_company_at_once(database_url: str) -> None
                         NewUpdate(company_id=c, metadata={"n": f"b{i}"})
                         for i, c in enumerate(companies * 90)
                     ]
-                    await stores[1].enqueue(bulk, source="bulk", caller="t", batch=True)
+                    await stores[1].deliveries.enqueue(bulk, source="bulk", caller="t", batch=True)
                 if n % 20 == 0:
                     await asyncio.sleep(0.01)
             producing = False
@@ -196,7 +196,7 @@ def test_replicas_never_hold_the_same_company_at_once(database_url: str) -> None
 
         workers = [consume(s, f"replica-{i}:w{w}") for i, s in enumerate(stores) for w in range(3)]
         await asyncio.gather(produce(), *workers)
-        stats = await stores[0].stats()
+        stats = await stores[0].deliveries.stats()
         await close_all(stores)
         expected = {c: {"n": value} for c, (_, value) in newest.items()}
         counts = [len(sent), len(set(sent))]
@@ -319,8 +319,8 @@ def test_send_slots_are_spaced_across_replicas(database_url: str) -> None:
         slots = sorted(s for batch in await asyncio.gather(*map(reserve, stores)) for s in batch)
         # A 429 seen by one replica holds the others' next slots too.
         paused_at = time.time()
-        await stores[0].pause_sending(paused_at + 1.0)
-        after_pause = await stores[2].reserve_send_slot(interval)
+        await stores[0].pacing.pause_sending(paused_at + 1.0)
+        after_pause = await stores[2].pacing.reserve_send_slot(interval)
         await close_all(stores)
         return slots, paused_at, after_pause
 
@@ -360,13 +360,13 @@ def test_idempotency_and_event_keys_hold_across_replicas(database_url: str) -> N
         older = NewUpdate(
             "acme", {"plan": "free"}, property_times={"plan": 10.0}, skip_if_empty=True
         )
-        await stores[0].enqueue([newer], source="hubspot", caller=None)
-        late = await stores[1].enqueue([older], source="hubspot", caller=None)
+        await stores[0].deliveries.enqueue([newer], source="hubspot", caller=None)
+        late = await stores[1].deliveries.enqueue([older], source="hubspot", caller=None)
         assert late.ids == [None]
 
-        await stores[2].link_customers([("cus_1", "acme")])
-        assert await stores[3].company_for_customer("cus_1") == "acme"
-        queued = await stores[3].stats()
+        await stores[2].webhooks.link_customers([("cus_1", "acme")])
+        assert await stores[3].webhooks.company_for_customer("cus_1") == "acme"
+        queued = await stores[3].deliveries.stats()
         assert queued.queued == 3  # the keyed update, the event, the newer property
         await close_all(stores)
 
