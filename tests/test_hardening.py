@@ -476,7 +476,7 @@ def test_property_versions_are_pruned_but_kept_while_an_older_update_waits(
 ) -> None:
     async def versions(relay: InProcessRelay) -> set[tuple[str, str]]:
         store = relay.store
-        claim_free = getattr(store, "path", None)
+        claim_free = getattr(store.engine, "path", None)
         if claim_free is not None:  # SQLite
             import sqlite3
 
