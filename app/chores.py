@@ -7,7 +7,7 @@ import asyncio
 import logging
 
 from app.metrics import CATALOGUE_NAMES_REFUSED, PROPERTY_CONFLICTS
-from app.store.base import Store
+from app.store.store import Store
 
 log = logging.getLogger("userpilot_relay.catalogue")
 

@@ -45,7 +45,7 @@ from app.metrics import (
     WEBHOOK_UNMAPPED_FIELDS,
 )
 from app.store.backfills import Page, PageOutcome
-from app.store.base import Store
+from app.store.store import Store
 
 log = logging.getLogger("userpilot_relay.webhooks")
 
@@ -207,7 +207,7 @@ async def store_api(
     A property a source mapping can also write (`sourced`) takes the acceptance as its source
     time (`NewUpdate.stamp_times`)."""
     source = "bulk" if bulk else "api"
-    result = await store.enqueue(
+    result = await store.deliveries.enqueue(
         [
             NewUpdate(
                 company_id=company_id,
@@ -315,7 +315,7 @@ async def commit_events(
     now = time.time()
     updates = [clamped(p.update, now) for p in plans if p.update is not None]
     result = (
-        await store.enqueue(updates, source=source, caller=None)
+        await store.deliveries.enqueue(updates, source=source, caller=None)
         if updates
         else EnqueueResult(ids=[])
     )

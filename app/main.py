@@ -47,8 +47,7 @@ from app.logs import configure_logging, write_directly
 from app.sources.backfill import BackfillRunner
 from app.sources.mapping import MappingError, sourced_properties
 from app.sources.service import WebhookSources
-from app.store.base import Store
-from app.store.connect import open_store
+from app.store.store import Store, open_store
 from app.userpilot.client import UserpilotClient
 
 log = logging.getLogger("userpilot_relay")

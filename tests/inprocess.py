@@ -19,7 +19,7 @@ from starlette.types import Receive, Scope, Send
 
 from app.config import Settings
 from app.main import create_app
-from app.store.base import Store
+from app.store.store import Store
 from tests.relay import ADMIN_KEY, INGEST_KEY, RELAY_KEYS, UPSTREAM_KEY, metric_value
 
 T = TypeVar("T")

@@ -25,7 +25,7 @@ def test_missing_key_is_401_with_challenge(sqlite_url: str) -> None:
             assert r.status_code == 401
             assert r.headers["www-authenticate"].startswith("Bearer")
             assert r.json()["error"] == "unauthorized"
-            assert (await relay.store.stats()).queued == 0
+            assert (await relay.store.deliveries.stats()).queued == 0
 
     run(main())
 
@@ -41,7 +41,7 @@ def test_unknown_or_malformed_keys_are_401(sqlite_url: str) -> None:
                 )
                 assert r.status_code == 401, header
                 assert "www-authenticate" in r.headers, header
-            assert (await relay.store.stats()).queued == 0
+            assert (await relay.store.deliveries.stats()).queued == 0
 
     run(main())
 

@@ -89,7 +89,7 @@ async def finished(relay: InProcessRelay, backfill_id: str, within: float = 60) 
 
 async def drained(relay: InProcessRelay, within: float = 60) -> None:
     async def empty() -> bool:
-        stats = await relay.store.stats()
+        stats = await relay.store.deliveries.stats()
         return stats.queued == 0 and stats.delivering == 0
 
     await eventually(empty, within=within, interval=0.1)

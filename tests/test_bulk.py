@@ -1026,7 +1026,7 @@ def test_an_upload_that_never_arrived_goes_real_time_once_userpilot_lists_no_job
         async with relay_on(
             database_url, sim, relay_upstream_bulk="off", relay_rate_limit_per_minute=6000
         ) as relay:
-            await relay.store.retry_now()  # the job's next attempt is due now
+            await relay.store.claims.retry_now()  # the job's next attempt is due now
             done = await relay.batch_done(batch_id, within=60)
             assert done["counts"]["delivered"] == 200, done
             return await jobs(relay)

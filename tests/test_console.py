@@ -288,8 +288,8 @@ def test_a_post_without_this_sessions_csrf_token_is_refused_and_changes_nothing(
             assert purged.status_code == 403
             # GET never changes state.
             assert (await relay.client.get(replay)).status_code in (404, 405)
-            assert (await relay.store.get_delivery(delivery_id)).status == "dead"  # type: ignore[union-attr]
-            assert (await relay.store.stats()).dead == 1
+            assert (await relay.store.deliveries.get(delivery_id)).status == "dead"  # type: ignore[union-attr]
+            assert (await relay.store.deliveries.stats()).dead == 1
 
     run(main())
 
@@ -348,7 +348,7 @@ def test_replay_all_and_purge_all_confirm_the_count_first(
                 "/console/dead-letters/purge", data={"csrf": token, "company_id": ""}
             )
             assert "n=1" in purged.headers["location"]
-            assert await relay.store.get_delivery(other) is None
+            assert await relay.store.deliveries.get(other) is None
             shown = await relay.client.get(purged.headers["location"])
             assert "Purged 1 dead letters." in shown.text
 

@@ -128,7 +128,7 @@ def test_a_client_hanging_up_mid_body_is_no_error(
             assert len(gone) == 1, logged
             assert gone[0]["level"] == "info" and gone[0]["route"] == route
             assert not [e for e in logged if "exc" in e or e["level"] == "error"], logged
-            stats = await relay.store.stats()
+            stats = await relay.store.deliveries.stats()
             assert stats.queued == 0  # nothing stored
             assert (await relay.get("/backfills", key=ADMIN_KEY)).json()["items"] == []
 

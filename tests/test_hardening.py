@@ -54,7 +54,7 @@ def test_control_characters_in_ids_and_names_are_refused(
             )
             assert bulk.status_code == 422, bulk.text
             assert [e["field"] for e in bulk.json()["errors"]] == [f"companies[1].{field}"]
-            stats = await relay.store.stats()
+            stats = await relay.store.deliveries.stats()
             assert stats.queued == 0  # nothing stored, from either request
 
     run(main())
@@ -130,7 +130,7 @@ def test_a_stored_batch_row_the_store_cannot_hold_is_dead_lettered_and_the_queue
 
     async def main() -> None:
         async with InProcessRelay(database_url, endpoint=sim.url) as relay:
-            stored = await relay.store.enqueue(
+            stored = await relay.store.deliveries.enqueue(
                 [
                     NewUpdate(company_id="pg-ok", metadata={"a": 1}),
                     NewUpdate(company_id="pg-nul\u0000y", metadata={"a": 2}),
@@ -345,7 +345,7 @@ def test_bulk_bodies_are_parsed_a_few_at_a_time(database_url: str) -> None:
                 assert full.status_code == 503 and full.json()["error"] == "busy"
                 assert time.monotonic() - started < 0.2  # refused at once, not after waiting
             assert (await relay.post("/companies/bulk", json=body)).status_code == 202
-            assert (await relay.store.stats()).queued == 2
+            assert (await relay.store.deliveries.stats()).queued == 2
 
     run(main())
 
@@ -359,7 +359,7 @@ def test_a_bad_stored_update_is_refused_alone_and_its_company_siblings_are_deliv
         async with InProcessRelay(
             database_url, endpoint=sim.url, relay_merge_window_seconds=0.5
         ) as relay:
-            bad = await relay.store.enqueue(
+            bad = await relay.store.deliveries.enqueue(
                 [NewUpdate(company_id="sib", metadata={"tab\tkey": 1})], source="api", caller="svc"
             )
             good = await relay.post(
@@ -395,7 +395,7 @@ def test_a_stalled_body_is_408_and_stores_nothing(tmp_path: Any) -> None:
             )
             assert r.status_code == 408, r.text
             assert r.json()["error"] == "request_timeout"
-            assert (await relay.store.stats()).queued == 0
+            assert (await relay.store.deliveries.stats()).queued == 0
 
     run(main())
 
@@ -429,7 +429,7 @@ def test_megabyte_headers_are_refused_cheaply(tmp_path: Any) -> None:
             )
             assert r.status_code == 431
             assert r.json()["error"] == "request_header_fields_too_large"
-            assert (await relay.store.stats()).queued == 0
+            assert (await relay.store.deliveries.stats()).queued == 0
             # The probes are refused the same way, and still answer normal requests.
             assert (await relay.get("/healthz", key=None)).status_code == 200
 
@@ -476,7 +476,7 @@ def test_property_versions_are_pruned_but_kept_while_an_older_update_waits(
 ) -> None:
     async def versions(relay: InProcessRelay) -> set[tuple[str, str]]:
         store = relay.store
-        claim_free = getattr(store, "path", None)
+        claim_free = getattr(store.engine, "path", None)
         if claim_free is not None:  # SQLite
             import sqlite3
 
@@ -506,7 +506,7 @@ def test_property_versions_are_pruned_but_kept_while_an_older_update_waits(
             ).json()["id"]
             await relay.wait_for(done, "delivered")
             assert await versions(relay) == {("kept", "p"), ("gone", "q")}
-            await relay.store.prune(delivered_before=time.time() + 60)
+            await relay.store.deliveries.prune(delivered_before=time.time() + 60)
             # "kept" still has a dead, older update: its version must stay so a replay of it
             # never overwrites p=2.
             assert await versions(relay) == {("kept", "p")}

@@ -1,7 +1,7 @@
 """What only the PostgreSQL store must guarantee: several replicas on one database.
 
-Store-level tests run several `PostgresStore`s side by side in one event loop, as several
-replicas would; route-level ones run the app in process (two apps for two replicas); the
+Store-level tests run several `Store`s on `PostgresEngine` side by side in one event loop, as
+several replicas would; route-level ones run the app in process (two apps for two replicas); the
 relay losing its database mid-traffic runs a real process over HTTP. The shared server is never
 stopped: a connection loss is a TCP proxy being cut, or the relay's sessions terminated.
 """
@@ -27,7 +27,8 @@ from app.domain.models import Idempotency, NewUpdate
 from app.simulator.process import SimulatorProcess
 from app.store.migrations import migrations
 from app.store.postgres.connection import conninfo_from_url
-from app.store.postgres.store import PostgresStore
+from app.store.postgres.engine import PostgresEngine
+from app.store.store import Store
 from tests import pg
 from tests.inprocess import InProcessRelay
 from tests.inprocess import run as run_async
@@ -54,13 +55,13 @@ def run(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
     return asyncio.run(fn(*args))  # type: ignore[arg-type]
 
 
-async def opened(url: str, count: int = 1) -> list[PostgresStore]:
-    stores = [PostgresStore(url) for _ in range(count)]
+async def opened(url: str, count: int = 1) -> list[Store]:
+    stores = [Store(PostgresEngine(url)) for _ in range(count)]
     await asyncio.gather(*(s.open() for s in stores))
     return stores
 
 
-async def close_all(stores: list[PostgresStore]) -> None:
+async def close_all(stores: list[Store]) -> None:
     await asyncio.gather(*(s.close() for s in stores))
 
 
@@ -154,7 +155,7 @@ def test_replicas_never_hold_the_same_company_at_once(database_url: str) -> None
             nonlocal producing
             for n in range(300):
                 c = companies[n % len(companies)]
-                await stores[n % 3].enqueue(
+                await stores[n % 3].deliveries.enqueue(
                     [NewUpdate(company_id=c, metadata={"n": n})], source="api", caller="t"
                 )
                 if n == 100:
@@ -162,17 +163,17 @@ def test_replicas_never_hold_the_same_company_at_once(database_url: str) -> None
                         NewUpdate(company_id=c, metadata={"n": f"b{i}"})
                         for i, c in enumerate(companies * 90)
                     ]
-                    await stores[1].enqueue(bulk, source="bulk", caller="t", batch=True)
+                    await stores[1].deliveries.enqueue(bulk, source="bulk", caller="t", batch=True)
                 if n % 20 == 0:
                     await asyncio.sleep(0.01)
             producing = False
 
-        async def consume(store: PostgresStore, owner: str) -> None:
+        async def consume(store: Store, owner: str) -> None:
             nonlocal overlaps
             while True:
-                claim = await store.claim(owner=owner, lease_seconds=30, max_merge=200)
+                claim = await store.claims.claim(owner=owner, lease_seconds=30, max_merge=200)
                 if claim is None:
-                    if not producing and (await store.stats()).queued == 0:
+                    if not producing and (await store.deliveries.stats()).queued == 0:
                         return
                     await asyncio.sleep(0.005)
                     continue
@@ -189,13 +190,13 @@ def test_replicas_never_hold_the_same_company_at_once(database_url: str) -> None
                         newest[claim.company_id] = (u.seq, u.metadata["n"])
                 sent.extend(claim.ids)
                 held.discard(claim.company_id)
-                await store.mark_delivered(
+                await store.claims.mark_delivered(
                     claim, status=202, request_id=None, sent_versions=versions
                 )
 
         workers = [consume(s, f"replica-{i}:w{w}") for i, s in enumerate(stores) for w in range(3)]
         await asyncio.gather(produce(), *workers)
-        stats = await stores[0].stats()
+        stats = await stores[0].deliveries.stats()
         await close_all(stores)
         expected = {c: {"n": value} for c, (_, value) in newest.items()}
         counts = [len(sent), len(set(sent))]
@@ -211,23 +212,27 @@ def test_replicas_never_hold_the_same_company_at_once(database_url: str) -> None
 def test_an_expired_lease_goes_to_another_replica(database_url: str) -> None:
     async def scenario() -> None:
         a, b = await opened(database_url, 2)
-        stored = await a.enqueue([NewUpdate("acme", {"plan": "pro"})], source="api", caller="t")
+        stored = await a.deliveries.enqueue(
+            [NewUpdate("acme", {"plan": "pro"})], source="api", caller="t"
+        )
         ids = [i for i in stored.ids if i is not None]
-        first = await a.claim(owner="a", lease_seconds=1.0, max_merge=10)
+        first = await a.claims.claim(owner="a", lease_seconds=1.0, max_merge=10)
         assert first is not None and first.ids == ids
         # While the lease runs, the company is busy for every replica.
-        assert await b.claim(owner="b", lease_seconds=30, max_merge=10) is None
+        assert await b.claims.claim(owner="b", lease_seconds=30, max_merge=10) is None
         await asyncio.sleep(1.2)  # replica a "died" holding it
-        second = await b.claim(owner="b", lease_seconds=30, max_merge=10)
+        second = await b.claims.claim(owner="b", lease_seconds=30, max_merge=10)
         assert second is not None
         assert second.ids == ids
         assert second.updates[0].attempts == 2
         # The late holder's outcome no longer counts: the lease is b's now.
-        await a.mark_dead(first, status=400, error="late", request_id=None)
-        delivery = await b.get_delivery(ids[0])
+        await a.claims.mark_dead(first, status=400, error="late", request_id=None)
+        delivery = await b.deliveries.get(ids[0])
         assert delivery is not None and delivery.status == "delivering"
-        await b.mark_delivered(second, status=202, request_id="r1", sent_versions={"plan": 1})
-        delivery = await a.get_delivery(ids[0])
+        await b.claims.mark_delivered(
+            second, status=202, request_id="r1", sent_versions={"plan": 1}
+        )
+        delivery = await a.deliveries.get(ids[0])
         assert delivery is not None and delivery.status == "delivered"
         assert delivery.last_request_id == "r1"
         await close_all([a, b])
@@ -238,21 +243,24 @@ def test_an_expired_lease_goes_to_another_replica(database_url: str) -> None:
 def test_backoff_and_merge_window_hold_the_company_for_every_replica(database_url: str) -> None:
     async def scenario() -> None:
         a, b = await opened(database_url, 2)
-        await a.enqueue([NewUpdate("acme", {"v": 1})], source="api", caller="t")
+        await a.deliveries.enqueue([NewUpdate("acme", {"v": 1})], source="api", caller="t")
         # Not settled yet: nobody takes it inside the merge window.
-        assert await b.claim(owner="b", lease_seconds=30, max_merge=10, settle_seconds=5) is None
-        claim = await a.claim(owner="a", lease_seconds=30, max_merge=10)
+        assert (
+            await b.claims.claim(owner="b", lease_seconds=30, max_merge=10, settle_seconds=5)
+            is None
+        )
+        claim = await a.claims.claim(owner="a", lease_seconds=30, max_merge=10)
         assert claim is not None
-        await a.mark_retry(claim, status=503, error="down", delay=0.6)
-        await b.enqueue([NewUpdate("acme", {"v": 2})], source="api", caller="t")
-        assert await b.claim(owner="b", lease_seconds=30, max_merge=10) is None
+        await a.claims.mark_retry(claim, status=503, error="down", delay=0.6)
+        await b.deliveries.enqueue([NewUpdate("acme", {"v": 2})], source="api", caller="t")
+        assert await b.claims.claim(owner="b", lease_seconds=30, max_merge=10) is None
         await asyncio.sleep(0.7)
-        retried = await b.claim(owner="b", lease_seconds=30, max_merge=10)
+        retried = await b.claims.claim(owner="b", lease_seconds=30, max_merge=10)
         assert retried is not None
         assert [u.metadata for u in retried.updates] == [{"v": 1}, {"v": 2}]
         assert [u.attempts for u in retried.updates] == [2, 1]
-        await b.release(retried)
-        again = await a.claim(owner="a", lease_seconds=30, max_merge=10)
+        await b.claims.release(retried)
+        again = await a.claims.claim(owner="a", lease_seconds=30, max_merge=10)
         assert again is not None and [u.attempts for u in again.updates] == [2, 1]
         await close_all([a, b])
 
@@ -263,22 +271,29 @@ def test_retention_prunes_delivered_and_keeps_dead_until_purged(database_url: st
     async def scenario() -> None:
         (store,) = await opened(database_url)
         for company in ("done", "bad"):
-            await store.enqueue([NewUpdate(company, {"a": 1})], source="api", caller="t")
+            await store.deliveries.enqueue([NewUpdate(company, {"a": 1})], source="api", caller="t")
         bulk = [NewUpdate(f"b{i}", {"i": i}) for i in range(3)]
-        batch = await store.enqueue(bulk, source="bulk", caller="t", batch=True)
-        while (claim := await store.claim(owner="o", lease_seconds=30, max_merge=10)) is not None:
+        batch = await store.deliveries.enqueue(bulk, source="bulk", caller="t", batch=True)
+        while (
+            claim := await store.claims.claim(owner="o", lease_seconds=30, max_merge=10)
+        ) is not None:
             if claim.company_id == "bad":
-                await store.mark_dead(claim, status=400, error="no", request_id=None)
+                await store.claims.mark_dead(claim, status=400, error="no", request_id=None)
             else:
-                await store.mark_delivered(claim, status=202, request_id=None, sent_versions={})
-        assert await store.prune(delivered_before=time.time() - 3600) == 0  # all too recent
-        assert await store.prune(delivered_before=time.time() + 1) == 4
-        assert batch.batch_id is not None and await store.get_batch(batch.batch_id) is None
-        dead = await store.list_deliveries(status="dead", company_id=None, after_seq=0, limit=10)
-        assert [d.company_id for d in dead] == ["bad"]  # dead letters outlive retention
-        assert await store.purge_dead(company_id="bad") == 1
+                await store.claims.mark_delivered(
+                    claim, status=202, request_id=None, sent_versions={}
+                )
         assert (
-            await store.list_deliveries(status=None, company_id=None, after_seq=0, limit=10) == []
+            await store.deliveries.prune(delivered_before=time.time() - 3600) == 0
+        )  # all too recent
+        assert await store.deliveries.prune(delivered_before=time.time() + 1) == 4
+        assert batch.batch_id is not None and await store.deliveries.batch(batch.batch_id) is None
+        dead = await store.deliveries.listing(status="dead", company_id=None, after_seq=0, limit=10)
+        assert [d.company_id for d in dead] == ["bad"]  # dead letters outlive retention
+        assert await store.deliveries.purge_dead(company_id="bad") == 1
+        assert (
+            await store.deliveries.listing(status=None, company_id=None, after_seq=0, limit=10)
+            == []
         )
         await close_all([store])
 
@@ -292,20 +307,20 @@ def test_send_slots_are_spaced_across_replicas(database_url: str) -> None:
     async def scenario() -> tuple[list[float], float, float]:
         stores = await opened(database_url, 3)
 
-        async def reserve(store: PostgresStore) -> list[float]:
+        async def reserve(store: Store) -> list[float]:
             # In the database's clock: the slot as this replica's clock reads it, plus the
             # offset it was converted with (each replica estimates its own offset).
             slots = []
             for _ in range(25):
-                local = await store.reserve_send_slot(interval)
-                slots.append(local + store._clock.offset)
+                local = await store.pacing.reserve_send_slot(interval)
+                slots.append(local + store.engine._clock.offset)  # type: ignore[attr-defined]
             return slots
 
         slots = sorted(s for batch in await asyncio.gather(*map(reserve, stores)) for s in batch)
         # A 429 seen by one replica holds the others' next slots too.
         paused_at = time.time()
-        await stores[0].pause_sending(paused_at + 1.0)
-        after_pause = await stores[2].reserve_send_slot(interval)
+        await stores[0].pacing.pause_sending(paused_at + 1.0)
+        after_pause = await stores[2].pacing.reserve_send_slot(interval)
         await close_all(stores)
         return slots, paused_at, after_pause
 
@@ -324,14 +339,17 @@ def test_idempotency_and_event_keys_hold_across_replicas(database_url: str) -> N
         idem = Idempotency(caller="svc", key="k-1", fingerprint="f1", ttl_seconds=60)
         update = [NewUpdate("acme", {"plan": "pro"})]
         results = await asyncio.gather(
-            *(s.enqueue(update, source="api", caller="svc", idempotency=idem) for s in stores)
+            *(
+                s.deliveries.enqueue(update, source="api", caller="svc", idempotency=idem)
+                for s in stores
+            )
         )
         assert sum(not r.replayed for r in results) == 1
         assert len({tuple(r.ids) for r in results}) == 1
 
         event = [NewUpdate("acme", {"seats": 3}, event_key="evt_1")]
         events = await asyncio.gather(
-            *(s.enqueue(event, source="stripe", caller=None) for s in stores)
+            *(s.deliveries.enqueue(event, source="stripe", caller=None) for s in stores)
         )
         assert sorted(r.stored for r in events) == [0, 0, 0, 1]
 
@@ -342,13 +360,13 @@ def test_idempotency_and_event_keys_hold_across_replicas(database_url: str) -> N
         older = NewUpdate(
             "acme", {"plan": "free"}, property_times={"plan": 10.0}, skip_if_empty=True
         )
-        await stores[0].enqueue([newer], source="hubspot", caller=None)
-        late = await stores[1].enqueue([older], source="hubspot", caller=None)
+        await stores[0].deliveries.enqueue([newer], source="hubspot", caller=None)
+        late = await stores[1].deliveries.enqueue([older], source="hubspot", caller=None)
         assert late.ids == [None]
 
-        await stores[2].link_customers([("cus_1", "acme")])
-        assert await stores[3].company_for_customer("cus_1") == "acme"
-        queued = await stores[3].stats()
+        await stores[2].webhooks.link_customers([("cus_1", "acme")])
+        assert await stores[3].webhooks.company_for_customer("cus_1") == "acme"
+        queued = await stores[3].deliveries.stats()
         assert queued.queued == 3  # the keyed update, the event, the newer property
         await close_all(stores)
 

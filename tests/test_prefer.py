@@ -129,7 +129,7 @@ def test_a_trailing_slash_is_a_404_never_a_redirect(sqlite_url: str) -> None:
                 assert r.json()["error"] == "not_found"
                 assert "end without a slash" in r.json()["message"]
                 assert "evil.example" not in r.text
-            assert (await relay.store.stats()).queued == 0
+            assert (await relay.store.deliveries.stats()).queued == 0
             assert (await relay.post("/companies", json={"company_id": "ok"})).status_code == 202
 
     run(main())

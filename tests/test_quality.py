@@ -63,7 +63,7 @@ def test_personal_data_is_refused_by_default_naming_the_field_never_the_value(
             ]
             bulk = await r.post("/companies/bulk", json={"companies": items})
             after = await metric(r, FINDINGS, kind="email", action="rejected")
-            return singles, bulk, (await r.store.stats()).queued, after - before
+            return singles, bulk, (await r.store.deliveries.stats()).queued, after - before
 
     singles, bulk, queued, counted = run(main())
     for answer, (key, value, says, _) in zip(singles, PERSONAL, strict=True):
@@ -283,7 +283,7 @@ def test_drift_reject_refuses_a_value_of_another_type_than_first_recorded(
             ]
             await r.get("/properties", key=ADMIN_KEY)
             after = await metric(r, DRIFTS)
-            return answers, after - before, (await r.store.stats()).queued
+            return answers, after - before, (await r.store.deliveries.stats()).queued
 
     answers, drifted, _ = run(main())
     assert [a.status_code for a in answers] == [202, 422, 202, 202]
@@ -563,7 +563,7 @@ def test_a_company_id_that_is_personal_data_is_refused_naming_the_field(
             ]
             bulk = await r.post("/companies/bulk", json={"companies": items})
             after = await metric(r, FINDINGS, kind="email", action="rejected")
-            return single, bulk, (await r.store.stats()).queued, after - before
+            return single, bulk, (await r.store.deliveries.stats()).queued, after - before
 
     single, bulk, queued, counted = run(main())
     assert single.status_code == 422, single.text
@@ -591,7 +591,7 @@ def test_a_property_name_that_is_personal_data_is_refused_without_repeating_it(
                 {"company_id": "b", "metadata": {"seats": 3, "+1 415 555 2671": True}},
             ]
             bulk = await r.post("/companies/bulk", json={"companies": items})
-            return single, bulk, (await r.store.stats()).queued
+            return single, bulk, (await r.store.deliveries.stats()).queued
 
     single, bulk, queued = run(main())
     assert single.status_code == 422, single.text
@@ -680,7 +680,7 @@ def test_a_value_longer_than_userpilot_keeps_is_refused_before_the_scan(
             ]
             bulk = await r.post("/companies/bulk", json={"companies": items})
             kept = await r.post_company("longest", {"notes": longest})
-            return single, bulk, kept, (await r.store.stats()).queued
+            return single, bulk, kept, (await r.store.deliveries.stats()).queued
 
     single, bulk, kept, queued = run(main())
     assert single.status_code == 422, single.text

@@ -146,7 +146,7 @@ def test_a_value_that_does_not_fit_is_a_422_naming_it_and_nothing_is_stored(
                 {"company_id": "bad", "metadata": {"renewal_date": "next tuesday"}},
             ]
             bulk = await relay.post("/companies/bulk", json={"companies": items})
-            stats = await relay.store.stats()
+            stats = await relay.store.deliveries.stats()
             return single, bulk, stats.queued
 
     single, bulk, queued = run(main())

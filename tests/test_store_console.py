@@ -15,10 +15,10 @@ def test_search_filters_newest_first_and_pages(database_url: str) -> None:
         store = await opened(database_url)
         try:
             for i in range(5):
-                await store.enqueue(
+                await store.deliveries.enqueue(
                     [NewUpdate(company_id="a", metadata={"i": i})], source="api", caller="svc"
                 )
-            await store.enqueue(
+            await store.deliveries.enqueue(
                 [NewUpdate(company_id="b", metadata={"i": 9})], source="hubspot", caller=None
             )
             everything = await store.console.search(DeliveryFilter(), before=None, limit=100)
@@ -56,12 +56,14 @@ def test_rate_counts_delivered_updates_per_minute_of_the_last_hour(database_url:
             empty = await store.console.rate()
             assert len(empty.per_minute) == MINUTES and empty.total == 0
             for company in ("r1", "r2", "r3"):
-                await store.enqueue(
+                await store.deliveries.enqueue(
                     [NewUpdate(company_id=company, metadata={"x": 1})], source="api", caller="t"
                 )
-                claim = await store.claim(**claim_args())
+                claim = await store.claims.claim(**claim_args())
                 assert claim is not None
-                await store.mark_delivered(claim, status=202, request_id=None, sent_versions={})
+                await store.claims.mark_delivered(
+                    claim, status=202, request_id=None, sent_versions={}
+                )
             rate = await store.console.rate()
             assert rate.total == 3
             assert rate.per_minute[-1] + rate.per_minute[-2] == 3  # this minute (or the last)
@@ -78,10 +80,10 @@ def test_paused_until_reports_a_pause_in_force(database_url: str) -> None:
     async def main() -> None:
         store = await opened(database_url)
         try:
-            assert await store.paused_until() is None
+            assert await store.pacing.paused_until() is None
             until = time.time() + 30
-            await store.pause_sending(until)
-            paused = await store.paused_until()
+            await store.pacing.pause_sending(until)
+            paused = await store.pacing.paused_until()
             assert paused is not None and abs(paused - until) < 1.0
         finally:
             await store.close()

@@ -19,12 +19,11 @@ from app.domain.errors import NothingStored, StoreUnavailable
 from app.domain.models import NewUpdate
 from app.domain.rules import REFUSED
 from app.simulator.process import SimulatorProcess
-from app.store.base import Store
-from app.store.connect import open_store
 from app.store.migrations import migrations
-from app.store.postgres.store import POSTGRES
+from app.store.postgres.engine import POSTGRES
 from app.store.rows import PAYLOAD_CHUNK, batch_items, encode_batch
-from app.store.sqlite.store import SQLITE
+from app.store.sqlite.engine import SQLITE
+from app.store.store import Store, open_store
 from tests import pg
 from tests.inprocess import InProcessRelay
 from tests.inprocess import run as run_app
@@ -66,17 +65,19 @@ def test_commits_signal_new_work_and_settled_deliveries(database_url: str) -> No
         store = await opened(database_url)
         try:
             store.signals.work.clear()
-            result = await store.enqueue(
+            result = await store.deliveries.enqueue(
                 [NewUpdate(company_id="acme", metadata={"plan": "pro"})], source="api", caller="t"
             )
             assert store.signals.work.is_set()  # set by the commit itself: nobody poked
             (delivery_id,) = result.ids
             assert delivery_id is not None
-            claim = await store.claim(**claim_args())
+            claim = await store.claims.claim(**claim_args())
             assert claim is not None and claim.ids == [delivery_id]
             with store.signals.watching(delivery_id) as settled:
                 assert not settled.is_set()
-                await store.mark_delivered(claim, status=202, request_id="r", sent_versions={})
+                await store.claims.mark_delivered(
+                    claim, status=202, request_id="r", sent_versions={}
+                )
                 assert settled.is_set()
         finally:
             await store.close()
@@ -90,21 +91,21 @@ def test_postgres_wakes_every_replica_through_listen_notify() -> None:
     async def main(url: str) -> None:
         accepting, other = await opened(url), await opened(url)
         try:
-            channel = other._channel  # type: ignore[attr-defined]
+            channel = other.engine._channel  # type: ignore[attr-defined]
             await asyncio.wait_for(channel.listening.wait(), timeout=10)
             await asyncio.sleep(0.2)  # the listener's own start-up wake-up has passed
             other.signals.work.clear()
-            await accepting.enqueue(
+            await accepting.deliveries.enqueue(
                 [NewUpdate(company_id="acme", metadata={"n": 1})], source="api", caller="t"
             )
             await asyncio.wait_for(other.signals.work.wait(), timeout=5)
 
             # A dead letter replayed on one replica wakes the other one too.
-            claim = await other.claim(**claim_args())
+            claim = await other.claims.claim(**claim_args())
             assert claim is not None
-            await other.mark_dead(claim, status=400, error="bad", request_id=None)
+            await other.claims.mark_dead(claim, status=400, error="bad", request_id=None)
             other.signals.work.clear()
-            assert await accepting.replay(claim.ids[0]) is not None
+            assert await accepting.deliveries.replay(claim.ids[0]) is not None
             await asyncio.wait_for(other.signals.work.wait(), timeout=5)
         finally:
             await accepting.close()
@@ -122,9 +123,11 @@ def test_only_a_failed_enqueue_says_nothing_was_stored(database_url: str) -> Non
         store = await opened(database_url)
         await store.close()
         with pytest.raises(NothingStored):
-            await store.enqueue([NewUpdate(company_id="a", metadata={})], source="api", caller="t")
+            await store.deliveries.enqueue(
+                [NewUpdate(company_id="a", metadata={})], source="api", caller="t"
+            )
         with pytest.raises(StoreUnavailable) as read_failure:
-            await store.get_delivery("x")
+            await store.deliveries.get("x")
         assert not isinstance(read_failure.value, NothingStored)
 
     run(main)
@@ -137,25 +140,31 @@ def test_recent_answers_come_newest_first_without_the_relays_refusals(
         store = await opened(database_url)
         try:
             for i in range(4):
-                await store.enqueue(
+                await store.deliveries.enqueue(
                     [NewUpdate(company_id=f"c{i}", metadata={})], source="api", caller="t"
                 )
             outcomes = [(202, None), (500, "boom"), (None, REFUSED + "control character")]
             for status, error in outcomes:
-                claim = await store.claim(**claim_args())
+                claim = await store.claims.claim(**claim_args())
                 assert claim is not None
                 if status == 202:
-                    await store.mark_delivered(claim, status=202, request_id="r", sent_versions={})
+                    await store.claims.mark_delivered(
+                        claim, status=202, request_id="r", sent_versions={}
+                    )
                 elif status == 500:
-                    await store.mark_retry(claim, status=500, error="boom", delay=60)
+                    await store.claims.mark_retry(claim, status=500, error="boom", delay=60)
                 else:
-                    await store.mark_dead(claim, status=None, error=str(error), request_id=None)
-            answers = await store.recent_answers(10)  # c3 is queued, never sent: no answer
+                    await store.claims.mark_dead(
+                        claim, status=None, error=str(error), request_id=None
+                    )
+            answers = await store.deliveries.recent_answers(
+                10
+            )  # c3 is queued, never sent: no answer
             assert [(a.company_id, a.status, a.error) for a in answers] == [
                 ("c1", 500, "boom"),
                 ("c0", 202, None),
             ]
-            assert [a.company_id for a in await store.recent_answers(1)] == ["c1"]
+            assert [a.company_id for a in await store.deliveries.recent_answers(1)] == ["c1"]
         finally:
             await store.close()
 
@@ -220,7 +229,7 @@ def test_the_status_rule_holds_on_both_backends(database_url: str) -> None:
     async def main() -> None:
         store = await opened(database_url)
         try:
-            await store.enqueue(
+            await store.deliveries.enqueue(
                 [NewUpdate(company_id="acme", metadata={})], source="api", caller="t"
             )
         finally:
@@ -246,20 +255,22 @@ def test_a_batch_stored_before_chunks_still_expands_in_order(database_url: str) 
         store = await opened(database_url)
         try:
             updates = [NewUpdate(company_id=f"c{i}", metadata={"i": i}) for i in range(5)]
-            result = await store.enqueue(updates, source="bulk", caller="t", batch=True)
+            result = await store.deliveries.enqueue(updates, source="bulk", caller="t", batch=True)
             old_payload = orjson.dumps([[u.company_id, u.metadata] for u in updates])
             await execute(
                 database_url,
                 "UPDATE batches SET payload = %s, payload_format = 'array' WHERE id = %s",
                 (old_payload, result.batch_id),
             )
-            staged = await store.get_delivery(f"{result.batch_id}.3")
+            staged = await store.deliveries.get(f"{result.batch_id}.3")
             assert staged is not None
             assert (staged.company_id, staged.metadata, staged.status) == ("c3", {"i": 3}, "queued")
             claimed = []
-            while (claim := await store.claim(**claim_args())) is not None:
+            while (claim := await store.claims.claim(**claim_args())) is not None:
                 claimed.append((claim.company_id, claim.updates[0].metadata))
-                await store.mark_delivered(claim, status=202, request_id=None, sent_versions={})
+                await store.claims.mark_delivered(
+                    claim, status=202, request_id=None, sent_versions={}
+                )
             assert claimed == [(f"c{i}", {"i": i}) for i in range(5)]
         finally:
             await store.close()
@@ -278,7 +289,7 @@ def test_a_staged_update_is_read_from_its_chunk_across_chunk_boundaries(
                 NewUpdate(company_id=f"c{i}", metadata={"note": f"line\nbreak {i}"})
                 for i in range(count)
             ]
-            result = await store.enqueue(updates, source="bulk", caller="t", batch=True)
+            result = await store.deliveries.enqueue(updates, source="bulk", caller="t", batch=True)
             (payload,) = (
                 await execute(
                     database_url, "SELECT payload FROM batches WHERE id = %s", (result.batch_id,)
@@ -286,13 +297,13 @@ def test_a_staged_update_is_read_from_its_chunk_across_chunk_boundaries(
             )[0]
             assert bytes(payload).count(b"\n") == 2  # one line per chunk: newlines escaped
             for i in (0, PAYLOAD_CHUNK - 1, PAYLOAD_CHUNK, 2 * PAYLOAD_CHUNK, count - 1):
-                staged = await store.get_delivery(f"{result.batch_id}.{i}")
+                staged = await store.deliveries.get(f"{result.batch_id}.{i}")
                 assert staged is not None
                 assert (staged.company_id, staged.metadata) == (
                     f"c{i}",
                     {"note": f"line\nbreak {i}"},
                 )
-            assert await store.get_delivery(f"{result.batch_id}.{count}") is None
+            assert await store.deliveries.get(f"{result.batch_id}.{count}") is None
         finally:
             await store.close()
 
@@ -397,7 +408,7 @@ def test_a_reader_never_recreates_a_removed_sqlite_file(tmp_path: Any) -> None:
         try:
             path.unlink()  # before any reader thread has connected
             with pytest.raises(StoreUnavailable):
-                await store.get_delivery("x")
+                await store.deliveries.get("x")
             assert not await store.ping()
             assert not path.exists()
         finally:

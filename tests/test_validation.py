@@ -35,7 +35,7 @@ async def stored(relay: InProcessRelay) -> int:
     r = await relay.get("/deliveries?limit=1000", key=ADMIN_KEY)
     assert r.status_code == 200
     listed = r.json()["items"]
-    stats = await relay.store.stats()
+    stats = await relay.store.deliveries.stats()
     listed_queued = sum(1 for d in listed if d["status"] == "queued")
     return len(listed) + stats.queued - listed_queued
 

@@ -354,19 +354,19 @@ def test_stripe_subscription_of_an_unknown_customer_waits_for_its_company(
             assert counters(EVENTS, source="stripe", outcome="unresolved") == 1
             # A round of retries finds no company: the event stays parked, no id is guessed.
             assert await resolver(relay).run_once() == 0
-            assert [k for k, _ in await relay.store.parked_events(source="stripe", limit=10)] == [
+            assert [k for k, _ in await relay.store.webhooks.parked(source="stripe", limit=10)] == [
                 "evt_s9"
             ]
             assert await stored(relay) == []
             # Redelivered while it waits: still the one event waiting, still nothing stored.
             assert (await post_stripe(relay, sub)).status_code == 200
-            assert await relay.store.count_parked() == 1
+            assert await relay.store.webhooks.count_parked() == 1
             assert await stored(relay) == []
 
             customer = customer_event("evt_c9", "cus_B", "late-co", created=t0 + 5)
             assert (await post_stripe(relay, customer)).status_code == 200
             await eventually(lambda: counters(EVENTS, source="stripe", outcome="resolved") == 1)
-            assert await relay.store.count_parked() == 0
+            assert await relay.store.webhooks.count_parked() == 0
             await settled(relay)
             company = sim.company("late-co") or {}
             assert company["plan"] == "Pro" and company["mrr"] == 120.0
@@ -432,7 +432,7 @@ def test_stripe_unknown_customer_is_looked_up_through_the_api(
                 )
                 assert any(q["path"] == "/v1/customers/cus_X" for q in stripe_stub.requests)
                 assert any("stripe customer lookup failed" in line for line in logs)
-                assert await relay.store.count_parked() == 1
+                assert await relay.store.webhooks.count_parked() == 1
                 assert await stored(relay, "cus_X") == []
                 # Back, and it knows the customer now; without the metadata key it stands for
                 # the company named by its customer id.
@@ -465,7 +465,7 @@ def test_stripe_skip_mode_and_other_event_types(sqlite_url: str, sim: SimulatorP
             assert r.status_code == 200 and r.json() == {"received": 1, "accepted": 0}
             assert counters(EVENTS, source="stripe", outcome="no_company") == 1
             assert counters(EVENTS, source="stripe", outcome="ignored") == 1
-            assert await relay.store.company_for_customer("cus_K") is None
+            assert await relay.store.webhooks.company_for_customer("cus_K") is None
             assert await stored(relay) == []
 
     run(scenario())

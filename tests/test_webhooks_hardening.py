@@ -331,7 +331,7 @@ def test_a_stripe_event_with_values_no_store_can_hold_never_reaches_the_store(
             r = await post(relay, customer_event("evt_n3", "cus_N3", "ac\u0000me"))
             assert r.status_code == 200 and r.json() == {"received": 1, "accepted": 0}, r.text
             assert counters(EVENTS, source="stripe", outcome="invalid_event") == 1
-            assert await relay.store.company_for_customer("cus_N3") is None
+            assert await relay.store.webhooks.company_for_customer("cus_N3") is None
             assert await stored(relay) == []
 
             # A price of 1e999999: MRR is unknown (dropped, counted), the rest is forwarded.

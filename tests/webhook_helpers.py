@@ -227,7 +227,7 @@ class Counters:
 
 
 async def stored(relay: InProcessRelay, company_id: str | None = None) -> list[Delivery]:
-    return await relay.store.list_deliveries(
+    return await relay.store.deliveries.listing(
         status=None, company_id=company_id, after_seq=0, limit=500
     )
 

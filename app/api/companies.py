@@ -29,7 +29,7 @@ from app.domain.models import Idempotency
 from app.domain.quality import Rules
 from app.errors import ErrorBody
 from app.ingest import review_api, store_api
-from app.store.base import Store
+from app.store.store import Store
 
 router = APIRouter(tags=["companies"])
 
@@ -182,7 +182,7 @@ async def post_company(
     assert delivery_id is not None
     status = "queued"
     if result.replayed:  # the first request's delivery, wherever it stands now
-        first = await store.get_delivery(delivery_id)
+        first = await store.deliveries.get(delivery_id)
         status = first.status if first else status
     if wait is None:
         return _json(202, {"id": delivery_id, "status": status})
@@ -228,7 +228,7 @@ async def _wait_for_outcome(
                 async with asyncio.timeout(min(wait, 0.25)):  # no task, as wait_for makes
                     await event.wait()
         while True:
-            delivery = store.signals.outcome(delivery_id) or await store.get_delivery(delivery_id)
+            delivery = store.signals.outcome(delivery_id) or await store.deliveries.get(delivery_id)
             if delivery is not None and delivery.status in ("delivered", "dead"):
                 status = 200 if delivery.status == "delivered" else 502
                 return _json(status, DeliveryOut.of(delivery).model_dump(), applied)

@@ -55,7 +55,7 @@ async def get_delivery(delivery_id: DeliveryId, caller: AnyCaller, store: StoreD
 
     An ingest key sees only the deliveries it stored (another caller's is a 404); an admin
     key sees every delivery."""
-    delivery = None if has_control(delivery_id) else await store.get_delivery(delivery_id)
+    delivery = None if has_control(delivery_id) else await store.deliveries.get(delivery_id)
     if delivery is None or not _visible(caller, delivery.caller):
         raise _missing("delivery")
     return DeliveryOut.of(delivery)
@@ -73,7 +73,7 @@ async def get_batch(
     store: StoreDep,
 ) -> BatchOut:
     """A bulk request's deliveries counted by status (an ingest key sees only its own)."""
-    batch = None if has_control(batch_id) else await store.get_batch(batch_id)
+    batch = None if has_control(batch_id) else await store.deliveries.batch(batch_id)
     if batch is None or not _visible(caller, batch.caller):
         raise _missing("batch")
     return BatchOut.of(batch)
@@ -107,7 +107,7 @@ async def list_deliveries(
             "invalid request: cursor",
             errors=[FieldError(field="query.cursor", message="must be a next_cursor from a page")],
         )
-    items = await store.list_deliveries(
+    items = await store.deliveries.listing(
         status=status, company_id=_company(company_id), after_seq=after, limit=limit
     )
     next_cursor = str(items[-1].seq) if len(items) == limit else None
@@ -125,7 +125,7 @@ async def replay_delivery(delivery_id: DeliveryId, _: AdminCaller, store: StoreD
     It never overwrites a property that a later update of the same company has already set.
     """
     # A delivery that is not dead raises `NotDead`: a 409 (app/errors.py).
-    delivery = None if has_control(delivery_id) else await store.replay(delivery_id)
+    delivery = None if has_control(delivery_id) else await store.deliveries.replay(delivery_id)
     if delivery is None:
         raise _missing("delivery")
     return DeliveryOut.of(delivery)
@@ -144,7 +144,7 @@ async def replay_all(
     """Put every dead delivery (of one company, when given) back in the queue (admin).
 
     Deliveries the relay itself refused (they cannot be sent as stored) stay dead."""
-    count = await store.replay_dead(company_id=_company(company_id))
+    count = await store.deliveries.replay_dead(company_id=_company(company_id))
     return Replayed(replayed=count)
 
 
@@ -157,9 +157,9 @@ async def purge_delivery(delivery_id: DeliveryId, _: AdminCaller, store: StoreDe
     """Delete one dead delivery for good (admin)."""
     if has_control(delivery_id):
         raise _missing("delivery")
-    count = await store.purge_dead(delivery_id=delivery_id)
+    count = await store.deliveries.purge_dead(delivery_id=delivery_id)
     if count == 0:
-        delivery = await store.get_delivery(delivery_id)
+        delivery = await store.deliveries.get(delivery_id)
         if delivery is None:
             raise _missing("delivery")
         raise NotDead(delivery.status, action="purged")
@@ -180,4 +180,4 @@ async def purge_dead(
     company_id: CompanyFilter = None,
 ) -> Purged:
     """Delete every dead delivery (of one company, when given) for good (admin)."""
-    return Purged(purged=await store.purge_dead(company_id=_company(company_id)))
+    return Purged(purged=await store.deliveries.purge_dead(company_id=_company(company_id)))

@@ -19,7 +19,7 @@ from app.config import ApiKey, Role, Settings
 from app.errors import RelayError
 from app.sources.backfill import BackfillRunner
 from app.sources.service import WebhookSources
-from app.store.base import Store
+from app.store.store import Store
 
 
 class State(TypedDict):

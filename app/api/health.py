@@ -19,7 +19,7 @@ from app.metrics import (
     STORE_UP,
     WEBHOOK_PARKED,
 )
-from app.store.base import Store
+from app.store.store import Store
 
 router = APIRouter(tags=["operations"])
 
@@ -82,8 +82,8 @@ async def metrics(request: Request, store: StoreDep) -> Response:
     """Prometheus metrics, all prefixed `userpilot_relay_`; the queue gauges are read now."""
     up = await _probe(request, store)  # a write: a store that reads but cannot write is down
     try:
-        stats = await store.stats()
-        parked = await store.count_parked()
+        stats = await store.deliveries.stats()
+        parked = await store.webhooks.count_parked()
     except Exception:
         STORE_UP.set(0)
     else:

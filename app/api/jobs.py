@@ -128,7 +128,7 @@ async def list_jobs(
     ] = None,
 ) -> JobPage:
     """The bulk jobs, newest first, one page at a time (admin)."""
-    jobs = await store.list_jobs(status=status, before=cursor, limit=limit)
+    jobs = await store.jobs.listing(status=status, before=cursor, limit=limit)
     stuck = settings.relay_bulk_stuck_seconds
     return JobPage(
         items=[JobOut.of(job, stuck) for job in jobs],
@@ -148,7 +148,7 @@ async def get_job(
     settings: SettingsDep,
 ) -> JobOut:
     """One bulk job: status, rows, completed rows, timestamps and outcome (admin)."""
-    job = await store.get_job(job_id) if job_id.isascii() and job_id.isprintable() else None
+    job = await store.jobs.get(job_id) if job_id.isascii() and job_id.isprintable() else None
     if job is None:
         raise RelayError(404, "not_found", "no job with this id")
     return JobOut.of(job, settings.relay_bulk_stuck_seconds)
@@ -175,9 +175,7 @@ async def abandon_job(
     update of a company still wins). Userpilot may still run the job later, landing its older
     values: use it for a job Userpilot reports in an undocumented state or that is stuck."""
     valid = job_id.isascii() and job_id.isprintable()
-    job, ended = (
-        await store.job_recovery.abandon(job_id, by=caller.name) if valid else (None, False)
-    )
+    job, ended = await store.jobs.abandon(job_id, by=caller.name) if valid else (None, False)
     if job is None:
         raise RelayError(404, "not_found", "no job with this id")
     if not ended:

@@ -94,10 +94,10 @@ def last_answer(answers: list[StoredAnswer]) -> UpstreamAnswer | None:
 @router.get("/status", response_model=RelayStatus, responses=AUTH_ERRORS)
 async def get_status(_: AdminCaller, settings: SettingsDep, store: StoreDep) -> RelayStatus:
     """The queue by state, Userpilot's last answer and the pacing in force (admin)."""
-    stats = await store.stats()
-    job = await store.unfinished_job()
+    stats = await store.deliveries.stats()
+    job = await store.jobs.unfinished()
     oldest = stats.oldest_queued_at
-    paused_until, pause_reason = await store.send_pause()
+    paused_until, pause_reason = await store.pacing.send_pause()
     paused = paused_until > time.time()
     return RelayStatus(
         version=__version__,
@@ -107,7 +107,7 @@ async def get_status(_: AdminCaller, settings: SettingsDep, store: StoreDep) -> 
             dead=stats.dead,
             oldest_queued_age_seconds=None if oldest is None else max(0.0, time.time() - oldest),
         ),
-        last_upstream=last_answer(await store.recent_answers(RECENT)),
+        last_upstream=last_answer(await store.deliveries.recent_answers(RECENT)),
         recent_window=RECENT,
         rate_limit_per_minute=settings.relay_rate_limit_per_minute,
         delivery_concurrency=settings.relay_delivery_concurrency,

@@ -35,8 +35,8 @@ def _database_url(given: str | None) -> str:
 
 
 async def _migrate(database_url: str) -> str:
-    from app.store.connect import open_store
     from app.store.migrations import migrations
+    from app.store.store import open_store
 
     store = open_store(database_url)
     await store.open()

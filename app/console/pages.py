@@ -25,8 +25,8 @@ from app.domain.errors import NotDead
 from app.domain.models import STATUSES, Delivery
 from app.domain.rules import MAX_COMPANY_ID, has_control
 from app.domain.values import SeenType
-from app.store.base import Store
 from app.store.console import DeliveryFilter, Rate
+from app.store.store import Store
 
 PAGE = 50
 _JOB_ID = re.compile(r"^job_[0-9]{13}_[0-9a-f]{12}$")
@@ -121,8 +121,8 @@ async def stylesheet(request: Request) -> Response:
 async def overview(request: Request) -> Response:
     signed_in(request)
     store = store_of(request)
-    stats = await store.stats()
-    job = await store.unfinished_job()
+    stats = await store.deliveries.stats()
+    job = await store.jobs.unfinished()
     running = await store.backfills.listing(source=None, before=None, limit=20)
     circuit = REGISTRY.get_sample_value("userpilot_relay_upstream_circuit_open")
     now = time.time()
@@ -134,9 +134,9 @@ async def overview(request: Request) -> Response:
         stats=stats,
         oldest_age=None if oldest is None else now - oldest,
         rate=chart(await store.console.rate(now=now)),
-        answer=last_answer(await store.recent_answers(RECENT)),
+        answer=last_answer(await store.deliveries.recent_answers(RECENT)),
         circuit_open=bool(circuit),
-        paused_until=await store.paused_until(),
+        paused_until=await store.pacing.paused_until(),
         job=None if job is None else JobOut.of(job, settings(request).relay_bulk_stuck_seconds),
         backfills=[b for b in running if b.status == "running"],
         now=now,
@@ -176,7 +176,7 @@ def _delivery_id(delivery_id: str) -> str:
 @router.get("/deliveries/{delivery_id}")
 async def delivery(request: Request, delivery_id: str) -> Response:
     signed_in(request)
-    found = await store_of(request).get_delivery(_delivery_id(delivery_id))
+    found = await store_of(request).deliveries.get(_delivery_id(delivery_id))
     if found is None:
         raise ConsoleError(404, "No delivery with this id.")
     return render(request, "delivery.html", active="/deliveries", d=found, done=_done(request))
@@ -186,7 +186,7 @@ async def delivery(request: Request, delivery_id: str) -> Response:
 async def replay(request: Request, delivery_id: str) -> Response:
     await checked_form(request)
     try:
-        found = await store_of(request).replay(_delivery_id(delivery_id))
+        found = await store_of(request).deliveries.replay(_delivery_id(delivery_id))
     except NotDead as exc:
         message = f"Only a dead delivery can be replayed (this one: {exc.state})."
         raise ConsoleError(409, message) from None
@@ -199,7 +199,7 @@ async def replay(request: Request, delivery_id: str) -> Response:
 async def purge(request: Request, delivery_id: str) -> Response:
     await checked_form(request)
     store = store_of(request)
-    count = await store.purge_dead(delivery_id=_delivery_id(delivery_id))
+    count = await store.deliveries.purge_dead(delivery_id=_delivery_id(delivery_id))
     if count == 0:
         raise ConsoleError(409, "Only a dead delivery can be purged.")
     return redirect(request, "/dead-letters", done="purged", n=count)
@@ -253,7 +253,7 @@ def _company_field(fields: dict[str, str]) -> str | None:
 async def replay_all(request: Request) -> Response:
     _, fields = await checked_form(request)
     company_id = _company_field(fields)
-    count = await store_of(request).replay_dead(company_id=company_id)
+    count = await store_of(request).deliveries.replay_dead(company_id=company_id)
     return redirect(request, "/dead-letters", company_id=company_id, done="replayed_all", n=count)
 
 
@@ -261,7 +261,7 @@ async def replay_all(request: Request) -> Response:
 async def purge_all(request: Request) -> Response:
     _, fields = await checked_form(request)
     company_id = _company_field(fields)
-    count = await store_of(request).purge_dead(company_id=company_id)
+    count = await store_of(request).deliveries.purge_dead(company_id=company_id)
     return redirect(request, "/dead-letters", company_id=company_id, done="purged", n=count)
 
 
@@ -271,7 +271,7 @@ async def jobs(request: Request) -> Response:
     before = request.query_params.get("before") or None
     if before is not None and not _JOB_ID.match(before):
         raise ConsoleError(400, "before must be a job id from a previous page.")
-    found = await store_of(request).list_jobs(status=None, before=before, limit=PAGE)
+    found = await store_of(request).jobs.listing(status=None, before=before, limit=PAGE)
     stuck = settings(request).relay_bulk_stuck_seconds
     return render(
         request,

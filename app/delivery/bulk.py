@@ -54,7 +54,7 @@ from app.metrics import (
     UPSTREAM_AUTH_FAILURES,
     UPSTREAM_THROTTLED,
 )
-from app.store.base import Store
+from app.store.store import Store
 from app.userpilot.client import (
     RUNNING,
     UpstreamResult,
@@ -152,17 +152,17 @@ class BulkDriver:
             job, self._current = self._current, None
             if job is not None:  # another replica may take it over at once
                 with contextlib.suppress(Exception):
-                    await asyncio.shield(self.store.release_job(job, owner=self.owner))
+                    await asyncio.shield(self.store.jobs.release(job, owner=self.owner))
 
     def _bulk_on(self) -> bool:
         return self.settings.relay_upstream_bulk == "auto" and self.bulk_off_reason is None
 
     async def _step(self) -> float:
         """One turn: answers how long to wait before the next."""
-        job = await self.store.take_job(owner=self.owner, lease_seconds=self.lease)
+        job = await self.store.jobs.take(owner=self.owner, lease_seconds=self.lease)
         self._current = job
         if job is None:
-            unfinished = await self.store.unfinished_job()
+            unfinished = await self.store.jobs.unfinished()
             if unfinished is not None:  # another replica drives it, or it is not due yet
                 self._check_stuck(unfinished)
                 return _IDLE_CHECK
@@ -177,7 +177,7 @@ class BulkDriver:
             return await self.poll(job)
         if self.breaker.open:
             # Userpilot looks down: leave the job to whichever replica sees it back first.
-            await self.store.release_job(job, owner=self.owner)
+            await self.store.jobs.release(job, owner=self.owner)
             self._current = None
             return _IDLE_CHECK
         if job.uncertain_at is not None:
@@ -208,10 +208,10 @@ class BulkDriver:
         if not self._bulk_on() or self.breaker.open:
             return None
         threshold = settings.bulk_threshold
-        if await self.store.waiting_companies(threshold + 1) <= threshold:
+        if await self.store.jobs.waiting_companies(threshold + 1) <= threshold:
             self._empty_packs = 0
             return None
-        job = await self.store.pack_job(
+        job = await self.store.jobs.pack(
             owner=self.owner,
             lease_seconds=self.lease,
             max_rows=await self._job_size(),
@@ -234,7 +234,7 @@ class BulkDriver:
         paths end together; within RELAY_BULK_MIN_ROWS and RELAY_BULK_MAX_ROWS."""
         settings = self.settings
         largest = settings.relay_bulk_max_rows
-        waiting = await self.store.waiting_companies(2 * largest)
+        waiting = await self.store.jobs.waiting_companies(2 * largest)
         realtime = settings.relay_rate_limit_per_minute / 60
         bulk = self.rows_per_second or 3 * realtime
         rows = math.ceil(waiting * bulk / (bulk + realtime))
@@ -278,18 +278,18 @@ class BulkDriver:
     async def _observe(self, result: UpstreamResult) -> None:
         """Tell the breaker; an answer from a Userpilot that was down brings retries forward."""
         if self.breaker.record(result, probe=False):
-            await self.store.retry_now()
+            await self.store.claims.retry_now()
 
     async def _slot(self) -> float:
         """Wait for a send slot; answers how long it is still away when that is too long to
         wait holding the job's lease (a 429 pause): then nothing is sent now."""
         if self.pacer.paused():  # a 429: no slot before it ends
             return min(self.lease / 3, 1.0)
-        slot = await self.store.reserve_send_slot(self.pacer.interval)
+        slot = await self.store.pacing.reserve_send_slot(self.pacer.interval)
         wait = slot - time.time()
         if wait > self.lease / 3:
             # Unused: give it back (when none was reserved after it) rather than waste it.
-            await self.store.release_send_slot(slot, self.pacer.interval)
+            await self.store.pacing.release_send_slot(slot, self.pacer.interval)
             return wait
         await asyncio.sleep(max(0.0, wait))
         if self.pacer.paused():
@@ -302,8 +302,8 @@ class BulkDriver:
         event loop between chunks); with `refuse`, less the updates that cannot be sent
         (dead-lettered first)."""
         merged = JobMerge()
-        for chunk in read_chunks(await self.store.job_companies(job.id)):
-            claims = await self.store.job_rows(job.id, chunk)
+        for chunk in read_chunks(await self.store.jobs.companies(job.id)):
+            claims = await self.store.jobs.rows(job.id, chunk)
             if refuse:
                 claims = [
                     await without_unsendable(self.store, claim, job_context(job), strict=True)
@@ -320,7 +320,7 @@ class BulkDriver:
         context = job_context(job)
         rows = await self._rows(job, refuse=True)
         if not rows:
-            await self.store.job_completed(job, owner=self.owner, sent_versions={})
+            await self.store.jobs.completed(job, owner=self.owner, sent_versions={})
             return 0.0
         body = bulk_body(rows)
         del rows  # only the body is held while the upload runs
@@ -329,7 +329,7 @@ class BulkDriver:
             return 0.0
         if (later := await self._slot()) > 0:
             return later
-        if not await self.store.job_uploading(job, owner=self.owner, lease=self.lease):
+        if not await self.store.jobs.uploading(job, owner=self.owner, lease=self.lease):
             log.info("another replica took the bulk job over", extra=context)
             return 0.0
         # A large upload may take longer than a real-time call; it ends inside the job's lease.
@@ -345,7 +345,7 @@ class BulkDriver:
             assert upstream_id is not None
             self._conflicts.pop(job.id, None)
             state = job_status(result.body or {})
-            if await self.store.job_submitted(
+            if await self.store.jobs.submitted(
                 job,
                 owner=self.owner,
                 upstream_id=upstream_id,
@@ -374,7 +374,7 @@ class BulkDriver:
             UPSTREAM_THROTTLED.inc()
             asked = result.retry_after if result.retry_after is not None else self._backoff(job)
             until = self.pacer.pause(asked, "429 on a bulk upload")
-            await self.store.pause_sending(until, reason=self.pacer.pause_reason)
+            await self.store.pacing.pause_sending(until, reason=self.pacer.pause_reason)
             delay = self.pacer.capped(asked)
             return await self._defer(job, error, delay)
         if outcome == "error":  # no answer, a 5xx, or a 2xx without a job id: maybe accepted
@@ -414,7 +414,7 @@ class BulkDriver:
         """Submit it again later; `uncertain`: this upload may be pending at Userpilot (else
         the job keeps the doubt it had before the upload)."""
         wait = self._backoff(job) if delay is None else delay
-        await self.store.job_deferred(
+        await self.store.jobs.deferred(
             job,
             owner=self.owner,
             delay=wait,
@@ -450,7 +450,7 @@ class BulkDriver:
         keep_in_bulk: bool = False,
     ) -> None:
         """End the job `status`; its rows go to two smaller jobs or real-time calls."""
-        children = await self.store.job_split(
+        children = await self.store.jobs.split(
             job,
             owner=self.owner,
             status=status,
@@ -488,7 +488,7 @@ class BulkDriver:
         if status == "completed" and done is not None and done < job.rows:
             if (note := self.odd.premature(job, done)) is None:
                 # Userpilot says completed with rows missing: maybe not finished at all.
-                await self.store.job_polled(
+                await self.store.jobs.polled(
                     job,
                     owner=self.owner,
                     upstream_status="completed",
@@ -519,7 +519,7 @@ class BulkDriver:
             UPSTREAM_THROTTLED.inc()
             pause = result.retry_after if result.retry_after is not None else poll
             until = self.pacer.pause(pause, "429 on a bulk job poll")
-            await self.store.pause_sending(until, reason=self.pacer.pause_reason)
+            await self.store.pacing.pause_sending(until, reason=self.pacer.pause_reason)
         elif result.status in (401, 403):
             UPSTREAM_AUTH_FAILURES.inc()
             if job.id not in self._auth_logged:
@@ -533,7 +533,7 @@ class BulkDriver:
         state = None if status is None else status if status in RUNNING else f"unknown: {status}"
         if status is not None and status not in RUNNING:
             self.odd.unknown(job, status)
-        await self.store.job_polled(
+        await self.store.jobs.polled(
             job,
             owner=self.owner,
             upstream_status=state,
@@ -549,12 +549,12 @@ class BulkDriver:
     async def _complete(self, job: BulkJob, done: int | None, *, shortfall: str = "") -> None:
         rows = await self._rows(job, refuse=False)
         sent = {row.company_id: row.sent_versions for row in rows}
-        if not await self.store.job_completed(
+        if not await self.store.jobs.completed(
             job, owner=self.owner, sent_versions=sent, completed_rows=done
         ):
             return
         if shortfall:
-            await self.store.job_recovery.shortfall(job, shortfall)
+            await self.store.jobs.shortfall(job, shortfall)
         BULK_JOBS.labels(outcome="completed").inc()
         BULK_ROWS.labels(outcome="delivered").inc(len(rows))
         updates = sum(row.updates for row in rows)

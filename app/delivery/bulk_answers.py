@@ -17,7 +17,7 @@ from typing import Literal, Protocol
 
 from app.config import Settings
 from app.domain.models import BulkJob
-from app.store.base import Store
+from app.store.store import Store
 from app.userpilot.client import (
     RUNNING,
     UpstreamResult,
@@ -124,7 +124,7 @@ async def resolve_doubt(calls: Calls, job: BulkJob) -> float | Literal["certain"
         error = result.error or f"HTTP {result.status}: no job list"
         return await calls._defer(job, f"cannot list Userpilot's jobs: {error}", counted=False)
     ids = [str(j["job_id"]) for j in listed if isinstance(j.get("job_id"), str)]
-    known = await calls.store.job_recovery.known_upstream_ids(ids)
+    known = await calls.store.jobs.known_upstream_ids(ids)
     since = job.uncertain_at - CLOCK_SKEW
     if job.submitted_at is not None:  # accepted once, then lost: not that job again
         since = max(since, job.submitted_at)
@@ -151,7 +151,7 @@ async def resolve_doubt(calls: Calls, job: BulkJob) -> float | Literal["certain"
     if orphan is not None:
         upstream_id = str(orphan["job_id"])
         state = job_status(orphan) or "queued"
-        if await calls.store.job_submitted(
+        if await calls.store.jobs.submitted(
             job,
             owner=calls.owner,
             upstream_id=upstream_id,
@@ -172,7 +172,7 @@ async def resolve_doubt(calls: Calls, job: BulkJob) -> float | Literal["certain"
         return await calls._defer(job, error, counted=False)
     if (job.last_error or "").startswith(ACCEPTED_WITHOUT_ID):
         return "submit"
-    if not await calls.store.job_recovery.certain(job, owner=calls.owner):
+    if not await calls.store.jobs.certain(job, owner=calls.owner):
         return 0.0
     log.info("Userpilot shows no job from the unanswered upload: not in doubt", extra=context)
     return "certain"

@@ -38,7 +38,7 @@ from app.metrics import (
     UPSTREAM_AUTH_FAILURES,
     UPSTREAM_THROTTLED,
 )
-from app.store.base import Store
+from app.store.store import Store
 from app.userpilot.client import UpstreamResult, UserpilotClient
 
 log = logging.getLogger("userpilot_relay.dispatcher")
@@ -115,7 +115,7 @@ class Dispatcher:
             await self._slots.acquire()
             claim: Claim | None = None
             try:
-                slot = await self.store.reserve_send_slot(self._pacer.interval)
+                slot = await self.store.pacing.reserve_send_slot(self._pacer.interval)
                 wait = slot - time.time()
                 if wait > 0:
                     await asyncio.sleep(wait)
@@ -132,7 +132,7 @@ class Dispatcher:
                 # Work stored from now on wakes the feeder from its idle wait at once.
                 self.store.signals.work.clear()
                 claim = await self._claim(settle)
-                if claim is None and probe and await self.store.retry_now(one_company=True):
+                if claim is None and probe and await self.store.claims.retry_now(one_company=True):
                     # Everything waits out a backoff: the probe takes the oldest of it.
                     claim = await self._claim(settle)
             except asyncio.CancelledError:
@@ -164,7 +164,7 @@ class Dispatcher:
                 if probe:
                     self._breaker.probe_unused()
                 with contextlib.suppress(Exception):  # unused: the next update may take it
-                    await self.store.release_send_slot(slot, self._pacer.interval)
+                    await self.store.pacing.release_send_slot(slot, self._pacer.interval)
                 await self._idle(settle)
                 continue
             # This process's own sends are never closer than the interval, however long the
@@ -175,7 +175,7 @@ class Dispatcher:
             task.add_done_callback(self._done)
 
     async def _claim(self, settle: float) -> Claim | None:
-        return await self.store.claim(
+        return await self.store.claims.claim(
             # One token per claim: a call that outlived its lease cannot record over the
             # claim that took the company over.
             owner=f"{self.owner}:{next(self._claims)}",
@@ -212,7 +212,7 @@ class Dispatcher:
         if self._breaker.record(result, probe=probe):
             # Userpilot is back: whatever waits out a backoff goes now, at full pace.
             with contextlib.suppress(Exception):
-                moved = await self.store.retry_now()
+                moved = await self.store.claims.retry_now()
                 log.info("brought waiting deliveries forward", extra={"deliveries": moved})
 
     async def _call(self, claim: Claim, send_at: float) -> UpstreamResult | None:
@@ -229,7 +229,7 @@ class Dispatcher:
             )
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
-                await asyncio.shield(self.store.release(claim))
+                await asyncio.shield(self.store.claims.release(claim))
             raise
         except Exception as exc:  # a bug, not an answer: retry later rather than lose track
             log.exception("delivering failed unexpectedly; retrying", extra=context)
@@ -272,7 +272,7 @@ class Dispatcher:
         count = len(claim.updates)
         if outcome == "delivered":
             assert result.status is not None
-            await self.store.mark_delivered(
+            await self.store.claims.mark_delivered(
                 claim,
                 status=result.status,
                 request_id=result.request_id,
@@ -297,15 +297,17 @@ class Dispatcher:
                 until = self._pacer.pause(
                     result.retry_after or delay, "429 on a real-time identify call"
                 )
-                await self.store.pause_sending(until, reason=self._pacer.pause_reason)
+                await self.store.pacing.pause_sending(until, reason=self._pacer.pause_reason)
             RETRIES.labels(reason=retry_reason(result)).inc()
-            await self.store.mark_retry(claim, status=result.status, error=error, delay=delay)
+            await self.store.claims.mark_retry(
+                claim, status=result.status, error=error, delay=delay
+            )
             log.warning(
                 "upstream call failed; retrying",
                 extra=context | {"error": error, "retry_in_s": round(delay, 2)},
             )
             return
-        await self.store.mark_dead(
+        await self.store.claims.mark_dead(
             claim, status=result.status, error=error, request_id=result.request_id
         )
         DELIVERIES.labels(outcome="dead").inc(count)
@@ -326,7 +328,7 @@ class Dispatcher:
         while not self._stopping:
             retention = self.settings.relay_delivered_retention_seconds
             try:
-                pruned = await self.store.prune(delivered_before=time.time() - retention)
+                pruned = await self.store.deliveries.prune(delivered_before=time.time() - retention)
             except asyncio.CancelledError:
                 raise
             except Exception:

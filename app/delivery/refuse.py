@@ -12,7 +12,7 @@ from dataclasses import replace
 from app.domain.models import Claim
 from app.domain.rules import REFUSED, update_problem
 from app.metrics import DELIVERIES
-from app.store.base import Store
+from app.store.store import Store
 
 log = logging.getLogger("userpilot_relay.dispatcher")
 
@@ -26,7 +26,7 @@ async def refuse(
 ) -> bool:
     """Dead-letter every update of the claim with the relay's own reason (False: failed)."""
     try:
-        await store.mark_dead(claim, status=status, error=reason, request_id=None)
+        await store.claims.mark_dead(claim, status=status, error=reason, request_id=None)
     except Exception:  # the lease runs out; the next claim refuses it again
         log.exception("dead-lettering a refused delivery failed", extra=context)
         return False

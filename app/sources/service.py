@@ -17,7 +17,7 @@ from app.sources.stripe import StripeSource
 from app.sources.stripe.api import StripeApi
 from app.sources.stripe.customers import StripeResolver
 from app.sources.stripe.processor import StripeProcessor
-from app.store.base import Store
+from app.store.store import Store
 
 
 class WebhookSources:

@@ -1,4 +1,5 @@
-"""Durable storage: the `Store` interface, the SQL both backends run, and the two backends.
+"""Durable storage: `Store` (`store.py`) is one engine (`engine.py`; `sqlite/`, `postgres/`)
+plus one module per feature, each holding its SQL, its plans and its methods.
 
-`connect.open_store` picks the backend from the database URL; nothing else knows which runs.
+`store.open_store` picks the engine from the database URL; nothing else knows which runs.
 """

@@ -8,6 +8,10 @@ reading a committed page twice nor losing one.
 
 A reconciliation stores only the properties whose value differs from what the relay last
 delivered (`delivered.py`).
+
+A backfill row is leased to the replica driving it (`owner`, `lease_until`), renewed with every
+page it commits; the partial unique index `backfills_one_running` keeps one running backfill
+per source across every replica.
 """
 
 from __future__ import annotations
@@ -20,13 +24,12 @@ from typing import Any, Literal
 
 from app.domain.models import Metadata, NewUpdate
 from app.domain.rules import printable
-from app.store import backfill_queries as bq
-from app.store import plans
-from app.store import queries as q
-from app.store.delivered import value_digest
+from app.store.delivered import DELIVERED_OF, source_times, value_digest
+from app.store.deliveries import enqueue_batch
 from app.store.part import StorePart
 from app.store.rows import encode_batch, new_ids
-from app.store.sql import Plan, Row, Statement
+from app.store.sql import Plan, Row, Statement, filtered
+from app.store.webhooks import LINK_CUSTOMER
 
 BackfillStatus = Literal["running", "completed", "failed"]
 Mode = Literal["full", "reconcile"]
@@ -132,12 +135,82 @@ class _Kept:
     unchanged: int = 0
 
 
+BACKFILL_COLUMNS = (
+    "id, source, mode, status, cursor, pages, companies, enqueued, skipped, unchanged, errors, "
+    "total, last_error, owner, lease_until, started_at, updated_at, finished_at"
+)
+
+# The unique index refuses a second running backfill of a source: nothing is inserted then.
+START = f"""
+    INSERT INTO backfills (id, source, mode, status, owner, lease_until, started_at, updated_at)
+    VALUES (:id, :source, :mode, 'running', :owner, {{now}} + :lease, {{now}}, {{now}})
+    ON CONFLICT DO NOTHING
+    RETURNING {BACKFILL_COLUMNS}
+"""
+BY_ID = f"SELECT {BACKFILL_COLUMNS} FROM backfills WHERE id = :id"
+RUNNING_OF = (
+    f"SELECT {BACKFILL_COLUMNS} FROM backfills WHERE source = :source AND status = 'running'"
+)
+# Newest first; `backfills.listing` adds the filter and the cursor.
+LIST = f"SELECT {BACKFILL_COLUMNS} FROM backfills WHERE 1 = 1"
+LATEST_START = "SELECT max(started_at) FROM backfills WHERE source = :source"
+# A running backfill nobody drives (its lease ran out: the replica died or stopped), or ours.
+# The outer condition is evaluated again on PostgreSQL after a concurrent update: two replicas
+# never both take it.
+_FREE = "(lease_until IS NULL OR lease_until < {now} OR owner = :owner)"
+TAKE = f"""
+    UPDATE backfills SET owner = :owner, lease_until = {{now}} + :lease, updated_at = {{now}}
+    WHERE status = 'running' AND {_FREE} AND id = (
+        SELECT id FROM backfills WHERE status = 'running' AND {_FREE} AND id <> ALL(:busy)
+        ORDER BY started_at LIMIT 1 FOR UPDATE SKIP LOCKED)
+    RETURNING {BACKFILL_COLUMNS}
+"""
+_HELD = " WHERE id = :id AND owner = :owner AND status = 'running'"
+RENEW = "UPDATE backfills SET lease_until = {now} + :lease, updated_at = {now}" + _HELD
+RELEASE = "UPDATE backfills SET lease_until = NULL, updated_at = {now}" + _HELD
+SET_TOTAL = "UPDATE backfills SET total = :total" + _HELD
+# The page's row, locked for the page's transaction: still ours, at the page we expect?
+LOCK_PAGE = """
+    SELECT pages, mode, source FROM backfills
+    WHERE id = :id AND owner = :owner AND status = 'running' FOR UPDATE
+"""
+PAGE_DONE = (
+    """
+    UPDATE backfills SET cursor = :cursor, pages = pages + 1, companies = companies + :read,
+        enqueued = enqueued + :enqueued, skipped = skipped + :skipped,
+        unchanged = unchanged + :unchanged, errors = errors + :errors,
+        last_error = COALESCE(:error, last_error), lease_until = {now} + :lease,
+        updated_at = {now},
+        status = CASE WHEN :last = 1 THEN 'completed' ELSE status END,
+        finished_at = CASE WHEN :last = 1 THEN {now} ELSE finished_at END"""
+    + _HELD
+)
+FAIL = (
+    """
+    UPDATE backfills SET status = 'failed', last_error = :error, errors = errors + 1,
+        finished_at = {now}, updated_at = {now}, lease_until = NULL"""
+    + _HELD
+)
+FORGET_CUSTOMERS = "DELETE FROM backfill_customers WHERE backfill_id = :id"
+
+# Stripe: which company a customer stands for, and which customers this backfill already took.
+LINKED = "SELECT customer_id, company_id FROM customer_links WHERE customer_id = ANY(:ids)"
+TAKEN = """
+    SELECT customer_id, live FROM backfill_customers
+    WHERE backfill_id = :id AND customer_id = ANY(:ids)
+"""
+TAKE_CUSTOMER = """
+    INSERT INTO backfill_customers (backfill_id, customer_id, live) VALUES (:id, :customer, :live)
+    ON CONFLICT (backfill_id, customer_id) DO UPDATE SET live = excluded.live
+"""
+
+
 # plans ---------------------------------------------------------------------------------------
 def _start(backfill_id: str, source: str, mode: Mode, owner: str, lease: float) -> Plan[Backfill]:
     params = {"id": backfill_id, "source": source, "mode": mode, "owner": owner, "lease": lease}
-    row = (yield Statement(bq.START, params)).one()
+    row = (yield Statement(START, params)).one()
     if row is None:
-        running = (yield Statement(bq.RUNNING_OF, {"source": source})).one()
+        running = (yield Statement(RUNNING_OF, {"source": source})).one()
         raise BackfillRunning(running[0] if running else "?")
     return _backfill(row)
 
@@ -148,7 +221,7 @@ def _one(sql: str, params: dict[str, Any]) -> Plan[Backfill | None]:
 
 
 def _listing(source: str | None, before: str | None, limit: int) -> Plan[list[Backfill]]:
-    sql, params = q.filtered(bq.LIST, source=source)
+    sql, params = filtered(LIST, source=source)
     if before is not None:
         sql, params = sql + " AND id < :before", {**params, "before": before}
     stmt = Statement(sql + " ORDER BY id DESC LIMIT :limit", {**params, "limit": limit})
@@ -163,7 +236,7 @@ def _unchanged(records: Sequence[Record]) -> Plan[_Kept]:
     """Reconciliation: each record without the properties the relay last delivered as they are."""
     companies = sorted({r.company_id for r in records})
     delivered: dict[tuple[str, str], int] = {}
-    for company, key, digest in (yield Statement(bq.DELIVERED_OF, {"companies": companies})).rows:
+    for company, key, digest in (yield Statement(DELIVERED_OF, {"companies": companies})).rows:
         delivered[(company, key)] = int(digest)
     kept = _Kept()
     for record in records:
@@ -199,7 +272,7 @@ def _newest(records: Sequence[Record], updates: Sequence[NewUpdate]) -> Plan[_Ke
         params: dict[str, Any] = {}
         for i, (company, key) in enumerate(chunk):
             params |= {f"c{i}": company, f"k{i}": key, f"t{i}": times[(company, key)]}
-        for company, key in (yield Statement(bq.source_times(size), params)).rows:
+        for company, key in (yield Statement(source_times(size), params)).rows:
             moved.add((str(company), str(key)))
         start += size
     kept = _Kept()
@@ -215,19 +288,19 @@ def _newest(records: Sequence[Record], updates: Sequence[NewUpdate]) -> Plan[_Ke
 def _commit_page(
     backfill_id: str, owner: str, page: Page, lease: float, batch_id: str
 ) -> Plan[PageOutcome]:
-    held = (yield Statement(bq.LOCK_PAGE, {"id": backfill_id, "owner": owner})).one()
+    held = (yield Statement(LOCK_PAGE, {"id": backfill_id, "owner": owner})).one()
     if held is None or int(held[0]) != page.number - 1:
         raise LostBackfill(backfill_id)
     if page.links:
         latest = dict(page.links)
         rows = [{"customer": c, "company": latest[c]} for c in sorted(latest)]
-        yield Statement(q.LINK_CUSTOMER, rows, many=True)
+        yield Statement(LINK_CUSTOMER, rows, many=True)
     if page.customers:
         taken = [
             {"id": backfill_id, "customer": c, "live": 1 if live else 0}
             for c, live in page.customers
         ]
-        yield Statement(bq.TAKE_CUSTOMER, taken, many=True)
+        yield Statement(TAKE_CUSTOMER, taken, many=True)
     unchanged = 0
     updates = [NewUpdate(r.company_id, dict(r.metadata)) for r in page.records]
     if held[1] == "reconcile" and page.records:
@@ -239,9 +312,7 @@ def _commit_page(
         payload = encode_batch(kept.updates)
         # The provider's name as its webhooks' updates have it; the backfill as the caller.
         source = str(held[2])
-        yield from plans.enqueue_batch(
-            payload, len(kept.updates), batch_id, source, backfill_id, None
-        )
+        yield from enqueue_batch(payload, len(kept.updates), batch_id, source, backfill_id, None)
         stored = batch_id
     last = page.cursor is None
     outcome = PageOutcome(
@@ -263,9 +334,9 @@ def _commit_page(
         "lease": lease,
         "last": 1 if last else 0,
     }
-    yield Statement(bq.PAGE_DONE, params)
+    yield Statement(PAGE_DONE, params)
     if last:
-        yield Statement(bq.FORGET_CUSTOMERS, {"id": backfill_id})
+        yield Statement(FORGET_CUSTOMERS, {"id": backfill_id})
     return outcome
 
 
@@ -276,19 +347,19 @@ def _nothing() -> Plan[_Kept]:
 
 def _fail(backfill_id: str, owner: str, error: str) -> Plan[bool]:
     params = {"id": backfill_id, "owner": owner, "error": printable(error, 500)}
-    failed = (yield Statement(bq.FAIL, params)).rowcount > 0
-    yield Statement(bq.FORGET_CUSTOMERS, {"id": backfill_id})
+    failed = (yield Statement(FAIL, params)).rowcount > 0
+    yield Statement(FORGET_CUSTOMERS, {"id": backfill_id})
     return failed
 
 
 def _customers(backfill_id: str, ids: list[str]) -> Plan[tuple[dict[str, str], dict[str, bool]]]:
-    links = {str(c): str(co) for c, co in (yield Statement(bq.LINKED, {"ids": ids})).rows}
-    taken_rows = (yield Statement(bq.TAKEN, {"id": backfill_id, "ids": ids})).rows
+    links = {str(c): str(co) for c, co in (yield Statement(LINKED, {"ids": ids})).rows}
+    taken_rows = (yield Statement(TAKEN, {"id": backfill_id, "ids": ids})).rows
     return links, {str(c): bool(live) for c, live in taken_rows}
 
 
 def _latest_start(source: str) -> Plan[float | None]:
-    row = (yield Statement(bq.LATEST_START, {"source": source})).one()
+    row = (yield Statement(LATEST_START, {"source": source})).one()
     return None if row is None or row[0] is None else float(row[0])
 
 
@@ -302,10 +373,10 @@ class BackfillStore(StorePart):
         return await self._write(lambda: _start(backfill_id, source, mode, owner, lease))
 
     async def get(self, backfill_id: str) -> Backfill | None:
-        return await self._read(lambda: _one(bq.BY_ID, {"id": backfill_id}))
+        return await self._read(lambda: _one(BY_ID, {"id": backfill_id}))
 
     async def running(self, source: str) -> Backfill | None:
-        return await self._read(lambda: _one(bq.RUNNING_OF, {"source": source}))
+        return await self._read(lambda: _one(RUNNING_OF, {"source": source}))
 
     async def listing(
         self, *, source: str | None, before: str | None, limit: int
@@ -321,21 +392,21 @@ class BackfillStore(StorePart):
         """A running backfill for `owner` to drive (its own, or one whose lease ran out), other
         than those it drives already (`busy`), leased to it."""
         params = {"owner": owner, "lease": lease, "busy": list(busy)}
-        return await self._write(lambda: _one(bq.TAKE, params))
+        return await self._write(lambda: _one(TAKE, params))
 
     async def renew(self, backfill_id: str, *, owner: str, lease: float) -> bool:
         """Renew the lease (False: `owner` no longer drives it)."""
         params = {"id": backfill_id, "owner": owner, "lease": lease}
-        return await self._write(lambda: _held(bq.RENEW, params))
+        return await self._write(lambda: _held(RENEW, params))
 
     async def release(self, backfill_id: str, *, owner: str) -> None:
         """Give the lease up (shutdown): another replica, or a restart, resumes it at once."""
         params = {"id": backfill_id, "owner": owner}
-        await self._write(lambda: _held(bq.RELEASE, params))
+        await self._write(lambda: _held(RELEASE, params))
 
     async def set_total(self, backfill_id: str, *, owner: str, total: int) -> None:
         params = {"id": backfill_id, "owner": owner, "total": total}
-        await self._write(lambda: _held(bq.SET_TOTAL, params))
+        await self._write(lambda: _held(SET_TOTAL, params))
 
     async def commit_page(
         self, backfill_id: str, *, owner: str, page: Page, lease: float

@@ -30,7 +30,9 @@ from dataclasses import dataclass, field
 
 from app.domain.models import Metadata
 from app.domain.values import SeenType, seen_type
-from app.store.part import Reader, StorePart, Writer
+from app.store.engine import Engine
+from app.store.part import StorePart
+from app.store.signals import Signals
 from app.store.sql import Plan, Row, Statement
 
 log = logging.getLogger("userpilot_relay.catalogue")
@@ -122,8 +124,8 @@ def _sources(bits: int) -> tuple[str, ...]:
 class PropertyCatalogue(StorePart):
     """Per property: the types seen with counts, first and last seen, the sources."""
 
-    def __init__(self, write: Writer, read: Reader) -> None:
-        super().__init__(write, read)
+    def __init__(self, engine: Engine, signals: Signals) -> None:
+        super().__init__(engine, signals)
         self._pending: dict[tuple[str, SeenType], _Count] = {}
         self._first: dict[str, SeenType] = {}
         self._types: dict[str, set[SeenType]] = {}  # every type known here, for the warning

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 
 from app.domain.models import Delivery
 from app.store.part import StorePart
-from app.store.queries import DELIVERY_COLUMNS
-from app.store.rows import row_to_delivery
+from app.store.rows import DELIVERY_COLUMNS, row_to_delivery
 from app.store.sql import Plan, Statement
 
 # Optional filters are written whole: `(:x IS NULL OR col = :x)`, the parameter cast where it

@@ -1,20 +1,105 @@
-"""What the relay delivered, kept compactly for reconciliations (issue 14).
+"""Per company property: its source time, the version sent, and the value delivered.
 
-A 64-bit digest per company property (`delivered_values`), written by the delivered-marking
-plans (`claims.mark_delivered`, `jobs.completed`) in the same transaction, from the values a
-claim or a job actually sent (`sent_versions`): one more batched statement per delivery.
+Source times keep an older event's value from overwriting a newer one (webhooks, backfills,
+and API acceptance stamps); property versions keep an older update replayed later from
+overwriting what was sent; a 64-bit digest per property (`delivered_values`) is what the relay
+delivered, written by the delivered-marking plans (`claims.mark_delivered`, `jobs.completed`)
+in the same transaction, and read by reconciliations (`backfills.py`).
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
+from functools import cache
+from typing import Any
 
 import orjson
 
-from app.domain.models import BulkJob, ClaimedUpdate, Metadata, Primitive
-from app.store import backfill_queries as bq
+from app.domain.models import BulkJob, ClaimedUpdate, Metadata, NewUpdate, Primitive
 from app.store.sql import Plan, Statement
+
+# Only moves a property's source time forward: atomic when replicas map events at once.
+SOURCE_TIME = """
+    INSERT INTO source_property_times (company_id, key, event_time) VALUES (:company, :key, :at)
+    ON CONFLICT (company_id, key) DO UPDATE SET event_time = excluded.event_time
+    WHERE source_property_times.event_time <= excluded.event_time
+    RETURNING 1
+"""
+# API updates' properties take their acceptance as their source time (never moved back): one
+# statement for every `:pairs` ("company\x1fkey", unique; neither may hold control characters).
+STAMP_TIMES = """
+    INSERT INTO source_property_times (company_id, key, event_time)
+    SELECT company_id, key, {now} FROM {stamp_pairs} WHERE true ORDER BY company_id, key
+    ON CONFLICT (company_id, key) DO UPDATE SET event_time = excluded.event_time
+    WHERE source_property_times.event_time < excluded.event_time
+"""
+
+
+@cache
+def source_times(rows: int) -> str:
+    """Move the source time of `rows` company properties forward, in one statement, answering
+    those that moved (`:c<i>`, `:k<i>`, `:t<i>`): as `SOURCE_TIME` does for one."""
+    values = ", ".join(f"(:c{i}, :k{i}, :t{i})" for i in range(rows))
+    return f"""
+    INSERT INTO source_property_times (company_id, key, event_time) VALUES {values}
+    ON CONFLICT (company_id, key) DO UPDATE SET event_time = excluded.event_time
+    WHERE source_property_times.event_time <= excluded.event_time
+    RETURNING company_id, key
+"""
+
+
+# The version each property was last sent at: an older update replayed later cannot
+# overwrite it.
+SENT_VERSION = """
+    INSERT INTO property_versions (company_id, key, seq, updated_at)
+    VALUES (:company, :key, :seq, {now})
+    ON CONFLICT (company_id, key) DO UPDATE
+    SET seq = GREATEST(property_versions.seq, excluded.seq), updated_at = excluded.updated_at
+"""
+VERSIONS_OF = """
+    SELECT company_id, key, seq FROM property_versions WHERE company_id = ANY(:companies)
+"""
+
+
+# What the relay last delivered (a digest per company property).
+DELIVERED_OF = (
+    "SELECT company_id, key, digest FROM delivered_values WHERE company_id = ANY(:companies)"
+)
+DELIVERED_VALUE = """
+    INSERT INTO delivered_values (company_id, key, digest) VALUES (:company, :key, :digest)
+    ON CONFLICT (company_id, key) DO UPDATE SET digest = excluded.digest
+"""
+# The updates of a job whose values it sent (`delivered.record_delivered_job`), a chunk at a time.
+SENT_VALUES = """
+    SELECT company_id, seq, metadata FROM deliveries WHERE seq = ANY(:seqs) AND job_id = :job
+"""
+
+
+def newest_only(update: NewUpdate) -> Plan[dict[str, Any]]:
+    """Drop the properties that a newer source event already set; record the rest's times."""
+    assert update.property_times is not None
+    kept: dict[str, Any] = {}
+    for key, value in update.metadata.items():
+        when = update.property_times.get(key)
+        if when is not None:
+            moved = yield Statement(
+                SOURCE_TIME, {"company": update.company_id, "key": key, "at": when}
+            )
+            if not moved.rows:
+                continue
+        kept[key] = value
+    return kept
+
+
+def stamp_times(pairs: Sequence[tuple[str, str]]) -> Plan[None]:
+    """These company properties were set by the API now: their source time moves to now (one
+    statement, however many; validated ids and names hold no control character)."""
+    joined = sorted({f"{c}\x1f{k}" for c, k in pairs})
+    if any(text.count("\x1f") != 1 for text in joined):
+        raise ValueError("a company id or property name holds a control character")
+    if joined:
+        yield Statement(STAMP_TIMES, {"pairs": joined})
 
 
 def value_digest(value: Primitive) -> int:
@@ -34,7 +119,7 @@ def record_delivered(
         if metadata is not None and key in metadata:
             rows.append({"company": company_id, "key": key, "digest": value_digest(metadata[key])})
     if rows:
-        yield Statement(bq.DELIVERED_VALUE, rows, many=True)
+        yield Statement(DELIVERED_VALUE, rows, many=True)
 
 
 VALUES_CHUNK = 1_000  # sent updates read at a time: never the job's whole backlog
@@ -59,7 +144,7 @@ def record_delivered_job(
     for start in range(0, len(seqs), VALUES_CHUNK):
         chunk = seqs[start : start + VALUES_CHUNK]
         for company_id, seq, raw in (
-            yield Statement(bq.SENT_VALUES, {"job": job.id, "seqs": chunk})
+            yield Statement(SENT_VALUES, {"job": job.id, "seqs": chunk})
         ).rows:
             values: Metadata = orjson.loads(raw)
             for company, key in wanted.get(int(seq), ()):
@@ -68,4 +153,4 @@ def record_delivered_job(
     if digests:
         digests.sort()  # one lock order, whoever else writes these rows
         rows = [{"company": c, "key": k, "digest": d} for c, k, d in digests]
-        yield Statement(bq.DELIVERED_VALUE, rows, many=True)
+        yield Statement(DELIVERED_VALUE, rows, many=True)

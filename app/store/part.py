@@ -1,33 +1,27 @@
-"""A part of the store: a feature's own operations, run by the same engine as `Store`'s.
+"""A store feature's methods over the engine: `StorePart` runs its plans and fires signals.
 
-A feature whose state is its own (the property catalogue, backfills) keeps its plans and its
-interface in one module under `app/store/` instead of growing `Store` and `SQLStore`: its class
-extends `StorePart` and `SQLStore` builds one per store, sharing its transactions (`write`,
-`read`), so the part runs the same SQL on SQLite and PostgreSQL with nothing backend-specific.
+Each feature module (`deliveries.py`, `claims.py`, `jobs.py`, `webhooks.py`, `backfills.py`,
+`catalogue.py`, `console.py`) holds its SQL, its plans and one `StorePart` subclass; `Store`
+builds one of each over the same engine, so every part runs the same SQL on both backends.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Protocol, TypeVar
-
-from app.store.sql import Plan
-
-T = TypeVar("T")
-
-
-class Writer(Protocol):
-    def __call__(self, plan: Callable[[], Plan[T]], *, atomic: bool = ...) -> Awaitable[T]: ...
-
-
-class Reader(Protocol):
-    def __call__(self, plan: Callable[[], Plan[T]], *, snapshot: bool = ...) -> Awaitable[T]: ...
+from app.store.engine import Engine
+from app.store.signals import Signals
 
 
 class StorePart:
-    """Operations over the store's engine: `write` commits a plan in one transaction (the
-    factory may run again when the backend retries it), `read` runs a plan that only reads."""
+    """Operations over the store's engine: `_write` commits a plan in one transaction (the
+    factory may run again when the backend retries it), `_read` runs a plan that only reads."""
 
-    def __init__(self, write: Writer, read: Reader) -> None:
-        self._write = write
-        self._read = read
+    def __init__(self, engine: Engine, signals: Signals) -> None:
+        self._engine = engine
+        self._signals = signals
+        self._write = engine.write  # bound once: no extra frame on the hot path
+        self._read = engine.read
+
+    def _work_committed(self) -> None:
+        """Work became ready to deliver: wake this process's dispatcher and the other replicas'."""
+        self._signals.work_arrived()
+        self._engine.announce_work()

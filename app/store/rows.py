@@ -21,6 +21,11 @@ import orjson
 from app.domain.models import Delivery, NewUpdate
 from app.domain.rules import REFUSED, printable, update_problem
 
+DELIVERY_COLUMNS = (
+    "id, seq, company_id, metadata, status, attempts, source, caller, batch_id, created_at, "
+    "updated_at, next_attempt_at, delivered_at, last_status, last_error, last_request_id, "
+    "via, job_id"
+)
 _POOL_BYTES = 16 * 1024  # 1,024 ids a system call
 
 
@@ -72,7 +77,7 @@ def batch_ids(batch_id: str, count: int) -> list[str | None]:
 
 
 def row_to_delivery(row: Sequence[Any]) -> Delivery:
-    """A row of `queries.DELIVERY_COLUMNS`."""
+    """A row of `DELIVERY_COLUMNS`."""
     return Delivery(
         id=row[0],
         seq=int(row[1]),
@@ -135,7 +140,7 @@ def staged_delivery(
 ) -> Delivery | None:
     """A batch's update not expanded yet, as the queued delivery it is.
 
-    `row` is `queries.STAGED_BATCH`'s: caller, created_at, seq_from, source, payload, format.
+    `row` is `deliveries.STAGED_BATCH`'s: caller, created_at, seq_from, source, payload, format.
     """
     caller, created_at, seq_from, source, payload, payload_format = row
     items = batch_items(payload, payload_format, index, index + 1)

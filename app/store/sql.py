@@ -88,6 +88,12 @@ class Dialect:
         return _PARAM.sub(r"%(\1)s", text.replace("%", "%%"))
 
 
+def filtered(base: str, **equal: object) -> tuple[str, dict[str, object]]:
+    """`base` with `AND column = :column` for every filter given (None: not filtered)."""
+    params = {column: value for column, value in equal.items() if value is not None}
+    return base + "".join(f" AND {column} = :{column}" for column in params), params
+
+
 def drive(plan: Plan[T], execute: Callable[[Statement], Result]) -> T:
     """Run a plan with a synchronous driver: answer what the plan returns."""
     try:

@@ -38,7 +38,7 @@ from app.sources.backfill.pages import Lister, decode_cursor
 from app.sources.backfill.stripe import StripeLister
 from app.sources.mapping import load_mapping
 from app.store.backfills import Backfill, BackfillRunning, LostBackfill, Mode, Page, PageOutcome
-from app.store.base import Store
+from app.store.store import Store
 
 log = logging.getLogger("userpilot_relay.backfill")
 

@@ -39,7 +39,7 @@ from app.sources.mapping import SourceMapping, flatten
 from app.sources.stripe.events import MissingCompany, company_from_customer, company_id_refusal
 from app.sources.stripe.revenue import subscription_record
 from app.store.backfills import Page, Record
-from app.store.base import Store
+from app.store.store import Store
 
 CUSTOMERS, SUBSCRIPTIONS = "customers", "subscriptions"
 # Always sent, null included: the subscription's state (as the webhooks send it).

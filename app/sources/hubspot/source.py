@@ -18,7 +18,7 @@ from app.sources.common import Ack
 from app.sources.hubspot.events import parse_batch, plan_batch
 from app.sources.mapping import FieldRule
 from app.sources.signatures import hubspot_uri, verify_hubspot
-from app.store.base import Store
+from app.store.store import Store
 
 
 class HubSpotSource:

@@ -77,7 +77,7 @@ class StripeResolver:
 
     async def run_once(self) -> int:
         """Try every parked event once; answer how many left the parking."""
-        parked = await self.store.parked_events(source="stripe", limit=_PARKED_BATCH)
+        parked = await self.store.webhooks.parked(source="stripe", limit=_PARKED_BATCH)
         lookups: dict[str, _Lookup] = {}
         done = 0
         for key, payload in parked:
@@ -86,7 +86,7 @@ class StripeResolver:
                 customer_id = customer_id_of(event)
             except Malformed:  # verified and parsed once already: cannot happen
                 log.error("a parked stripe event no longer parses; dropped", extra={"key": key})
-                await self.store.unpark_event(source="stripe", key=key)
+                await self.store.webhooks.unpark(source="stripe", key=key)
                 continue
             company_id, reason = await self._resolve(customer_id, lookups)
             if company_id is None and reason == "no_company":
@@ -98,13 +98,13 @@ class StripeResolver:
             elif company_id is None:
                 # Parking again records what the lookup said and sends the event to the back
                 # of the line, so a head of unresolvable events never starves the rest.
-                await self.store.park_event(
+                await self.store.webhooks.park(
                     source="stripe", key=key, payload=payload, reason=reason
                 )
                 continue
             else:
                 await self.forward_resolved(event, company_id)
-            await self.store.unpark_event(source="stripe", key=key)
+            await self.store.webhooks.unpark(source="stripe", key=key)
             done += 1
         waiting = len(parked) - done
         if waiting:
@@ -125,7 +125,7 @@ class StripeResolver:
     async def _resolve(
         self, customer_id: str, lookups: dict[str, _Lookup]
     ) -> tuple[str | None, str]:
-        company_id = await self.store.company_for_customer(customer_id)
+        company_id = await self.store.webhooks.company_for_customer(customer_id)
         if company_id is not None:
             return company_id, "linked"
         if self.api is None:
@@ -147,5 +147,5 @@ class StripeResolver:
         company_id = self.processor.company_of(found)
         if company_id is None:
             return None, "no_company"
-        await self.store.link_customers([(customer_id, company_id)])
+        await self.store.webhooks.link_customers([(customer_id, company_id)])
         return company_id, "looked_up"

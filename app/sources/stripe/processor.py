@@ -30,7 +30,7 @@ from app.sources.stripe.events import (
     customer_id_of,
 )
 from app.sources.stripe.revenue import subscription_record
-from app.store.base import Store
+from app.store.store import Store
 
 log = logging.getLogger("userpilot_relay.webhooks.stripe")
 
@@ -151,19 +151,19 @@ class StripeProcessor:
                 extra={"event_id": event.id, "customer_id": customer_id_of(event)},
             )
             return "no_company", 0
-        await self.store.link_customers([(customer_id_of(event), company_id)])
+        await self.store.webhooks.link_customers([(customer_id_of(event), company_id)])
         for poke in self.on_change:
             poke()
         return await self._commit(self.plan_customer(event, company_id))
 
     async def _subscription(self, event: StripeEvent, raw: bytes) -> tuple[str, int]:
         customer_id = customer_id_of(event)
-        company_id = await self.store.company_for_customer(customer_id)
+        company_id = await self.store.webhooks.company_for_customer(customer_id)
         expanded = event.data.object.get("customer")
         if company_id is None and isinstance(expanded, dict) and "metadata" in expanded:
             company_id = self.company_of(expanded)
         if company_id is None:
-            await self.store.park_event(
+            await self.store.webhooks.park(
                 source="stripe", key=event.id, payload=raw, reason="unknown_customer"
             )
             WEBHOOK_EVENTS.labels(source="stripe", outcome="unresolved").inc()

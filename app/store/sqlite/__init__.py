@@ -1,1 +1,1 @@
-"""The embedded store: one SQLite file, one relay process (`store.py`, `writer.py`)."""
+"""The embedded engine: one SQLite file, one relay process (`engine.py`, `writer.py`)."""

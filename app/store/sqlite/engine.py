@@ -1,7 +1,7 @@
-"""`Store` on one SQLite file in WAL mode, synchronous=FULL, for one relay process.
+"""The engine on one SQLite file in WAL mode, synchronous=FULL, for one relay process.
 
 Writes go through the writer thread (`writer.py`, group commit); reads use their own
-connections (WAL lets them run beside the writer). The shared plans run on the sync driver;
+connections (WAL lets them run beside the writer). The features' plans run on the sync driver;
 times are this host's clock, read once per transaction. One process owns the file (an
 exclusive lock), so its send slots live in memory.
 """
@@ -24,11 +24,10 @@ from urllib.parse import quote
 import orjson
 
 from app.domain.errors import StoreUnavailable
-from app.store import plans
+from app.store.engine import Engine, PlanFactory, health, probe
 from app.store.migrations import migrations
 from app.store.sql import Dialect, Params, Result, Statement, drive
 from app.store.sqlite.writer import Writer
-from app.store.sqlstore import PlanFactory, SQLStore
 
 log = logging.getLogger("userpilot_relay.store")
 T = TypeVar("T")
@@ -85,11 +84,11 @@ def _runner(conn: sqlite3.Connection) -> Any:
 CACHE_KIB = 16 * 1024
 
 
-class SQLiteStore(SQLStore):
-    """`Store` on one SQLite file."""
+class SQLiteEngine(Engine):
+    """The store's engine on one SQLite file."""
 
     dialect = SQLITE
-    leases_durable = False  # the file and the relay restart together (see SQLStore)
+    leases_durable = False  # the file and the relay restart together (see Engine)
 
     def __init__(self, path: str) -> None:
         super().__init__()
@@ -166,14 +165,14 @@ class SQLiteStore(SQLStore):
         if self._writer is None or not self._writer.alive():
             return False
         try:
-            await self._read(plans.probe)
-            await self._write(plans.health)
+            await self.read(probe)
+            await self.write(health)
         except (sqlite3.Error, StoreUnavailable):
             return False
         return True
 
     # running plans -------------------------------------------------------------------------
-    async def _write(self, plan: PlanFactory[T], *, atomic: bool = True, durable: bool = True) -> T:
+    async def write(self, plan: PlanFactory[T], *, atomic: bool = True, durable: bool = True) -> T:
         if self._writer is None:
             raise StoreUnavailable("the store is closed")
         result: T = await self._writer.submit(
@@ -187,7 +186,7 @@ class SQLiteStore(SQLStore):
             conn = self._local.conn = self._connect()
         return conn
 
-    async def _read(self, plan: PlanFactory[T], *, snapshot: bool = False) -> T:
+    async def read(self, plan: PlanFactory[T], *, snapshot: bool = False) -> T:
         if self._writer is None:
             raise StoreUnavailable("the store is closed")
         loop = asyncio.get_running_loop()

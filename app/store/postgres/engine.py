@@ -1,4 +1,4 @@
-"""The shared store: PostgreSQL, for several relay replicas behind one queue.
+"""The shared engine: PostgreSQL, for several relay replicas behind one queue.
 
 Every request is one short transaction on a pooled connection, so PostgreSQL's own group
 commit does what the SQLite writer thread does by hand. What the replicas must agree on
@@ -42,7 +42,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from app.domain.errors import StoreUnavailable
 from app.lifecycle import cancel_and_wait
-from app.store import plans
+from app.store.engine import Engine, PlanFactory, health
 from app.store.migrations import migrations
 from app.store.postgres.connection import (
     UNAVAILABLE,
@@ -54,7 +54,6 @@ from app.store.postgres.connection import (
 )
 from app.store.postgres.listen import NOTIFY, WorkChannel
 from app.store.sql import Dialect, Result, Statement, drive_async
-from app.store.sqlstore import PlanFactory, SQLStore
 
 log = logging.getLogger("userpilot_relay.store")
 
@@ -145,8 +144,8 @@ async def migrate(conn: Conn) -> list[int]:
     return applied
 
 
-class PostgresStore(SQLStore):
-    """`Store` on PostgreSQL through a pool of async connections (psycopg 3)."""
+class PostgresEngine(Engine):
+    """The store's engine on PostgreSQL through a pool of async connections (psycopg 3)."""
 
     dialect = POSTGRES
 
@@ -171,7 +170,7 @@ class PostgresStore(SQLStore):
         self._checking: asyncio.Task[None] | None = None
         self._clock = ClockOffset()
         self._channel = WorkChannel(
-            self.conninfo, on_work=self.signals.work_arrived, send=self._notify_replicas
+            self.conninfo, on_work=lambda: self.on_remote_work(), send=self._notify_replicas
         )
 
     # lifecycle -----------------------------------------------------------------------------
@@ -233,7 +232,7 @@ class PostgresStore(SQLStore):
             async with asyncio.timeout(wait + 1.0):
                 async with self._pool.connection(timeout=wait) as conn:
                     # A write, not just a read: readiness fails while writes fail.
-                    await drive_async(plans.health(), _executor(conn))
+                    await drive_async(health(), _executor(conn))
         except UNAVAILABLE_OR_SLOW:
             self._healthy = False
             self._start_pool_check()  # in the background: the probe answers now
@@ -306,8 +305,7 @@ class PostgresStore(SQLStore):
             async with asyncio.timeout(self.acquire_timeout):
                 await asyncio.shield(checking)
 
-    def _work_committed(self) -> None:
-        super()._work_committed()
+    def announce_work(self) -> None:
         self._channel.announce()
 
     async def _notify_replicas(self) -> None:
@@ -316,7 +314,7 @@ class PostgresStore(SQLStore):
 
         await self._run(notify, transaction=False)
 
-    async def _write(self, plan: PlanFactory[T], *, atomic: bool = True, durable: bool = True) -> T:
+    async def write(self, plan: PlanFactory[T], *, atomic: bool = True, durable: bool = True) -> T:
         async def run(conn: Conn) -> T:
             if not durable:  # this transaction's commit does not wait for the WAL flush
                 await conn.execute("SET LOCAL synchronous_commit TO OFF")
@@ -324,7 +322,7 @@ class PostgresStore(SQLStore):
 
         return await self._run(run, transaction=atomic or not durable)
 
-    async def _read(self, plan: PlanFactory[T], *, snapshot: bool = False) -> T:
+    async def read(self, plan: PlanFactory[T], *, snapshot: bool = False) -> T:
         return await self._run(
             lambda conn: drive_async(plan(), _executor(conn)), transaction=snapshot
         )

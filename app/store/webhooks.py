@@ -1,0 +1,92 @@
+"""What the webhook sources keep between events: Stripe customer links and parked events.
+
+A Stripe event names a customer, not a company: `customer_links` remembers which company a
+customer stands for (written by the Stripe source and by Stripe backfills). An event that
+cannot be mapped yet (its customer unknown) is parked, idempotently on source and key, and
+retried later least recently tried first. Webhook event keys (deduplication) are kept with
+the updates they store (`deliveries.py`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from app.store.part import StorePart
+from app.store.sql import Plan, Statement
+
+LINK_CUSTOMER = """
+    INSERT INTO customer_links (customer_id, company_id, updated_at)
+    VALUES (:customer, :company, {now})
+    ON CONFLICT (customer_id) DO UPDATE SET
+        company_id = excluded.company_id, updated_at = excluded.updated_at
+"""
+CUSTOMER_COMPANY = "SELECT company_id FROM customer_links WHERE customer_id = :customer"
+PARK_EVENT = """
+    INSERT INTO parked_events (source, key, payload, reason, created_at, updated_at)
+    VALUES (:source, :key, :payload, :reason, {now}, {now})
+    ON CONFLICT (source, key) DO UPDATE SET reason = excluded.reason,
+        updated_at = excluded.updated_at, attempts = parked_events.attempts + 1
+"""
+PARKED_EVENTS = """
+    SELECT key, payload FROM parked_events WHERE source = :source
+    ORDER BY updated_at, created_at LIMIT :limit
+"""
+UNPARK_EVENT = "DELETE FROM parked_events WHERE source = :source AND key = :key"
+COUNT_PARKED = "SELECT count(*) FROM parked_events"
+
+
+def link_customers(links: Sequence[tuple[str, str]]) -> Plan[None]:
+    latest = dict(links)  # one row per customer: the last link given wins
+    if latest:
+        rows = [{"customer": c, "company": latest[c]} for c in sorted(latest)]  # one lock order
+        yield Statement(LINK_CUSTOMER, rows, many=True)
+
+
+def company_for_customer(customer_id: str) -> Plan[str | None]:
+    row = (yield Statement(CUSTOMER_COMPANY, {"customer": customer_id})).one()
+    return str(row[0]) if row else None
+
+
+def park_event(source: str, key: str, payload: bytes, reason: str) -> Plan[None]:
+    params = {"source": source, "key": key, "payload": payload, "reason": reason}
+    yield Statement(PARK_EVENT, params)
+
+
+def parked_events(source: str, limit: int) -> Plan[list[tuple[str, bytes]]]:
+    rows = (yield Statement(PARKED_EVENTS, {"source": source, "limit": limit})).rows
+    return [(str(k), bytes(p)) for k, p in rows]
+
+
+def unpark_event(source: str, key: str) -> Plan[None]:
+    yield Statement(UNPARK_EVENT, {"source": source, "key": key})
+
+
+def count_parked() -> Plan[int]:
+    row = (yield Statement(COUNT_PARKED)).one()
+    return int(row[0]) if row else 0
+
+
+class Webhooks(StorePart):
+    """Customer links and parked events."""
+
+    async def link_customers(self, links: Sequence[tuple[str, str]]) -> None:
+        """Remember (Stripe customer id, company id) pairs."""
+        await self._write(lambda: link_customers(links))
+
+    async def company_for_customer(self, customer_id: str) -> str | None:
+        return await self._read(lambda: company_for_customer(customer_id))
+
+    async def park(self, *, source: str, key: str, payload: bytes, reason: str) -> None:
+        """Keep an event that cannot be mapped yet (idempotent on source and key: parking it
+        again records the new reason and moves it to the back of `parked_events`)."""
+        await self._write(lambda: park_event(source, key, payload, reason))
+
+    async def parked(self, *, source: str, limit: int) -> list[tuple[str, bytes]]:
+        """Parked events (key, payload), least recently parked or retried first."""
+        return await self._read(lambda: parked_events(source, limit))
+
+    async def unpark(self, *, source: str, key: str) -> None:
+        await self._write(lambda: unpark_event(source, key))
+
+    async def count_parked(self) -> int:
+        return await self._read(count_parked)
