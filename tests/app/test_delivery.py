@@ -158,6 +158,7 @@ def test_timeouts_are_retried(sqlite_url: str, sim: SimulatorProcess) -> None:
     run(main())
 
 
+@pytest.mark.process
 def test_retry_after_is_honoured_and_slows_everyone(
     database_url: str, sim: SimulatorProcess
 ) -> None:
@@ -332,6 +333,7 @@ def test_order_survives_a_failure(database_url: str, sim: SimulatorProcess) -> N
     assert last == {"plan": "pro", "seats": 1, "note": None}
 
 
+@pytest.mark.process
 def test_pacing_never_exceeds_the_rate(database_url: str, sim: SimulatorProcess) -> None:
     async def main() -> None:
         # One call every 0.2 s.
@@ -349,6 +351,7 @@ def test_pacing_never_exceeds_the_rate(database_url: str, sim: SimulatorProcess)
     assert sim.stats()["max_in_any_1s_window"] <= 6
 
 
+@pytest.mark.process
 def test_default_pacing_stays_under_userpilots_limit(
     sqlite_url: str, sim: SimulatorProcess
 ) -> None:
