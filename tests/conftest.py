@@ -1,7 +1,7 @@
-"""Fixtures for every tier (unit/, app/, process/): a real Userpilot simulator process and real
-relay processes on 127.0.0.1, a store on each backend; the `process` mark (every test under
-tests/process/, and any test that starts a process); and `StillRunning`, which names a test that
-runs longer than 10 s while it runs."""
+"""Fixtures for every tier (unit/, integration/, process/): a real Userpilot simulator process
+and real relay processes on 127.0.0.1, a store on each backend; the `process` mark (every test
+under tests/process/, and any test that starts a process); and `StillRunning`, which names a
+test that runs longer than 10 s while it runs."""
 
 from __future__ import annotations
 

@@ -12,8 +12,8 @@ import pytest
 from app.cli import main
 from app.simulator.process import SimulatorProcess
 from tests import pg
-from tests.app.test_backfill import expected, hubspot_company
 from tests.conftest import RelayFactory
+from tests.integration.test_backfill import expected, hubspot_company
 from tests.list_stubs import TOKEN, HubSpotStub
 from tests.pg import SQLITE_ONLY
 from tests.relay import ADMIN_KEY, RelayProcess, wait_until

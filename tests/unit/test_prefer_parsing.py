@@ -1,6 +1,6 @@
 """`Prefer` parsed as RFC 7240 reads it (every header, comma-separated preferences, parameters,
 names in any case, the first occurrence winning, `wait` in delta-seconds only); Retry-After
-beside it. The answers over the real app: tests/app/test_prefer.py."""
+beside it. The answers over the real app: tests/integration/test_prefer.py."""
 
 from __future__ import annotations
 
