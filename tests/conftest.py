@@ -1,5 +1,7 @@
-"""Fixtures: a real Userpilot simulator process and real relay processes on 127.0.0.1; and
-`StillRunning`, which names a test that runs longer than 10 s while it runs."""
+"""Fixtures for every tier (unit/, integration/, process/): a real Userpilot simulator process
+and real relay processes on 127.0.0.1, a store on each backend; the `process` mark (every test
+under tests/process/, and any test that starts a process); and `StillRunning`, which names a
+test that runs longer than 10 s while it runs."""
 
 from __future__ import annotations
 
@@ -78,8 +80,10 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(StillRunning(out), "still-running")
 
 
-# What makes a test part of the slow tier (`-m process`): a fixture that starts a relay process,
-# or a test body that starts one (or any other subprocess) itself.
+# What makes a test part of the slow tier (`-m process`): its file is under tests/process/, or
+# elsewhere a fixture that starts a relay process, or a test body that starts one (or any other
+# subprocess) itself.
+PROCESS_TIER = Path(__file__).resolve().parent / "process"
 PROCESS_FIXTURES = frozenset({"relay", "relay_factory"})
 STARTS_A_PROCESS = re.compile(
     r"\b(?:RelayProcess|SimulatorProcess|Popen|subprocess\.\w+|run_cli)\("
@@ -87,6 +91,8 @@ STARTS_A_PROCESS = re.compile(
 
 
 def _starts_a_process(item: pytest.Item) -> bool:
+    if PROCESS_TIER in item.path.resolve().parents:
+        return True
     if PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
         return True
     function = getattr(item, "function", None)
@@ -98,8 +104,9 @@ def _starts_a_process(item: pytest.Item) -> bool:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark every test that starts a process `process`, so that `scripts/test -m "not process"`
-    is the fast inner loop; a test that waits on real pacing carries the mark itself."""
+    """Mark every test of tests/process/ and every test that starts a process `process`, so
+    that `scripts/test -m "not process"` is the fast inner loop; a test that waits on real
+    pacing carries the mark itself."""
     for item in items:
         if _starts_a_process(item):
             item.add_marker(pytest.mark.process)

@@ -11,10 +11,17 @@ from typing import Any
 
 from app.simulator.process import SimulatorProcess
 from tests.inprocess import run
+from tests.integration.test_backfill import (
+    FAST,
+    drained,
+    finished,
+    hubspot_company,
+    hubspot_on,
+    start,
+)
+from tests.integration.test_webhooks_e2e import post_hubspot, post_stripe
 from tests.list_stubs import STRIPE_KEY, HubSpotStub, StripeListStub
 from tests.relay import INGEST_KEY
-from tests.test_backfill import FAST, drained, finished, hubspot_company, hubspot_on, start
-from tests.test_webhooks_e2e import post_hubspot, post_stripe
 from tests.webhook_helpers import (
     EVENTS,
     HS_SECRET,

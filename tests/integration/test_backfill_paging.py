@@ -12,9 +12,9 @@ from app.config import ConfigError, Settings, load_settings
 from app.simulator.process import SimulatorProcess
 from app.sources.backfill.runner import PAST_TOTAL
 from tests.inprocess import InProcessRelay, run
+from tests.integration.test_backfill import finished, hubspot_company, hubspot_on, start
 from tests.list_stubs import HubSpotStub
 from tests.relay import INGEST_KEY, UPSTREAM_KEY
-from tests.test_backfill import finished, hubspot_company, hubspot_on, start
 
 ERRORS = "userpilot_relay_backfill_errors_total"
 

@@ -64,6 +64,7 @@ def upstream_calls(sim: SimulatorProcess) -> tuple[int, int]:
     return int(stats["identify_calls"]), int(stats["bulk_rows_received"])
 
 
+@pytest.mark.process
 def test_a_backlog_drains_through_bulk_and_realtime_with_every_value_right(
     database_url: str, sim: SimulatorProcess
 ) -> None:
@@ -110,6 +111,7 @@ def test_a_backlog_drains_through_bulk_and_realtime_with_every_value_right(
         assert stored[item["company_id"]] == {"n": item["metadata"]["n"], "plan": "pro"}
 
 
+@pytest.mark.process
 def test_a_newer_update_for_a_company_inside_a_running_job_goes_out_after_it(
     database_url: str, sim: SimulatorProcess
 ) -> None:
@@ -153,6 +155,7 @@ def test_a_newer_update_for_a_company_inside_a_running_job_goes_out_after_it(
     assert sim.company(company) == {"n": int(company.split("-")[1]), "v": 2, "extra": "x"}
 
 
+@pytest.mark.process
 def test_a_failed_job_is_bisected_and_a_bad_row_dead_lettered_with_userpilots_error(
     database_url: str, sim: SimulatorProcess
 ) -> None:
@@ -183,6 +186,7 @@ def test_a_failed_job_is_bisected_and_a_bad_row_dead_lettered_with_userpilots_er
     assert all(stored[f"bis-{i}"] == {"n": i} for i in range(400) if i != 137)
 
 
+@pytest.mark.process
 def test_a_transient_job_failure_costs_one_extra_round_not_a_realtime_drain(
     database_url: str, sim: SimulatorProcess
 ) -> None:
@@ -206,6 +210,7 @@ def test_a_transient_job_failure_costs_one_extra_round_not_a_realtime_drain(
     assert all(sim.company(f"tr-{i}") == {"n": i} for i in range(600))
 
 
+@pytest.mark.process
 def test_a_foreign_job_holding_the_slot_makes_the_job_wait_while_realtime_goes_on(
     database_url: str, sim: SimulatorProcess
 ) -> None:
@@ -252,6 +257,7 @@ def sim_key(sim: SimulatorProcess) -> str:
     return keys[0]
 
 
+@pytest.mark.process
 def test_a_job_too_large_for_userpilot_is_split(database_url: str, sim: SimulatorProcess) -> None:
     sim.add_fault(action="status", status=413, path="/v1/companies/bulk_identify", times=1)
     items = companies("big", 400)
@@ -292,6 +298,7 @@ def test_waiting_callers_and_fresh_updates_keep_realtime_while_an_import_drains(
     assert fresh["via"] == "realtime"
 
 
+@pytest.mark.process
 def test_with_bulk_off_a_backlog_goes_out_realtime_only(
     database_url: str, sim: SimulatorProcess
 ) -> None:
@@ -308,6 +315,7 @@ def test_with_bulk_off_a_backlog_goes_out_realtime_only(
     assert upstream_calls(sim) == (300, 0)
 
 
+@pytest.mark.process
 def test_a_stuck_job_is_reported_and_its_rows_stay_in_flight(
     database_url: str, sim: SimulatorProcess
 ) -> None:
@@ -356,6 +364,7 @@ def test_job_routes_are_admin_only_and_answer_404_for_unknown_ids(sqlite_url: st
     assert run(main()) == [403, 401, 404, 404, 422, 200]
 
 
+@pytest.mark.process
 def test_after_an_outage_the_backlog_goes_at_once_and_the_outage_costs_few_calls(
     database_url: str, sim: SimulatorProcess
 ) -> None:
@@ -394,6 +403,7 @@ def test_after_an_outage_the_backlog_goes_at_once_and_the_outage_costs_few_calls
     assert all(sim.company(f"out-{i}") == {"n": i} for i in range(30))
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("refusal", [401, 404])
 def test_a_key_refused_for_bulk_sends_the_rows_realtime_and_switches_bulk_off(
     database_url: str, sim: SimulatorProcess, refusal: int
@@ -423,6 +433,7 @@ def test_a_key_refused_for_bulk_sends_the_rows_realtime_and_switches_bulk_off(
     assert all(sim.company(f"key-{i}") == {"n": i} for i in range(200))
 
 
+@pytest.mark.process
 def test_a_throttled_upload_waits_and_is_sent_again(
     database_url: str, sim: SimulatorProcess
 ) -> None:
@@ -443,6 +454,7 @@ def test_a_throttled_upload_waits_and_is_sent_again(
     assert all(sim.company(f"thr-{i}") == {"n": i} for i in range(300))
 
 
+@pytest.mark.process
 def test_an_upload_whose_fate_is_unknown_keeps_its_rows_in_bulk(
     database_url: str, sim: SimulatorProcess
 ) -> None:
@@ -471,6 +483,7 @@ def test_an_upload_whose_fate_is_unknown_keeps_its_rows_in_bulk(
     assert all(sim.company(f"unk-{i}") == {"n": i} for i in range(300))
 
 
+@pytest.mark.process
 def test_a_job_userpilot_forgets_is_submitted_again(
     database_url: str, sim: SimulatorProcess
 ) -> None:
@@ -500,6 +513,7 @@ def test_a_job_userpilot_forgets_is_submitted_again(
     assert all(sim.company(f"lost-{i}") == {"n": i} for i in range(200))
 
 
+@pytest.mark.process
 def test_a_job_never_accepted_is_reported_stuck(database_url: str, sim: SimulatorProcess) -> None:
     sim.add_fault(action="status", status=503, path="/v1/companies/bulk_identify", times=10_000)
 
@@ -528,6 +542,7 @@ def test_a_job_never_accepted_is_reported_stuck(database_url: str, sim: Simulato
     assert "503" in (job["last_error"] or "") or "SERVICE_UNAVAILABLE" in (job["last_error"] or "")
 
 
+@pytest.mark.process
 def test_a_job_userpilot_keeps_forgetting_backs_off_and_is_reported_stuck(
     database_url: str, sim: SimulatorProcess
 ) -> None:
@@ -553,6 +568,7 @@ def test_a_job_userpilot_keeps_forgetting_backs_off_and_is_reported_stuck(
     assert job["uncertain_since"] is not None, job
 
 
+@pytest.mark.process
 def test_hostile_answers_from_userpilot_stall_nothing(
     database_url: str, sim: SimulatorProcess
 ) -> None:
@@ -605,6 +621,7 @@ def test_hostile_answers_from_userpilot_stall_nothing(
     assert all(sim.company(f"hostile-{i}") == {"n": i} for i in range(200))
 
 
+@pytest.mark.process
 def test_no_secret_reaches_bulk_logs_jobs_status_or_metrics(
     database_url: str, sim: SimulatorProcess
 ) -> None:
@@ -636,6 +653,7 @@ def test_no_secret_reaches_bulk_logs_jobs_status_or_metrics(
         assert secret not in seen
 
 
+@pytest.mark.process
 def test_a_job_over_many_updates_per_company_sends_the_newest_value_per_property(
     database_url: str, sim: SimulatorProcess
 ) -> None:
@@ -736,6 +754,7 @@ def test_at_a_low_rate_limit_a_job_gets_its_send_slot_and_realtime_throughput_ho
     assert sim.stats()["throttled"] == 0
 
 
+@pytest.mark.process
 def test_a_long_retry_after_on_a_job_poll_pauses_delivery_briefly_and_says_so(
     database_url: str, sim: SimulatorProcess
 ) -> None:
@@ -796,6 +815,7 @@ def test_the_status_command_shows_a_pause_escaped() -> None:
     assert "429 on a bulk job poll: 300 s [red]x[/red]" in text and "\x1b" not in text, text
 
 
+@pytest.mark.process
 def test_a_premature_completed_is_not_trusted_and_a_newer_value_still_wins(
     database_url: str, sim: SimulatorProcess
 ) -> None:
@@ -841,6 +861,7 @@ def test_a_premature_completed_is_not_trusted_and_a_newer_value_still_wins(
     assert sim.company(company) == {"n": int(company.split("-")[1]), "v": 2}
 
 
+@pytest.mark.process
 def test_a_completed_short_is_polled_again_then_accepted_with_its_shortfall_recorded(
     database_url: str, sim: SimulatorProcess
 ) -> None:
@@ -867,6 +888,7 @@ def test_a_completed_short_is_polled_again_then_accepted_with_its_shortfall_reco
     assert len(polls) >= 10, len(polls)
 
 
+@pytest.mark.process
 def test_an_undocumented_job_status_is_reported_stuck_and_an_operator_can_abandon_the_job(
     database_url: str, sim: SimulatorProcess
 ) -> None:
@@ -950,6 +972,7 @@ def test_an_undocumented_job_status_is_reported_stuck_and_an_operator_can_abando
     assert sim.company(company) == {"n": int(company.split("-")[1]), "v": 2}
 
 
+@pytest.mark.process
 def test_an_upload_whose_answer_was_lost_is_found_in_userpilots_job_list_and_adopted(
     database_url: str, sim: SimulatorProcess
 ) -> None:
@@ -1000,6 +1023,7 @@ def test_an_upload_whose_answer_was_lost_is_found_in_userpilots_job_list_and_ado
     assert sim.company(company) == {"n": int(company.split("-")[1]), "v": 2}
 
 
+@pytest.mark.process
 def test_an_upload_that_never_arrived_goes_real_time_once_userpilot_lists_no_job(
     database_url: str, sim: SimulatorProcess
 ) -> None:

@@ -37,7 +37,7 @@ import pytest
 # Every test here runs real processes: the slow tier.
 pytestmark = pytest.mark.process
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 RELAY_PORT, SIMULATOR_PORT = 8000, 8900
 BLOCK_TIMEOUT = 60.0

@@ -32,7 +32,7 @@ from prometheus_client.parser import text_string_to_metric_families
 # Every test here runs real processes: the slow tier.
 pytestmark = pytest.mark.process
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
 CHART = ROOT / "helm" / "userpilot-relay"
 ALERTS = CHART / "files" / "alerts.yaml"
@@ -84,7 +84,7 @@ def test_image_runs_uvicorn_on_the_app_the_tests_start() -> None:
     # The other suites start the relay themselves: they must run the module the image runs.
     started = {
         (path.name, module)
-        for path in (ROOT / "tests").glob("*.py")
+        for path in (ROOT / "tests").rglob("*.py")
         if path.name != Path(__file__).name
         for module in re.findall(r"[\"']uvicorn[\"'],\s*[\"']([\w.]+:\w+)[\"']", path.read_text())
     }
@@ -105,7 +105,7 @@ def test_image_runs_non_root_on_a_data_volume() -> None:
 
 
 # --- the build context --------------------------------------------------------------------
-# tests/test_image.py builds the image for real (podman); these checks are the quick ones.
+# tests/process/test_image.py builds the image for real (podman); these checks are the quick ones.
 
 
 def ignore_patterns(text: str) -> list[str]:

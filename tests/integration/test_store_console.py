@@ -7,7 +7,7 @@ import time
 
 from app.domain.models import NewUpdate
 from app.store.console import MINUTES, DeliveryFilter
-from tests.test_store_shared import claim_args, opened, run
+from tests.integration.test_store_shared import claim_args, opened, run
 
 
 def test_search_filters_newest_first_and_pages(database_url: str) -> None:

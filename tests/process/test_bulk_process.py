@@ -177,7 +177,7 @@ def test_two_postgres_replicas_run_one_job_and_resume_a_dead_owners(
 def test_the_jobs_abandon_command_ends_a_job_that_reports_an_undocumented_status(
     relay_factory: Any, sim: SimulatorProcess
 ) -> None:
-    from tests.test_cli import cli
+    from tests.process.test_cli import cli
 
     sim.configure(bulk_rows_per_minute=0)
     sim.add_job_fault(action="report", status="cancelled")

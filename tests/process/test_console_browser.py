@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.process, SQLITE_ONLY]
 
 CHROMIUM = os.environ.get("RELAY_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("RELAY_TEST_CHROMEDRIVER", "/usr/bin/chromedriver")
-SHOTS = Path(__file__).resolve().parents[1] / "docs" / "console"
+SHOTS = Path(__file__).resolve().parents[2] / "docs" / "console"
 HOSTILE = '<img src=x onerror="window.__pwned=1"><script>window.__pwned=2</script>'
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
+
 from app.simulator.process import SimulatorProcess
 from tests.inprocess import InProcessRelay, run
 from tests.relay import ADMIN_KEY, INGEST_KEY
@@ -297,3 +299,97 @@ def test_with_or_without_idempotency_key_the_answers_are_the_same(sqlite_url: st
     for fast, route in run(main()):
         assert fast == route
         assert fast[0] >= 400
+
+
+# --- hostile characters, ids and query parameters (from the adversarial review) ------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"company_id": "pg-nul\u0000y"}, "company_id"),
+        ({"company_id": "tab\there"}, "company_id"),
+        ({"company_id": "ok", "metadata": {"k\u0000": 1}}, "metadata.k\u0000"),
+        ({"company_id": "ok", "metadata": {"line\nbreak": 1}}, "metadata.line\nbreak"),
+    ],
+)
+def test_control_characters_in_ids_and_names_are_refused(
+    database_url: str, body: dict[str, Any], field: str
+) -> None:
+    async def main() -> None:
+        async with InProcessRelay(database_url) as relay:
+            single = await relay.post("/companies", json=body)
+            assert single.status_code == 422, single.text
+            assert [e["field"] for e in single.json()["errors"]] == [field]
+            bulk = await relay.post(
+                "/companies/bulk", json={"companies": [{"company_id": "pg-ok"}, body]}
+            )
+            assert bulk.status_code == 422, bulk.text
+            assert [e["field"] for e in bulk.json()["errors"]] == [f"companies[1].{field}"]
+            stats = await relay.store.deliveries.stats()
+            assert stats.queued == 0  # nothing stored, from either request
+
+    run(main())
+
+
+def test_control_characters_in_values_are_stored_and_delivered_faithfully(
+    database_url: str, sim: SimulatorProcess
+) -> None:
+    value = "nul\u0000 tab\t bell\u0007 end"
+
+    async def main() -> None:
+        async with InProcessRelay(database_url, endpoint=sim.url) as relay:
+            r = await relay.post("/companies", json={"company_id": "c1", "metadata": {"v": value}})
+            assert r.status_code == 202, r.text
+            delivered = await relay.wait_for(r.json()["id"], "delivered")
+            assert delivered["metadata"] == {"v": value}
+
+    run(main())
+    assert (sim.company("c1") or {}).get("v") == value
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/deliveries/a%00b",
+        "/deliveries/x.%C2%B2",  # '²' passes str.isdigit(), not int()
+        "/deliveries/x.%D9%A3",  # Arabic-Indic three: int() takes it, a stored id never has it
+        "/batches/a%00b",
+    ],
+)
+def test_hostile_ids_in_paths_are_404(database_url: str, path: str) -> None:
+    async def main() -> None:
+        async with InProcessRelay(database_url) as relay:
+            r = await relay.get(path, key=ADMIN_KEY)
+            assert r.status_code == 404, r.text
+            assert r.json()["error"] == "not_found"
+            # The admin routes that write take the same ids.
+            replay = await relay.post(
+                path.replace("/batches/", "/deliveries/") + "/replay", key=ADMIN_KEY
+            )
+            assert replay.status_code == 404, replay.text
+
+    run(main())
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("company_id=a%00b", "company_id"),
+        ("cursor=9999999999999999999", "cursor"),  # past 64 bits: was an OverflowError
+        ("cursor=%C2%B2", "cursor"),
+    ],
+)
+def test_hostile_query_parameters_are_422(database_url: str, query: str, field: str) -> None:
+    async def main() -> None:
+        async with InProcessRelay(database_url) as relay:
+            r = await relay.get(f"/deliveries?{query}", key=ADMIN_KEY)
+            assert r.status_code == 422, r.text
+            assert f"query.{field}" in [e["field"] for e in r.json()["errors"]]
+            if field == "company_id":
+                for method, path in (("POST", "/deliveries/replay"), ("DELETE", "/deliveries")):
+                    extra = "&status=dead" if method == "DELETE" else ""
+                    w = await relay.request(method, f"{path}?{query}{extra}", key=ADMIN_KEY)
+                    assert w.status_code == 422, w.text
+
+    run(main())

@@ -1,65 +1,13 @@
-"""`Prefer` as RFC 7240 reads it (every header, comma-separated preferences, parameters, names
-in any case, the first occurrence winning, `wait` in delta-seconds only), and no redirect for
-a trailing slash. Parsing as units; the answers in process over the real app, on both stores,
-delivering to the bundled simulator."""
+"""`Prefer` as RFC 7240 reads it, answered in process over the real app on both stores,
+delivering to the bundled simulator; and no redirect for a trailing slash. The parsing itself:
+tests/unit/test_prefer_parsing.py."""
 
 from __future__ import annotations
 
-import pytest
-
-from app.api.prefer import MAX_WAIT_SECONDS, preferences, wait_seconds
+from app.api.prefer import MAX_WAIT_SECONDS
 from app.simulator.process import SimulatorProcess
 from tests.inprocess import InProcessRelay, run
 from tests.relay import ADMIN_KEY, INGEST_KEY
-
-# --- parsing ----------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("headers", "seconds"),
-    [
-        ([], None),
-        (["wait=5"], 5),
-        (["respond-async, wait=5"], 5),
-        (["respond-async", "wait=7"], 7),  # several headers
-        (["WAIT=4"], 4),
-        (["Wait = 4"], 4),  # BWS around "="
-        (['wait="6"'], 6),  # a quoted-string word
-        (["wait=3; foo=bar"], 3),  # its parameters are read past
-        (['handling=lenient; x="a,b", wait=2'], 2),  # a comma inside a quoted string
-        (["wait=2", "wait=9"], 2),  # the first occurrence wins, across headers
-        (["wait=2, wait=9"], 2),
-        (["wait=1e2, wait=5"], None),  # the first is not understood: ignored, not the second
-        (["wait=0"], 0),
-        (["wait=007"], 7),
-        (["wait=100"], MAX_WAIT_SECONDS),
-        (["wait=" + "9" * 5000], MAX_WAIT_SECONDS),  # too long for int(): still capped
-        (["wait=1e2"], None),
-        (["wait=-1"], None),
-        (["wait=1.5"], None),
-        (["wait=+5"], None),
-        (["wait=\uff15"], None),  # a fullwidth five
-        (["wait=\u0665"], None),  # an Arabic-Indic five
-        (["wait=5x"], None),
-        (["wait="], None),
-        (["wait"], None),
-        (['wait="5'], None),  # an unterminated quoted string
-        (["respond-async; wait=5"], None),  # a parameter of respond-async, not a preference
-        (["return=minimal"], None),
-        (["w ait=5"], None),
-        ([""], None),
-    ],
-)
-def test_wait_seconds(headers: list[str], seconds: int | None) -> None:
-    assert wait_seconds(headers) == seconds
-
-
-def test_preferences_are_named_in_lower_case_with_their_first_value() -> None:
-    found = preferences(['Respond-Async, RETURN=minimal; x=1, wait="5"', "return=representation"])
-    assert found == {"respond-async": None, "return": "minimal", "wait": "5"}
-
-
-# --- in process -------------------------------------------------------------------------------
 
 
 def test_prefer_is_read_as_rfc_7240_on_both_request_paths(

@@ -13,10 +13,10 @@ from app.cli import main
 from app.simulator.process import SimulatorProcess
 from tests import pg
 from tests.conftest import RelayFactory
+from tests.integration.test_backfill import expected, hubspot_company
 from tests.list_stubs import TOKEN, HubSpotStub
 from tests.pg import SQLITE_ONLY
 from tests.relay import ADMIN_KEY, RelayProcess, wait_until
-from tests.test_backfill import expected, hubspot_company
 
 # Every test here runs real processes: the slow tier.
 pytestmark = pytest.mark.process

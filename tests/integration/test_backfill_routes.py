@@ -12,9 +12,9 @@ import pytest
 from app.main import create_app
 from app.simulator.process import SimulatorProcess
 from tests.inprocess import run
+from tests.integration.test_backfill import finished, hubspot_company, hubspot_on, start
 from tests.list_stubs import TOKEN, HubSpotStub
 from tests.relay import ADMIN_KEY, INGEST_KEY
-from tests.test_backfill import finished, hubspot_company, hubspot_on, start
 from tests.webhook_helpers import captured_logs
 
 SPEC = create_app().openapi()

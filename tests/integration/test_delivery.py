@@ -19,9 +19,11 @@ import orjson
 import pytest
 
 from app import __version__
+from app.domain.models import NewUpdate
+from app.domain.rules import REFUSED
 from app.simulator.process import SimulatorProcess
 from tests.inprocess import InProcessRelay, eventually, run
-from tests.relay import ADMIN_KEY, UPSTREAM_KEY
+from tests.relay import ADMIN_KEY, INGEST_KEY, UPSTREAM_KEY
 
 IDENTIFY = "/v1/companies/identify"
 RETRIES = "userpilot_relay_delivery_retries_total"
@@ -156,6 +158,7 @@ def test_timeouts_are_retried(sqlite_url: str, sim: SimulatorProcess) -> None:
     run(main())
 
 
+@pytest.mark.process
 def test_retry_after_is_honoured_and_slows_everyone(
     database_url: str, sim: SimulatorProcess
 ) -> None:
@@ -330,6 +333,7 @@ def test_order_survives_a_failure(database_url: str, sim: SimulatorProcess) -> N
     assert last == {"plan": "pro", "seats": 1, "note": None}
 
 
+@pytest.mark.process
 def test_pacing_never_exceeds_the_rate(database_url: str, sim: SimulatorProcess) -> None:
     async def main() -> None:
         # One call every 0.2 s.
@@ -347,6 +351,7 @@ def test_pacing_never_exceeds_the_rate(database_url: str, sim: SimulatorProcess)
     assert sim.stats()["max_in_any_1s_window"] <= 6
 
 
+@pytest.mark.process
 def test_default_pacing_stays_under_userpilots_limit(
     sqlite_url: str, sim: SimulatorProcess
 ) -> None:
@@ -525,3 +530,178 @@ def test_ten_concurrent_waiting_changes_of_one_company_cost_at_most_two_calls(
     assert [a.status_code for a in answers] == [200] * 10
     assert 1 <= len(identify_calls(sim)) <= 2
     assert sim.company("burst") == {f"p{i}": i for i in range(10)}
+
+
+# --- refused stored rows, fair scheduling, pruning (from the adversarial review) -----------------
+
+
+OTHER_KEY = "other-ingest-key-55aa"
+
+
+TWO_CALLERS = f"svc:ingest:{INGEST_KEY},other:ingest:{OTHER_KEY},ops:admin:{ADMIN_KEY}"
+
+
+def test_a_stored_batch_row_the_store_cannot_hold_is_dead_lettered_and_the_queue_moves_on(
+    database_url: str, sim: SimulatorProcess
+) -> None:
+    """Rows stored before the door refused them (an upgrade): they must not stall claiming."""
+
+    async def main() -> None:
+        async with InProcessRelay(database_url, endpoint=sim.url) as relay:
+            stored = await relay.store.deliveries.enqueue(
+                [
+                    NewUpdate(company_id="pg-ok", metadata={"a": 1}),
+                    NewUpdate(company_id="pg-nul\u0000y", metadata={"a": 2}),
+                    NewUpdate(company_id="pg-key", metadata={"bad\u0000key": 3}),
+                ],
+                source="bulk",
+                caller="svc",
+                batch=True,
+            )
+            batch = stored.batch_id
+            await relay.wait_for(f"{batch}.0", "delivered")
+            bad = await relay.wait_for(f"{batch}.1", "dead")
+            assert bad["last_error"].startswith(REFUSED)
+            assert "control characters" in bad["last_error"]
+            refused_key = await relay.wait_for(f"{batch}.2", "dead")
+            assert refused_key["last_error"].startswith(REFUSED)
+            # Later work is still delivered.
+            later = await relay.post("/companies", json={"company_id": "after", "metadata": {}})
+            await relay.wait_for(later.json()["id"], "delivered")
+            # A refused row stays dead: replaying it would send something else.
+            replay = await relay.post(f"/deliveries/{batch}.1/replay", key=ADMIN_KEY)
+            assert replay.status_code == 409, replay.text
+            replayed = await relay.post("/deliveries/replay", key=ADMIN_KEY)
+            assert replayed.json() == {"replayed": 0}
+
+    run(main())
+    assert set(sim.companies()) == {"pg-ok", "after"}
+
+
+def test_a_single_update_never_waits_behind_another_callers_import(
+    database_url: str, sim: SimulatorProcess
+) -> None:
+    async def main() -> None:
+        async with InProcessRelay(
+            database_url,
+            endpoint=sim.url,
+            relay_api_keys=TWO_CALLERS,
+            relay_rate_limit_per_minute=600,
+        ) as relay:
+            bulk = {"companies": [{"company_id": f"imp-{i}"} for i in range(3000)]}
+            assert (await relay.post("/companies/bulk", json=bulk)).status_code == 202
+            await asyncio.sleep(0.5)  # the import is draining
+            started = time.monotonic()
+            r = await relay.post(
+                "/companies",
+                key=OTHER_KEY,
+                json={"company_id": "urgent", "metadata": {"x": 1}},
+                headers={"Prefer": "wait=10"},
+            )
+            assert r.status_code == 200, r.text
+            waited = time.monotonic() - started
+            assert r.json()["status"] == "delivered"
+            assert waited < 5, waited
+
+    run(main())
+    calls = [r["body"]["company_id"] for r in sim.requests("/v1/companies/identify")]
+    # At 10 calls a second the import takes five minutes; the single update went within the
+    # next few slots, not after the thousands stored before it.
+    assert "urgent" in calls
+    assert calls.index("urgent") <= 12, calls.index("urgent")
+
+
+def test_the_fair_lane_keeps_order_per_company(database_url: str, sim: SimulatorProcess) -> None:
+    """A single update that jumps the queue carries the older batch value of its company with
+    it (merged, newer wins): the older value never lands after the newer one."""
+
+    async def main() -> None:
+        async with InProcessRelay(database_url, endpoint=sim.url) as relay:
+            companies = [{"company_id": f"b{i}", "metadata": {"v": "old"}} for i in range(2500)]
+            companies[2400] = {"company_id": "same", "metadata": {"v": "old", "kept": 1}}
+            assert (
+                await relay.post("/companies/bulk", json={"companies": companies})
+            ).status_code == 202
+            r = await relay.post(
+                "/companies",
+                json={"company_id": "same", "metadata": {"v": "new"}},
+                headers={"Prefer": "wait=10"},
+            )
+            assert r.status_code == 200, r.text
+
+    run(main())
+    calls = [r["body"] for r in sim.requests("/v1/companies/identify")]
+    same = [c["metadata"] for c in calls if c["company_id"] == "same"]
+    assert same == [{"v": "new", "kept": 1}], same  # one call, merged in arrival order
+    assert sim.company("same") == {"v": "new", "kept": 1}
+
+
+def test_a_bad_stored_update_is_refused_alone_and_its_company_siblings_are_delivered(
+    database_url: str, sim: SimulatorProcess
+) -> None:
+    """An update stored before the door refused it must not take its company's others down."""
+
+    async def main() -> None:
+        async with InProcessRelay(
+            database_url, endpoint=sim.url, relay_merge_window_seconds=0.5
+        ) as relay:
+            bad = await relay.store.deliveries.enqueue(
+                [NewUpdate(company_id="sib", metadata={"tab\tkey": 1})], source="api", caller="svc"
+            )
+            good = await relay.post(
+                "/companies", json={"company_id": "sib", "metadata": {"plan": "pro"}}
+            )
+            await relay.wait_for(good.json()["id"], "delivered")
+            dead = await relay.wait_for(str(bad.ids[0]), "dead")
+            assert dead["last_error"].startswith(REFUSED)
+            assert dead["metadata"] == {"tab\tkey": 1}  # kept as stored, for the operator
+
+    run(main())
+    assert sim.company("sib") == {"plan": "pro"}
+
+
+def test_property_versions_are_pruned_but_kept_while_an_older_update_waits(
+    database_url: str, sim: SimulatorProcess
+) -> None:
+    async def versions(relay: InProcessRelay) -> set[tuple[str, str]]:
+        store = relay.store
+        claim_free = getattr(store.engine, "path", None)
+        if claim_free is not None:  # SQLite
+            import sqlite3
+
+            with sqlite3.connect(claim_free) as conn:
+                return {
+                    (c, k) for c, k in conn.execute("SELECT company_id, key FROM property_versions")
+                }
+        import psycopg
+
+        with psycopg.connect(database_url) as conn:
+            rows = conn.execute("SELECT company_id, key FROM property_versions").fetchall()
+            return {(str(c), str(k)) for c, k in rows}
+
+    async def main() -> None:
+        async with InProcessRelay(database_url, endpoint=sim.url) as relay:
+            sim.add_fault(action="status", status=400, times=1)
+            old = (
+                await relay.post("/companies", json={"company_id": "kept", "metadata": {"p": 1}})
+            ).json()["id"]
+            await relay.wait_for(old, "dead")
+            newer = (
+                await relay.post("/companies", json={"company_id": "kept", "metadata": {"p": 2}})
+            ).json()["id"]
+            await relay.wait_for(newer, "delivered")
+            done = (
+                await relay.post("/companies", json={"company_id": "gone", "metadata": {"q": 1}})
+            ).json()["id"]
+            await relay.wait_for(done, "delivered")
+            assert await versions(relay) == {("kept", "p"), ("gone", "q")}
+            await relay.store.deliveries.prune(delivered_before=time.time() + 60)
+            # "kept" still has a dead, older update: its version must stay so a replay of it
+            # never overwrites p=2.
+            assert await versions(relay) == {("kept", "p")}
+            replay = await relay.post(f"/deliveries/{old}/replay", key=ADMIN_KEY)
+            assert replay.status_code == 200
+            await relay.wait_for(old, "delivered")
+
+    run(main())
+    assert sim.company("kept") == {"p": 2}

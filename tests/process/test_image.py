@@ -16,7 +16,7 @@ from typing import NoReturn
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "check-image"
 IN_CI = bool(os.environ.get("CI"))
 CANNOT_INSTALL = 77  # the script's exit code when no builder can be installed

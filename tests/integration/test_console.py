@@ -1,7 +1,7 @@
 """The operator console in-process (httpx.ASGITransport over the real app and a real store):
 sign-in, sessions, CSRF, security headers, escaping, redirects, the path prefix, the actions.
 
-The same pages in a real browser: tests/test_console_browser.py.
+The same pages in a real browser: tests/process/test_console_browser.py.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 import orjson
+import pytest
 
 from app.simulator.process import SimulatorProcess
 from tests.inprocess import InProcessRelay, eventually, run
@@ -95,6 +96,7 @@ async def drained(relay: InProcessRelay, within: float = 60) -> None:
     await eventually(empty, within=within, interval=0.1)
 
 
+@pytest.mark.process
 def test_a_hubspot_backfill_of_thousands_reaches_userpilot_through_bulk_jobs(
     database_url: str, sim: SimulatorProcess
 ) -> None:
@@ -193,6 +195,7 @@ def test_a_newer_webhook_value_is_not_overwritten_by_an_older_backfilled_one(
     assert all(h.get("metadata", h).get("name") != "Acme 0" for h in sim.history("hs-1000") or [])
 
 
+@pytest.mark.process
 def test_a_reconciliation_sends_only_the_companies_that_changed(
     database_url: str, sim: SimulatorProcess
 ) -> None:
@@ -226,6 +229,7 @@ def upstream(sim: SimulatorProcess) -> tuple[int, int]:
     return int(stats["identify_calls"]), int(stats["bulk_rows_received"])
 
 
+@pytest.mark.process
 def test_the_reconcile_interval_starts_reconciliations_by_itself(
     sqlite_url: str, sim: SimulatorProcess
 ) -> None:

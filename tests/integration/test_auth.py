@@ -132,3 +132,29 @@ def test_two_processes_never_share_one_sqlite_file(relay_factory: Any, tmp_path:
     done = _start_without(tmp_path, **env)
     assert done.returncode != 0
     assert "another relay process already uses the SQLite file" in done.stdout + done.stderr
+
+
+# --- scoped reads (from the adversarial review) --------------------------------------------------
+
+
+OTHER_KEY = "other-ingest-key-55aa"
+
+
+TWO_CALLERS = f"svc:ingest:{INGEST_KEY},other:ingest:{OTHER_KEY},ops:admin:{ADMIN_KEY}"
+
+
+def test_an_ingest_key_reads_only_what_it_stored(database_url: str) -> None:
+    async def main() -> None:
+        async with InProcessRelay(database_url, relay_api_keys=TWO_CALLERS) as relay:
+            mine = (await relay.post("/companies", json={"company_id": "s1"})).json()["id"]
+            batch = (
+                await relay.post("/companies/bulk", json={"companies": [{"company_id": "s2"}]})
+            ).json()["batch_id"]
+            for path in (f"/deliveries/{mine}", f"/batches/{batch}", f"/deliveries/{batch}.0"):
+                assert (await relay.get(path)).status_code == 200, path
+                other = await relay.get(path, key=OTHER_KEY)
+                assert other.status_code == 404, path
+                assert "s1" not in other.text and "s2" not in other.text
+                assert (await relay.get(path, key=ADMIN_KEY)).status_code == 200, path
+
+    run(main())
