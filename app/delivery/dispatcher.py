@@ -23,6 +23,7 @@ import time
 from app.config import Settings
 from app.delivery.breaker import Breaker
 from app.delivery.bulk import BulkDriver
+from app.delivery.erasure import ErasureDriver
 from app.delivery.merge import merge_claim
 from app.delivery.pacing import Pacer
 from app.delivery.refuse import refuse, without_unsendable
@@ -79,6 +80,7 @@ class Dispatcher:
             breaker=self._breaker,
             owner=self.owner,
         )
+        self.erasure = ErasureDriver(store=store, client=client, settings=settings)
         self._claims = itertools.count(1)
         self._single_turn = False  # every other claim puts a single update first
         self._slots = asyncio.Semaphore(settings.relay_delivery_concurrency)
@@ -92,6 +94,7 @@ class Dispatcher:
             asyncio.create_task(self._feed(), name="dispatcher-feed"),
             asyncio.create_task(self._prune(), name="dispatcher-prune"),
             asyncio.create_task(self.bulk.run(), name="dispatcher-bulk"),
+            asyncio.create_task(self.erasure.run(), name="dispatcher-erasure"),
         ]
 
     async def stop(self) -> None:

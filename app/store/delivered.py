@@ -154,3 +154,14 @@ def record_delivered_job(
         digests.sort()  # one lock order, whoever else writes these rows
         rows = [{"company": c, "key": k, "digest": d} for c, k, d in digests]
         yield Statement(DELIVERED_VALUE, rows, many=True)
+
+
+FORGET_TIMES = "DELETE FROM source_property_times WHERE company_id = ANY(:ids)"
+FORGET_VALUES = "DELETE FROM delivered_values WHERE company_id = ANY(:ids)"
+
+
+def forget(company_ids: Sequence[str]) -> Plan[None]:
+    """Delete the companies' source times and delivered value digests."""
+    ids = list(company_ids)
+    yield Statement(FORGET_TIMES, {"ids": ids})
+    yield Statement(FORGET_VALUES, {"ids": ids})

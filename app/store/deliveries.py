@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from app.domain.digest import company_digest
 from app.domain.errors import IdempotencyConflict, NotDead, NothingStored, StoreUnavailable
 from app.domain.models import (
     STATUSES,
@@ -27,7 +28,7 @@ from app.domain.models import (
 )
 from app.domain.rules import REFUSED, parse_ascii_int
 from app.store import delivered
-from app.store.claims import BATCHES_WAITING
+from app.store.claims import BATCHES_WAITING, expand_rows
 from app.store.jobs import prune_jobs
 from app.store.part import StorePart
 from app.store.rows import (
@@ -57,14 +58,18 @@ WEBHOOK_EVENT = """
     INSERT INTO webhook_events (source, event_key, received_at) VALUES (:source, :key, {now})
     ON CONFLICT DO NOTHING RETURNING 1
 """
-# The id is ours: a retry after a lost answer cannot store the update twice.
+# The id is ours: a retry after a lost answer cannot store the update twice. An erased
+# company's update is not stored (its suppression, checked in the same statement).
 INSERT_DELIVERY = """
     INSERT INTO deliveries (id, company_id, metadata, status, source, caller,
         created_at, updated_at, next_attempt_at, enqueued_at, realtime_only)
-    VALUES (:id, :company, :metadata, 'queued', :source, :caller, {now}, {now}, {now}, {now},
-        :realtime_only)
+    SELECT :id, :company, :metadata, 'queued', :source, :caller, {now}, {now}, {now}, {now},
+        :realtime_only
+    WHERE NOT EXISTS (SELECT 1 FROM suppressions WHERE digest = :digest)
     ON CONFLICT (id) DO NOTHING
 """
+SUPPRESSED = "SELECT digest FROM suppressions WHERE digest = ANY(:digests)"
+STORED_ID = "SELECT 1 FROM deliveries WHERE id = :id"
 RESERVE_SEQS = "{reserve_seqs}"
 INSERT_BATCH = """
     INSERT INTO batches (id, caller, source, total, seq_from, expanded, payload, payload_format,
@@ -136,6 +141,19 @@ PRUNE_VERSIONS = """
 """
 
 
+# forgetting companies (erasure) ----------------------------------------------------------
+FORGET_IDS = "SELECT id, batch_id FROM deliveries WHERE company_id = ANY(:ids)"
+# Stored batches whose payload is still kept (some updates not yet expanded), locked.
+KEPT_PAYLOADS = """
+    SELECT id, seq_from, expanded, payload, payload_format, caller, source, created_at
+    FROM batches WHERE payload IS NOT NULL ORDER BY seq_from FOR UPDATE
+"""
+FORGET_DELIVERIES = "DELETE FROM deliveries WHERE company_id = ANY(:ids)"
+FORGET_VERSIONS = "DELETE FROM property_versions WHERE company_id = ANY(:ids)"
+IDEMPOTENCY_RESULTS = "SELECT caller, key, result FROM idempotency_keys FOR UPDATE"
+FORGET_IDEMPOTENCY = "DELETE FROM idempotency_keys WHERE caller = :caller AND key = :key"
+
+
 def _listing_sql(*, status: str | None, company_id: str | None) -> tuple[str, dict[str, object]]:
     """The delivery listing, in arrival order after the cursor `:after` (`:limit` rows)."""
     sql, params = filtered(
@@ -200,8 +218,18 @@ def enqueue(
     older: set[int] = set()
     stamped: list[tuple[str, str]] = []
     rows: list[dict[str, Any]] = []
+    digests = [company_digest(u.company_id) for u in updates]
+    erased: set[str] = set()
+    if len(updates) > 1 or not plain(updates[0]):
+        found = yield Statement(SUPPRESSED, {"digests": digests})
+        erased = {str(r[0]) for r in found.rows}
+    suppressed: set[int] = set()
     for index, update in enumerate(updates):
         body = encoded[index]
+        if digests[index] in erased:
+            stored_ids[index] = None
+            suppressed.add(index)
+            continue
         if update.event_key is not None:
             fresh = yield Statement(WEBHOOK_EVENT, {"source": source, "key": update.event_key})
             if not fresh.rows:
@@ -225,16 +253,22 @@ def enqueue(
                 "source": source,
                 "caller": caller,
                 "realtime_only": 1 if update.realtime_only else 0,
+                "digest": digests[index],
             }
         )
     if len(rows) == 1:  # the common case: one plain statement, one round trip
-        yield Statement(INSERT_DELIVERY, rows[0])
+        inserted = yield Statement(INSERT_DELIVERY, rows[0])
+        if inserted.rowcount == 0 and not erased and len(updates) == 1:
+            # Not stored: a retry of a committed insert (the id is there), or an erased company.
+            there = yield Statement(STORED_ID, {"id": rows[0]["id"]})
+            if not there.rows:
+                return EnqueueResult(ids=[None], suppressed=frozenset({0}))
     elif rows:
         yield Statement(INSERT_DELIVERY, rows, many=True)
     yield from delivered.stamp_times(stamped)
     if idem is not None:
         yield from remember(idem, {"ids": stored_ids})
-    return EnqueueResult(ids=stored_ids, older=frozenset(older))
+    return EnqueueResult(ids=stored_ids, older=frozenset(older), suppressed=frozenset(suppressed))
 
 
 def enqueue_batch(
@@ -245,6 +279,7 @@ def enqueue_batch(
     caller: str | None,
     idem: Idempotency | None,
     stamped: Sequence[tuple[str, str]] = (),
+    updates: Sequence[NewUpdate] = (),
 ) -> Plan[EnqueueResult]:
     """Store a whole batch as one row, reserving its updates' places in the arrival order;
     `stamped` company properties take now as their source time (`NewUpdate.stamp_times`).
@@ -260,7 +295,24 @@ def enqueue_batch(
                 ids=batch_ids(first["batch_id"], first["count"]),
                 batch_id=first["batch_id"],
                 replayed=True,
+                suppressed=frozenset(first.get("suppressed", ())),
             )
+    suppressed: frozenset[int] = frozenset()
+    if updates:  # an erased company's update is left out (its index answered)
+        digests = [company_digest(u.company_id) for u in updates]
+        found = yield Statement(SUPPRESSED, {"digests": digests})
+        erased = {str(r[0]) for r in found.rows}
+        if erased:
+            suppressed = frozenset(i for i, d in enumerate(digests) if d in erased)
+            kept = [u for i, u in enumerate(updates) if i not in suppressed]
+            payload, count = encode_batch(kept), len(kept)
+            stamped = [(c, k) for c, k in stamped if company_digest(c) not in erased]
+            if not kept:
+                if idem is not None:
+                    yield from remember(
+                        idem, {"batch_id": None, "count": 0, "suppressed": sorted(suppressed)}
+                    )
+                return EnqueueResult(ids=[], batch_id=None, suppressed=suppressed)
     reserved = (yield Statement(RESERVE_SEQS, {"count": count})).one()
     assert reserved is not None, "no sequence numbers reserved: run userpilot-relay migrate"
     yield Statement(
@@ -276,8 +328,9 @@ def enqueue_batch(
     )
     yield from delivered.stamp_times(stamped)
     if idem is not None:
-        yield from remember(idem, {"batch_id": batch_id, "count": count})
-    return EnqueueResult(ids=batch_ids(batch_id, count), batch_id=batch_id)
+        answer = {"batch_id": batch_id, "count": count, "suppressed": sorted(suppressed)}
+        yield from remember(idem, answer)
+    return EnqueueResult(ids=batch_ids(batch_id, count), batch_id=batch_id, suppressed=suppressed)
 
 
 # reads -------------------------------------------------------------------------------------
@@ -388,6 +441,34 @@ def prune_versions(before: float) -> Plan[int]:
     return (yield Statement(PRUNE_VERSIONS, params)).rowcount
 
 
+def forget(company_ids: Sequence[str]) -> Plan[int]:
+    """Delete every stored update of the companies (queued, delivered, dead: nothing of them is
+    sent after this), with the idempotency records that answer them and their property
+    versions. A stored batch holding one of them is expanded first, so its payload (dropped
+    once expanded) keeps no byte of them. Answers how many updates were deleted."""
+    ids = list(company_ids)
+    needles = [orjson.dumps(c) for c in ids]
+    batches: set[str] = set()
+    for row in (yield Statement(KEPT_PAYLOADS)).rows:
+        payload = bytes(row[3])
+        if any(n in payload for n in needles):
+            batches.add(str(row[0]))
+            yield from expand_rows(row, 1 << 31)
+    found = (yield Statement(FORGET_IDS, {"ids": ids})).rows
+    delivery_ids = {str(r[0]) for r in found}
+    batches |= {str(r[1]) for r in found if r[1] is not None}
+    deleted = (yield Statement(FORGET_DELIVERIES, {"ids": ids})).rowcount
+    yield Statement(FORGET_VERSIONS, {"ids": ids})
+    if delivery_ids or batches:
+        for caller, key, result in (yield Statement(IDEMPOTENCY_RESULTS)).rows:
+            answer = orjson.loads(result)
+            answered = set(answer.get("ids") or ()) if isinstance(answer, dict) else set()
+            batch = answer.get("batch_id") if isinstance(answer, dict) else None
+            if answered & delivery_ids or batch in batches:
+                yield Statement(FORGET_IDEMPOTENCY, {"caller": caller, "key": key})
+    return int(deleted)
+
+
 class Deliveries(StorePart):
     """Stored updates: ingest, reads, dead letters and retention."""
 
@@ -435,7 +516,7 @@ class Deliveries(StorePart):
                 raise ValueError(f"a batch holds at most {limit} updates")
             batch_id, payload, count = new_ids(1)[0], encode_batch(updates), len(updates)
             stamped = [(u.company_id, k) for u in updates for k in u.stamp_times]
-            args = (payload, count, batch_id, source, caller, idempotency, stamped)
+            args = (payload, count, batch_id, source, caller, idempotency, stamped, updates)
             return await self._write(lambda: enqueue_batch(*args))
         ids = new_ids(len(updates))
         encoded = [orjson.dumps(u.metadata) for u in updates]
