@@ -39,6 +39,7 @@ from app.metrics import (
     UPSTREAM_AUTH_FAILURES,
     UPSTREAM_THROTTLED,
 )
+from app.store.deliveries import Retention
 from app.store.store import Store
 from app.userpilot.client import UpstreamResult, UserpilotClient
 
@@ -327,11 +328,25 @@ class Dispatcher:
             )
 
     # background chores ---------------------------------------------------------------------
+    def _retention(self) -> Retention:
+        s = self.settings
+        return Retention(
+            dead_letters=s.relay_dead_letter_retention_seconds,
+            parked_events=s.relay_parked_event_retention_seconds,
+            jobs=s.relay_job_retention_seconds,
+            values=s.relay_values_retention_seconds,
+        )
+
     async def _prune(self) -> None:
         while not self._stopping:
             retention = self.settings.relay_delivered_retention_seconds
             try:
-                pruned = await self.store.deliveries.prune(delivered_before=time.time() - retention)
+                pruned = await self.store.deliveries.prune(
+                    delivered_before=time.time() - retention, retention=self._retention()
+                )
+                await self.store.erasures.prune(
+                    before=time.time() - self.settings.relay_erasure_retention_seconds
+                )
             except asyncio.CancelledError:
                 raise
             except Exception:

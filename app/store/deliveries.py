@@ -8,7 +8,9 @@ autocommit); a plan that only reads may run without one.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -124,6 +126,19 @@ PRUNE_BATCHES = """
       WHERE d.seq BETWEEN batches.seq_from AND batches.seq_from + batches.total - 1)
 """
 PRUNE_IDEMPOTENCY = "DELETE FROM idempotency_keys WHERE expires_at < {now}"
+PRUNE_DEAD = """
+    DELETE FROM deliveries WHERE seq IN (
+      SELECT seq FROM deliveries WHERE status = 'dead' AND updated_at < :before
+      LIMIT :limit FOR UPDATE SKIP LOCKED)
+"""
+PRUNE_PARKED = "DELETE FROM parked_events WHERE created_at < :before"
+PRUNE_BACKFILLS = """
+    DELETE FROM backfills WHERE status <> 'running' AND finished_at < :before
+"""
+PRUNE_BACKFILL_CUSTOMERS = """
+    DELETE FROM backfill_customers
+    WHERE NOT EXISTS (SELECT 1 FROM backfills b WHERE b.id = backfill_customers.backfill_id)
+"""
 PRUNE_EVENTS = "DELETE FROM webhook_events WHERE received_at < :before"
 # A property version matters only while an older update of the company may still be sent: a
 # queued, delivering or dead one with a lower sequence number, or a stored batch's update not
@@ -435,6 +450,20 @@ def prune_rest(before: float) -> Plan[None]:
     yield Statement(PRUNE_EVENTS, {"before": before})
 
 
+def prune_dead(before: float) -> Plan[int]:
+    """One short transaction's worth of dead letters older than their retention."""
+    return (yield Statement(PRUNE_DEAD, {"before": before, "limit": PRUNE_BATCH})).rowcount
+
+
+def prune_kept(retention: Retention, now: float) -> Plan[None]:
+    """Parked events, finished bulk jobs and backfills past their retention."""
+    yield Statement(PRUNE_PARKED, {"before": now - retention.parked_events})
+    jobs_before = now - retention.jobs
+    yield from prune_jobs(jobs_before)
+    yield Statement(PRUNE_BACKFILLS, {"before": jobs_before})
+    yield Statement(PRUNE_BACKFILL_CUSTOMERS)
+
+
 def prune_versions(before: float) -> Plan[int]:
     """One short transaction's worth of property versions no older update can need."""
     params = {"before": before, "limit": PRUNE_BATCH}
@@ -467,6 +496,16 @@ def forget(company_ids: Sequence[str]) -> Plan[int]:
             if answered & delivery_ids or batch in batches:
                 yield Statement(FORGET_IDEMPOTENCY, {"caller": caller, "key": key})
     return int(deleted)
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """Seconds each kind of record is kept (the `RELAY_*_RETENTION_SECONDS` settings)."""
+
+    dead_letters: float = 30 * 86_400
+    parked_events: float = 30 * 86_400
+    jobs: float = 30 * 86_400
+    values: float = 180 * 86_400
 
 
 class Deliveries(StorePart):
@@ -573,18 +612,29 @@ class Deliveries(StorePart):
         """Delete dead deliveries (one, one company's, or all); answer how many."""
         return await self._write(lambda: purge_dead(delivery_id, company_id))
 
-    async def prune(self, *, delivered_before: float) -> int:
-        """Delete delivered updates older than the retention period; answer how many.
+    async def prune(self, *, delivered_before: float, retention: Retention | None = None) -> int:
+        """Delete delivered updates older than the retention period; answer how many. With
+        `retention`, also dead letters, parked events, finished jobs and backfills, value
+        digests and source times of companies not seen for long (docs/settings.md).
 
         In short transactions of their own, so pruning never holds up the queue."""
         total = 0
+        if retention is not None:
+            now = time.time()
+            dead_before = now - retention.dead_letters
+            while await self._write(lambda: prune_dead(dead_before)) >= PRUNE_BATCH:
+                pass
+            await self._write(lambda: prune_kept(retention, now))
+            values_before = now - retention.values
+            await self._write(lambda: delivered.prune(values_before))
         while True:
             n = await self._write(lambda: prune_delivered(delivered_before))
             total += n
             if n < PRUNE_BATCH:
                 break
         await self._write(lambda: prune_rest(delivered_before))
-        await self._write(lambda: prune_jobs(delivered_before))
+        if retention is None:  # with one, jobs keep their own (`prune_kept`)
+            await self._write(lambda: prune_jobs(delivered_before))
         batch = PRUNE_BATCH
         while await self._write(lambda: prune_versions(delivered_before)) >= batch:
             pass

@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import itertools
 import time
 from typing import Any
 
 from app.domain.digest import company_digest
 from app.domain.models import NewUpdate
 from app.simulator.process import SimulatorProcess
+from app.store.delivered import DELIVERED_VALUE
+from app.store.deliveries import IDEMPOTENCY_PUT, Retention
+from app.store.sql import Plan, Statement
 from app.store.store import open_store
 from tests.inprocess import InProcessRelay, eventually, run
 from tests.relay import ADMIN_KEY, INGEST_KEY
@@ -236,7 +240,7 @@ def test_ten_thousand_ids_go_in_paced_requests_of_at_most_1000(
     assert len(deletions) == 10
     assert all(len(d["company_ids"]) <= 1000 for d in deletions)
     assert sorted(c for d in deletions for c in d["company_ids"]) == ids
-    gaps = [b["accepted_at"] - a["accepted_at"] for a, b in zip(deletions, deletions[1:])]
+    gaps = [b["accepted_at"] - a["accepted_at"] for a, b in itertools.pairwise(deletions)]
     assert min(gaps) >= 0.15, gaps
 
 
@@ -348,3 +352,52 @@ def test_retention_prunes_finished_erasures(database_url: str) -> None:
 
 def test_digest_is_the_sha256_hex_of_the_id() -> None:
     assert company_digest("acme") == hashlib.sha256(b"acme").hexdigest()
+
+
+def test_retention_prunes_each_table(database_url: str) -> None:
+    async def count(store: Any, table: str) -> int:
+        def plan() -> Plan[int]:
+            row = (yield Statement(f"SELECT count(*) FROM {table}")).one()
+            return int(row[0]) if row else 0
+
+        return int(await store.engine.read(plan))
+
+    async def main() -> None:
+        store = open_store(database_url)
+        await store.open()
+        try:
+            result = await store.deliveries.enqueue(
+                [NewUpdate("old-co", {"plan": "x"}, stamp_times=("plan",))],
+                source="api",
+                caller="t",
+            )
+
+            def setup() -> Plan[None]:
+                yield Statement("UPDATE deliveries SET status = 'dead'")
+                yield Statement(DELIVERED_VALUE, {"company": "old-co", "key": "plan", "digest": 1})
+                yield Statement(
+                    IDEMPOTENCY_PUT,
+                    {"caller": "t", "key": "k", "fingerprint": "f", "result": b"{}", "ttl": -1},
+                )
+
+            await store.engine.write(setup)
+            await store.webhooks.park(source="stripe", key="evt", payload=b"{}", reason="r")
+            tables = [
+                "deliveries",
+                "delivered_values",
+                "source_property_times",
+                "parked_events",
+                "idempotency_keys",
+            ]
+            assert result.ids[0] is not None
+            # Within their retention: kept.
+            await store.deliveries.prune(delivered_before=0, retention=Retention())
+            assert [await count(store, t) for t in tables] == [1, 1, 1, 1, 0]
+            # Past it: each table pruned.
+            past = Retention(dead_letters=-60, parked_events=-60, jobs=-60, values=-60)
+            await store.deliveries.prune(delivered_before=0, retention=past)
+            assert [await count(store, t) for t in tables] == [0, 0, 0, 0, 0]
+        finally:
+            await store.close()
+
+    run(main())

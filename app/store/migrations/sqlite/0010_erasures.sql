@@ -44,3 +44,8 @@ CREATE TABLE erasure_pacing (
 INSERT INTO erasure_pacing (id, next_slot) VALUES (1, 0);
 CREATE INDEX delivered_values_company ON delivered_values (company_id);
 CREATE INDEX customer_links_company ON customer_links (company_id);
+-- Retention: when the relay last delivered a value of the company property.
+ALTER TABLE delivered_values ADD COLUMN seen_at REAL NOT NULL DEFAULT 0;
+UPDATE delivered_values SET seen_at = CAST(strftime('%s', 'now') AS REAL);
+CREATE INDEX backfills_finished ON backfills (finished_at) WHERE finished_at IS NOT NULL;
+CREATE INDEX parked_events_created ON parked_events (created_at);
