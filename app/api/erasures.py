@@ -89,13 +89,16 @@ class SuppressionOut(BaseModel):
 
 
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: _error("Not found.")}
+_INVALID: dict[int | str, dict[str, Any]] = {
+    422: _error("Invalid input: `errors` names the field.")
+}
 
 
 @router.post(
     "/erasures",
     status_code=202,
     response_model=ErasureOut,
-    responses={**AUTH_ERRORS, 422: _error("Invalid payload: `errors` names the field.")},
+    responses={**AUTH_ERRORS, **_INVALID},
 )
 async def post_erasure(body: ErasureIn, caller: AdminCaller, store: StoreDep) -> ErasureOut:
     """Forget companies: from this answer their updates are suppressed at every door; the
@@ -109,7 +112,7 @@ async def post_erasure(body: ErasureIn, caller: AdminCaller, store: StoreDep) ->
     return ErasureOut.of(erasure)
 
 
-@router.get("/erasures", response_model=ErasurePage, responses=AUTH_ERRORS)
+@router.get("/erasures", response_model=ErasurePage, responses={**AUTH_ERRORS, **_INVALID})
 async def list_erasures(
     _: AdminCaller,
     store: StoreDep,
@@ -127,7 +130,9 @@ async def list_erasures(
 
 
 @router.get(
-    "/erasures/{erasure_id}", response_model=ErasureOut, responses={**AUTH_ERRORS, **_NOT_FOUND}
+    "/erasures/{erasure_id}",
+    response_model=ErasureOut,
+    responses={**AUTH_ERRORS, **_NOT_FOUND, **_INVALID},
 )
 async def get_erasure(
     erasure_id: Annotated[str, Path(max_length=100)], _: AdminCaller, store: StoreDep
@@ -139,7 +144,11 @@ async def get_erasure(
     return ErasureOut.of(erasure)
 
 
-@router.get("/suppressions/{company_id}", response_model=SuppressionOut, responses=AUTH_ERRORS)
+@router.get(
+    "/suppressions/{company_id}",
+    response_model=SuppressionOut,
+    responses={**AUTH_ERRORS, **_INVALID},
+)
 async def get_suppression(
     company_id: Annotated[str, Path(min_length=1, max_length=1024)],
     _: AnyCaller,
@@ -159,7 +168,7 @@ async def get_suppression(
     "/suppressions/{company_id}",
     status_code=204,
     response_class=Response,
-    responses={**AUTH_ERRORS, **_NOT_FOUND},
+    responses={**AUTH_ERRORS, **_NOT_FOUND, **_INVALID},
 )
 async def lift_suppression(
     company_id: Annotated[str, Path(min_length=1, max_length=1024)],
