@@ -31,7 +31,6 @@ from app.userpilot.client import UserpilotClient, next_deletion_run
 log = logging.getLogger("userpilot_relay.erasure")
 
 MAX_IDS = 1000  # company ids per delete request (Userpilot documents no limit)
-LEASE_SECONDS = 60.0
 BUSY_DELAY = 1.0  # seconds before looking again at an erasure whose company is in flight
 RETRYABLE = frozenset({408, 409, 425, 429})
 
@@ -68,7 +67,9 @@ class ErasureDriver:
         """One pass: purge what is due, then send the deletes of what is purged."""
         oldest = await self.store.erasures.oldest_running()
         ERASURE_OLDEST_RUNNING.set(0 if oldest is None else max(0.0, time.time() - oldest))
-        leased = await self.store.erasures.lease(owner=self.owner, seconds=LEASE_SECONDS)
+        leased = await self.store.erasures.lease(
+            owner=self.owner, seconds=self.settings.relay_lease_seconds
+        )
         if not leased:
             return
         ready: list[str] = []

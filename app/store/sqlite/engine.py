@@ -150,6 +150,9 @@ class SQLiteEngine(Engine):
             "UPDATE bulk_jobs SET owner = NULL, lease_until = NULL "
             "WHERE status IN ('waiting', 'running')"
         )
+        conn.execute(
+            "UPDATE erasures SET owner = NULL, lease_until = NULL WHERE status = 'running'"
+        )
         self._writer = Writer(conn, self.path)
 
     async def close(self) -> None:
