@@ -17,6 +17,7 @@ from app.store.delivered import DELIVERED_VALUE
 from app.store.deliveries import IDEMPOTENCY_PUT, Retention
 from app.store.sql import Plan, Statement
 from app.store.store import open_store
+from tests import pg
 from tests.inprocess import InProcessRelay, eventually, run
 from tests.relay import ADMIN_KEY, INGEST_KEY
 
@@ -277,18 +278,26 @@ def test_a_stored_batch_not_yet_expanded_keeps_no_byte_of_the_company(
     run(main())
 
 
-def test_sqlite_files_hold_no_byte_of_an_erased_company(
-    sqlite_url: str, sim: SimulatorProcess
+def test_the_database_holds_no_byte_of_an_erased_company(
+    database_url: str, sim: SimulatorProcess
 ) -> None:
+    """SQLite: the file and its WAL scanned; PostgreSQL: every row of every table, as text and
+    with its bytea columns in hex."""
     company = "Scanned-Company-Id-42c9"
     sim.configure(invalid_company_ids=[company])
 
     async def main() -> None:
-        async with relay_on(sqlite_url, sim) as relay:
+        async with relay_on(database_url, sim) as relay:
             wait = {"Prefer": "wait=10"}
             r = await relay.post_company(company, {"plan": SECRET}, headers=wait)
             assert r.status_code == 502  # dead-lettered
             await relay.store.webhooks.link_customers([("cus_scan", company)])
+            await relay.store.webhooks.park(
+                source="stripe",
+                key="evt_scan",
+                payload=f'{{"c": "{company}"}}'.encode(),
+                reason="r",
+            )
             r = await relay.post(
                 "/companies/bulk",
                 json={"companies": [{"company_id": company, "metadata": {"plan": SECRET}}]},
@@ -299,14 +308,30 @@ def test_sqlite_files_hold_no_byte_of_an_erased_company(
             assert done["status"] == "completed"
 
     run(main())
-    path = sqlite_url.removeprefix("sqlite:///")
-    files = [f for f in glob.glob(path + "*") if not f.endswith(".lock")]
-    assert path in files
-    for name in files:
-        with open(name, "rb") as file:
-            data = file.read()
-        assert company.encode() not in data, name
-        assert SECRET.encode() not in data, name
+    needles = [company.encode(), SECRET.encode()]
+    if database_url.startswith("sqlite:///"):
+        path = database_url.removeprefix("sqlite:///")
+        files = [f for f in glob.glob(path + "*") if not f.endswith(".lock")]
+        assert path in files
+        for name in files:
+            with open(name, "rb") as file:
+                data = file.read()
+            for needle in needles:
+                assert needle not in data, name
+        return
+    name = database_url.rsplit("/", 1)[1].split("?")[0]
+    tables = pg.query(name, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+    assert len(tables) > 10
+    for (table,) in tables:
+        for needle in needles:
+            hexed = "%" + needle.hex() + "%"
+            found = pg.query(
+                name,
+                f"SELECT count(*) FROM {table} t WHERE t::text LIKE %s OR t::text LIKE %s",
+                "%" + needle.decode() + "%",
+                hexed,
+            )
+            assert found == [(0,)], (table, needle)
     assert company_digest(company)  # what is kept instead
 
 

@@ -86,8 +86,7 @@ def test_two_replicas_send_each_company_once_paced_across_both(
 ) -> None:
     sim.set_delete_pacing(0.1)
     relays: list[RelayProcess] = [relay_factory(**FAST) for _ in range(2)]
-    for relay in relays:
-        ids = [f"replica-{i:05d}" for i in range(3000)]
+    ids = [f"replica-{i:05d}" for i in range(3000)]
     chunks = [ids[:1500], ids[1500:2500], ids[2500:]]
     erasures = [erase(r, c) for r, c in zip(itertools.cycle(relays), chunks, strict=False)]
 
