@@ -420,3 +420,18 @@ async def commit_page(
         # The catalogue counts the values read (a value older than a webhook's included).
         store.catalogue.record((r.metadata for r in page.records), source=source, caller=source)
     return outcome
+
+
+# A source deleting a company (RELAY_ERASE_ON_SOURCE_DELETE) ----------------------------------
+async def erase_deleted(store: Store, company_ids: Sequence[str], *, source: str) -> str | None:
+    """Start an erasure of the companies a source deleted (those not suppressed already), with
+    the reason "source deleted"; answers its id, None when there was nothing to erase."""
+    fresh = [c for c in dict.fromkeys(company_ids) if await store.erasures.suppression(c) is None]
+    if not fresh:
+        return None
+    erasure = await store.erasures.create(fresh, reason="source deleted", by=source)
+    log.info(
+        "a source deleted companies: erasure started",
+        extra={"source": source, "erasure_id": erasure.id, "companies": erasure.companies},
+    )
+    return erasure.id
