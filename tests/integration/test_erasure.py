@@ -4,11 +4,14 @@ suppresses them at every door, then has Userpilot delete them, paced and batched
 
 from __future__ import annotations
 
+import asyncio
 import glob
 import hashlib
 import itertools
 import time
 from typing import Any
+
+import pytest
 
 from app.domain.digest import company_digest
 from app.domain.models import NewUpdate
@@ -19,6 +22,7 @@ from app.store.sql import Plan, Statement
 from app.store.store import open_store
 from tests import pg
 from tests.inprocess import InProcessRelay, eventually, run
+from tests.integration.test_bulk import post_bulk, running_job
 from tests.relay import ADMIN_KEY, INGEST_KEY
 
 SECRET = "Distinctive-Value-7f3a91"
@@ -422,6 +426,71 @@ def test_retention_prunes_each_table(database_url: str) -> None:
             past = Retention(dead_letters=-60, parked_events=-60, jobs=-60, values=-60)
             await store.deliveries.prune(delivered_before=0, retention=past)
             assert [await count(store, t) for t in tables] == [0, 0, 0, 0, 0]
+        finally:
+            await store.close()
+
+    run(main())
+
+
+@pytest.mark.process
+def test_an_erasure_waits_for_a_running_bulk_job_holding_the_company(
+    database_url: str, sim: SimulatorProcess
+) -> None:
+    """Its delete goes to Userpilot only after the job that holds the company ends."""
+    sim.configure(bulk_rows_per_minute=0)  # the job stays running until the test lets it go
+    items = [{"company_id": f"job-{i}", "metadata": {"plan": SECRET}} for i in range(200)]
+
+    async def main() -> tuple[str, dict[str, Any]]:
+        bulk = {"relay_upstream_bulk": "auto", "relay_bulk_threshold": 50}
+        bulk |= {"relay_bulk_poll_seconds": 0.1, "relay_merge_window_seconds": 0.0}
+        async with relay_on(database_url, sim, **bulk) as relay:
+            batch_id = await post_bulk(relay, items)
+            await running_job(relay)
+            inside = None
+            for i in range(200):
+                d = (await relay.get(f"/deliveries/{batch_id}.{i}", key=ADMIN_KEY)).json()
+                if d["via"] == "bulk" and d["status"] == "delivering":
+                    inside = d
+                    break
+            assert inside is not None
+            company = inside["company_id"]
+            erasure = await erase(relay, [company])
+            await asyncio.sleep(1.0)
+            r = await relay.get(f"/erasures/{erasure['id']}", key=ADMIN_KEY)
+            assert r.json()["status"] == "running"
+            assert sim.deletions() == []  # the job holds it: no delete yet
+            sim.configure(bulk_rows_per_minute=600_000)
+            done = await finished(relay, erasure["id"], within=60)
+            r = await relay.get(f"/deliveries/{inside['id']}")
+            assert r.status_code == 404
+            return company, done
+
+    company, done = run(main(), limit=120)
+    assert done["status"] == "completed", done
+    (deletion,) = sim.deletions()
+    assert deletion["company_ids"] == [company]
+    late = [c for c in sim.requests(path=IDENTIFY) if c["time"] > deletion["accepted_at"]]
+    assert all(c["body"]["company_id"] != company for c in late)
+
+
+def test_the_dispatcher_never_claims_a_suppressed_company(database_url: str) -> None:
+    """Belt and braces: an update of an erased company that is in the queue anyway (stored
+    just before the erasure committed) is cancelled at claim, never leased."""
+
+    async def main() -> None:
+        store = open_store(database_url)
+        await store.open()
+        try:
+            first = await store.deliveries.enqueue(
+                [NewUpdate("raced-co", {"plan": SECRET})], source="api", caller="t"
+            )
+            await store.erasures.create(["raced-co"], reason="r", by="t")
+            await store.deliveries.enqueue(
+                [NewUpdate("free-co", {"n": 1})], source="api", caller="t"
+            )
+            claim = await store.claims.claim(owner="t", lease_seconds=30, max_merge=10)
+            assert claim is not None and claim.company_id == "free-co"
+            assert await store.deliveries.get(str(first.ids[0])) is None
         finally:
             await store.close()
 
