@@ -117,7 +117,7 @@ async def list_erasures(
     _: AdminCaller,
     store: StoreDep,
     status: ErasureStatus | None = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     cursor: Annotated[str | None, Query(max_length=100)] = None,
 ) -> ErasurePage:
     """Erasures, newest first, a page at a time (`next_cursor` to the next page)."""

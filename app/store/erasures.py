@@ -11,6 +11,7 @@ erasure runs; the finished record and the suppression keep its SHA-256 digest.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -262,7 +263,7 @@ class Erasures(StorePart):
     async def create(self, company_ids: Sequence[str], *, reason: str, by: str | None) -> Erasure:
         """Record an erasure and suppress its companies (one transaction)."""
         ids = list(dict.fromkeys(company_ids))
-        erasure_id = "er_" + new_ids(1)[0]
+        erasure_id = f"er_{int(time.time() * 1000):013d}_{new_ids(1)[0][:12]}"  # sorts by time
         return await self._write(lambda: create(erasure_id, ids, reason, by))
 
     async def get(self, erasure_id: str) -> Erasure | None:

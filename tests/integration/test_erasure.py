@@ -184,6 +184,17 @@ def test_erasure_routes_refuse_ingest_keys_and_bad_input(
             assert r.status_code == 404
             r = await relay.get("/erasures", key=INGEST_KEY)
             assert r.status_code == 403
+            made = []
+            for i in range(3):  # ids sort by their millisecond of creation
+                made.append((await erase(relay, [f"paged-{i}"]))["id"])
+                await asyncio.sleep(0.01)
+            page = (await relay.get("/erasures?limit=2", key=ADMIN_KEY)).json()
+            assert [e["id"] for e in page["items"]] == made[::-1][:2]  # newest first
+            rest = await relay.get(
+                f"/erasures?limit=1000&cursor={page['next_cursor']}", key=ADMIN_KEY
+            )
+            assert [e["id"] for e in rest.json()["items"]] == made[:1]
+            assert rest.json()["next_cursor"] is None
 
     run(main())
 
