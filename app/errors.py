@@ -5,6 +5,8 @@ RelayError (app/domain/errors.py)   status, code, message, field errors, headers
 ├── StoreUnavailable > NothingStored     503 store_unavailable
 ├── IdempotencyConflict                  422 idempotency_key_reused
 ├── NotDead                              409 not_dead
+├── CompanyErased                        409 company_erased
+├── NotFound                             404 not_found
 ├── NotConfigured                        400 not_configured
 ├── BackfillConflict                     409 backfill_running
 ├── SignatureError                       401 <reason>

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from app.domain.errors import RelayError
+from app.domain.errors import CompanyErased, RelayError
 from app.domain.models import EnqueueResult, Idempotency, Metadata, NewUpdate
 from app.domain.pii import PiiKind
 from app.domain.quality import (
@@ -38,6 +38,7 @@ from app.domain.values import SeenType
 from app.errors import FieldError, field_path
 from app.metrics import (
     PII_FINDINGS,
+    SUPPRESSED_UPDATES,
     TYPE_DRIFT_REJECTIONS,
     UPDATES_ACCEPTED,
     VALUES_TOO_LONG,
@@ -62,6 +63,7 @@ Outcome = Literal[
     "unresolved",
     "resolved",
     "no_company",
+    "suppressed",
 ]
 
 MAX_ERRORS = 1000  # fields named at most in one 422
@@ -203,6 +205,8 @@ async def store_api(
 ) -> EnqueueResult:
     """Store reviewed API updates (one, or a bulk batch) in one commit, then count and
     catalogue them unless the request was a replay of an earlier one (`Idempotency-Key`).
+    An erased company's update is not stored: `CompanyErased` (409) for one, its index in
+    `suppressed` in bulk.
 
     A property a source mapping can also write (`sourced`) takes the acceptance as its source
     time (`NewUpdate.stamp_times`)."""
@@ -222,9 +226,13 @@ async def store_api(
         batch=bulk,
         idempotency=idempotency,
     )
+    if result.suppressed:
+        SUPPRESSED_UPDATES.labels(source=source).inc(len(result.suppressed))
+        if not bulk:
+            raise CompanyErased()
     if not result.replayed:
         UPDATES_ACCEPTED.labels(source=source).inc(result.stored)
-        kept = [metadata for _, metadata in companies]
+        kept = [m for i, (_, m) in enumerate(companies) if i not in result.suppressed]
         if bulk:  # off the event loop: a type per value of up to 10,000 companies
             await asyncio.to_thread(store.catalogue.record, kept, source=source, caller=caller)
         else:
@@ -328,7 +336,9 @@ async def commit_events(
         index, stored_id = next(stored) if plan.update is not None else (-1, None)
         if stored_id is not None and plan.update is not None:
             kept.append(plan.update.metadata)
-        if plan.update is not None and stored_id is None and outcome != "invalid_value":
+        if index in result.suppressed:
+            outcome = "suppressed"  # an erased company: dropped, never refused
+        elif plan.update is not None and stored_id is None and outcome != "invalid_value":
             outcome = "older" if index in result.older else "skipped"
         elif resolved and outcome == "forwarded":
             outcome = "resolved"  # as many as were counted `unresolved`
@@ -339,6 +349,8 @@ async def commit_events(
         if plan.too_long:
             VALUES_TOO_LONG.labels(source=source).inc(plan.too_long)
         _log_event(plan, source)
+    if result.suppressed:
+        SUPPRESSED_UPDATES.labels(source=source).inc(len(result.suppressed))
     if unmapped:
         WEBHOOK_UNMAPPED_FIELDS.labels(source=source).inc(unmapped)
     if result.stored:
@@ -400,9 +412,26 @@ async def commit_page(
     """Store one backfill page (updates, source times, cursor and counts in one transaction),
     then count and catalogue what it enqueued and wake the dispatcher."""
     outcome = await store.backfills.commit_page(backfill_id, owner=owner, page=page, lease=lease)
+    if outcome.suppressed:
+        SUPPRESSED_UPDATES.labels(source="backfill").inc(outcome.suppressed)
     if outcome.enqueued:
         UPDATES_ACCEPTED.labels(source=source).inc(outcome.enqueued)
         store.signals.work_arrived()
         # The catalogue counts the values read (a value older than a webhook's included).
         store.catalogue.record((r.metadata for r in page.records), source=source, caller=source)
     return outcome
+
+
+# A source deleting a company (RELAY_ERASE_ON_SOURCE_DELETE) ----------------------------------
+async def erase_deleted(store: Store, company_ids: Sequence[str], *, source: str) -> str | None:
+    """Start an erasure of the companies a source deleted (those not suppressed already), with
+    the reason "source deleted"; answers its id, None when there was nothing to erase."""
+    fresh = [c for c in dict.fromkeys(company_ids) if await store.erasures.suppression(c) is None]
+    if not fresh:
+        return None
+    erasure = await store.erasures.create(fresh, reason="source deleted", by=source)
+    log.info(
+        "a source deleted companies: erasure started",
+        extra={"source": source, "erasure_id": erasure.id, "companies": erasure.companies},
+    )
+    return erasure.id

@@ -27,6 +27,7 @@ from app.api import (
     backfills,
     companies,
     deliveries,
+    erasures,
     health,
     jobs,
     properties,
@@ -260,6 +261,7 @@ def create_app(
     app.include_router(jobs.router)
     app.include_router(backfills.router)
     app.include_router(properties.router)
+    app.include_router(erasures.router)
     app.include_router(console_router, include_in_schema=False)  # HTML: not in the API document
     app.add_middleware(RequestMetricsMiddleware)
     return app

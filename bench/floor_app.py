@@ -11,6 +11,7 @@ import time
 from typing import TypeVar
 
 from app.main import service_app
+from app.store.deliveries import INSERT_DELIVERY
 from app.store.engine import Engine, PlanFactory
 from app.store.sql import Dialect, Result, Statement, drive
 from app.store.store import Store
@@ -20,11 +21,15 @@ T = TypeVar("T")
 NULL = Dialect(name="null", now="0", tokens={})
 _RESERVED = Result([(0,)], 1)  # a batch's block of sequence numbers
 _NOTHING = Result([], 0)
+_INSERTED = Result([], 1)  # an update's insert (no suppression stops it)
 
 
 def _answer(statement: Statement) -> Result:
-    """No row exists and none is touched, except that a batch gets its sequence numbers."""
-    return _RESERVED if statement.sql == "{reserve_seqs}" else _NOTHING
+    """No row exists and none is touched, except that a batch gets its sequence numbers and
+    an update's insert reports its row (else it would read as an erased company's)."""
+    if statement.sql == "{reserve_seqs}":
+        return _RESERVED
+    return _INSERTED if statement.sql == INSERT_DELIVERY else _NOTHING
 
 
 class NullEngine(Engine):

@@ -207,6 +207,7 @@ router.add_api_route(
             "description": "Userpilot permanently rejected it (with `Prefer: wait`): dead.",
             "headers": PREFERENCE_APPLIED,
         },
+        409: {"model": ErrorBody, "description": "The company was erased (`company_erased`)."},
         **AUTH_ERRORS,
         **BODY_ERRORS,
     },
@@ -301,4 +302,9 @@ async def _store_bulk(
     result = await store_api(
         store, companies, caller=caller, bulk=True, idempotency=idempotency, sourced=names
     )
-    return _json(202, {"batch_id": result.batch_id, "accepted": result.stored})
+    body = {
+        "batch_id": result.batch_id,
+        "accepted": result.stored,
+        "suppressed": sorted(result.suppressed),
+    }
+    return _json(202, body)

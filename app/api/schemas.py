@@ -190,8 +190,14 @@ class Accepted(BaseModel):
 class BulkAccepted(BaseModel):
     """Every update of the batch is stored durably."""
 
-    batch_id: str
+    batch_id: str | None = Field(
+        description="None when every company of the request was erased (nothing stored)."
+    )
     accepted: int
+    suppressed: list[int] = Field(
+        default_factory=list,
+        description="Indexes of the companies not stored because they were erased.",
+    )
 
 
 class DeliveryOut(BaseModel):

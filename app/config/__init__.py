@@ -163,6 +163,16 @@ class Settings(SourceSettings, QualitySettings, StoreSettings):
     relay_shutdown_grace_seconds: float = Field(default=10.0, ge=0)
     relay_delivered_retention_seconds: int = Field(default=7 * 24 * 3600, gt=0)
 
+    # Erasure and retention (docs/erasure.md, docs/settings.md).
+    relay_erase_on_source_delete: bool = False
+    relay_erasure_request_interval_seconds: float = Field(default=2.0, ge=0, le=3600)
+    relay_erasure_poll_seconds: float = Field(default=1.0, gt=0, le=300)
+    relay_erasure_retention_seconds: int = Field(default=400 * 86_400, gt=0)
+    relay_dead_letter_retention_seconds: int = Field(default=30 * 86_400, gt=0)
+    relay_parked_event_retention_seconds: int = Field(default=30 * 86_400, gt=0)
+    relay_job_retention_seconds: int = Field(default=30 * 86_400, gt=0)
+    relay_values_retention_seconds: int = Field(default=180 * 86_400, gt=0)
+
     # Userpilot's asynchronous bulk jobs, beside the real-time calls (docs/operations.md).
     relay_upstream_bulk: Literal["auto", "off"] = "auto"
     relay_bulk_threshold: int | None = Field(default=None, ge=1, le=10_000_000)

@@ -23,6 +23,7 @@ import time
 from app.config import Settings
 from app.delivery.breaker import Breaker
 from app.delivery.bulk import BulkDriver
+from app.delivery.erasure import ErasureDriver
 from app.delivery.merge import merge_claim
 from app.delivery.pacing import Pacer
 from app.delivery.refuse import refuse, without_unsendable
@@ -38,6 +39,7 @@ from app.metrics import (
     UPSTREAM_AUTH_FAILURES,
     UPSTREAM_THROTTLED,
 )
+from app.store.deliveries import Retention
 from app.store.store import Store
 from app.userpilot.client import UpstreamResult, UserpilotClient
 
@@ -79,6 +81,7 @@ class Dispatcher:
             breaker=self._breaker,
             owner=self.owner,
         )
+        self.erasure = ErasureDriver(store=store, client=client, settings=settings)
         self._claims = itertools.count(1)
         self._single_turn = False  # every other claim puts a single update first
         self._slots = asyncio.Semaphore(settings.relay_delivery_concurrency)
@@ -92,6 +95,7 @@ class Dispatcher:
             asyncio.create_task(self._feed(), name="dispatcher-feed"),
             asyncio.create_task(self._prune(), name="dispatcher-prune"),
             asyncio.create_task(self.bulk.run(), name="dispatcher-bulk"),
+            asyncio.create_task(self.erasure.run(), name="dispatcher-erasure"),
         ]
 
     async def stop(self) -> None:
@@ -324,11 +328,25 @@ class Dispatcher:
             )
 
     # background chores ---------------------------------------------------------------------
+    def _retention(self) -> Retention:
+        s = self.settings
+        return Retention(
+            dead_letters=s.relay_dead_letter_retention_seconds,
+            parked_events=s.relay_parked_event_retention_seconds,
+            jobs=s.relay_job_retention_seconds,
+            values=s.relay_values_retention_seconds,
+        )
+
     async def _prune(self) -> None:
         while not self._stopping:
             retention = self.settings.relay_delivered_retention_seconds
             try:
-                pruned = await self.store.deliveries.prune(delivered_before=time.time() - retention)
+                pruned = await self.store.deliveries.prune(
+                    delivered_before=time.time() - retention, retention=self._retention()
+                )
+                await self.store.erasures.prune(
+                    before=time.time() - self.settings.relay_erasure_retention_seconds
+                )
             except asyncio.CancelledError:
                 raise
             except Exception:

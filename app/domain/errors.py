@@ -99,6 +99,25 @@ class NotDead(RelayError):
         self.action = action
 
 
+class CompanyErased(RelayError):
+    """The company was erased: its updates are suppressed until the suppression is lifted."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            409,
+            "company_erased",
+            "this company was erased and its updates are suppressed; an admin can lift the "
+            "suppression with DELETE /suppressions/{company_id} if it came back",
+        )
+
+
+class NotFound(RelayError):
+    """The thing asked for does not exist (or no longer does)."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(404, "not_found", f"{what} not found")
+
+
 class NotConfigured(RelayError):
     """The source cannot be backfilled here; the message names the setting to set."""
 

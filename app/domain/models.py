@@ -55,7 +55,8 @@ class EnqueueResult:
 
     `ids` follows the input order with None for a skipped update (a duplicate event, or one
     emptied by ordering). `older` holds the input positions of the updates that lost some or
-    all of their properties to a newer source time already recorded. `replayed` means an
+    all of their properties to a newer source time already recorded; `suppressed` those whose
+    company is erased (never stored). `replayed` means an
     earlier request with the same idempotency key already stored this; `ids`/`batch_id` are
     then the first request's.
     """
@@ -64,6 +65,8 @@ class EnqueueResult:
     batch_id: str | None = None
     replayed: bool = False
     older: frozenset[int] = frozenset()
+    # Input positions of updates not stored because their company is erased (suppressed).
+    suppressed: frozenset[int] = frozenset()
 
     @property
     def stored(self) -> int:

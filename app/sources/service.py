@@ -54,6 +54,7 @@ class WebhookSources:
                 company_id_prefix=settings.hubspot_company_id_prefix,
                 accept_legacy=settings.hubspot_accept_legacy_signatures,
                 quality=self._quality,
+                erase_on_delete=settings.relay_erase_on_source_delete,
             )
         if self._stripe_mapping is not None and settings.stripe_webhook_secrets:
             processor = StripeProcessor(
@@ -78,6 +79,7 @@ class WebhookSources:
                 ),
                 secrets=settings.stripe_webhook_secrets,
                 tolerance=settings.stripe_webhook_tolerance_seconds,
+                erase_on_delete=settings.relay_erase_on_source_delete,
             )
             self.stripe.start()
 

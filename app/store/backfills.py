@@ -126,6 +126,7 @@ class PageOutcome:
     skipped: int  # older than what a source event already set (or dropped before the store)
     unchanged: int  # reconciliation: the same values as the relay last delivered
     batch_id: str | None = None
+    suppressed: int = 0  # records of erased companies, dropped (counted in `skipped` too)
 
 
 @dataclass(slots=True)
@@ -308,18 +309,23 @@ def _commit_page(
         updates, unchanged = compared.updates, compared.unchanged
     kept = yield from _newest(page.records, updates) if updates else _nothing()
     stored: str | None = None
+    suppressed = 0
     if kept.updates:
         payload = encode_batch(kept.updates)
         # The provider's name as its webhooks' updates have it; the backfill as the caller.
         source = str(held[2])
-        yield from enqueue_batch(payload, len(kept.updates), batch_id, source, backfill_id, None)
-        stored = batch_id
+        result = yield from enqueue_batch(
+            payload, len(kept.updates), batch_id, source, backfill_id, None, (), kept.updates
+        )
+        stored = result.batch_id
+        suppressed = len(result.suppressed)
     last = page.cursor is None
     outcome = PageOutcome(
-        enqueued=len(kept.updates),
-        skipped=page.skipped + kept.skipped,
+        enqueued=len(kept.updates) - suppressed,
+        skipped=page.skipped + kept.skipped + suppressed,
         unchanged=unchanged,
         batch_id=stored,
+        suppressed=suppressed,
     )
     params = {
         "id": backfill_id,

@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from app.domain.digest import company_digest
 from app.domain.models import Claim, ClaimedUpdate, Delivery
 from app.store import delivered
 from app.store.part import StorePart
@@ -24,12 +25,18 @@ from app.store.rows import (
     expansion_item,
     row_to_delivery,
 )
-from app.store.sql import Plan, Statement
+from app.store.sql import Plan, Row, Statement
 
 # claims ------------------------------------------------------------------------------------
 # PostgreSQL: a claim holds this shared, packing a bulk job holds it exclusively, so a company
 # is never leased for a real-time call while a job takes it, nor the other way round.
 LOCK_CLAIMS = "{lock_claims}"
+IS_SUPPRESSED = "SELECT 1 FROM suppressions WHERE digest = :digest"
+# An erased company's queued updates, cancelled (the erasure's purge deletes the rest).
+CANCEL_ERASED = (
+    "DELETE FROM deliveries WHERE company_id = :company AND status IN ('queued', 'delivering') "
+    "AND job_id IS NULL"
+)
 # A crashed holder's lease puts its updates back in line once it expires.
 EXPIRE_LEASES = """
     UPDATE deliveries SET status = 'queued', lease_owner = NULL, lease_until = NULL
@@ -187,10 +194,17 @@ def expand(*, before_seq: int | None) -> Plan[bool]:
     row = (yield Statement(LOCK_NEXT_BATCH)).one()
     if row is None:
         return False  # another replica expanded the last of it meanwhile
-    batch_id, seq_from, expanded, payload, payload_format, caller, source, created_at = row
-    if before_seq is not None and seq_from + expanded >= before_seq:
+    if before_seq is not None and int(row[1]) + int(row[2]) >= before_seq:
         return False
-    items = batch_items(payload, payload_format, expanded, expanded + EXPAND_CHUNK)
+    yield from expand_rows(row, EXPAND_CHUNK)
+    return True
+
+
+def expand_rows(row: Row, count: int) -> Plan[None]:
+    """Turn up to `count` more updates of a locked batch (`LOCK_NEXT_BATCH`'s columns) into
+    deliveries; its payload is dropped once every update is expanded."""
+    batch_id, seq_from, expanded, payload, payload_format, caller, source, created_at = row
+    items = batch_items(payload, payload_format, expanded, expanded + count)
     rows: list[dict[str, Any]] = []
     for i, item in enumerate(items):
         company_id, metadata, status, error = expansion_item(item)
@@ -211,7 +225,6 @@ def expand(*, before_seq: int | None) -> Plan[bool]:
     if rows:
         yield Statement(INSERT_EXPANDED, rows, many=True)
     yield Statement(BATCH_EXPANDED, {"id": batch_id, "done": expanded + len(rows)})
-    return True
 
 
 def claim(
@@ -256,6 +269,11 @@ def claim(
         leased = (yield Statement(LEASE, {**params, "company": company_id})).rows
         if not leased:
             # Another replica took it between our look and our lock: try the next.
+            skip.append(company_id)
+            continue
+        erased = yield Statement(IS_SUPPRESSED, {"digest": company_digest(company_id)})
+        if erased.rows:  # belt and braces: an erased company's updates are never sent
+            yield Statement(CANCEL_ERASED, {"company": company_id})
             skip.append(company_id)
             continue
         versions = (yield Statement(VERSIONS, {"company": company_id})).rows

@@ -67,8 +67,9 @@ DELIVERED_OF = (
     "SELECT company_id, key, digest FROM delivered_values WHERE company_id = ANY(:companies)"
 )
 DELIVERED_VALUE = """
-    INSERT INTO delivered_values (company_id, key, digest) VALUES (:company, :key, :digest)
-    ON CONFLICT (company_id, key) DO UPDATE SET digest = excluded.digest
+    INSERT INTO delivered_values (company_id, key, digest, seen_at)
+    VALUES (:company, :key, :digest, {now})
+    ON CONFLICT (company_id, key) DO UPDATE SET digest = excluded.digest, seen_at = {now}
 """
 # The updates of a job whose values it sent (`delivered.record_delivered_job`), a chunk at a time.
 SENT_VALUES = """
@@ -154,3 +155,35 @@ def record_delivered_job(
         digests.sort()  # one lock order, whoever else writes these rows
         rows = [{"company": c, "key": k, "digest": d} for c, k, d in digests]
         yield Statement(DELIVERED_VALUE, rows, many=True)
+
+
+FORGET_TIMES = "DELETE FROM source_property_times WHERE company_id = ANY(:ids)"
+FORGET_VALUES = "DELETE FROM delivered_values WHERE company_id = ANY(:ids)"
+
+
+def forget(company_ids: Sequence[str]) -> Plan[None]:
+    """Delete the companies' source times and delivered value digests."""
+    ids = list(company_ids)
+    yield Statement(FORGET_TIMES, {"ids": ids})
+    yield Statement(FORGET_VALUES, {"ids": ids})
+
+
+# Retention: the companies not seen for long (every property older than `:before`).
+PRUNE_VALUES = """
+    DELETE FROM delivered_values WHERE company_id IN (
+        SELECT company_id FROM delivered_values GROUP BY company_id
+        HAVING max(seen_at) < :before)
+"""
+PRUNE_TIMES = """
+    DELETE FROM source_property_times WHERE company_id IN (
+        SELECT company_id FROM source_property_times GROUP BY company_id
+        HAVING max(event_time) < :before)
+"""
+
+
+def prune(before: float) -> Plan[int]:
+    """Forget the value digests and source times of companies not seen since `before`: a
+    reconciliation then sends their values once again."""
+    values = (yield Statement(PRUNE_VALUES, {"before": before})).rowcount
+    times = (yield Statement(PRUNE_TIMES, {"before": before})).rowcount
+    return int(values) + int(times)

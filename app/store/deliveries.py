@@ -8,11 +8,14 @@ autocommit); a plan that only reads may run without one.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from app.domain.digest import company_digest
 from app.domain.errors import IdempotencyConflict, NotDead, NothingStored, StoreUnavailable
 from app.domain.models import (
     STATUSES,
@@ -27,7 +30,7 @@ from app.domain.models import (
 )
 from app.domain.rules import REFUSED, parse_ascii_int
 from app.store import delivered
-from app.store.claims import BATCHES_WAITING
+from app.store.claims import BATCHES_WAITING, expand_rows
 from app.store.jobs import prune_jobs
 from app.store.part import StorePart
 from app.store.rows import (
@@ -57,14 +60,18 @@ WEBHOOK_EVENT = """
     INSERT INTO webhook_events (source, event_key, received_at) VALUES (:source, :key, {now})
     ON CONFLICT DO NOTHING RETURNING 1
 """
-# The id is ours: a retry after a lost answer cannot store the update twice.
+# The id is ours: a retry after a lost answer cannot store the update twice. An erased
+# company's update is not stored (its suppression, checked in the same statement).
 INSERT_DELIVERY = """
     INSERT INTO deliveries (id, company_id, metadata, status, source, caller,
         created_at, updated_at, next_attempt_at, enqueued_at, realtime_only)
-    VALUES (:id, :company, :metadata, 'queued', :source, :caller, {now}, {now}, {now}, {now},
-        :realtime_only)
+    SELECT :id, :company, :metadata, 'queued', :source, :caller, {now}, {now}, {now}, {now},
+        :realtime_only
+    WHERE NOT EXISTS (SELECT 1 FROM suppressions WHERE digest = :digest)
     ON CONFLICT (id) DO NOTHING
 """
+SUPPRESSED = "SELECT digest FROM suppressions WHERE digest = ANY(:digests)"
+STORED_ID = "SELECT 1 FROM deliveries WHERE id = :id"
 RESERVE_SEQS = "{reserve_seqs}"
 INSERT_BATCH = """
     INSERT INTO batches (id, caller, source, total, seq_from, expanded, payload, payload_format,
@@ -119,6 +126,19 @@ PRUNE_BATCHES = """
       WHERE d.seq BETWEEN batches.seq_from AND batches.seq_from + batches.total - 1)
 """
 PRUNE_IDEMPOTENCY = "DELETE FROM idempotency_keys WHERE expires_at < {now}"
+PRUNE_DEAD = """
+    DELETE FROM deliveries WHERE seq IN (
+      SELECT seq FROM deliveries WHERE status = 'dead' AND updated_at < :before
+      LIMIT :limit FOR UPDATE SKIP LOCKED)
+"""
+PRUNE_PARKED = "DELETE FROM parked_events WHERE created_at < :before"
+PRUNE_BACKFILLS = """
+    DELETE FROM backfills WHERE status <> 'running' AND finished_at < :before
+"""
+PRUNE_BACKFILL_CUSTOMERS = """
+    DELETE FROM backfill_customers
+    WHERE NOT EXISTS (SELECT 1 FROM backfills b WHERE b.id = backfill_customers.backfill_id)
+"""
 PRUNE_EVENTS = "DELETE FROM webhook_events WHERE received_at < :before"
 # A property version matters only while an older update of the company may still be sent: a
 # queued, delivering or dead one with a lower sequence number, or a stored batch's update not
@@ -134,6 +154,19 @@ PRUNE_VERSIONS = """
             AND d.status IN ('queued', 'delivering', 'dead') AND d.seq < v.seq)
       LIMIT :limit FOR UPDATE SKIP LOCKED)
 """
+
+
+# forgetting companies (erasure) ----------------------------------------------------------
+FORGET_IDS = "SELECT id, batch_id FROM deliveries WHERE company_id = ANY(:ids)"
+# Stored batches whose payload is still kept (some updates not yet expanded), locked.
+KEPT_PAYLOADS = """
+    SELECT id, seq_from, expanded, payload, payload_format, caller, source, created_at
+    FROM batches WHERE payload IS NOT NULL ORDER BY seq_from FOR UPDATE
+"""
+FORGET_DELIVERIES = "DELETE FROM deliveries WHERE company_id = ANY(:ids)"
+FORGET_VERSIONS = "DELETE FROM property_versions WHERE company_id = ANY(:ids)"
+IDEMPOTENCY_RESULTS = "SELECT caller, key, result FROM idempotency_keys FOR UPDATE"
+FORGET_IDEMPOTENCY = "DELETE FROM idempotency_keys WHERE caller = :caller AND key = :key"
 
 
 def _listing_sql(*, status: str | None, company_id: str | None) -> tuple[str, dict[str, object]]:
@@ -200,8 +233,18 @@ def enqueue(
     older: set[int] = set()
     stamped: list[tuple[str, str]] = []
     rows: list[dict[str, Any]] = []
+    digests = [company_digest(u.company_id) for u in updates]
+    erased: set[str] = set()
+    if len(updates) > 1 or not plain(updates[0]):
+        found = yield Statement(SUPPRESSED, {"digests": digests})
+        erased = {str(r[0]) for r in found.rows}
+    suppressed: set[int] = set()
     for index, update in enumerate(updates):
         body = encoded[index]
+        if digests[index] in erased:
+            stored_ids[index] = None
+            suppressed.add(index)
+            continue
         if update.event_key is not None:
             fresh = yield Statement(WEBHOOK_EVENT, {"source": source, "key": update.event_key})
             if not fresh.rows:
@@ -225,16 +268,22 @@ def enqueue(
                 "source": source,
                 "caller": caller,
                 "realtime_only": 1 if update.realtime_only else 0,
+                "digest": digests[index],
             }
         )
     if len(rows) == 1:  # the common case: one plain statement, one round trip
-        yield Statement(INSERT_DELIVERY, rows[0])
+        inserted = yield Statement(INSERT_DELIVERY, rows[0])
+        if inserted.rowcount == 0 and not erased and len(updates) == 1:
+            # Not stored: a retry of a committed insert (the id is there), or an erased company.
+            there = yield Statement(STORED_ID, {"id": rows[0]["id"]})
+            if not there.rows:
+                return EnqueueResult(ids=[None], suppressed=frozenset({0}))
     elif rows:
         yield Statement(INSERT_DELIVERY, rows, many=True)
     yield from delivered.stamp_times(stamped)
     if idem is not None:
         yield from remember(idem, {"ids": stored_ids})
-    return EnqueueResult(ids=stored_ids, older=frozenset(older))
+    return EnqueueResult(ids=stored_ids, older=frozenset(older), suppressed=frozenset(suppressed))
 
 
 def enqueue_batch(
@@ -245,6 +294,7 @@ def enqueue_batch(
     caller: str | None,
     idem: Idempotency | None,
     stamped: Sequence[tuple[str, str]] = (),
+    updates: Sequence[NewUpdate] = (),
 ) -> Plan[EnqueueResult]:
     """Store a whole batch as one row, reserving its updates' places in the arrival order;
     `stamped` company properties take now as their source time (`NewUpdate.stamp_times`).
@@ -260,7 +310,24 @@ def enqueue_batch(
                 ids=batch_ids(first["batch_id"], first["count"]),
                 batch_id=first["batch_id"],
                 replayed=True,
+                suppressed=frozenset(first.get("suppressed", ())),
             )
+    suppressed: frozenset[int] = frozenset()
+    if updates:  # an erased company's update is left out (its index answered)
+        digests = [company_digest(u.company_id) for u in updates]
+        found = yield Statement(SUPPRESSED, {"digests": digests})
+        erased = {str(r[0]) for r in found.rows}
+        if erased:
+            suppressed = frozenset(i for i, d in enumerate(digests) if d in erased)
+            kept = [u for i, u in enumerate(updates) if i not in suppressed]
+            payload, count = encode_batch(kept), len(kept)
+            stamped = [(c, k) for c, k in stamped if company_digest(c) not in erased]
+            if not kept:
+                if idem is not None:
+                    yield from remember(
+                        idem, {"batch_id": None, "count": 0, "suppressed": sorted(suppressed)}
+                    )
+                return EnqueueResult(ids=[], batch_id=None, suppressed=suppressed)
     reserved = (yield Statement(RESERVE_SEQS, {"count": count})).one()
     assert reserved is not None, "no sequence numbers reserved: run userpilot-relay migrate"
     yield Statement(
@@ -276,8 +343,9 @@ def enqueue_batch(
     )
     yield from delivered.stamp_times(stamped)
     if idem is not None:
-        yield from remember(idem, {"batch_id": batch_id, "count": count})
-    return EnqueueResult(ids=batch_ids(batch_id, count), batch_id=batch_id)
+        answer = {"batch_id": batch_id, "count": count, "suppressed": sorted(suppressed)}
+        yield from remember(idem, answer)
+    return EnqueueResult(ids=batch_ids(batch_id, count), batch_id=batch_id, suppressed=suppressed)
 
 
 # reads -------------------------------------------------------------------------------------
@@ -382,10 +450,62 @@ def prune_rest(before: float) -> Plan[None]:
     yield Statement(PRUNE_EVENTS, {"before": before})
 
 
+def prune_dead(before: float) -> Plan[int]:
+    """One short transaction's worth of dead letters older than their retention."""
+    return (yield Statement(PRUNE_DEAD, {"before": before, "limit": PRUNE_BATCH})).rowcount
+
+
+def prune_kept(retention: Retention, now: float) -> Plan[None]:
+    """Parked events, finished bulk jobs and backfills past their retention."""
+    yield Statement(PRUNE_PARKED, {"before": now - retention.parked_events})
+    jobs_before = now - retention.jobs
+    yield from prune_jobs(jobs_before)
+    yield Statement(PRUNE_BACKFILLS, {"before": jobs_before})
+    yield Statement(PRUNE_BACKFILL_CUSTOMERS)
+
+
 def prune_versions(before: float) -> Plan[int]:
     """One short transaction's worth of property versions no older update can need."""
     params = {"before": before, "limit": PRUNE_BATCH}
     return (yield Statement(PRUNE_VERSIONS, params)).rowcount
+
+
+def forget(company_ids: Sequence[str]) -> Plan[int]:
+    """Delete every stored update of the companies (queued, delivered, dead: nothing of them is
+    sent after this), with the idempotency records that answer them and their property
+    versions. A stored batch holding one of them is expanded first, so its payload (dropped
+    once expanded) keeps no byte of them. Answers how many updates were deleted."""
+    ids = list(company_ids)
+    needles = [orjson.dumps(c) for c in ids]
+    batches: set[str] = set()
+    for row in (yield Statement(KEPT_PAYLOADS)).rows:
+        payload = bytes(row[3])
+        if any(n in payload for n in needles):
+            batches.add(str(row[0]))
+            yield from expand_rows(row, 1 << 31)
+    found = (yield Statement(FORGET_IDS, {"ids": ids})).rows
+    delivery_ids = {str(r[0]) for r in found}
+    batches |= {str(r[1]) for r in found if r[1] is not None}
+    deleted = (yield Statement(FORGET_DELIVERIES, {"ids": ids})).rowcount
+    yield Statement(FORGET_VERSIONS, {"ids": ids})
+    if delivery_ids or batches:
+        for caller, key, result in (yield Statement(IDEMPOTENCY_RESULTS)).rows:
+            answer = orjson.loads(result)
+            answered = set(answer.get("ids") or ()) if isinstance(answer, dict) else set()
+            batch = answer.get("batch_id") if isinstance(answer, dict) else None
+            if answered & delivery_ids or batch in batches:
+                yield Statement(FORGET_IDEMPOTENCY, {"caller": caller, "key": key})
+    return int(deleted)
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """Seconds each kind of record is kept (the `RELAY_*_RETENTION_SECONDS` settings)."""
+
+    dead_letters: float = 30 * 86_400
+    parked_events: float = 30 * 86_400
+    jobs: float = 30 * 86_400
+    values: float = 180 * 86_400
 
 
 class Deliveries(StorePart):
@@ -435,7 +555,7 @@ class Deliveries(StorePart):
                 raise ValueError(f"a batch holds at most {limit} updates")
             batch_id, payload, count = new_ids(1)[0], encode_batch(updates), len(updates)
             stamped = [(u.company_id, k) for u in updates for k in u.stamp_times]
-            args = (payload, count, batch_id, source, caller, idempotency, stamped)
+            args = (payload, count, batch_id, source, caller, idempotency, stamped, updates)
             return await self._write(lambda: enqueue_batch(*args))
         ids = new_ids(len(updates))
         encoded = [orjson.dumps(u.metadata) for u in updates]
@@ -492,18 +612,29 @@ class Deliveries(StorePart):
         """Delete dead deliveries (one, one company's, or all); answer how many."""
         return await self._write(lambda: purge_dead(delivery_id, company_id))
 
-    async def prune(self, *, delivered_before: float) -> int:
-        """Delete delivered updates older than the retention period; answer how many.
+    async def prune(self, *, delivered_before: float, retention: Retention | None = None) -> int:
+        """Delete delivered updates older than the retention period; answer how many. With
+        `retention`, also dead letters, parked events, finished jobs and backfills, value
+        digests and source times of companies not seen for long (docs/settings.md).
 
         In short transactions of their own, so pruning never holds up the queue."""
         total = 0
+        if retention is not None:
+            now = time.time()
+            dead_before = now - retention.dead_letters
+            while await self._write(lambda: prune_dead(dead_before)) >= PRUNE_BATCH:
+                pass
+            await self._write(lambda: prune_kept(retention, now))
+            values_before = now - retention.values
+            await self._write(lambda: delivered.prune(values_before))
         while True:
             n = await self._write(lambda: prune_delivered(delivered_before))
             total += n
             if n < PRUNE_BATCH:
                 break
         await self._write(lambda: prune_rest(delivered_before))
-        await self._write(lambda: prune_jobs(delivered_before))
+        if retention is None:  # with one, jobs keep their own (`prune_kept`)
+            await self._write(lambda: prune_jobs(delivered_before))
         batch = PRUNE_BATCH
         while await self._write(lambda: prune_versions(delivered_before)) >= batch:
             pass

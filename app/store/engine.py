@@ -100,6 +100,11 @@ class Engine(Pacing):
         """Run a plan that only reads; with `snapshot`, in one transaction where the backend
         has them for reads (PostgreSQL: counts taken apart may still differ a little)."""
 
+    async def after_purge(self) -> None:
+        """Company data was deleted: leave no readable copy of it behind where the backend can
+        (SQLite: checkpoint and truncate the WAL; PostgreSQL: VACUUM's job, docs/security.md)."""
+        return None
+
     def announce_work(self) -> None:
         """Work was committed: tell the other replicas (nothing to tell with one process)."""
         return None

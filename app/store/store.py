@@ -11,6 +11,7 @@ from app.store.claims import Claims
 from app.store.console import ConsoleReads
 from app.store.deliveries import Deliveries
 from app.store.engine import Engine, Pacing
+from app.store.erasures import Erasures
 from app.store.jobs import Jobs
 from app.store.signals import Signals
 from app.store.webhooks import Webhooks
@@ -21,8 +22,9 @@ class Store:
 
     Each feature is a part over the same engine: `deliveries` (ingest, reads, dead letters,
     retention), `claims` (real-time leases and outcomes), `jobs` (bulk jobs), `webhooks`
-    (customer links, parked events), `backfills`, `catalogue` (the properties sent) and
-    `console` (the operator console's reads); `pacing` is the engine's send slots.
+    (customer links, parked events), `backfills`, `catalogue` (the properties sent),
+    `erasures` (forgetting companies, suppressions) and `console` (the operator console's
+    reads); `pacing` is the engine's send slots.
 
     `signals` is set after commits: new work for the dispatcher (also when another replica
     commits some), settled deliveries for requests that wait on them.
@@ -40,6 +42,7 @@ class Store:
         self.backfills = BackfillStore(engine, self.signals)
         self.catalogue = PropertyCatalogue(engine, self.signals)
         self.console = ConsoleReads(engine, self.signals)
+        self.erasures = Erasures(engine, self.signals)
 
     @property
     def applied_migrations(self) -> list[int]:

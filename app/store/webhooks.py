@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import orjson
+
 from app.store.part import StorePart
 from app.store.sql import Plan, Statement
 
@@ -33,6 +35,26 @@ PARKED_EVENTS = """
 """
 UNPARK_EVENT = "DELETE FROM parked_events WHERE source = :source AND key = :key"
 COUNT_PARKED = "SELECT count(*) FROM parked_events"
+
+
+LINKED_CUSTOMERS = "SELECT customer_id FROM customer_links WHERE company_id = ANY(:ids)"
+FORGET_LINKS = "DELETE FROM customer_links WHERE company_id = ANY(:ids)"
+FORGET_TAKEN = "DELETE FROM backfill_customers WHERE customer_id = ANY(:customers)"
+PARKED_PAYLOADS = "SELECT source, key, payload FROM parked_events FOR UPDATE"
+
+
+def forget(company_ids: Sequence[str]) -> Plan[None]:
+    """Delete the companies' Stripe customer links (and the backfills' record of those
+    customers), and every parked event that names one of them or their customers."""
+    ids = list(company_ids)
+    customers = [str(r[0]) for r in (yield Statement(LINKED_CUSTOMERS, {"ids": ids})).rows]
+    needles = [orjson.dumps(c) for c in [*ids, *customers]]
+    for source, key, payload in (yield Statement(PARKED_PAYLOADS)).rows:
+        if any(n in bytes(payload) for n in needles):
+            yield Statement(UNPARK_EVENT, {"source": source, "key": key})
+    yield Statement(FORGET_LINKS, {"ids": ids})
+    if customers:
+        yield Statement(FORGET_TAKEN, {"customers": customers})
 
 
 def link_customers(links: Sequence[tuple[str, str]]) -> Plan[None]:

@@ -13,12 +13,14 @@ from collections.abc import Mapping
 from pydantic import SecretStr
 
 from app.domain.quality import Rules
-from app.ingest import commit_events
+from app.ingest import commit_events, erase_deleted
 from app.sources.common import Ack
 from app.sources.hubspot.events import parse_batch, plan_batch
 from app.sources.mapping import FieldRule
 from app.sources.signatures import hubspot_uri, verify_hubspot
 from app.store.store import Store
+
+DELETION = "company.deletion"  # erased with RELAY_ERASE_ON_SOURCE_DELETE
 
 
 class HubSpotSource:
@@ -34,8 +36,10 @@ class HubSpotSource:
         company_id_prefix: str,
         accept_legacy: bool,
         quality: Rules | None = None,
+        erase_on_delete: bool = False,
     ) -> None:
         self._store = store
+        self._erase_on_delete = erase_on_delete
         self._rules = rules
         self._secret = secret
         self._public_url = public_url
@@ -67,4 +71,12 @@ class HubSpotSource:
             source="hubspot",
             quality=self._quality,
         )
+        if self._erase_on_delete:  # RELAY_ERASE_ON_SOURCE_DELETE
+            deleted = [
+                f"{self._prefix}{e.object_id_text}"
+                for e in events
+                if e.kind == DELETION and e.object_id_text
+            ]
+            if deleted:
+                await erase_deleted(self._store, deleted, source="hubspot")
         return Ack(received=len(events), accepted=result.stored)

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 
 from pydantic import SecretStr
 
+from app.ingest import erase_deleted
 from app.sources.common import Ack
 from app.sources.signatures import verify_stripe
 from app.sources.stripe.customers import StripeResolver
@@ -30,8 +31,10 @@ class StripeSource:
         resolver: StripeResolver,
         secrets: Sequence[SecretStr],
         tolerance: int,
+        erase_on_delete: bool = False,
     ) -> None:
         self.processor = processor
+        self._erase_on_delete = erase_on_delete
         self.resolver = resolver
         self._secrets = list(secrets)
         self._tolerance = tolerance
@@ -51,6 +54,13 @@ class StripeSource:
         )
         event = parse_event(body)
         _, stored = await self.processor.process(event, body)
+        if self._erase_on_delete and event.type == "customer.deleted":
+            customer = event.data.object.get("id")
+            store = self.processor.store
+            if isinstance(customer, str) and customer:
+                company = await store.webhooks.company_for_customer(customer)
+                if company is not None:  # the company the relay mapped the customer to
+                    await erase_deleted(store, [company], source="stripe")
         return Ack(received=1, accepted=stored)
 
     def start(self) -> None:

@@ -112,6 +112,7 @@ class SQLiteEngine(Engine):
         conn.execute("PRAGMA busy_timeout = 5000")
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("PRAGMA secure_delete = ON")  # a deleted row's bytes are overwritten
         conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
         return conn
 
@@ -149,6 +150,9 @@ class SQLiteEngine(Engine):
             "UPDATE bulk_jobs SET owner = NULL, lease_until = NULL "
             "WHERE status IN ('waiting', 'running')"
         )
+        conn.execute(
+            "UPDATE erasures SET owner = NULL, lease_until = NULL WHERE status = 'running'"
+        )
         self._writer = Writer(conn, self.path)
 
     async def close(self) -> None:
@@ -179,6 +183,28 @@ class SQLiteEngine(Engine):
             lambda conn: drive(plan(), _runner(conn)), durable=durable
         )
         return result
+
+    async def after_purge(self) -> None:
+        """Copy the WAL into the file and truncate it (on a connection of its own: a checkpoint
+        cannot run inside the writer's transactions), so no deleted page stays readable there.
+        A reader holding an old snapshot may keep it busy: tried again for a few seconds."""
+        if self._writer is None:
+            raise StoreUnavailable("the store is closed")
+
+        def checkpoint() -> bool:
+            conn = self._connect()
+            try:
+                busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+                return int(busy) == 0
+            finally:
+                conn.close()
+
+        loop = asyncio.get_running_loop()
+        for _ in range(50):
+            if await loop.run_in_executor(None, checkpoint):
+                return
+            await asyncio.sleep(0.1)
+        log.warning("the WAL could not be truncated after a purge: readers kept it busy")
 
     def _reader(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)

@@ -1,0 +1,508 @@
+"""Erasure over HTTP, in process, on both stores, against the simulator: the relay forgets
+companies (delivered, queued, dead-lettered, in a stored batch, linked to a Stripe customer),
+suppresses them at every door, then has Userpilot delete them, paced and batched."""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+import hashlib
+import itertools
+import time
+from typing import Any
+
+import pytest
+
+from app.domain.digest import company_digest
+from app.domain.models import NewUpdate
+from app.simulator.process import SimulatorProcess
+from app.store.delivered import DELIVERED_VALUE
+from app.store.deliveries import IDEMPOTENCY_PUT, Retention
+from app.store.sql import Plan, Statement
+from app.store.store import open_store
+from tests import pg
+from tests.inprocess import InProcessRelay, eventually, run
+from tests.integration.test_bulk import post_bulk, running_job
+from tests.relay import ADMIN_KEY, INGEST_KEY
+
+SECRET = "Distinctive-Value-7f3a91"
+IDENTIFY = "/v1/companies/identify"
+
+
+def relay_on(database_url: str, sim: SimulatorProcess, **extra: Any) -> InProcessRelay:
+    sim.set_delete_pacing(0.05)
+    settings: dict[str, Any] = {
+        "relay_erasure_request_interval_seconds": 0.05,
+        "relay_erasure_poll_seconds": 0.05,
+        "relay_upstream_bulk": "off",
+    }
+    settings.update(extra)
+    return InProcessRelay(database_url, endpoint=sim.url, **settings)
+
+
+async def erase(relay: InProcessRelay, ids: list[str], reason: str = "gdpr") -> dict[str, Any]:
+    r = await relay.post("/erasures", key=ADMIN_KEY, json={"company_ids": ids, "reason": reason})
+    assert r.status_code == 202, r.text
+    body: dict[str, Any] = r.json()
+    assert body["status"] == "running"
+    return body
+
+
+async def finished(relay: InProcessRelay, erasure_id: str, within: float = 30) -> dict[str, Any]:
+    async def done() -> dict[str, Any] | None:
+        r = await relay.get(f"/erasures/{erasure_id}", key=ADMIN_KEY)
+        body: dict[str, Any] = r.json()
+        return body if body["status"] != "running" else None
+
+    return await eventually(done, within=within)
+
+
+def test_an_erasure_forgets_every_trace_and_is_deleted_upstream(
+    database_url: str, sim: SimulatorProcess
+) -> None:
+    sim.configure(invalid_company_ids=["gone-dead"])
+
+    async def main() -> tuple[dict[str, Any], list[str]]:
+        async with relay_on(database_url, sim) as relay:
+            wait = {"Prefer": "wait=10"}
+            r = await relay.post_company("gone-delivered", {"plan": SECRET}, headers=wait)
+            assert r.status_code == 200, r.text
+            delivered_id = r.json()["id"]
+            r = await relay.post_company("gone-dead", {"plan": SECRET}, headers=wait)
+            assert r.status_code == 502, r.text
+            dead_id = r.json()["id"]
+            # Queued: Userpilot fails this company's identify until the erasure.
+            sim.add_fault(action="status", status=503, times=100_000, company_id="gone-queued")
+            r = await relay.post_company("gone-queued", {"plan": SECRET})
+            queued_id = r.json()["id"]
+            await relay.store.webhooks.link_customers([("cus_gone", "gone-linked")])
+            r = await relay.post_company("kept", {"plan": "stays"}, headers=wait)
+            assert r.status_code == 200
+            ids = ["gone-delivered", "gone-dead", "gone-queued", "gone-linked"]
+            erasure = await erase(relay, ids)
+            assert erasure["companies"] == 4
+            assert erasure["requested_by"]
+            done = await finished(relay, erasure["id"])
+            for gone in (delivered_id, dead_id, queued_id):
+                r = await relay.get(f"/deliveries/{gone}")
+                assert r.status_code == 404, r.text
+            assert await relay.store.webhooks.company_for_customer("cus_gone") is None
+            r = await relay.get("/suppressions/gone-queued")
+            assert r.json()["suppressed"] is True
+            assert r.json()["erasure_id"] == erasure["id"]
+            return done, ids
+
+    done, ids = run(main())
+    assert done["status"] == "completed", done
+    assert done["erased"] == 4
+    assert done["upstream"]["status"] == 202
+    assert done["upstream"]["request_id"]
+    assert done["upstream"]["scheduled_for"] % 86400 == 7200  # 02:00 UTC
+    (deletion,) = sim.deletions()
+    assert sorted(deletion["company_ids"]) == sorted(ids)
+    # No identify of an erased company after its delete.
+    sim.clear_faults()
+    accepted = deletion["accepted_at"]
+    late = [
+        c
+        for c in sim.requests(path=IDENTIFY)
+        if c["body"]["company_id"] in ids and c["time"] > accepted
+    ]
+    assert late == []
+
+
+def test_suppressed_company_409_bulk_suppressed_and_lifting(
+    database_url: str, sim: SimulatorProcess
+) -> None:
+    async def main() -> None:
+        async with relay_on(database_url, sim) as relay:
+            erasure = await erase(relay, ["erased-co"])
+            r = await relay.post_company("erased-co", {"plan": "x"})
+            assert r.status_code == 409, r.text
+            assert r.json()["error"] == "company_erased"
+            r = await relay.post(
+                "/companies/bulk",
+                json={
+                    "companies": [
+                        {"company_id": "a-bulk", "metadata": {"n": 1}},
+                        {"company_id": "erased-co", "metadata": {"n": 2}},
+                        {"company_id": "b-bulk", "metadata": {"n": 3}},
+                    ]
+                },
+            )
+            assert r.status_code == 202, r.text
+            assert r.json()["accepted"] == 2
+            assert r.json()["suppressed"] == [1]
+            # Ingest may read a suppression, not lift it; the admin lifts it.
+            r = await relay.get("/suppressions/erased-co", key=INGEST_KEY)
+            assert r.json()["suppressed"] is True
+            r = await relay.delete("/suppressions/erased-co", key=INGEST_KEY)
+            assert r.status_code == 403
+            await finished(relay, erasure["id"])
+            r = await relay.delete("/suppressions/erased-co", key=ADMIN_KEY)
+            assert r.status_code == 204
+            r = await relay.delete("/suppressions/erased-co", key=ADMIN_KEY)
+            assert r.status_code == 404
+            r = await relay.get("/suppressions/erased-co")
+            assert r.json() == {
+                "company_id": "erased-co",
+                "suppressed": False,
+                "since": None,
+                "erasure_id": None,
+            }
+            r = await relay.post_company(
+                "erased-co", {"plan": "back"}, headers={"Prefer": "wait=10"}
+            )
+            assert r.status_code == 200, r.text
+
+    run(main())
+
+
+def test_erasure_routes_refuse_ingest_keys_and_bad_input(
+    sqlite_url: str, sim: SimulatorProcess
+) -> None:
+    async def main() -> None:
+        async with relay_on(sqlite_url, sim) as relay:
+            body = {"company_ids": ["x"], "reason": "r"}
+            r = await relay.post("/erasures", key=INGEST_KEY, json=body)
+            assert r.status_code == 403
+            r = await relay.post("/erasures", key=ADMIN_KEY, json={"company_ids": ["x"]})
+            assert r.status_code == 422
+            assert "reason" in r.text
+            r = await relay.post(
+                "/erasures", key=ADMIN_KEY, json={"company_ids": [], "reason": "r"}
+            )
+            assert r.status_code == 422
+            assert "company_ids" in r.text
+            r = await relay.post(
+                "/erasures",
+                key=ADMIN_KEY,
+                json={"company_ids": [str(i) for i in range(10_001)], "reason": "r"},
+            )
+            assert r.status_code == 422
+            r = await relay.get("/erasures/er_nope", key=ADMIN_KEY)
+            assert r.status_code == 404
+            r = await relay.get("/erasures", key=INGEST_KEY)
+            assert r.status_code == 403
+            made = []
+            for i in range(3):  # ids sort by their millisecond of creation
+                made.append((await erase(relay, [f"paged-{i}"]))["id"])
+                await asyncio.sleep(0.01)
+            page = (await relay.get("/erasures?limit=2", key=ADMIN_KEY)).json()
+            assert [e["id"] for e in page["items"]] == made[::-1][:2]  # newest first
+            rest = await relay.get(
+                f"/erasures?limit=1000&cursor={page['next_cursor']}", key=ADMIN_KEY
+            )
+            assert [e["id"] for e in rest.json()["items"]] == made[:1]
+            assert rest.json()["next_cursor"] is None
+
+    run(main())
+
+
+def test_a_permanent_refusal_fails_the_erasure_with_the_reason(
+    sqlite_url: str, sim: SimulatorProcess
+) -> None:
+    sim.add_fault(action="status", status=403, path="/v1/companies", method="DELETE", times=1)
+
+    async def main() -> dict[str, Any]:
+        async with relay_on(sqlite_url, sim) as relay:
+            erasure = await erase(relay, ["refused-co"])
+            return await finished(relay, erasure["id"])
+
+    done = run(main())
+    assert done["status"] == "failed"
+    assert "403" in done["last_error"]
+
+
+def test_429_and_5xx_are_retried(sqlite_url: str, sim: SimulatorProcess) -> None:
+    sim.add_faults(
+        [
+            {"action": "status", "status": 503, "path": "/v1/companies", "method": "DELETE"},
+            {
+                "action": "retry_after",
+                "retry_after": 1,
+                "path": "/v1/companies",
+                "method": "DELETE",
+            },
+        ]
+    )
+
+    async def main() -> dict[str, Any]:
+        async with relay_on(sqlite_url, sim) as relay:
+            erasure = await erase(relay, ["retried-co"])
+            return await finished(relay, erasure["id"])
+
+    done = run(main())
+    assert done["status"] == "completed", done
+    assert len(sim.deletions()) == 1
+
+
+def test_ten_thousand_ids_go_in_paced_requests_of_at_most_1000(
+    database_url: str, sim: SimulatorProcess
+) -> None:
+    ids = [f"many-{i:05d}" for i in range(10_000)]
+
+    async def main() -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        async with relay_on(database_url, sim, relay_erasure_request_interval_seconds=0.2) as relay:
+            erasure = await erase(relay, ids)
+            done = await finished(relay, erasure["id"], within=60)
+            listed = await relay.get("/erasures?status=completed", key=ADMIN_KEY)
+            assert erasure["id"] in [e["id"] for e in listed.json()["items"]]
+            return done, sim.deletions()
+
+    done, deletions = run(main(), limit=120)
+    assert done["status"] == "completed"
+    assert done["erased"] == 10_000
+    assert len(deletions) == 10
+    assert all(len(d["company_ids"]) <= 1000 for d in deletions)
+    assert sorted(c for d in deletions for c in d["company_ids"]) == ids
+    gaps = [b["accepted_at"] - a["accepted_at"] for a, b in itertools.pairwise(deletions)]
+    assert min(gaps) >= 0.15, gaps
+
+
+def test_a_stored_batch_not_yet_expanded_keeps_no_byte_of_the_company(
+    database_url: str,
+) -> None:
+    async def main() -> None:
+        store = open_store(database_url)
+        await store.open()
+        try:
+            updates = [NewUpdate(f"other-{i}", {"n": i}) for i in range(5)]
+            updates.insert(3, NewUpdate("batched-gone", {"plan": SECRET}))
+            result = await store.deliveries.enqueue(updates, source="bulk", caller="t", batch=True)
+            erasure = await store.erasures.create(["batched-gone"], reason="r", by="t")
+            assert await store.erasures.purge_chunk(erasure.id) == 1
+            assert await store.erasures.purge_chunk(erasure.id) == 0
+            assert await store.deliveries.get(f"{result.batch_id}.3") is None
+            kept = await store.deliveries.get(f"{result.batch_id}.4")
+            assert kept is not None and kept.company_id == "other-3"
+            batch = await store.deliveries.batch(str(result.batch_id))
+            assert batch is not None and batch.counts["queued"] == 5
+            # and later bulk requests leave it out
+            again = await store.deliveries.enqueue(
+                [NewUpdate("batched-gone", {"n": 1}), NewUpdate("fine", {"n": 1})],
+                source="bulk",
+                caller="t",
+                batch=True,
+            )
+            assert again.suppressed == frozenset({0})
+            assert again.stored == 1
+        finally:
+            await store.close()
+
+    run(main())
+
+
+def test_the_database_holds_no_byte_of_an_erased_company(
+    database_url: str, sim: SimulatorProcess
+) -> None:
+    """SQLite: the file and its WAL scanned; PostgreSQL: every row of every table, as text and
+    with its bytea columns in hex."""
+    company = "Scanned-Company-Id-42c9"
+    sim.configure(invalid_company_ids=[company])
+
+    async def main() -> None:
+        async with relay_on(database_url, sim) as relay:
+            wait = {"Prefer": "wait=10"}
+            r = await relay.post_company(company, {"plan": SECRET}, headers=wait)
+            assert r.status_code == 502  # dead-lettered
+            await relay.store.webhooks.link_customers([("cus_scan", company)])
+            await relay.store.webhooks.park(
+                source="stripe",
+                key="evt_scan",
+                payload=f'{{"c": "{company}"}}'.encode(),
+                reason="r",
+            )
+            r = await relay.post(
+                "/companies/bulk",
+                json={"companies": [{"company_id": company, "metadata": {"plan": SECRET}}]},
+            )
+            assert r.status_code == 202
+            erasure = await erase(relay, [company])
+            done = await finished(relay, erasure["id"])
+            assert done["status"] == "completed"
+
+    run(main())
+    needles = [company.encode(), SECRET.encode()]
+    if database_url.startswith("sqlite:///"):
+        path = database_url.removeprefix("sqlite:///")
+        files = [f for f in glob.glob(path + "*") if not f.endswith(".lock")]
+        assert path in files
+        for name in files:
+            with open(name, "rb") as file:
+                data = file.read()
+            for needle in needles:
+                assert needle not in data, name
+        return
+    name = database_url.rsplit("/", 1)[1].split("?")[0]
+    tables = pg.query(name, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+    assert len(tables) > 10
+    for (table,) in tables:
+        for needle in needles:
+            hexed = "%" + needle.hex() + "%"
+            found = pg.query(
+                name,
+                f"SELECT count(*) FROM {table} t WHERE t::text LIKE %s OR t::text LIKE %s",
+                "%" + needle.decode() + "%",
+                hexed,
+            )
+            assert found == [(0,)], (table, needle)
+    assert company_digest(company)  # what is kept instead
+
+
+def test_webhook_and_backfill_updates_of_an_erased_company_are_dropped_and_counted(
+    database_url: str,
+) -> None:
+    async def main() -> None:
+        store = open_store(database_url)
+        await store.open()
+        try:
+            await store.erasures.create(["hooked-gone"], reason="r", by="t")
+            result = await store.deliveries.enqueue(
+                [
+                    NewUpdate("hooked-gone", {"plan": "x"}, event_key="evt_1"),
+                    NewUpdate("hooked-kept", {"plan": "y"}, event_key="evt_2"),
+                ],
+                source="hubspot",
+                caller=None,
+            )
+            assert result.suppressed == frozenset({0})
+            assert result.ids[0] is None and result.ids[1] is not None
+        finally:
+            await store.close()
+
+    run(main())
+
+
+def test_retention_prunes_finished_erasures(database_url: str) -> None:
+    async def main() -> None:
+        store = open_store(database_url)
+        await store.open()
+        try:
+            erasure = await store.erasures.create(["pruned-co"], reason="r", by="t")
+            await store.erasures.fail([erasure.id], error="x", status=400, request_id=None)
+            assert await store.erasures.prune(before=time.time() - 3600) == 0
+            assert await store.erasures.prune(before=time.time() + 3600) == 1
+            assert await store.erasures.get(erasure.id) is None
+        finally:
+            await store.close()
+
+    run(main())
+
+
+def test_digest_is_the_sha256_hex_of_the_id() -> None:
+    assert company_digest("acme") == hashlib.sha256(b"acme").hexdigest()
+
+
+def test_retention_prunes_each_table(database_url: str) -> None:
+    async def count(store: Any, table: str) -> int:
+        def plan() -> Plan[int]:
+            row = (yield Statement(f"SELECT count(*) FROM {table}")).one()
+            return int(row[0]) if row else 0
+
+        return int(await store.engine.read(plan))
+
+    async def main() -> None:
+        store = open_store(database_url)
+        await store.open()
+        try:
+            result = await store.deliveries.enqueue(
+                [NewUpdate("old-co", {"plan": "x"}, stamp_times=("plan",))],
+                source="api",
+                caller="t",
+            )
+
+            def setup() -> Plan[None]:
+                yield Statement("UPDATE deliveries SET status = 'dead'")
+                yield Statement(DELIVERED_VALUE, {"company": "old-co", "key": "plan", "digest": 1})
+                yield Statement(
+                    IDEMPOTENCY_PUT,
+                    {"caller": "t", "key": "k", "fingerprint": "f", "result": b"{}", "ttl": -1},
+                )
+
+            await store.engine.write(setup)
+            await store.webhooks.park(source="stripe", key="evt", payload=b"{}", reason="r")
+            tables = [
+                "deliveries",
+                "delivered_values",
+                "source_property_times",
+                "parked_events",
+                "idempotency_keys",
+            ]
+            assert result.ids[0] is not None
+            # Within their retention: kept.
+            await store.deliveries.prune(delivered_before=0, retention=Retention())
+            assert [await count(store, t) for t in tables] == [1, 1, 1, 1, 0]
+            # Past it: each table pruned.
+            past = Retention(dead_letters=-60, parked_events=-60, jobs=-60, values=-60)
+            await store.deliveries.prune(delivered_before=0, retention=past)
+            assert [await count(store, t) for t in tables] == [0, 0, 0, 0, 0]
+        finally:
+            await store.close()
+
+    run(main())
+
+
+@pytest.mark.process
+def test_an_erasure_waits_for_a_running_bulk_job_holding_the_company(
+    database_url: str, sim: SimulatorProcess
+) -> None:
+    """Its delete goes to Userpilot only after the job that holds the company ends."""
+    sim.configure(bulk_rows_per_minute=0)  # the job stays running until the test lets it go
+    items = [{"company_id": f"job-{i}", "metadata": {"plan": SECRET}} for i in range(200)]
+
+    async def main() -> tuple[str, dict[str, Any]]:
+        bulk = {"relay_upstream_bulk": "auto", "relay_bulk_threshold": 50}
+        bulk |= {"relay_bulk_poll_seconds": 0.1, "relay_merge_window_seconds": 0.0}
+        async with relay_on(database_url, sim, **bulk) as relay:
+            batch_id = await post_bulk(relay, items)
+            await running_job(relay)
+            inside = None
+            for i in range(200):
+                d = (await relay.get(f"/deliveries/{batch_id}.{i}", key=ADMIN_KEY)).json()
+                if d["via"] == "bulk" and d["status"] == "delivering":
+                    inside = d
+                    break
+            assert inside is not None
+            company = inside["company_id"]
+            erasure = await erase(relay, [company])
+            await asyncio.sleep(1.0)
+            r = await relay.get(f"/erasures/{erasure['id']}", key=ADMIN_KEY)
+            assert r.json()["status"] == "running"
+            assert sim.deletions() == []  # the job holds it: no delete yet
+            sim.configure(bulk_rows_per_minute=600_000)
+            done = await finished(relay, erasure["id"], within=60)
+            r = await relay.get(f"/deliveries/{inside['id']}")
+            assert r.status_code == 404
+            return company, done
+
+    company, done = run(main(), limit=120)
+    assert done["status"] == "completed", done
+    (deletion,) = sim.deletions()
+    assert deletion["company_ids"] == [company]
+    late = [c for c in sim.requests(path=IDENTIFY) if c["time"] > deletion["accepted_at"]]
+    assert all(c["body"]["company_id"] != company for c in late)
+
+
+def test_the_dispatcher_never_claims_a_suppressed_company(database_url: str) -> None:
+    """Belt and braces: an update of an erased company that is in the queue anyway (stored
+    just before the erasure committed) is cancelled at claim, never leased."""
+
+    async def main() -> None:
+        store = open_store(database_url)
+        await store.open()
+        try:
+            first = await store.deliveries.enqueue(
+                [NewUpdate("raced-co", {"plan": SECRET})], source="api", caller="t"
+            )
+            await store.erasures.create(["raced-co"], reason="r", by="t")
+            await store.deliveries.enqueue(
+                [NewUpdate("free-co", {"n": 1})], source="api", caller="t"
+            )
+            claim = await store.claims.claim(owner="t", lease_seconds=30, max_merge=10)
+            assert claim is not None and claim.company_id == "free-co"
+            assert await store.deliveries.get(str(first.ids[0])) is None
+        finally:
+            await store.close()
+
+    run(main())
