@@ -19,8 +19,11 @@ log = logging.getLogger("userpilot_relay.erasure")
 router = APIRouter(tags=["erasure"])
 
 MAX_COMPANIES = 10_000
+MAX_ID = 1024  # the longest company id an erasure or a suppression lookup takes
+MAX_REASON = 500
+ERASURE_STATUSES = ("running", "completed", "failed")
 ErasureStatus = Literal["running", "completed", "failed"]
-CompanyId = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+CompanyId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID)]
 
 
 class ErasureIn(BaseModel):
@@ -29,7 +32,7 @@ class ErasureIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     company_ids: list[CompanyId] = Field(min_length=1, max_length=MAX_COMPANIES)
-    reason: str = Field(min_length=1, max_length=500)
+    reason: str = Field(min_length=1, max_length=MAX_REASON)
 
 
 class UpstreamOut(BaseModel):
@@ -150,7 +153,7 @@ async def get_erasure(
     responses={**AUTH_ERRORS, **_INVALID},
 )
 async def get_suppression(
-    company_id: Annotated[str, Path(min_length=1, max_length=1024)],
+    company_id: Annotated[str, Path(min_length=1, max_length=MAX_ID)],
     _: AnyCaller,
     store: StoreDep,
 ) -> SuppressionOut:
@@ -171,7 +174,7 @@ async def get_suppression(
     responses={**AUTH_ERRORS, **_NOT_FOUND, **_INVALID},
 )
 async def lift_suppression(
-    company_id: Annotated[str, Path(min_length=1, max_length=1024)],
+    company_id: Annotated[str, Path(min_length=1, max_length=MAX_ID)],
     caller: AdminCaller,
     store: StoreDep,
 ) -> Response:

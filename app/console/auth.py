@@ -14,7 +14,16 @@ from fastapi import Request, Response
 
 from app.api.deps import find_key
 from app.console import session as sessions
-from app.console.web import ConsoleError, SignInNeeded, base, form, redirect, render, router
+from app.console.web import (
+    MAX_FORM_BYTES,
+    ConsoleError,
+    SignInNeeded,
+    base,
+    form,
+    redirect,
+    render,
+    router,
+)
 from app.console.web import settings_of as settings
 
 log = logging.getLogger("userpilot_relay.console")
@@ -55,11 +64,13 @@ def signed_in(request: Request) -> sessions.Session:
     return found
 
 
-async def checked_form(request: Request) -> tuple[sessions.Session, dict[str, str]]:
+async def checked_form(
+    request: Request, *, limit: int = MAX_FORM_BYTES
+) -> tuple[sessions.Session, dict[str, str]]:
     """A state-changing form's fields, once its CSRF token is this session's (else a 403)."""
     found = current(request)
     try:
-        fields = await form(request)
+        fields = await form(request, limit=limit)
     except ConsoleError as exc:
         if exc.status == 413:
             raise

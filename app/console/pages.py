@@ -18,15 +18,15 @@ from prometheus_client import REGISTRY
 
 from app.api.jobs import JobOut
 from app.api.status import RECENT, last_answer
+from app.console import erasures  # noqa: F401  (its routes come before the catch-all below)
 from app.console.auth import checked_form, signed_in
-from app.console.web import HERE, ConsoleError, link, redirect, render, router
+from app.console.web import HERE, ConsoleError, link, redirect, render, router, store_of
 from app.console.web import settings_of as settings
 from app.domain.errors import NotDead
 from app.domain.models import STATUSES, Delivery
 from app.domain.rules import MAX_COMPANY_ID, has_control
 from app.domain.values import SeenType
 from app.store.console import DeliveryFilter, Rate
-from app.store.store import Store
 
 PAGE = 50
 _JOB_ID = re.compile(r"^job_[0-9]{13}_[0-9a-f]{12}$")
@@ -36,11 +36,6 @@ DONE = {  # what a redirect's `done` says; never text from the query itself
     "replayed_all": "Replayed {n} dead letters.",
     "purged": "Purged {n} dead letters.",
 }
-
-
-def store_of(request: Request) -> Store:
-    store: Store = request.state.store
-    return store
 
 
 def _text(request: Request, name: str, limit: int) -> str | None:

@@ -24,6 +24,7 @@ from fastapi.routing import APIRoute
 from app.config import Settings
 from app.domain.errors import StoreUnavailable
 from app.errors import RelayError
+from app.store.store import Store
 
 log = logging.getLogger("userpilot_relay.console")
 
@@ -39,9 +40,11 @@ HEADERS: Mapping[str, str] = {
     "X-Frame-Options": "DENY",
 }
 MAX_FORM_BYTES = 64 * 1024
+# The erasure form carries up to 10,000 company ids (a textarea, then a hidden field).
+MAX_ERASURE_FORM_BYTES = 4 * 1024 * 1024
 
-# The navigation, in order: (path under /console, label). Erasures and suppressions are not
-# built yet: they get their place here (see docs/console.md, "Adding a page").
+# The navigation, in order: (path under /console, label). A page not built yet may be listed
+# in PLANNED: shown greyed (see docs/console.md, "Adding a page").
 NAV: tuple[tuple[str, str], ...] = (
     ("", "Overview"),
     ("/deliveries", "Deliveries"),
@@ -49,10 +52,10 @@ NAV: tuple[tuple[str, str], ...] = (
     ("/jobs", "Bulk jobs"),
     ("/backfills", "Backfills"),
     ("/properties", "Properties"),
-    # ("/erasures", "Erasures"),        -- issue 23, with the erasure feature
-    # ("/suppressions", "Suppressions"),  -- issue 23, with the erasure feature
+    ("/erasures", "Erasures"),
+    ("/suppressions", "Suppressions"),
 )
-PLANNED: tuple[str, ...] = ("Erasures", "Suppressions")
+PLANNED: tuple[str, ...] = ()
 
 
 def _when(value: float | None) -> str:
@@ -108,6 +111,11 @@ def settings_of(request: Request) -> Settings:
     return settings
 
 
+def store_of(request: Request) -> Store:
+    store: Store = request.state.store
+    return store
+
+
 def link(request: Request, path: str, **query: object) -> str:
     """A console URL: `path` under /console, with the query's non-empty values."""
     given = {k: str(v) for k, v in query.items() if v is not None and v != ""}
@@ -131,19 +139,20 @@ def redirect(request: Request, path: str, **query: object) -> RedirectResponse:
     return RedirectResponse(link(request, path, **query), status_code=303)
 
 
-async def form(request: Request) -> dict[str, str]:
+async def form(request: Request, *, limit: int = MAX_FORM_BYTES) -> dict[str, str]:
     """An urlencoded form's fields (the first value of each), or a 400/413/415 page."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind != "application/x-www-form-urlencoded":
         raise ConsoleError(415, "A form must be sent as application/x-www-form-urlencoded.")
+    too_large = f"The form is too large (at most {limit // 1024} KiB)."
     length = request.headers.get("content-length")
-    if length is not None and (not length.isdigit() or int(length) > MAX_FORM_BYTES):
-        raise ConsoleError(413, "The form is too large.")
-    body = b""
+    if length is not None and (not length.isdigit() or int(length) > limit):
+        raise ConsoleError(413, too_large)
+    body = bytearray()
     async for chunk in request.stream():
         body += chunk
-        if len(body) > MAX_FORM_BYTES:
-            raise ConsoleError(413, "The form is too large.")
+        if len(body) > limit:
+            raise ConsoleError(413, too_large)
     try:
         fields = parse_qs(
             body.decode("utf-8"), keep_blank_values=True, strict_parsing=False, max_num_fields=50

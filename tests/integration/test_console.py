@@ -6,6 +6,8 @@ The same pages in a real browser: tests/process/test_console_browser.py.
 
 from __future__ import annotations
 
+import html
+import json
 import re
 import time
 from typing import Any
@@ -187,6 +189,8 @@ def test_every_console_answer_carries_the_security_headers(sqlite_url: str) -> N
                 "/console/jobs",
                 "/console/backfills",
                 "/console/properties",
+                "/console/erasures",
+                "/console/suppressions",
                 "/console/static/console.css",
                 "/console/no-such-page",
                 "/console/deliveries?status=lost",
@@ -200,7 +204,7 @@ def test_every_console_answer_carries_the_security_headers(sqlite_url: str) -> N
                 assert answer.headers["x-content-type-options"] == "nosniff"
                 assert answer.headers["cache-control"] == "no-store"
             statuses = [a.status_code for a in answers[3:]]
-            assert statuses == [200, 200, 200, 200, 200, 200, 200, 404, 400, 400]
+            assert statuses == [200, 200, 200, 200, 200, 200, 200, 200, 200, 404, 400, 400]
             assert "status must be one of" in answers[-2].text
             assert "since must be a time" in answers[-1].text
 
@@ -440,5 +444,236 @@ def test_the_other_pages_render_with_data(sqlite_url: str, sim: SimulatorProcess
             assert (await relay.client.get("/console/backfills")).status_code == 200
             bad = await relay.client.get("/console/jobs?before=nope")
             assert bad.status_code == 400
+
+    run(main())
+
+
+# erasures and suppressions ------------------------------------------------------------------
+def hidden_fields(page: str) -> dict[str, str]:
+    """The hidden fields of a confirmation page's form, as the browser would send them."""
+    return {
+        name: html.unescape(value)
+        for name, value in re.findall(r'type="hidden" name="([^"]+)" value="([^"]*)"', page)
+        if name != "csrf"
+    }
+
+
+async def erasures_in(relay: InProcessRelay) -> list[str]:
+    return [e.id for e in await relay.store.erasures.page(status=None, before=None, limit=100)]
+
+
+def test_an_erasure_is_created_only_by_the_confirming_post(database_url: str) -> None:
+    async def main() -> None:
+        async with InProcessRelay(database_url) as relay:
+            token = await sign_in(relay)
+            empty = await relay.client.get("/console/erasures")
+            assert empty.status_code == 200 and "No erasure." in empty.text
+            typed = "gone-co-1\r\n\r\n  gone-co-2  \r\ngone-co-1\r\n   \r\ngone-co-3\r\n"
+            review = await relay.client.post(
+                "/console/erasures/review",
+                data={"csrf": token, "company_ids": typed, "reason": "GDPR request 42"},
+            )
+            assert review.status_code == 200
+            assert 'id="count">3<' in review.text and "Erase <span" in review.text
+            assert "This cannot be undone" in review.text and "GDPR request 42" in review.text
+            assert await erasures_in(relay) == []  # the first POST creates nothing
+            carried = hidden_fields(review.text)
+            assert carried["company_ids"].splitlines() == ["gone-co-1", "gone-co-2", "gone-co-3"]
+
+            created = await relay.client.post(
+                "/console/erasures", data={"csrf": csrf_of(review.text), **carried}
+            )
+            assert created.status_code == 303
+            location = created.headers["location"]
+            found = re.fullmatch(r"/console/erasures/(er_[0-9]+_[0-9a-f]+)\?done=started", location)
+            assert found, location
+            erasure_id = found.group(1)
+            assert await erasures_in(relay) == [erasure_id]
+            stored = await relay.store.erasures.get(erasure_id)
+            assert stored is not None and stored.companies == 3
+            assert stored.requested_by == "ops" and stored.reason == "GDPR request 42"
+
+            detail = await relay.client.get(location)
+            assert detail.status_code == 200 and "Erasure started" in detail.text
+            assert 'id="companies">3<' in detail.text and "GDPR request 42" in detail.text
+            assert "gone-co" not in detail.text  # counted, never listed
+            listing = await relay.client.get("/console/erasures")
+            assert f'href="/console/erasures/{erasure_id}"' in listing.text
+            assert "gone-co" not in listing.text
+            running = await relay.client.get("/console/erasures?status=running")
+            assert erasure_id in running.text
+            failed = await relay.client.get("/console/erasures?status=failed")
+            assert erasure_id not in failed.text and "No erasure failed." in failed.text
+            bad = await relay.client.get("/console/erasures?status=lost")
+            assert bad.status_code == 400 and "status must be one of" in bad.text
+            missing = await relay.client.get("/console/erasures/er_0_nope")
+            assert missing.status_code == 404
+            for company in ("gone-co-1", "gone-co-2", "gone-co-3"):
+                answer = await relay.get(f"/suppressions/{company}", key=ADMIN_KEY)
+                assert answer.json()["suppressed"] is True
+                assert answer.json()["erasure_id"] == erasure_id
+
+    run(main())
+
+
+@pytest.mark.parametrize(
+    ("ids", "reason", "message"),
+    [
+        ("\n  \n", "a reason", "Enter at least one company id"),
+        ("\n".join(f"c{i}" for i in range(10_001)), "a reason", "At most 10,000 companies"),
+        ("acme", "   ", "Enter a reason"),
+        ("acme", "r" * 501, "The reason must be at most 500 characters"),
+        ("acme\n" + "x" * 1025, "a reason", "Company id number 2 is longer than 1,024"),
+    ],
+)
+def test_bad_erasure_input_shows_the_form_again_and_creates_nothing(
+    database_url: str, ids: str, reason: str, message: str
+) -> None:
+    async def main() -> None:
+        async with InProcessRelay(database_url) as relay:
+            token = await sign_in(relay)
+            for path in ("/console/erasures/review", "/console/erasures"):
+                data = {"csrf": token, "company_ids": ids, "reason": reason}
+                answer = await relay.client.post(path, data=data)
+                assert answer.status_code == 400, path
+                assert message in answer.text, answer.text[-2000:]
+                assert 'id="company_ids"' in answer.text  # the form, filled as it was sent
+                assert "This cannot be undone" not in answer.text
+            assert await erasures_in(relay) == []
+            assert (await relay.get("/suppressions/acme", key=ADMIN_KEY)).json()[
+                "suppressed"
+            ] is False
+
+    run(main())
+
+
+def test_erasure_and_lift_posts_without_the_csrf_token_are_refused(database_url: str) -> None:
+    async def main() -> None:
+        async with InProcessRelay(database_url) as relay:
+            token = await sign_in(relay)
+            async with other_client(relay) as other:
+                other_token = await sign_in(relay, client=other)
+            fields = {"company_ids": "csrf-co", "reason": "test"}
+            for data in ({}, {"csrf": other_token}, {"csrf": "x" * len(token)}):
+                for path in ("/console/erasures/review", "/console/erasures"):
+                    answer = await relay.client.post(path, data={**fields, **data})
+                    assert answer.status_code == 403, (path, data)
+            assert await erasures_in(relay) == []
+            assert (await relay.client.get("/console/erasures")).status_code == 200
+
+            await relay.store.erasures.create(["kept-co"], reason="test", by="ops")
+            for data in ({}, {"csrf": other_token}):
+                lift = await relay.client.post(
+                    "/console/suppressions/lift", data={"company_id": "kept-co", **data}
+                )
+                assert lift.status_code == 403
+            # GET never changes state.
+            assert (await relay.client.get("/console/suppressions/lift")).status_code in (404, 405)
+            assert await relay.store.erasures.suppression("kept-co") is not None
+
+    run(main())
+
+
+def test_hostile_erasure_values_show_as_text(database_url: str) -> None:
+    async def main() -> None:
+        async with InProcessRelay(database_url) as relay:
+            token = await sign_in(relay)
+            data = {"csrf": token, "company_ids": HOSTILE + "\nplain-co", "reason": HOSTILE}
+            review = await relay.client.post("/console/erasures/review", data=data)
+            bad = await relay.client.post("/console/erasures/review", data={**data, "reason": ""})
+            assert bad.status_code == 400
+            created = await relay.client.post(
+                "/console/erasures", data={"csrf": token, **hidden_fields(review.text)}
+            )
+            assert created.status_code == 303
+            stored = await relay.store.erasures.get(
+                created.headers["location"].split("/")[-1].split("?")[0]
+            )
+            assert stored is not None and stored.companies == 2 and stored.reason == HOSTILE
+            pages = [
+                review,
+                bad,
+                await relay.client.get(created.headers["location"]),
+                await relay.client.get("/console/erasures"),
+                await relay.client.get("/console/suppressions", params={"company_id": HOSTILE}),
+                await relay.client.get(
+                    "/console/suppressions/confirm", params={"company_id": HOSTILE}
+                ),
+            ]
+            for page in pages:
+                assert page.status_code in (200, 400)
+                assert "<img" not in page.text
+                assert "&lt;img src=x onerror=alert(1)&gt;" in page.text
+            assert 'id="by-erasure"' in pages[4].text
+
+    run(main())
+
+
+def test_a_suppression_is_looked_up_and_lifted_after_a_confirmation(
+    database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def main() -> None:
+        async with InProcessRelay(database_url) as relay:
+            erasure = await relay.store.erasures.create(["back-co"], reason="left", by="ops")
+            token = await sign_in(relay)
+            unknown = await relay.client.get("/console/suppressions?company_id=never-erased")
+            assert unknown.status_code == 200 and "not suppressed" in unknown.text
+            assert 'id="lift"' not in unknown.text
+            nothing = await relay.client.get("/console/suppressions")
+            assert nothing.status_code == 200 and 'id="suppressed"' not in nothing.text
+
+            page = await relay.client.get("/console/suppressions?company_id=back-co")
+            assert page.status_code == 200
+            assert '<span class="badge failed">suppressed</span>' in page.text
+            assert f'href="/console/erasures/{erasure.id}"' in page.text
+            confirm = await relay.client.get("/console/suppressions/confirm?company_id=back-co")
+            assert confirm.status_code == 200 and "Lift the suppression?" in confirm.text
+            assert await relay.store.erasures.suppression("back-co") is not None  # asked only
+
+            lifted = await relay.client.post(
+                "/console/suppressions/lift", data={"csrf": token, "company_id": "back-co"}
+            )
+            assert lifted.status_code == 303
+            assert (
+                lifted.headers["location"] == "/console/suppressions?company_id=back-co&done=lifted"
+            )
+            shown = await relay.client.get(lifted.headers["location"])
+            assert "Suppression lifted" in shown.text and "not suppressed" in shown.text
+            api = await relay.get("/suppressions/back-co", key=ADMIN_KEY)
+            assert api.json()["suppressed"] is False
+            again = await relay.client.post(
+                "/console/suppressions/lift", data={"csrf": token, "company_id": "back-co"}
+            )
+            assert again.status_code == 404 and "not suppressed" in again.text
+            too_long = await relay.client.get("/console/suppressions?company_id=" + "x" * 1025)
+            assert too_long.status_code == 400
+
+    run(main())
+    logged = [
+        json.loads(line)
+        for line in capsys.readouterr().out.splitlines()
+        if '"suppression lifted"' in line
+    ]
+    assert [(line["caller"], line["via"]) for line in logged] == [("ops", "console")]
+    assert "back-co" not in json.dumps(logged)
+
+
+def test_the_erasures_page_pages_newest_first(sqlite_url: str) -> None:
+    async def main() -> None:
+        async with InProcessRelay(sqlite_url) as relay:
+            made = [
+                (await relay.store.erasures.create([f"p-{i}"], reason=f"r{i}", by="ops")).id
+                for i in range(51)
+            ]
+            await sign_in(relay)
+            first = await relay.client.get("/console/erasures")
+            shown = re.findall(r'class="erasure" href="/console/erasures/([^"]+)"', first.text)
+            assert shown == sorted(made, reverse=True)[:50]
+            older = re.search(r'href="([^"]+)" id="next"', first.text)
+            assert older, first.text
+            second = await relay.client.get(html.unescape(older.group(1)))
+            rest = re.findall(r'class="erasure" href="/console/erasures/([^"]+)"', second.text)
+            assert rest == sorted(made, reverse=True)[50:]
+            assert 'id="next"' not in second.text
 
     run(main())
