@@ -3,7 +3,7 @@
 `find_pii(value, key=...)` looks anywhere inside a string (`"contact: bob@example.com"` is
 found). Each kind asks for the evidence that tells it from ordinary data; the rules, and why,
 are in docs/security.md ("What the PII guard looks for"), measured in
-tests/test_values_pii.py:
+tests/unit/test_values_pii.py:
 
 - an email address: a local part of at most 64 letters (any script), digits or `._%+'-`, `@`,
   dot-separated domain labels (any script: `bob@bücher.de`) and a last label that starts with a
