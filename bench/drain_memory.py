@@ -17,7 +17,8 @@ per second)). The simulator runs at Userpilot's figures scaled by `--scale` on b
   relay's RSS is sampled every 0.5 s.
 
 It prints the drain time against the minimum, the peak RSS, ingest p99 before and during the
-drain, what Userpilot received, and whether every company ended with its newest values.
+drain, how long the circuit breaker took to see Userpilot back, what Userpilot received, and
+whether every company ended with its newest values.
 
     .venv/bin/python -m bench.drain_memory [--queued 350000] [--companies 5000] [--scale 2]
         [--database-url postgresql://postgres@127.0.0.1:5432/postgres]
@@ -38,9 +39,11 @@ import sys
 import tempfile
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 import httpx
+import orjson
 
 from app.simulator.process import SimulatorProcess
 from bench.bulk_drain import BULK_ROWS_PER_MINUTE, REALTIME_PER_MINUTE, fresh_store, log_summary
@@ -66,9 +69,9 @@ SQLITE_FILL = f"""
 """
 POSTGRES_FILL = f"""
     INSERT INTO deliveries ({_COLUMNS})
-    SELECT md5(random()::text || i), 'drain-' || (i % %(companies)s),
+    SELECT md5(random()::text || i), 'drain-' || (i %% %(companies)s),
         convert_to('{{"n":' || (i / %(companies)s) || ',"p'
-            || (i / %(companies)s % {PROPERTIES}) || '":' || i || ',"plan":"pro"}}', 'UTF8'),
+            || (i / %(companies)s %% {PROPERTIES}) || '":' || i || ',"plan":"pro"}}', 'UTF8'),
         'queued', 'api', 'svc', 1, %(at)s, %(at)s, %(now)s, %(at)s
     FROM generate_series(0, %(count)s - 1) AS i
 """
@@ -127,7 +130,7 @@ def fill(database_url: str, count: int, companies: int) -> float:
         import psycopg
 
         with psycopg.connect(database_url.replace("postgresql+psycopg://", "postgresql://")) as c:
-            c.execute(POSTGRES_FILL, params)  # type: ignore[arg-type]
+            c.execute(POSTGRES_FILL, params)
             c.execute("ANALYZE deliveries")
     return time.perf_counter() - started
 
@@ -143,6 +146,20 @@ def pending(database_url: str) -> int:
     with psycopg.connect(database_url.replace("postgresql+psycopg://", "postgresql://")) as c:
         row = c.execute(PENDING.replace("%", "%%")).fetchone()
         return int(row[0]) if row else 0
+
+
+def breaker_closed(log_path: Path, since: float) -> float | None:
+    """Seconds from `since` (Userpilot back) to the relay's first "Userpilot answers again"
+    after it, or None when it never said so."""
+    with contextlib.suppress(OSError), log_path.open("rb") as lines:
+        for line in lines:
+            if b"Userpilot answers again" not in line:
+                continue
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                at = datetime.fromisoformat(orjson.loads(line)["ts"].replace("Z", "+00:00"))
+                if at.timestamp() >= since:
+                    return at.timestamp() - since
+    return None
 
 
 def expected(count: int, companies: int) -> dict[str, dict[str, object]]:
@@ -213,6 +230,7 @@ def main() -> None:
             pid = relay.process.pid
             time.sleep(5)  # the relay meets the outage: the breaker opens
             sim.clear_faults()
+            cleared = time.time()
             up = time.monotonic()
             done = threading.Event()
 
@@ -266,6 +284,11 @@ def main() -> None:
         f"RSS: peak {max(samples, default=0):.0f} MB sampled, {peak:.0f} MB VmHWM "
         f"({peak / RSS_TARGET:.2f} of the {RSS_TARGET:g} MB target: "
         f"{'met' if peak <= RSS_TARGET else 'NOT met'})"
+    )
+    closed = breaker_closed(log_path, cleared)
+    print(
+        "circuit breaker: "
+        + ("never closed" if closed is None else f"closed {closed:.1f} s after Userpilot was back")
     )
     if drain is None:
         print(f"drain: NOT done within {args.timeout:g} s")
