@@ -33,6 +33,7 @@ import argparse
 import asyncio
 import contextlib
 import math
+import os
 import sqlite3
 import statistics
 import sys
@@ -135,6 +136,27 @@ def fill(database_url: str, count: int, companies: int) -> float:
     return time.perf_counter() - started
 
 
+def server_latency(url: str) -> dict[str, float]:
+    """The relay's own count of `POST /companies` answers, cumulative by bucket bound (`le`)."""
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if (
+            line.startswith("userpilot_relay_http_request_duration_seconds_bucket{")
+            and 'method="POST"' in line
+            and 'route="/companies"' in line
+        ):
+            bound = line.split('le="', 1)[1].split('"', 1)[0]
+            out[bound] = out.get(bound, 0.0) + float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """The process's CPU time so far (user + system), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pending(database_url: str) -> int:
     """The backlog's updates not delivered yet."""
     if database_url.startswith("sqlite:///"):
@@ -194,6 +216,7 @@ def main() -> None:
     rows = round(BULK_ROWS_PER_MINUTE * args.scale)
     minimum = args.companies / ((rate + rows) / 60)
     windows: list[list[float]] = []
+    starts: list[float] = []  # each window's start, seconds after Userpilot was back
     samples: list[float] = []
 
     with (
@@ -218,8 +241,11 @@ def main() -> None:
         sim.add_fault(action="status", status=503, times=1_000_000_000)
         relay = RelayProcess(env, log_path)
         try:
+            assert relay.process is not None
             paced_ingest(relay.url, args.rate, 2)  # warm-up
+            idle_cpu = cpu_seconds(relay.process.pid)
             baseline = paced_ingest(relay.url, args.rate, 10)
+            idle_cpu = cpu_seconds(relay.process.pid) - idle_cpu
         finally:
             relay.stop()
         took = fill(url, args.queued, args.companies)
@@ -232,10 +258,12 @@ def main() -> None:
             sim.clear_faults()
             cleared = time.time()
             up = time.monotonic()
+            cpu_up = cpu_seconds(pid)
             done = threading.Event()
 
             def measure() -> None:
                 while not done.is_set():
+                    starts.append(time.monotonic() - up)
                     windows.append(paced_ingest(relay.url, args.rate, 5))
 
             load = threading.Thread(target=measure, daemon=True)
@@ -253,6 +281,9 @@ def main() -> None:
                         break
                 time.sleep(0.5)
             done.set()
+            cpu = cpu_seconds(pid) - cpu_up
+            served = server_latency(relay.url)
+            drained = time.monotonic() - up
             load.join()
             peak = rss_mb(pid)[1]
             stats = sim.stats()
@@ -279,6 +310,19 @@ def main() -> None:
         f"ingest during the drain: {len(windows)} windows of 5 s, p99 {during:.1f} ms (worst "
         f"window {max(p99s, default=math.nan):.1f} ms; {during / before:.1f} x before; target "
         f"<= {P99_TARGET:g} ms: {'met' if during <= P99_TARGET else 'NOT met'})"
+    )
+    print(
+        "  p99 by window (s after Userpilot was back: ms): "
+        + ", ".join(f"{at:.0f}: {p:.0f}" for at, p in zip(starts, p99s, strict=False))
+    )
+    total = served.get("+Inf", 0.0)
+    print(
+        f"  as the relay timed them: {total - served.get('0.05', 0.0):,.0f} of {total:,.0f} "
+        f"over 50 ms, {total - served.get('1.0', 0.0):,.0f} over 1 s"
+    )
+    print(
+        f"relay CPU (user + system): {idle_cpu / 10:.2f} s a second during the baseline, "
+        f"{cpu / drained:.2f} s a second during the drain ({cpu:.1f} s in {drained:.0f} s)"
     )
     print(
         f"RSS: peak {max(samples, default=0):.0f} MB sampled, {peak:.0f} MB VmHWM "
