@@ -17,7 +17,8 @@ per second)). The simulator runs at Userpilot's figures scaled by `--scale` on b
   relay's RSS is sampled every 0.5 s.
 
 It prints the drain time against the minimum, the peak RSS, ingest p99 before and during the
-drain, what Userpilot received, and whether every company ended with its newest values.
+drain, how long the circuit breaker took to see Userpilot back, what Userpilot received, and
+whether every company ended with its newest values.
 
     .venv/bin/python -m bench.drain_memory [--queued 350000] [--companies 5000] [--scale 2]
         [--database-url postgresql://postgres@127.0.0.1:5432/postgres]
@@ -32,15 +33,18 @@ import argparse
 import asyncio
 import contextlib
 import math
+import os
 import sqlite3
 import statistics
 import sys
 import tempfile
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 import httpx
+import orjson
 
 from app.simulator.process import SimulatorProcess
 from bench.bulk_drain import BULK_ROWS_PER_MINUTE, REALTIME_PER_MINUTE, fresh_store, log_summary
@@ -66,9 +70,9 @@ SQLITE_FILL = f"""
 """
 POSTGRES_FILL = f"""
     INSERT INTO deliveries ({_COLUMNS})
-    SELECT md5(random()::text || i), 'drain-' || (i % %(companies)s),
+    SELECT md5(random()::text || i), 'drain-' || (i %% %(companies)s),
         convert_to('{{"n":' || (i / %(companies)s) || ',"p'
-            || (i / %(companies)s % {PROPERTIES}) || '":' || i || ',"plan":"pro"}}', 'UTF8'),
+            || (i / %(companies)s %% {PROPERTIES}) || '":' || i || ',"plan":"pro"}}', 'UTF8'),
         'queued', 'api', 'svc', 1, %(at)s, %(at)s, %(now)s, %(at)s
     FROM generate_series(0, %(count)s - 1) AS i
 """
@@ -127,9 +131,30 @@ def fill(database_url: str, count: int, companies: int) -> float:
         import psycopg
 
         with psycopg.connect(database_url.replace("postgresql+psycopg://", "postgresql://")) as c:
-            c.execute(POSTGRES_FILL, params)  # type: ignore[arg-type]
+            c.execute(POSTGRES_FILL, params)
             c.execute("ANALYZE deliveries")
     return time.perf_counter() - started
+
+
+def server_latency(url: str) -> dict[str, float]:
+    """The relay's own count of `POST /companies` answers, cumulative by bucket bound (`le`)."""
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if (
+            line.startswith("userpilot_relay_http_request_duration_seconds_bucket{")
+            and 'method="POST"' in line
+            and 'route="/companies"' in line
+        ):
+            bound = line.split('le="', 1)[1].split('"', 1)[0]
+            out[bound] = out.get(bound, 0.0) + float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """The process's CPU time so far (user + system), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def pending(database_url: str) -> int:
@@ -143,6 +168,20 @@ def pending(database_url: str) -> int:
     with psycopg.connect(database_url.replace("postgresql+psycopg://", "postgresql://")) as c:
         row = c.execute(PENDING.replace("%", "%%")).fetchone()
         return int(row[0]) if row else 0
+
+
+def breaker_closed(log_path: Path, since: float) -> float | None:
+    """Seconds from `since` (Userpilot back) to the relay's first "Userpilot answers again"
+    after it, or None when it never said so."""
+    with contextlib.suppress(OSError), log_path.open("rb") as lines:
+        for line in lines:
+            if b"Userpilot answers again" not in line:
+                continue
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                at = datetime.fromisoformat(orjson.loads(line)["ts"].replace("Z", "+00:00"))
+                if at.timestamp() >= since:
+                    return at.timestamp() - since
+    return None
 
 
 def expected(count: int, companies: int) -> dict[str, dict[str, object]]:
@@ -177,6 +216,7 @@ def main() -> None:
     rows = round(BULK_ROWS_PER_MINUTE * args.scale)
     minimum = args.companies / ((rate + rows) / 60)
     windows: list[list[float]] = []
+    starts: list[float] = []  # each window's start, seconds after Userpilot was back
     samples: list[float] = []
 
     with (
@@ -201,8 +241,11 @@ def main() -> None:
         sim.add_fault(action="status", status=503, times=1_000_000_000)
         relay = RelayProcess(env, log_path)
         try:
+            assert relay.process is not None
             paced_ingest(relay.url, args.rate, 2)  # warm-up
+            idle_cpu = cpu_seconds(relay.process.pid)
             baseline = paced_ingest(relay.url, args.rate, 10)
+            idle_cpu = cpu_seconds(relay.process.pid) - idle_cpu
         finally:
             relay.stop()
         took = fill(url, args.queued, args.companies)
@@ -213,11 +256,14 @@ def main() -> None:
             pid = relay.process.pid
             time.sleep(5)  # the relay meets the outage: the breaker opens
             sim.clear_faults()
+            cleared = time.time()
             up = time.monotonic()
+            cpu_up = cpu_seconds(pid)
             done = threading.Event()
 
             def measure() -> None:
                 while not done.is_set():
+                    starts.append(time.monotonic() - up)
                     windows.append(paced_ingest(relay.url, args.rate, 5))
 
             load = threading.Thread(target=measure, daemon=True)
@@ -235,6 +281,9 @@ def main() -> None:
                         break
                 time.sleep(0.5)
             done.set()
+            cpu = cpu_seconds(pid) - cpu_up
+            served = server_latency(relay.url)
+            drained = time.monotonic() - up
             load.join()
             peak = rss_mb(pid)[1]
             stats = sim.stats()
@@ -263,9 +312,27 @@ def main() -> None:
         f"<= {P99_TARGET:g} ms: {'met' if during <= P99_TARGET else 'NOT met'})"
     )
     print(
+        "  p99 by window (s after Userpilot was back: ms): "
+        + ", ".join(f"{at:.0f}: {p:.0f}" for at, p in zip(starts, p99s, strict=False))
+    )
+    total = served.get("+Inf", 0.0)
+    print(
+        f"  as the relay timed them: {total - served.get('0.05', 0.0):,.0f} of {total:,.0f} "
+        f"over 50 ms, {total - served.get('1.0', 0.0):,.0f} over 1 s"
+    )
+    print(
+        f"relay CPU (user + system): {idle_cpu / 10:.2f} s a second during the baseline, "
+        f"{cpu / drained:.2f} s a second during the drain ({cpu:.1f} s in {drained:.0f} s)"
+    )
+    print(
         f"RSS: peak {max(samples, default=0):.0f} MB sampled, {peak:.0f} MB VmHWM "
         f"({peak / RSS_TARGET:.2f} of the {RSS_TARGET:g} MB target: "
         f"{'met' if peak <= RSS_TARGET else 'NOT met'})"
+    )
+    closed = breaker_closed(log_path, cleared)
+    print(
+        "circuit breaker: "
+        + ("never closed" if closed is None else f"closed {closed:.1f} s after Userpilot was back")
     )
     if drain is None:
         print(f"drain: NOT done within {args.timeout:g} s")

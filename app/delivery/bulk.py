@@ -70,6 +70,7 @@ LOST_AFTER = 3  # 404s in a row before a job counts as lost (it may not be liste
 MAX_CONFLICT_WAIT = 60.0
 BULK_OFF_SECONDS = 900.0  # after Userpilot refused bulk for the key: real-time only this long
 SLOTS_AHEAD = 3  # slots a job's call may find reserved ahead of it (sizes its lease)
+MARK_UPDATES = 1_000  # a completed job's updates marked delivered per transaction, about
 _REMEMBERED = 1000  # per-job counters kept at most (jobs that ended elsewhere drop out)
 
 
@@ -547,19 +548,36 @@ class BulkDriver:
         return poll
 
     async def _complete(self, job: BulkJob, done: int | None, *, shortfall: str = "") -> None:
-        rows = await self._rows(job, refuse=False)
-        sent = {row.company_id: row.sent_versions for row in rows}
+        """Mark the job delivered a chunk of companies at a time (each chunk one short
+        transaction with the versions it sent: ingest never waits behind the whole job),
+        then end it."""
+        delivered = updates = 0
+        companies = await self.store.jobs.companies(job.id)
+        for chunk in read_chunks(companies, MARK_UPDATES):
+            merged = JobMerge()
+            merged.add(await self.store.jobs.rows(job.id, chunk))
+            rows = merged.rows
+            if not await self.store.jobs.delivered_part(
+                job,
+                owner=self.owner,
+                companies=chunk,
+                sent_versions={row.company_id: row.sent_versions for row in rows},
+                completed_rows=done,
+            ):
+                return  # another replica drives the job now
+            delivered += len(rows)
+            updates += sum(row.updates for row in rows)
+            await asyncio.sleep(0)
         if not await self.store.jobs.completed(
-            job, owner=self.owner, sent_versions=sent, completed_rows=done
+            job, owner=self.owner, sent_versions={}, completed_rows=done
         ):
             return
         if shortfall:
             await self.store.jobs.shortfall(job, shortfall)
         BULK_JOBS.labels(outcome="completed").inc()
-        BULK_ROWS.labels(outcome="delivered").inc(len(rows))
-        updates = sum(row.updates for row in rows)
+        BULK_ROWS.labels(outcome="delivered").inc(delivered)
         DELIVERIES.labels(outcome="delivered").inc(updates)
-        UPDATES_MERGED.inc(max(0, updates - len(rows)))
+        UPDATES_MERGED.inc(max(0, updates - delivered))
         if done is not None and done < job.rows:
             log.warning(
                 "Userpilot completed a bulk job with fewer rows done than sent",

@@ -37,11 +37,14 @@ CANCEL_ERASED = (
     "DELETE FROM deliveries WHERE company_id = :company AND status IN ('queued', 'delivering') "
     "AND job_id IS NULL"
 )
-# A crashed holder's lease puts its updates back in line once it expires.
+# A crashed holder's lease puts its updates back in line once it expires. Through the index
+# of leased rows (`COALESCE` keeps the planner off the status index: a running bulk job holds
+# many rows `delivering` without a lease, and every claim would walk them).
 EXPIRE_LEASES = """
     UPDATE deliveries SET status = 'queued', lease_owner = NULL, lease_until = NULL
     WHERE seq IN (
-        SELECT seq FROM deliveries WHERE status = 'delivering' AND lease_until < {now}
+        SELECT seq FROM deliveries
+        WHERE lease_until < {now} AND COALESCE(status, '') = 'delivering'
         FOR UPDATE SKIP LOCKED)
 """
 # What makes a company busy: a live delivery, or updates waiting out a backoff.

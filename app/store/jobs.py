@@ -2,13 +2,14 @@
 outcome), and the ways out of doubt (Userpilot's job list) or of a job that never ends (an
 operator's abandon).
 
-A job is recorded, with its deliveries moved into it, in one transaction before it is
-submitted; at most one job is running or leased at a time across every replica (PostgreSQL:
-under `LOCK_JOBS`), and a company in a job is in flight: no claim and no other job takes it
-until the job ends. A job's deliveries are `delivering` under the lease owner `job:<id>` with
-no `lease_until` (so `claims.EXPIRE_LEASES` never hands them back): the job row's own lease,
-renewed at every poll, says which replica drives it, and any replica takes over a job whose
-lease ran out.
+A job is recorded, with its deliveries moved into it, before it is submitted: a chunk of about
+`PACK_CHUNK` updates per short transaction (a completed job is marked delivered the same way,
+`delivered_part`). At most one job is running or leased at a time across every replica
+(PostgreSQL: under `LOCK_JOBS`), and a company in a job is in flight: no claim and no other job
+takes it until the job ends. A job's deliveries are `delivering` under the lease owner
+`job:<id>` with no `lease_until` (so `claims.EXPIRE_LEASES` never hands them back): the job
+row's own lease, renewed at every poll, says which replica drives it, and any replica takes
+over a job whose lease ran out.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ JOB_COLUMNS = (
 )
 
 # PostgreSQL: one replica at a time decides which job runs (`LOCK_JOBS`); packing also holds the
-# claims' lock exclusively (see `queries.LOCK_CLAIMS`).
+# claims' lock exclusively (see `claims.LOCK_CLAIMS`).
 LOCK_JOBS = "{lock_jobs}"
 LOCK_PACK = "{lock_pack}"
 
@@ -68,14 +69,15 @@ QUEUED_COMPANIES = """
 # and nothing of the company in flight.
 PACK_PICK = """
     WITH waiting AS (
-        SELECT company_id, min(seq) AS first_seq, max(seq) AS last_seq FROM deliveries
+        SELECT company_id, min(seq) AS first_seq, max(seq) AS last_seq, count(*) AS queued
+        FROM deliveries
         WHERE status = 'queued'
         GROUP BY company_id
         HAVING max(CASE WHEN realtime_only = 1 OR next_attempt_at > {now}
             OR enqueued_at > {now} - :settle
             OR (batch_id IS NULL AND enqueued_at > {now} - :fresh) THEN 1 ELSE 0 END) = 0
     )
-    SELECT w.company_id, w.last_seq FROM waiting w
+    SELECT w.company_id, w.last_seq, w.queued FROM waiting w
     WHERE NOT EXISTS (
         SELECT 1 FROM deliveries b WHERE b.company_id = w.company_id AND b.status = 'delivering')
     ORDER BY w.first_seq LIMIT :rows
@@ -92,6 +94,32 @@ PACK_ASSIGN = """
                 AND seq <= :last_seq AND realtime_only = 0) ranked
         WHERE n <= :max_merge)
 """
+# The pick is read outside the packing transactions, which take its companies a chunk at a
+# time (`pack_chunk`): each chunk leaves out the companies that went in flight or into a
+# backoff since (`COALESCE`: through the companies' index, whatever the status statistics say).
+BUSY_OF = """
+    SELECT DISTINCT company_id FROM deliveries
+    WHERE company_id = ANY(:companies) AND (COALESCE(status, '') = 'delivering'
+        OR (COALESCE(status, '') = 'queued' AND attempts > 0 AND next_attempt_at > {now}))
+"""
+JOB_COMPANIES_IN = """
+    SELECT count(DISTINCT company_id) FROM deliveries
+    WHERE company_id = ANY(:companies) AND COALESCE(job_id, '') = :job
+        AND COALESCE(status, '') = 'delivering'
+"""
+# A later chunk joins only a job still being packed by this replica (not taken, not abandoned).
+JOB_PACKING = """
+    SELECT 1 FROM bulk_jobs WHERE id = :id AND owner = :owner AND status = 'waiting'
+        AND submitted_at IS NULL AND uncertain_at IS NULL FOR UPDATE
+"""
+JOB_GREW = """
+    UPDATE bulk_jobs SET total_rows = total_rows + :rows, updates = updates + :updates,
+        lease_until = {now} + :lease, updated_at = {now}
+    WHERE id = :id AND owner = :owner AND status = 'waiting'
+"""
+# After a pack or a completion moved many rows between statuses (PostgreSQL: the planner's
+# statistics would otherwise think no row, or every row, is in flight until autovacuum runs).
+ANALYZE_DELIVERIES = "{analyze_deliveries}"
 INSERT_JOB = """
     INSERT INTO bulk_jobs (id, parent_id, status, total_rows, updates, owner, lease_until,
         next_attempt_at, created_at, updated_at, uncertain_at)
@@ -174,6 +202,17 @@ JOB_DELIVERED = """
         last_request_id = (SELECT request_id FROM bulk_jobs WHERE id = :job),
         last_error = NULL, lease_owner = NULL, lease_until = NULL
     WHERE job_id = :job AND status = 'delivering'
+"""
+# A completed job is marked delivered a chunk of its companies at a time (`delivered_part`),
+# each chunk with the versions and digests it sent, while the job is still the holder's.
+JOB_HELD = f"SELECT 1 FROM bulk_jobs{_OWNED} FOR UPDATE"
+JOB_PART_DELIVERED = """
+    UPDATE deliveries SET status = 'delivered', delivered_at = {now}, updated_at = {now},
+        last_status = (SELECT accepted_status FROM bulk_jobs WHERE id = :job),
+        last_request_id = (SELECT request_id FROM bulk_jobs WHERE id = :job),
+        last_error = NULL, lease_owner = NULL, lease_until = NULL
+    WHERE company_id = ANY(:companies) AND COALESCE(job_id, '') = :job
+        AND COALESCE(status, '') = 'delivering'
 """
 # A part of a failed job goes to a smaller job ...
 JOB_MOVE_ROWS = """
@@ -307,53 +346,106 @@ def waiting_companies(limit: int) -> Plan[int]:
     return int(queued[0] if queued else 0) + int((staged[0] if staged else 0) or 0)
 
 
-def pack(
+PACK_CHUNK = 1_000  # queued updates put into a job per transaction (each one short)
+
+
+def pick(*, max_rows: int, settle: float, fresh: float) -> Plan[list[tuple[str, int, int]]]:
+    """The companies a job may take now, oldest first (at most `max_rows`), each with its
+    newest queued update's seq and how many are queued; nothing while a job is unfinished.
+    Only read: the packing transactions check each chunk again (`pack_chunk`)."""
+    if (yield Statement(ACTIVE_JOBS)).rows:
+        return []
+    params = {"rows": max_rows, "settle": settle, "fresh": fresh}
+    picked = (yield Statement(PACK_PICK, params)).rows
+    return [(str(c), int(last), int(queued)) for c, last, queued in picked]
+
+
+def pack_chunks(
+    picked: Sequence[tuple[str, int, int]], limit: int | None = None
+) -> list[list[tuple[str, int, int]]]:
+    """The picked companies in chunks of about `limit` (`PACK_CHUNK`) queued updates (a
+    company is never split; one over the limit is a chunk of its own)."""
+    limit = PACK_CHUNK if limit is None else limit
+    chunks: list[list[tuple[str, int, int]]] = []
+    current: list[tuple[str, int, int]] = []
+    size = 0
+    for entry in picked:
+        if current and size + entry[2] > limit:
+            chunks.append(current)
+            current, size = [], 0
+        current.append(entry)
+        size += entry[2]
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def pack_chunk(
     *,
     job_id: str,
     owner: str,
     lease: float,
-    max_rows: int,
+    chunk: Sequence[tuple[str, int, int]],
     max_merge: int,
-    settle: float,
-    fresh: float,
+    first: bool,
 ) -> Plan[BulkJob | None]:
-    """Record a job of the oldest waiting companies (at most `max_rows`), leased to `owner`.
-
-    None when a job is unfinished already, or no company may ride one now.
-    """
-    yield Statement(LOCK_JOBS)
-    if (yield Statement(ACTIVE_JOBS)).rows:
+    """Put a chunk of picked companies into the job, in one short transaction: the first
+    chunk records the job (None when a job is unfinished already), a later one joins it only
+    while this replica still packs it (None otherwise). A company that went in flight or into
+    a backoff since the pick stays out; so do updates stored since (`last_seq`)."""
+    if first:
+        yield Statement(LOCK_JOBS)
+        if (yield Statement(ACTIVE_JOBS)).rows:
+            return None
+    elif (yield Statement(JOB_PACKING, {"id": job_id, "owner": owner})).one() is None:
         return None
     yield Statement(LOCK_PACK)
-    params = {"rows": max_rows, "settle": settle, "fresh": fresh}
-    picked = (yield Statement(PACK_PICK, params)).rows
-    if not picked:
-        return None
-    companies = [r[0] for r in picked]
-    assigned = yield Statement(
-        PACK_ASSIGN,
-        {
-            "job": job_id,
-            "token": job_token(job_id),
-            "companies": companies,
-            "last_seq": max(int(r[1]) for r in picked),
-            "max_merge": max_merge,
-        },
-    )
-    yield Statement(
-        INSERT_JOB,
-        {
-            "id": job_id,
-            "parent": None,
-            "rows": len(companies),
-            "updates": assigned.rowcount,
-            "owner": owner,
-            "leased": 1,
-            "lease": lease,
-            "uncertain_at": None,
-        },
-    )
+    names = [c[0] for c in chunk]
+    busy = {str(r[0]) for r in (yield Statement(BUSY_OF, {"companies": names})).rows}
+    companies = [c for c in chunk if c[0] not in busy]
+    updates = 0
+    taken = 0
+    if companies:
+        assigned = yield Statement(
+            PACK_ASSIGN,
+            {
+                "job": job_id,
+                "token": job_token(job_id),
+                "companies": [c[0] for c in companies],
+                "last_seq": max(c[1] for c in companies),
+                "max_merge": max_merge,
+            },
+        )
+        updates = assigned.rowcount
+        if updates:
+            params = {"job": job_id, "companies": [c[0] for c in companies]}
+            row = (yield Statement(JOB_COMPANIES_IN, params)).one()
+            taken = int(row[0]) if row else 0
+    if first:
+        if not taken:
+            return None
+        yield Statement(
+            INSERT_JOB,
+            {
+                "id": job_id,
+                "parent": None,
+                "rows": taken,
+                "updates": updates,
+                "owner": owner,
+                "leased": 1,
+                "lease": lease,
+                "uncertain_at": None,
+            },
+        )
+    elif taken:
+        grew: dict[str, object] = {"id": job_id, "owner": owner, "rows": taken}
+        yield Statement(JOB_GREW, {**grew, "updates": updates, "lease": lease})
     return (yield from _job(job_id))
+
+
+def analyze() -> Plan[None]:
+    """Fresh planner statistics for the deliveries (PostgreSQL; nothing on SQLite)."""
+    yield Statement(ANALYZE_DELIVERIES)
 
 
 def expand_for_job(max_rows: int) -> Plan[bool]:
@@ -522,6 +614,35 @@ def completed(
     return True
 
 
+def delivered_part(
+    job: BulkJob,
+    owner: str,
+    companies: Sequence[str],
+    sent_versions: Mapping[str, Mapping[str, int]],
+    completed_rows: int | None,
+) -> Plan[bool]:
+    """A chunk of a completed job's companies delivered, in one short transaction with the
+    property versions and digests their rows sent; only while `owner` holds the job (False
+    otherwise: nothing changes). A crash between chunks leaves the rest `delivering` in the
+    job, which whoever drives it next completes; versions only ever rise, so none is lost
+    and none applied twice."""
+    if (yield Statement(JOB_HELD, _owned(job, owner, job.status))).one() is None:
+        return False
+    params = {"job": job.id, "companies": list(companies)}
+    yield Statement(JOB_PART_DELIVERED, params)
+    versions = [  # one lock order, whoever else writes these rows
+        {"company": company, "key": key, "seq": keys[key]}
+        for company, keys in sorted(sent_versions.items())
+        for key in sorted(keys)
+    ]
+    if versions:
+        yield Statement(delivered.SENT_VERSION, versions, many=True)
+    yield from delivered.record_delivered_job(
+        job, sent_versions, completed_rows
+    )  # for reconciliations
+    return True
+
+
 def split(
     job: BulkJob,
     owner: str,
@@ -664,16 +785,54 @@ class Jobs(StorePart):
         for _ in range(EXPANSIONS_PER_JOB):  # the oldest waiting may sit in a batch
             if not await self._write(lambda: expand_for_job(max_rows)):
                 break
+        picked = await self._read(
+            lambda: pick(max_rows=max_rows, settle=settle_seconds, fresh=fresh_seconds),
+            snapshot=True,
+        )
+        job: BulkJob | None = None
+        for chunk in pack_chunks(picked):  # short transactions: ingest keeps its pace
+            packed = await self.pack_chunk(
+                job_id=job_id,
+                owner=owner,
+                lease_seconds=lease_seconds,
+                chunk=chunk,
+                max_merge=max_merge,
+                first=job is None,
+            )
+            if packed is None and job is not None:
+                break  # taken over or abandoned meanwhile: the job is what it holds
+            job = packed or job
+        if job is not None:
+            await self._write(analyze, atomic=False)
+            job = await self.get(job_id)
+        return job
+
+    async def pack_chunk(
+        self,
+        *,
+        job_id: str,
+        owner: str,
+        lease_seconds: float,
+        chunk: Sequence[tuple[str, int, int]],
+        max_merge: int,
+        first: bool,
+    ) -> BulkJob | None:
+        """Put a chunk of picked companies (`pick`: company, newest seq, queued count) into
+        job `job_id` in one short transaction: the `first` chunk records the job, a later one
+        joins it only while `owner` still packs it. None when it could not (a job unfinished
+        already, or this one taken over or abandoned) or, for the first, took no company."""
+        # Not durable: a chunk lost in a power cut leaves its updates queued; the upload's own
+        # durable write (`uploading`) comes first and makes every chunk durable.
         return await self._write(
-            lambda: pack(
+            lambda: pack_chunk(
                 job_id=job_id,
                 owner=owner,
                 lease=lease_seconds,
-                max_rows=max_rows,
+                chunk=chunk,
                 max_merge=max_merge,
-                settle=settle_seconds,
-                fresh=fresh_seconds,
-            )
+                first=first,
+            ),
+            durable=False,
         )
 
     async def take(self, *, owner: str, lease_seconds: float) -> BulkJob | None:
@@ -769,8 +928,25 @@ class Jobs(StorePart):
         `completed_rows` as Userpilot last reported it."""
         done = await self._write(lambda: completed(job, owner, sent_versions, completed_rows))
         if done:
+            await self._write(analyze, atomic=False)
             self._work_committed()  # updates that waited behind the job may go now
         return done
+
+    async def delivered_part(
+        self,
+        job: BulkJob,
+        *,
+        owner: str,
+        companies: Sequence[str],
+        sent_versions: Mapping[str, Mapping[str, int]],
+        completed_rows: int | None = None,
+    ) -> bool:
+        """Userpilot completed the job: the deliveries of `companies` (a chunk of the job's)
+        are delivered, with the versions they sent, in one short transaction; False (nothing
+        changed) when `owner` no longer holds the job. `completed` then ends the job."""
+        return await self._write(
+            lambda: delivered_part(job, owner, companies, sent_versions, completed_rows)
+        )
 
     async def split(
         self,

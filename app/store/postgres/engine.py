@@ -79,6 +79,7 @@ POSTGRES = Dialect(
         "lock_claims": f"SELECT pg_advisory_xact_lock_shared({JOB_LOCKS}, 1)",
         "lock_jobs": f"SELECT pg_advisory_xact_lock({JOB_LOCKS}, 0)",
         "lock_pack": f"SELECT pg_advisory_xact_lock({JOB_LOCKS}, 1)",
+        "analyze_deliveries": "ANALYZE deliveries",
         "overriding": "OVERRIDING SYSTEM VALUE",
         "stamp_pairs": "(SELECT split_part(p, chr(31), 1) AS company_id, "
         "split_part(p, chr(31), 2) AS key FROM unnest(CAST(:pairs AS text[])) AS p) AS pairs",

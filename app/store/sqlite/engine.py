@@ -42,6 +42,7 @@ SQLITE = Dialect(
         "lock_claims": "",
         "lock_jobs": "",
         "lock_pack": "",
+        "analyze_deliveries": "",
         "overriding": "",
         "stamp_pairs": "(SELECT substr(value, 1, instr(value, char(31)) - 1) AS company_id, "
         "substr(value, instr(value, char(31)) + 1) AS key FROM json_each(:pairs)) AS pairs",
