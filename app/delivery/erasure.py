@@ -8,9 +8,10 @@ then checkpoints the SQLite WAL. Purged erasures' companies go to Userpilot's
 `RELAY_ERASURE_REQUEST_INTERVAL_SECONDS` across replicas (the store's pacing row, apart from
 the identify budget). 429, 5xx and no answer back off and retry; a 400 to a request of several
 erasures sends each of them alone, so one bad erasure does not fail the others; any other
-refusal fails the erasures with the reason. Suppression (from the erasure's commit) and the purge before the
-delete mean no identify of an erased company reaches Userpilot after its delete. Logs name the
-erasure and counts, never a company id. docs/erasure.md says it for operators.
+refusal fails the erasures with the reason. Suppression (from the erasure's commit) and the
+purge before the delete mean no identify of an erased company reaches Userpilot after its
+delete. Logs name the erasure and counts, never a company id. docs/erasure.md says it for
+operators.
 """
 
 from __future__ import annotations
