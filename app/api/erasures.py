@@ -7,11 +7,13 @@ import logging
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Response
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic_core import PydanticCustomError
 
 from app.api.companies import AUTH_ERRORS, _error
 from app.api.deps import AdminCaller, AnyCaller, StoreDep
 from app.domain.errors import NotFound
+from app.domain.rules import MAX_COMPANY_ID, company_id_problem
 from app.store.erasures import Erasure
 
 log = logging.getLogger("userpilot_relay.erasure")
@@ -19,11 +21,26 @@ log = logging.getLogger("userpilot_relay.erasure")
 router = APIRouter(tags=["erasure"])
 
 MAX_COMPANIES = 10_000
-MAX_ID = 1024  # the longest company id an erasure or a suppression lookup takes
+MAX_ID = 1024  # the longest company id a suppression lookup takes
 MAX_REASON = 500
 ERASURE_STATUSES = ("running", "completed", "failed")
 ErasureStatus = Literal["running", "completed", "failed"]
-CompanyId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID)]
+
+
+def usable_company_id(value: str) -> str:
+    """An id the relay itself takes (as on `POST /companies`): an erasure of an id no door
+    stores would only fail Userpilot's delete, with the other companies of its request."""
+    problem = company_id_problem(value)
+    if problem is not None:
+        raise PydanticCustomError("company_id", problem)
+    return value
+
+
+CompanyId = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=MAX_COMPANY_ID),
+    AfterValidator(usable_company_id),
+]
 
 
 class ErasureIn(BaseModel):

@@ -28,7 +28,7 @@ from app.console.web import (
     router,
     store_of,
 )
-from app.domain.rules import has_control
+from app.domain.rules import company_id_problem, has_control
 
 log = logging.getLogger("userpilot_relay.erasure")
 
@@ -51,11 +51,17 @@ class ErasureForm:
 
 def read_erasure_form(fields: dict[str, str]) -> ErasureForm:
     """The ids (one a line, blank lines ignored, duplicates once) and the reason, checked with
-    the rules of `POST /erasures`: 1 to 10,000 ids of at most 1,024 characters, a reason of 1 to
-    500 characters."""
+    the rules of `POST /erasures`: 1 to 10,000 ids each as `POST /companies` takes it (not
+    blank, at most 255 characters, no control character), a reason of 1 to 500 characters.
+
+    Each id is kept as typed but for its line ending: an id with surrounding spaces is an id
+    the relay takes (and stores) as it is, so erasing it must not erase another one. Lines are
+    split on LF alone (CR LF from a browser too), never on the other characters `splitlines`
+    takes for line breaks."""
     ids_text = fields.get("company_ids", "")
     reason = fields.get("reason", "").strip()
-    ids = list(dict.fromkeys(line.strip() for line in ids_text.splitlines() if line.strip()))
+    lines = (line.removesuffix("\r") for line in ids_text.split("\n"))
+    ids = list(dict.fromkeys(line for line in lines if line.strip()))
 
     def checked() -> str | None:
         if not ids:
@@ -65,9 +71,10 @@ def read_erasure_form(fields: dict[str, str]) -> ErasureForm:
                 f"At most {MAX_COMPANIES:,} companies an erasure: this form has {len(ids):,}. "
                 "Split them into several erasures."
             )
-        long = next((n for n, c in enumerate(ids, 1) if len(c) > MAX_ID), None)
-        if long is not None:
-            return f"Company id number {long} is longer than {MAX_ID:,} characters."
+        for number, company_id in enumerate(ids, 1):
+            problem = company_id_problem(company_id)
+            if problem is not None:
+                return f"Company id number {number} {problem}."
         if not reason:
             return "Enter a reason: it is kept in the audit trail."
         if len(reason) > MAX_REASON:

@@ -6,10 +6,12 @@ which waits while any of them is in flight: a real-time call leased, a bulk job 
 then checkpoints the SQLite WAL. Purged erasures' companies go to Userpilot's
 `DELETE /v1/companies` together, at most `MAX_IDS` a request and one request per
 `RELAY_ERASURE_REQUEST_INTERVAL_SECONDS` across replicas (the store's pacing row, apart from
-the identify budget). 429, 5xx and no answer back off and retry; any other refusal fails the
-erasures with the reason. Suppression (from the erasure's commit) and the purge before the
-delete mean no identify of an erased company reaches Userpilot after its delete. Logs name the
-erasure and counts, never a company id. docs/erasure.md says it for operators.
+the identify budget). 429, 5xx and no answer back off and retry; a 400 to a request of several
+erasures sends each of them alone, so one bad erasure does not fail the others; any other
+refusal fails the erasures with the reason. Suppression (from the erasure's commit) and the
+purge before the delete mean no identify of an erased company reaches Userpilot after its
+delete. Logs name the erasure and counts, never a company id. docs/erasure.md says it for
+operators.
 """
 
 from __future__ import annotations
@@ -166,6 +168,18 @@ class ErasureDriver:
             )
             return []
         ERASURE_REQUESTS.labels(result="refused").inc()
+        if status == 400 and len(involved) > 1:
+            # One bad erasure must not fail the others of its request: each alone, then only
+            # those Userpilot refuses on their own fail.
+            log.warning(
+                "Userpilot refused a delete of several erasures: sending each alone",
+                extra={"erasures": len(involved), "request_id": result.request_id},
+            )
+            for erasure_id in involved:
+                alone = [erasure_id]
+                while alone:
+                    alone = await self._send(alone)
+            return []
         reason = f"{error}: {result.error}" if result.error else error
         failed = await self.store.erasures.fail(
             involved, error=reason[:500], status=status, request_id=result.request_id

@@ -29,7 +29,7 @@ from app.store.deliveries import enqueue_batch
 from app.store.part import StorePart
 from app.store.rows import encode_batch, new_ids
 from app.store.sql import Plan, Row, Statement, filtered
-from app.store.webhooks import LINK_CUSTOMER
+from app.store.webhooks import LINK_CUSTOMER, link_rows
 
 BackfillStatus = Literal["running", "completed", "failed"]
 Mode = Literal["full", "reconcile"]
@@ -292,10 +292,8 @@ def _commit_page(
     held = (yield Statement(LOCK_PAGE, {"id": backfill_id, "owner": owner})).one()
     if held is None or int(held[0]) != page.number - 1:
         raise LostBackfill(backfill_id)
-    if page.links:
-        latest = dict(page.links)
-        rows = [{"customer": c, "company": latest[c]} for c in sorted(latest)]
-        yield Statement(LINK_CUSTOMER, rows, many=True)
+    if page.links:  # never a link to an erased company (`LINK_CUSTOMER` checks)
+        yield Statement(LINK_CUSTOMER, link_rows(page.links), many=True)
     if page.customers:
         taken = [
             {"id": backfill_id, "customer": c, "live": 1 if live else 0}

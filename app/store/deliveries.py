@@ -29,7 +29,7 @@ from app.domain.models import (
     UpstreamAnswer,
 )
 from app.domain.rules import REFUSED, parse_ascii_int
-from app.store import delivered
+from app.store import delivered, webhooks
 from app.store.claims import BATCHES_WAITING, expand_rows
 from app.store.jobs import prune_jobs
 from app.store.part import StorePart
@@ -615,7 +615,8 @@ class Deliveries(StorePart):
     async def prune(self, *, delivered_before: float, retention: Retention | None = None) -> int:
         """Delete delivered updates older than the retention period; answer how many. With
         `retention`, also dead letters, parked events, finished jobs and backfills, value
-        digests and source times of companies not seen for long (docs/settings.md).
+        digests, source times and Stripe customer links of companies not seen for long
+        (docs/settings.md).
 
         In short transactions of their own, so pruning never holds up the queue."""
         total = 0
@@ -627,6 +628,7 @@ class Deliveries(StorePart):
             await self._write(lambda: prune_kept(retention, now))
             values_before = now - retention.values
             await self._write(lambda: delivered.prune(values_before))
+            await self._write(lambda: webhooks.prune_links(values_before))
         while True:
             n = await self._write(lambda: prune_delivered(delivered_before))
             total += n

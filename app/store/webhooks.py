@@ -13,12 +13,16 @@ from collections.abc import Sequence
 
 import orjson
 
+from app.domain.digest import company_digest
 from app.store.part import StorePart
 from app.store.sql import Plan, Statement
 
+# An erased company is never linked again (its suppression, checked in the same statement):
+# a Stripe event, lookup or backfill page naming it stores no trace of it.
 LINK_CUSTOMER = """
     INSERT INTO customer_links (customer_id, company_id, updated_at)
-    VALUES (:customer, :company, {now})
+    SELECT :customer, :company, {now}
+    WHERE NOT EXISTS (SELECT 1 FROM suppressions WHERE digest = :digest)
     ON CONFLICT (customer_id) DO UPDATE SET
         company_id = excluded.company_id, updated_at = excluded.updated_at
 """
@@ -39,6 +43,8 @@ COUNT_PARKED = "SELECT count(*) FROM parked_events"
 
 LINKED_CUSTOMERS = "SELECT customer_id FROM customer_links WHERE company_id = ANY(:ids)"
 FORGET_LINKS = "DELETE FROM customer_links WHERE company_id = ANY(:ids)"
+# Retention: links not written (by an event, a lookup or a backfill) since `:before`.
+PRUNE_LINKS = "DELETE FROM customer_links WHERE updated_at < :before"
 FORGET_TAKEN = "DELETE FROM backfill_customers WHERE customer_id = ANY(:customers)"
 PARKED_PAYLOADS = "SELECT source, key, payload FROM parked_events FOR UPDATE"
 
@@ -57,11 +63,25 @@ def forget(company_ids: Sequence[str]) -> Plan[None]:
         yield Statement(FORGET_TAKEN, {"customers": customers})
 
 
+def link_rows(links: Sequence[tuple[str, str]]) -> list[dict[str, str]]:
+    """The parameters of `LINK_CUSTOMER`: one row per customer (the last link given wins), in
+    one lock order, each with its company's digest (the suppression check)."""
+    latest = dict(links)
+    return [
+        {"customer": c, "company": latest[c], "digest": company_digest(latest[c])}
+        for c in sorted(latest)
+    ]
+
+
 def link_customers(links: Sequence[tuple[str, str]]) -> Plan[None]:
-    latest = dict(links)  # one row per customer: the last link given wins
-    if latest:
-        rows = [{"customer": c, "company": latest[c]} for c in sorted(latest)]  # one lock order
+    rows = link_rows(links)
+    if rows:
         yield Statement(LINK_CUSTOMER, rows, many=True)
+
+
+def prune_links(before: float) -> Plan[int]:
+    """Forget the links not written since `before` (the value digests' retention)."""
+    return int((yield Statement(PRUNE_LINKS, {"before": before})).rowcount)
 
 
 def company_for_customer(customer_id: str) -> Plan[str | None]:

@@ -180,6 +180,12 @@ def test_erasure_routes_refuse_ingest_keys_and_bad_input(
                 json={"company_ids": [str(i) for i in range(10_001)], "reason": "r"},
             )
             assert r.status_code == 422
+            # Ids the relay itself refuses at ingest: named by their place in the list.
+            for bad in ["a\x00b", " ", "", "x" * 256]:
+                body = {"company_ids": ["fine", bad], "reason": "r"}
+                r = await relay.post("/erasures", key=ADMIN_KEY, json=body)
+                assert r.status_code == 422, (bad, r.text)
+                assert [e["field"] for e in r.json()["errors"]] == ["company_ids[1]"]
             r = await relay.get("/erasures/er_nope", key=ADMIN_KEY)
             assert r.status_code == 404
             r = await relay.get("/erasures", key=INGEST_KEY)
@@ -195,6 +201,8 @@ def test_erasure_routes_refuse_ingest_keys_and_bad_input(
             )
             assert [e["id"] for e in rest.json()["items"]] == made[:1]
             assert rest.json()["next_cursor"] is None
+            # An id with surrounding spaces is an id the relay takes: erased as given.
+            assert (await erase(relay, [" spaced "]))["companies"] == 1
 
     run(main())
 
@@ -212,6 +220,29 @@ def test_a_permanent_refusal_fails_the_erasure_with_the_reason(
     done = run(main())
     assert done["status"] == "failed"
     assert "403" in done["last_error"]
+
+
+def test_a_400_to_several_erasures_sends_each_alone_before_failing_it(
+    database_url: str, sim: SimulatorProcess
+) -> None:
+    # The request of both, then the first alone, are refused; the second alone is accepted.
+    sim.add_fault(action="status", status=400, path="/v1/companies", method="DELETE", times=2)
+
+    async def main() -> tuple[dict[str, Any], dict[str, Any]]:
+        store = open_store(database_url)
+        await store.open()
+        try:  # both recorded before the driver starts: it sends them in one request
+            first = await store.erasures.create(["bad-co"], reason="r", by="t")
+            second = await store.erasures.create(["good-co"], reason="r", by="t")
+        finally:
+            await store.close()
+        async with relay_on(database_url, sim) as relay:
+            return await finished(relay, first.id), await finished(relay, second.id)
+
+    failed, completed = run(main())
+    assert failed["status"] == "failed" and "400" in failed["last_error"]
+    assert completed["status"] == "completed" and completed["erased"] == 1
+    assert [d["company_ids"] for d in sim.deletions()] == [["good-co"]]
 
 
 def test_429_and_5xx_are_retried(sqlite_url: str, sim: SimulatorProcess) -> None:

@@ -9,14 +9,21 @@ from typing import Any
 import orjson
 
 from app.simulator.process import SimulatorProcess
+from app.store.backfills import Page
+from app.store.deliveries import Retention
+from app.store.sql import Plan, Statement
+from app.store.store import open_store
 from tests.inprocess import InProcessRelay, eventually, run
 from tests.relay import ADMIN_KEY
+from tests.stripe_stub import StripeStub
 from tests.webhook_helpers import (
     customer_event,
     hs_change,
     hubspot_relay,
+    resolver,
     stripe_headers,
     stripe_relay,
+    subscription_event,
     v3_headers,
 )
 
@@ -100,5 +107,92 @@ def test_source_deletions_are_ignored_by_default(database_url: str, sim: Simulat
             await post_hubspot(relay, [deletion])
             r = await relay.get("/suppressions/hs-78")
             assert r.json()["suppressed"] is False
+
+    run(main())
+
+
+async def links(store: Any) -> list[tuple[str, str]]:
+    def plan() -> Plan[list[tuple[str, str]]]:
+        rows = (yield Statement("SELECT customer_id, company_id FROM customer_links")).rows
+        return sorted((str(c), str(co)) for c, co in rows)
+
+    found: list[tuple[str, str]] = await store.engine.read(plan)
+    return found
+
+
+def test_an_erased_company_is_never_linked_again_nor_its_events_kept(
+    database_url: str, sim: SimulatorProcess
+) -> None:
+    """A Stripe customer event naming an erased company, and a subscription event whose
+    customer a lookup finds standing for it, leave no link and no parked event."""
+    with StripeStub() as stub:
+        stub.customers["cus_2"] = {
+            "id": "cus_2",
+            "object": "customer",
+            "metadata": {"company_id": "acme-gone"},
+        }
+        options = {
+            "stripe_api_key": "sk_test_relay_51",
+            "stripe_api_base": stub.url,
+            "stripe_unresolved_retry_seconds": 3600,
+        }
+
+        async def main() -> None:
+            async with stripe_relay(database_url, sim.url, **options) as relay:
+                r = await relay.post(
+                    "/erasures", key=ADMIN_KEY, json={"company_ids": ["acme-gone"], "reason": "r"}
+                )
+                assert r.status_code == 202
+                body = orjson.dumps(customer_event("evt_g1", "cus_1", "acme-gone"))
+                r = await relay.post(
+                    "/webhooks/stripe", content=body, headers=stripe_headers(body), key=None
+                )
+                assert r.status_code == 200 and r.json()["accepted"] == 0, r.text
+                await post_stripe(relay, subscription_event("evt_g2", "cus_2"))
+                await resolver(relay).run_once()
+                assert await relay.store.webhooks.count_parked() == 0
+                assert any(q["path"] == "/v1/customers/cus_2" for q in stub.requests)
+                assert await links(relay.store) == []
+                # A company not erased is linked as before.
+                await post_stripe(relay, customer_event("evt_g3", "cus_3", "acme-kept"))
+                assert await links(relay.store) == [("cus_3", "acme-kept")]
+
+        run(main())
+
+
+def test_the_store_never_links_a_suppressed_company_and_prunes_old_links(
+    database_url: str,
+) -> None:
+    """`link_customers` and a Stripe backfill page's links skip suppressed companies; the
+    links not written within the values retention are pruned."""
+
+    async def main() -> None:
+        store = open_store(database_url)
+        await store.open()
+        try:
+            await store.erasures.create(["gone-co"], reason="r", by="t")
+            await store.webhooks.link_customers([("cus_a", "gone-co"), ("cus_b", "kept-co")])
+            assert await links(store) == [("cus_b", "kept-co")]
+            backfill = await store.backfills.start(
+                source="stripe", mode="full", owner="o", lease=60
+            )
+            page = Page(
+                number=1,
+                cursor=None,
+                records=[],
+                read=2,
+                links=[("cus_c", "gone-co"), ("cus_d", "other-co")],
+            )
+            await store.backfills.commit_page(backfill.id, owner="o", page=page, lease=60)
+            assert await links(store) == [("cus_b", "kept-co"), ("cus_d", "other-co")]
+            # An existing link is not moved to a suppressed company either.
+            await store.webhooks.link_customers([("cus_b", "gone-co")])
+            assert await links(store) == [("cus_b", "kept-co"), ("cus_d", "other-co")]
+            await store.deliveries.prune(delivered_before=0, retention=Retention())
+            assert len(await links(store)) == 2
+            await store.deliveries.prune(delivered_before=0, retention=Retention(values=-60))
+            assert await links(store) == []
+        finally:
+            await store.close()
 
     run(main())
