@@ -9,7 +9,7 @@ to nothing there.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -35,6 +35,13 @@ IS_SUPPRESSED = "SELECT 1 FROM suppressions WHERE digest = :digest"
 # An erased company's queued updates, cancelled (the erasure's purge deletes the rest).
 CANCEL_ERASED = (
     "DELETE FROM deliveries WHERE company_id = :company AND status IN ('queued', 'delivering') "
+    "AND job_id IS NULL"
+)
+# Of these digests, the suppressed ones (bulk jobs and replays check a chunk of companies).
+SUPPRESSED_DIGESTS = "SELECT digest FROM suppressions WHERE digest = ANY(:digests)"
+# The erased companies' queued updates, cancelled before a bulk job packs them.
+CANCEL_ERASED_QUEUED = (
+    "DELETE FROM deliveries WHERE company_id = ANY(:companies) AND status = 'queued' "
     "AND job_id IS NULL"
 )
 # A crashed holder's lease puts its updates back in line once it expires. Through the index
@@ -183,6 +190,15 @@ CANDIDATES = 64  # ready updates a pick looks through for a free company
 CLAIM_TRIES = 3  # companies a claim tries when others take them first
 EXPANSIONS_PER_CLAIM = 4
 MAX_SINGLE_EXPANSIONS = 16  # chunks expanded at most per claim to put a single update first
+
+
+def erased_of(company_ids: Sequence[str]) -> Plan[set[str]]:
+    """Which of these companies are suppressed (erased), matched by digest."""
+    if not company_ids:
+        return set()
+    digests = {company_digest(c): c for c in company_ids}
+    found = (yield Statement(SUPPRESSED_DIGESTS, {"digests": sorted(digests)})).rows
+    return {digests[str(r[0])] for r in found if str(r[0]) in digests}
 
 
 def expand(*, before_seq: int | None) -> Plan[bool]:

@@ -16,7 +16,13 @@ from typing import Any
 import orjson
 
 from app.domain.digest import company_digest
-from app.domain.errors import IdempotencyConflict, NotDead, NothingStored, StoreUnavailable
+from app.domain.errors import (
+    CompanyErased,
+    IdempotencyConflict,
+    NotDead,
+    NothingStored,
+    StoreUnavailable,
+)
 from app.domain.models import (
     STATUSES,
     Batch,
@@ -30,7 +36,7 @@ from app.domain.models import (
 )
 from app.domain.rules import REFUSED, parse_ascii_int
 from app.store import delivered, webhooks
-from app.store.claims import BATCHES_WAITING, expand_rows
+from app.store.claims import BATCHES_WAITING, erased_of, expand_rows
 from app.store.jobs import prune_jobs
 from app.store.part import StorePart
 from app.store.rows import (
@@ -102,7 +108,9 @@ STATUS_COUNTS = """
 """
 OLDEST_PENDING = "SELECT min(enqueued_at) FROM deliveries WHERE status IN ('queued', 'delivering')"
 # dead letters and retention ----------------------------------------------------------------
-DEAD_STATE = "SELECT status, last_error FROM deliveries WHERE id = :id FOR UPDATE"
+DEAD_STATE = "SELECT status, last_error, company_id FROM deliveries WHERE id = :id FOR UPDATE"
+# The companies of the dead letters a replay-all would queue (those erased stay dead).
+DEAD_COMPANIES = "SELECT DISTINCT company_id FROM deliveries WHERE status = 'dead'"
 _REQUEUE = """
     UPDATE deliveries SET status = 'queued', next_attempt_at = {now}, enqueued_at = {now},
         updated_at = {now}, attempts = 0, realtime_only = 0, via = NULL, job_id = NULL
@@ -421,14 +429,22 @@ def replay(delivery_id: str) -> Plan[Delivery | None]:
         raise NotDead(row[0])
     if (row[1] or "").startswith(REFUSED):
         raise NotDead("refused by the relay (it cannot be sent as stored): purge it")
+    if (yield from erased_of([str(row[2])])):
+        raise CompanyErased  # an erased company's update is never queued again
     updated = (yield Statement(REPLAY_ONE, {"id": delivery_id})).one()
     assert updated is not None
     return row_to_delivery(updated)
 
 
 def replay_dead(company_id: str | None) -> Plan[int]:
+    """Re-queue the dead letters (of one company), less those of erased companies."""
     sql, params = filtered(REPLAY_DEAD, company_id=company_id)
     params |= {"refused_len": len(REFUSED), "refused": REFUSED}
+    dead_sql, dead_params = filtered(DEAD_COMPANIES, company_id=company_id)
+    dead = [str(r[0]) for r in (yield Statement(dead_sql, dead_params)).rows]
+    erased = yield from erased_of(dead)
+    if erased:
+        sql, params = sql + " AND company_id <> ALL(:erased)", {**params, "erased": sorted(erased)}
     return (yield Statement(sql, params)).rowcount
 
 

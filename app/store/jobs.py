@@ -22,7 +22,13 @@ import orjson
 from app.domain.models import BulkJob, Claim, ClaimedUpdate, JobStatus, job_token
 from app.domain.rules import printable
 from app.store import delivered
-from app.store.claims import BATCHES_WAITING, EXPAND_CHUNK, expand
+from app.store.claims import (
+    BATCHES_WAITING,
+    CANCEL_ERASED_QUEUED,
+    EXPAND_CHUNK,
+    erased_of,
+    expand,
+)
 from app.store.part import StorePart
 from app.store.rows import new_job_id
 from app.store.sql import Plan, Row, Statement, filtered
@@ -136,6 +142,23 @@ JOB_ROWS = """
     WHERE company_id = ANY(:companies) AND COALESCE(job_id, '') = :job
         AND COALESCE(status, '') = 'delivering'
     ORDER BY seq
+"""
+# A company erased since the job was packed: its rows leave the job (never uploaded; the
+# erasure's purge, waiting while they are in flight, forgets the rest), and the job shrinks.
+JOB_ERASED_COUNTS = """
+    SELECT count(DISTINCT company_id), count(*) FROM deliveries
+    WHERE company_id = ANY(:companies) AND COALESCE(job_id, '') = :job
+        AND COALESCE(status, '') = 'delivering'
+"""
+JOB_DROP_ERASED = """
+    DELETE FROM deliveries
+    WHERE company_id = ANY(:companies) AND COALESCE(job_id, '') = :job
+        AND COALESCE(status, '') = 'delivering'
+"""
+JOB_SHRANK = """
+    UPDATE bulk_jobs SET total_rows = GREATEST(total_rows - :rows, 0),
+        updates = GREATEST(updates - :updates, 0), updated_at = {now}
+    WHERE id = :id
 """
 JOB_COMPANIES = """
     SELECT company_id, count(*) FROM deliveries WHERE job_id = :job AND status = 'delivering'
@@ -402,7 +425,12 @@ def pack_chunk(
     yield Statement(LOCK_PACK)
     names = [c[0] for c in chunk]
     busy = {str(r[0]) for r in (yield Statement(BUSY_OF, {"companies": names})).rows}
-    companies = [c for c in chunk if c[0] not in busy]
+    # An erased company never rides (suppressed since the pick, or since its batch was
+    # stored): its queued updates are cancelled, as a claim does (`claims.CANCEL_ERASED`).
+    erased = yield from erased_of(names)
+    if erased:
+        yield Statement(CANCEL_ERASED_QUEUED, {"companies": sorted(erased)})
+    companies = [c for c in chunk if c[0] not in busy and c[0] not in erased]
     updates = 0
     taken = 0
     if companies:
@@ -467,10 +495,13 @@ def companies(job_id: str) -> Plan[list[tuple[str, int]]]:
     return [(str(company_id), int(count)) for company_id, count in found]
 
 
-def rows(job_id: str, companies: Sequence[str]) -> Plan[list[Claim]]:
+def rows(job_id: str, companies: Sequence[str]) -> Plan[tuple[list[Claim], list[str]]]:
     """The job's deliveries of `companies` (a chunk of `companies()`), a `Claim` per company in
-    arrival order, with the property versions that guard against older values."""
-    found = (yield Statement(JOB_ROWS, {"job": job_id, "companies": list(companies)})).rows
+    arrival order, with the property versions that guard against older values; less the
+    companies erased (suppressed) since the pack, answered apart (`drop_erased` them)."""
+    erased = yield from erased_of(list(companies))
+    wanted = [c for c in companies if c not in erased]
+    found = (yield Statement(JOB_ROWS, {"job": job_id, "companies": wanted})).rows
     by_company: dict[str, list[ClaimedUpdate]] = {}
     for company_id, delivery_id, seq, metadata, attempts in found:
         by_company.setdefault(company_id, []).append(
@@ -487,7 +518,19 @@ def rows(job_id: str, companies: Sequence[str]) -> Plan[list[Claim]]:
     return [  # rows come in seq order
         Claim(company_id=c, updates=updates, versions=versions.get(c, {}), owner=token)
         for c, updates in by_company.items()
-    ]
+    ], sorted(erased)
+
+
+def drop_erased(job_id: str, companies: Sequence[str]) -> Plan[int]:
+    """The job's rows of erased `companies` deleted (never uploaded), the job's counts less
+    them; answers how many rows went."""
+    params = {"job": job_id, "companies": list(companies)}
+    counted = (yield Statement(JOB_ERASED_COUNTS, params)).one()
+    dropped = (yield Statement(JOB_DROP_ERASED, params)).rowcount
+    if dropped and counted is not None:
+        shrank = {"id": job_id, "rows": int(counted[0]), "updates": int(counted[1])}
+        yield Statement(JOB_SHRANK, shrank)
+    return int(dropped)
 
 
 def _text(value: str | None, limit: int = 500) -> str | None:
@@ -846,8 +889,13 @@ class Jobs(StorePart):
 
     async def rows(self, job_id: str, companies: Sequence[str]) -> list[Claim]:
         """The job's deliveries of `companies` (read a chunk at a time: a job may hold a whole
-        backlog), a `Claim` per company, oldest company first."""
-        return await self._read(lambda: rows(job_id, list(companies)), snapshot=True)
+        backlog), a `Claim` per company, oldest company first. A company erased since the
+        pack is left out and its rows in the job deleted: a job packed before an erasure and
+        uploaded after it never sends the company."""
+        claims, erased = await self._read(lambda: rows(job_id, list(companies)), snapshot=True)
+        if erased:
+            await self._write(lambda: drop_erased(job_id, erased))
+        return claims
 
     async def submitted(
         self,

@@ -537,3 +537,133 @@ def test_the_dispatcher_never_claims_a_suppressed_company(database_url: str) -> 
             await store.close()
 
     run(main())
+
+
+PACK = {"max_rows": 100, "max_merge": 10, "settle_seconds": 0.0, "fresh_seconds": 0.0}
+
+
+def test_a_bulk_job_never_packs_an_erased_company(database_url: str) -> None:
+    """Issue 22: an erasure accepted (its purge not yet run) before a job is packed: the job
+    holds no row of the company and the company's queued updates are cancelled."""
+
+    async def main() -> None:
+        store = open_store(database_url)
+        await store.open()
+        try:
+            updates = [NewUpdate("acme", {"plan": SECRET}), NewUpdate("other", {"n": 1})]
+            stored = await store.deliveries.enqueue(updates, source="api", caller="t", batch=True)
+            await store.erasures.create(["acme"], reason="x", by=None)
+            await asyncio.sleep(0.05)
+            job = await store.jobs.pack(owner="t", lease_seconds=30, **PACK)
+            assert job is not None
+            assert await store.jobs.companies(job.id) == [("other", 1)]
+            assert [c.company_id for c in await store.jobs.rows(job.id, ["acme", "other"])] == [
+                "other"
+            ]
+            assert job.rows == 1 and job.updates == 1
+            batch = await store.deliveries.batch(str(stored.batch_id))
+            assert batch is not None
+            assert await store.deliveries.get(f"{batch.id}.0") is None  # acme's: cancelled
+            assert await store.deliveries.get(f"{batch.id}.1") is not None
+        finally:
+            await store.close()
+
+    run(main())
+
+
+def test_a_job_packed_before_an_erasure_never_uploads_the_company(
+    database_url: str, sim: SimulatorProcess
+) -> None:
+    """An erasure accepted after a job was packed but before its upload: the upload leaves the
+    company out (its rows in the job deleted), and the erasure then completes."""
+
+    async def pack_then_erase() -> str:
+        store = open_store(database_url)
+        await store.open()
+        try:
+            updates = [NewUpdate("acme", {"plan": SECRET}), NewUpdate("other", {"n": 1})]
+            await store.deliveries.enqueue(updates, source="api", caller="t", batch=True)
+            await asyncio.sleep(0.05)
+            # Packed by a replica that then goes away: the relay takes the job over.
+            job = await store.jobs.pack(owner="gone", lease_seconds=0.5, **PACK)
+            assert job is not None and job.rows == 2
+            erasure = await store.erasures.create(["acme"], reason="x", by=None)
+            return erasure.id
+        finally:
+            await store.close()
+
+    async def main() -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        erasure_id = await pack_then_erase()
+        bulk = {"relay_upstream_bulk": "auto", "relay_bulk_poll_seconds": 0.1}
+        async with relay_on(database_url, sim, **bulk) as relay:
+
+            async def completed() -> list[dict[str, Any]] | None:
+                r = await relay.get("/jobs", key=ADMIN_KEY, params={"status": "completed"})
+                items: list[dict[str, Any]] = r.json()["items"]
+                return items or None
+
+            listed = await eventually(completed, within=30)
+            return await finished(relay, erasure_id), listed
+
+    done, listed = run(main(), limit=60)
+    assert done["status"] == "completed", done
+    assert listed[0]["rows"] == 1, listed
+    assert sim.history("acme") is None  # never uploaded (nor sent real-time)
+    history = sim.history("other")
+    assert history is not None and [h["via"] for h in history] == ["bulk"], history
+    assert all(SECRET not in str(j) for j in sim.jobs())
+
+
+def test_a_dead_letter_of_an_erased_company_is_not_replayed(
+    database_url: str, sim: SimulatorProcess
+) -> None:
+    """Between an erasure's 202 and its purge, replaying the company's dead letter answers 409
+    `company_erased` and stores nothing; a replay of every dead letter skips it."""
+    sim.configure(bulk_rows_per_minute=0)  # the job holding `held` stays running
+
+    async def dead(store: Any, company: str) -> str:
+        stored = await store.deliveries.enqueue(
+            [NewUpdate(company, {"plan": SECRET})], source="api", caller="t"
+        )
+        claim = await store.claims.claim(owner="t", lease_seconds=30, max_merge=10)
+        assert claim is not None and claim.company_id == company
+        await store.claims.mark_dead(claim, status=400, error="refused", request_id=None)
+        return str(stored.ids[0])
+
+    async def setup() -> tuple[str, str]:
+        store = open_store(database_url)
+        await store.open()
+        try:
+            erased_id = await dead(store, "acme")
+            kept_id = await dead(store, "kept")
+            # A company of the same erasure held in flight (in a job that stays running at
+            # Userpilot): the erasure's purge waits meanwhile.
+            await store.deliveries.enqueue([NewUpdate("held", {"n": 1})], source="api", caller="t")
+            await asyncio.sleep(0.05)
+            job = await store.jobs.pack(owner="other", lease_seconds=300, **PACK)
+            assert job is not None and job.rows == 1
+            await store.erasures.create(["acme", "held"], reason="x", by=None)
+            return erased_id, kept_id
+        finally:
+            await store.close()
+
+    async def main() -> None:
+        erased_id, kept_id = await setup()
+        bulk = {"relay_upstream_bulk": "auto", "relay_bulk_poll_seconds": 0.1}
+        async with relay_on(database_url, sim, **bulk) as relay:
+            r = await relay.post(f"/deliveries/{erased_id}/replay", key=ADMIN_KEY)
+            assert r.status_code == 409, r.text
+            assert r.json()["error"] == "company_erased", r.text
+            still = await relay.store.deliveries.get(erased_id)
+            assert still is not None and still.status == "dead" and still.attempts == 1
+            r = await relay.post("/deliveries/replay", key=ADMIN_KEY)
+            assert r.status_code == 200, r.text
+            assert r.json()["replayed"] == 1
+            r = await relay.post("/deliveries/replay", key=ADMIN_KEY, params={"company_id": "acme"})
+            assert r.json()["replayed"] == 0
+            after = await relay.store.deliveries.get(erased_id)
+            assert after is not None and after.status == "dead"
+            kept = await relay.store.deliveries.get(kept_id)
+            assert kept is not None and kept.status != "dead"
+
+    run(main())
