@@ -609,7 +609,14 @@ def test_hostile_answers_from_userpilot_stall_nothing(
             batch_id = await post_bulk(relay, companies("hostile", 200))
             done = await relay.batch_done(batch_id, within=60)
             assert done["counts"]["delivered"] == 200, done
-            return await jobs(relay)
+
+            # A job's rows are marked delivered a chunk at a time, then the job completed.
+            async def ended() -> list[dict[str, Any]] | None:
+                listed = await jobs(relay)
+                return listed if all(j["status"] != "running" for j in listed) else None
+
+            ended_jobs: list[dict[str, Any]] = await eventually(ended, within=10)
+            return ended_jobs
 
     listed = run(main(), limit=90)
     assert all(j["status"] == "completed" for j in listed), listed
