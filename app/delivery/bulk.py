@@ -549,27 +549,30 @@ class BulkDriver:
 
     async def _complete(self, job: BulkJob, done: int | None, *, shortfall: str = "") -> None:
         """Mark the job delivered a chunk of companies at a time (each chunk one short
-        transaction with the versions it sent: ingest never waits behind the whole job),
-        then end it."""
+        transaction with the versions it sent: ingest never waits behind the whole job); the
+        last chunk commits with the job's end, so no reader sees every update delivered while
+        the job still runs."""
         delivered = updates = 0
         companies = await self.store.jobs.companies(job.id)
+        last: dict[str, dict[str, int]] = {}
         for chunk in read_chunks(companies, MARK_UPDATES):
-            merged = JobMerge()
-            merged.add(await self.store.jobs.rows(job.id, chunk))
-            rows = merged.rows
-            if not await self.store.jobs.delivered_part(
+            if last and not await self.store.jobs.delivered_part(
                 job,
                 owner=self.owner,
-                companies=chunk,
-                sent_versions={row.company_id: row.sent_versions for row in rows},
+                companies=list(last),
+                sent_versions=last,
                 completed_rows=done,
             ):
                 return  # another replica drives the job now
+            merged = JobMerge()
+            merged.add(await self.store.jobs.rows(job.id, chunk))
+            rows = merged.rows
+            last = {row.company_id: dict(row.sent_versions) for row in rows}
             delivered += len(rows)
             updates += sum(row.updates for row in rows)
             await asyncio.sleep(0)
         if not await self.store.jobs.completed(
-            job, owner=self.owner, sent_versions={}, completed_rows=done
+            job, owner=self.owner, sent_versions=last, completed_rows=done
         ):
             return
         if shortfall:
