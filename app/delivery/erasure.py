@@ -180,9 +180,9 @@ class ErasureDriver:
                 while alone:
                     alone = await self._send(alone)
             return []
-        reason = f"{error}: {result.error}" if result.error else error
+        # Userpilot's own words stay out of the audit record: they may name a company it kept.
         failed = await self.store.erasures.fail(
-            involved, error=reason[:500], status=status, request_id=result.request_id
+            involved, error=error[:500], status=status, request_id=result.request_id
         )
         ERASURES.labels(outcome="failed").inc(failed)
         await self.store.erasures.after_purge()

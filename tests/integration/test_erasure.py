@@ -211,7 +211,15 @@ def test_erasure_routes_refuse_ingest_keys_and_bad_input(
 def test_a_permanent_refusal_fails_the_erasure_with_the_reason(
     sqlite_url: str, sim: SimulatorProcess
 ) -> None:
-    sim.add_fault(action="status", status=403, path="/v1/companies", method="DELETE", times=1)
+    # Userpilot's refusal names the company: the audit record keeps its status, not its words.
+    sim.add_fault(
+        action="status",
+        status=403,
+        path="/v1/companies",
+        method="DELETE",
+        times=1,
+        body={"errors": [{"error_code": "FORBIDDEN", "message": "no delete for refused-co"}]},
+    )
 
     async def main() -> dict[str, Any]:
         async with relay_on(sqlite_url, sim) as relay:
@@ -221,6 +229,7 @@ def test_a_permanent_refusal_fails_the_erasure_with_the_reason(
     done = run(main())
     assert done["status"] == "failed"
     assert "403" in done["last_error"]
+    assert "refused-co" not in str(done)
 
 
 def test_a_400_to_several_erasures_sends_each_alone_before_failing_it(
