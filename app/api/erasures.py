@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Response
@@ -13,7 +14,7 @@ from pydantic_core import PydanticCustomError
 from app.api.companies import AUTH_ERRORS, _error
 from app.api.deps import AdminCaller, AnyCaller, StoreDep
 from app.domain.errors import NotFound
-from app.domain.rules import MAX_COMPANY_ID, company_id_problem
+from app.domain.rules import MAX_COMPANY_ID, company_id_problem, has_control
 from app.store.erasures import Erasure
 
 log = logging.getLogger("userpilot_relay.erasure")
@@ -22,6 +23,7 @@ router = APIRouter(tags=["erasure"])
 
 MAX_COMPANIES = 10_000
 MAX_ID = 1024  # the longest company id a suppression lookup takes
+ERASURE_ID = r"^er_[0-9]{13}_[0-9a-f]{12}$"  # as the store makes them; the cursor is one
 MAX_REASON = 500
 ERASURE_STATUSES = ("running", "completed", "failed")
 ErasureStatus = Literal["running", "completed", "failed"]
@@ -43,13 +45,22 @@ CompanyId = Annotated[
 ]
 
 
+def printable_reason(reason: str) -> str:
+    """A reason is text for the audit trail: no NUL or other control character."""
+    if has_control(reason):
+        raise ValueError("must not contain control characters")
+    return reason
+
+
 class ErasureIn(BaseModel):
     """Companies to forget in Userpilot and in the relay, and why (kept in the audit trail)."""
 
     model_config = ConfigDict(extra="forbid")
 
     company_ids: list[CompanyId] = Field(min_length=1, max_length=MAX_COMPANIES)
-    reason: str = Field(min_length=1, max_length=MAX_REASON)
+    reason: Annotated[str, AfterValidator(printable_reason)] = Field(
+        min_length=1, max_length=MAX_REASON
+    )
 
 
 class UpstreamOut(BaseModel):
@@ -138,7 +149,7 @@ async def list_erasures(
     store: StoreDep,
     status: ErasureStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-    cursor: Annotated[str | None, Query(max_length=100)] = None,
+    cursor: Annotated[str | None, Query(pattern=ERASURE_ID)] = None,
 ) -> ErasurePage:
     """Erasures, newest first, a page at a time (`next_cursor` to the next page)."""
     found = await store.erasures.page(status=status, before=cursor, limit=limit + 1)
@@ -158,7 +169,7 @@ async def get_erasure(
     erasure_id: Annotated[str, Path(max_length=100)], _: AdminCaller, store: StoreDep
 ) -> ErasureOut:
     """One erasure: its status, counts, times, reason and Userpilot's answer."""
-    erasure = await store.erasures.get(erasure_id)
+    erasure = await store.erasures.get(erasure_id) if re.match(ERASURE_ID, erasure_id) else None
     if erasure is None:
         raise NotFound("erasure")
     return ErasureOut.of(erasure)

@@ -77,6 +77,8 @@ def read_erasure_form(fields: dict[str, str]) -> ErasureForm:
                 return f"Company id number {number} {problem}."
         if not reason:
             return "Enter a reason: it is kept in the audit trail."
+        if has_control(reason):
+            return "The reason must not contain control characters."
         if len(reason) > MAX_REASON:
             return f"The reason must be at most {MAX_REASON} characters (it has {len(reason)})."
         return None

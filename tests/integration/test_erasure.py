@@ -688,3 +688,36 @@ def test_a_dead_letter_of_an_erased_company_is_not_replayed(
             assert kept is not None and kept.status != "dead"
 
     run(main())
+
+
+def test_hostile_erasure_and_suppression_input_is_refused_and_changes_nothing(
+    database_url: str, sim: SimulatorProcess
+) -> None:
+    """A lone surrogate, NUL, a Unicode digit or a 100,000-character value in an erasure's
+    body, its list's query or a suppression's path is a 4xx, never a 500, and stores nothing."""
+
+    async def main() -> None:
+        async with relay_on(database_url, sim) as relay:
+            headers = {"Content-Type": "application/json"}
+            for raw in [
+                b'{"company_ids": ["\\ud800"], "reason": "r"}',
+                b'{"company_ids": ["ok"], "reason": "\\u0000"}',
+                b'{"company_ids": ["ok"], "reason": "' + b"x" * 100_000 + b'"}',
+                b'{"company_ids": [12345678901234567890123], "reason": "r"}',
+            ]:
+                r = await relay.post("/erasures", key=ADMIN_KEY, content=raw, headers=headers)
+                assert 400 <= r.status_code < 500, (raw[:60], r.status_code, r.text)
+            for query in ["cursor=%00", "cursor=\u0661", "limit=\u0665", "status=%ED%A0%80"]:
+                r = await relay.get(f"/erasures?{query}", key=ADMIN_KEY)
+                assert 400 <= r.status_code < 500, (query, r.status_code, r.text)
+            for path in ["%00", "%ED%A0%80", "x" * 2000]:
+                r = await relay.get(f"/erasures/{path}", key=ADMIN_KEY)
+                assert 400 <= r.status_code < 500, (path, r.status_code, r.text)
+                r = await relay.get(f"/suppressions/{path}", key=ADMIN_KEY)
+                assert r.status_code < 500, (path, r.status_code, r.text)
+                r = await relay.request("DELETE", f"/suppressions/{path}", key=ADMIN_KEY)
+                assert 400 <= r.status_code < 500, (path, r.status_code, r.text)
+            listed = (await relay.get("/erasures", key=ADMIN_KEY)).json()
+            assert listed["items"] == []
+
+    run(main())
