@@ -644,6 +644,14 @@ def completed(
     if not finished:
         return False
     yield Statement(JOB_DELIVERED, {"job": job.id})
+    yield from _record_sent(job, sent_versions, completed_rows)
+    return True
+
+
+def _record_sent(
+    job: BulkJob, sent_versions: Mapping[str, Mapping[str, int]], completed_rows: int | None
+) -> Plan[None]:
+    """The property versions a job's rows sent, and their digests for reconciliations."""
     versions = [  # one lock order, whoever else writes these rows
         {"company": company, "key": key, "seq": keys[key]}
         for company, keys in sorted(sent_versions.items())
@@ -651,10 +659,7 @@ def completed(
     ]
     if versions:
         yield Statement(delivered.SENT_VERSION, versions, many=True)
-    yield from delivered.record_delivered_job(
-        job, sent_versions, completed_rows
-    )  # for reconciliations
-    return True
+    yield from delivered.record_delivered_job(job, sent_versions, completed_rows)
 
 
 def delivered_part(
@@ -673,16 +678,7 @@ def delivered_part(
         return False
     params = {"job": job.id, "companies": list(companies)}
     yield Statement(JOB_PART_DELIVERED, params)
-    versions = [  # one lock order, whoever else writes these rows
-        {"company": company, "key": key, "seq": keys[key]}
-        for company, keys in sorted(sent_versions.items())
-        for key in sorted(keys)
-    ]
-    if versions:
-        yield Statement(delivered.SENT_VERSION, versions, many=True)
-    yield from delivered.record_delivered_job(
-        job, sent_versions, completed_rows
-    )  # for reconciliations
+    yield from _record_sent(job, sent_versions, completed_rows)
     return True
 
 
