@@ -15,6 +15,7 @@ from typing import Any, cast
 from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
+from starlette.routing import request_response
 
 IDEMPOTENCY_KEY = "Idempotency-Key"
 MAX_IDEMPOTENCY_KEY = 255
@@ -22,7 +23,13 @@ MAX_IDEMPOTENCY_KEY = 255
 
 class RequestRoute(APIRoute):
     """An `APIRoute` whose endpoint takes the `Request` alone at run time; its other
-    parameters are declared (with defaults) for the document only."""
+    parameters are declared (with defaults) for the document only. It is served by
+    Starlette's `request_response`: FastAPI's adds two exit stacks for dependencies with
+    `yield`, which this route never has."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.app = request_response(self.get_route_handler())
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         endpoint = cast(Callable[[Request], Coroutine[Any, Any, Response]], self.endpoint)
