@@ -44,7 +44,14 @@ class NullEngine(Engine):
     async def ping(self) -> bool:
         return True
 
-    async def write(self, plan: PlanFactory[T], *, atomic: bool = True, durable: bool = True) -> T:
+    async def write(
+        self,
+        plan: PlanFactory[T],
+        *,
+        atomic: bool = True,
+        durable: bool = True,
+        ingest: bool = False,
+    ) -> T:
         return drive(plan(), _answer)
 
     async def read(self, plan: PlanFactory[T], *, snapshot: bool = False) -> T:

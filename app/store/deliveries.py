@@ -572,7 +572,7 @@ class Deliveries(StorePart):
             batch_id, payload, count = new_ids(1)[0], encode_batch(updates), len(updates)
             stamped = [(u.company_id, k) for u in updates for k in u.stamp_times]
             args = (payload, count, batch_id, source, caller, idempotency, stamped, updates)
-            return await self._write(lambda: enqueue_batch(*args))
+            return await self._write(lambda: enqueue_batch(*args), ingest=True)
         ids = new_ids(len(updates))
         encoded = [orjson.dumps(u.metadata) for u in updates]
         # One plain update, the common case: one statement, safe to repeat (the id is ours).
@@ -580,6 +580,7 @@ class Deliveries(StorePart):
         return await self._write(
             lambda: enqueue(updates, encoded, ids, source, caller, idempotency),
             atomic=not single,
+            ingest=True,
         )
 
     # reads ---------------------------------------------------------------------------------

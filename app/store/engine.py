@@ -89,11 +89,19 @@ class Engine(Pacing):
         """True when the store answers a read and commits a write now (readiness)."""
 
     @abc.abstractmethod
-    async def write(self, plan: PlanFactory[T], *, atomic: bool = True, durable: bool = True) -> T:
+    async def write(
+        self,
+        plan: PlanFactory[T],
+        *,
+        atomic: bool = True,
+        durable: bool = True,
+        ingest: bool = False,
+    ) -> T:
         """Run the plan in one committed transaction (the factory may run again if the backend
         retries). Without `atomic`, it is one statement safe to repeat, maybe run without a
         transaction. Without `durable`, the commit may answer before it is on disk (a lease,
-        lost in a power cut, only leaves its updates queued)."""
+        lost in a power cut, only leaves its updates queued). An `ingest` write has a caller
+        waiting on it: a backend with one writer serves it before background work."""
 
     @abc.abstractmethod
     async def read(self, plan: PlanFactory[T], *, snapshot: bool = False) -> T:

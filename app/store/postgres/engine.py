@@ -315,7 +315,14 @@ class PostgresEngine(Engine):
 
         await self._run(notify, transaction=False)
 
-    async def write(self, plan: PlanFactory[T], *, atomic: bool = True, durable: bool = True) -> T:
+    async def write(
+        self,
+        plan: PlanFactory[T],
+        *,
+        atomic: bool = True,
+        durable: bool = True,
+        ingest: bool = False,  # every write has a connection of its own: nothing to order
+    ) -> T:
         async def run(conn: Conn) -> T:
             if not durable:  # this transaction's commit does not wait for the WAL flush
                 await conn.execute("SET LOCAL synchronous_commit TO OFF")

@@ -177,11 +177,18 @@ class SQLiteEngine(Engine):
         return True
 
     # running plans -------------------------------------------------------------------------
-    async def write(self, plan: PlanFactory[T], *, atomic: bool = True, durable: bool = True) -> T:
+    async def write(
+        self,
+        plan: PlanFactory[T],
+        *,
+        atomic: bool = True,
+        durable: bool = True,
+        ingest: bool = False,
+    ) -> T:
         if self._writer is None:
             raise StoreUnavailable("the store is closed")
         result: T = await self._writer.submit(
-            lambda conn: drive(plan(), _runner(conn)), durable=durable
+            lambda conn: drive(plan(), _runner(conn)), durable=durable, ingest=ingest
         )
         return result
 

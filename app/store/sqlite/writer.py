@@ -1,15 +1,20 @@
-"""SQLite's one writer thread, with group commit.
+"""SQLite's one writer thread: ingest writes group-committed ahead of background work.
 
-The thread commits whatever has piled up in a single transaction: with many requests in
-flight, one fsync acknowledges all of them. If one request's work raises, the group is rolled
-back and every request runs again alone, so one request's error never undoes another's work.
-Before each group it checks that the database file is still the one opened: writes through
-the open handle to a removed or replaced file would vanish at restart.
+Ingest writes (a caller waits on each) that have piled up are committed in a single
+transaction: with many requests in flight, one fsync acknowledges all of them. Other writes (a
+claim, an outcome, a bulk job's chunk: milliseconds each during a drain) run one per
+transaction, taking turns with the ingest groups, so an insert waits for at most one of them,
+never for a group of them, and neither kind can starve the other. If one request's work
+raises, its group is rolled back and every request runs again alone, so one request's error
+never undoes another's work. Before each transaction the thread checks that the database file
+is still the one opened: writes through the open handle to a removed or replaced file would
+vanish at restart.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -24,6 +29,7 @@ from app.domain.errors import StoreUnavailable
 log = logging.getLogger("userpilot_relay.store")
 
 Job = tuple[Callable[[sqlite3.Connection], Any], "asyncio.Future[Any]", bool]
+Queued = tuple[Job, bool]  # the job, and whether it is an ingest write
 Outcome = tuple["asyncio.Future[Any]", Any, BaseException | None]
 MAX_GROUP = 512
 
@@ -34,7 +40,7 @@ class Writer:
     def __init__(self, conn: sqlite3.Connection, path: str) -> None:
         self.path = path
         self._conn = conn
-        self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[Queued | None] = queue.SimpleQueue()
         self._loop = asyncio.get_running_loop()
         stat = os.stat(path)
         self._identity = (stat.st_dev, stat.st_ino)  # the file opened
@@ -47,14 +53,19 @@ class Writer:
         return self._thread.is_alive()
 
     async def submit(
-        self, job: Callable[[sqlite3.Connection], Any], *, durable: bool = True
+        self,
+        job: Callable[[sqlite3.Connection], Any],
+        *,
+        durable: bool = True,
+        ingest: bool = False,
     ) -> Any:
         """Run `job` in a committed transaction; without `durable` the commit may answer
         before it reaches the disk (`PRAGMA synchronous = NORMAL`: in WAL mode a crash of the
         process loses nothing, a power cut may lose it), unless its group holds a durable
-        job. Every durable commit makes what was committed before it durable too."""
+        job. Every durable commit makes what was committed before it durable too. An
+        `ingest` job is grouped with the other ingest jobs waiting (module docstring)."""
         future: asyncio.Future[Any] = self._loop.create_future()
-        self._jobs.put((job, future, durable))
+        self._jobs.put(((job, future, durable), ingest))
         return await future
 
     async def stop(self) -> None:
@@ -63,23 +74,32 @@ class Writer:
         await asyncio.to_thread(self._thread.join)
 
     def _run(self) -> None:
+        ingest: list[Job] = []
+        other: collections.deque[Job] = collections.deque()
         stop = False
-        while not stop:
-            first = self._jobs.get()
-            if first is None:
-                break
-            group = [first]
-            while len(group) < MAX_GROUP:
+        while True:
+            if not ingest and not other:
+                if stop:
+                    break
+                first = self._jobs.get()
+                if first is None:
+                    break
+                (ingest if first[1] else other).append(first[0])
+            while not stop:  # everything submitted meanwhile (bounded by the callers)
                 try:
-                    job = self._jobs.get_nowait()
+                    queued = self._jobs.get_nowait()
                 except queue.Empty:
                     break
-                if job is None:
-                    stop = True
-                    break
-                group.append(job)
-            outcomes = self._commit_checked(group)
-            self._loop.call_soon_threadsafe(_settle, outcomes)
+                if queued is None:
+                    stop = True  # the jobs already taken still run
+                else:
+                    (ingest if queued[1] else other).append(queued[0])
+            if ingest:
+                group, ingest = ingest[:MAX_GROUP], ingest[MAX_GROUP:]
+                self._loop.call_soon_threadsafe(_settle, self._commit_checked(group))
+            if other:
+                group = [other.popleft()]
+                self._loop.call_soon_threadsafe(_settle, self._commit_checked(group))
         self._conn.close()
 
     def _commit_checked(self, group: list[Job]) -> list[Outcome]:
