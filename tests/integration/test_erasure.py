@@ -22,8 +22,8 @@ from app.store.deliveries import IDEMPOTENCY_PUT, Retention
 from app.store.sql import Plan, Statement
 from app.store.store import open_store
 from tests import pg
+from tests.bulk_helpers import post_bulk, running_job
 from tests.inprocess import InProcessRelay, eventually, run
-from tests.integration.test_bulk import post_bulk, running_job
 from tests.relay import ADMIN_KEY, INGEST_KEY
 
 SECRET = "Distinctive-Value-7f3a91"
