@@ -186,3 +186,29 @@ def test_a_write_to_a_removed_file_is_refused_whichever_kind(tmp_path: Path, ing
 
     error = asyncio.run(scenario())
     assert error is not None and "removed" in str(error)
+
+
+def test_a_failing_job_alone_in_its_transaction_runs_once(tmp_path: Path) -> None:
+    """Background work runs one job per transaction: a job that raises is not run a second
+    time to tell its error from a group's."""
+    path = tmp_path / "w.db"
+    runs: list[int] = []
+
+    def failing(conn: sqlite3.Connection) -> None:
+        runs.append(1)
+        conn.execute("INSERT INTO t (name) VALUES ('half-done')")
+        raise ValueError("its own error")
+
+    async def scenario() -> BaseException | None:
+        writer = Writer(_connect(path), str(path))
+        try:
+            await writer.submit(failing)
+        except ValueError as exc:
+            return exc
+        finally:
+            await writer.stop()
+        return None
+
+    assert isinstance(asyncio.run(scenario()), ValueError)
+    assert runs == [1]
+    assert _names(path) == set()

@@ -146,8 +146,10 @@ class Writer:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 results = [fn(conn) for fn, _, _ in group]
-            except Exception:
+            except Exception as exc:
                 conn.execute("ROLLBACK")
+                if len(group) == 1:  # alone already: the error is its own, not run again
+                    return [(group[0][1], None, _own(exc))]
             else:
                 conn.execute("COMMIT")
                 return [
@@ -161,9 +163,7 @@ class Writer:
                     result = fn(conn)
                 except Exception as exc:
                     conn.execute("ROLLBACK")
-                    if unavailable(exc):  # the file, the disk: not the request
-                        exc = StoreUnavailable(f"SQLite write failed: {exc}")
-                    outcomes.append((future, None, exc))
+                    outcomes.append((future, None, _own(exc)))
                 else:
                     conn.execute("COMMIT")
                     outcomes.append((future, result, None))
@@ -173,6 +173,12 @@ class Writer:
                 conn.execute("ROLLBACK")
             failure = StoreUnavailable(f"SQLite write failed: {exc}")
             return [(future, None, failure) for _, future, _ in group]
+
+
+def _own(exc: Exception) -> Exception:
+    """What a job that raised answers: its error, or `StoreUnavailable` when the file or the
+    disk failed (not the request)."""
+    return StoreUnavailable(f"SQLite write failed: {exc}") if unavailable(exc) else exc
 
 
 def unavailable(exc: BaseException) -> bool:
