@@ -274,7 +274,9 @@ def mount(app: FastAPI, router: APIRouter) -> None:
     """Put the router's routes in the app's own route list. FastAPI 0.16x's `include_router`
     wraps a router in a layer that matches each request twice (a tenth of `POST /companies`'s
     time: docs/development.md); our routers carry no prefix, dependency or tag of the include,
-    so their routes are the app's as they stand."""
+    so their routes are the app's as they stand. The route objects are the routers' own, shared
+    by every app built in the process, so `app.dependency_overrides` does not reach them:
+    tests run the real app over a real store instead."""
     app.router.routes.extend(router.routes)
 
 

@@ -68,7 +68,8 @@ async def refuse_headers(send: Send) -> None:
 @functools.lru_cache(maxsize=4096)  # the labels are bounded (module docstring)
 def _series(route: str, method: str, caller: str, status: str) -> tuple[Any, Any]:
     """The request's counter and duration series (prometheus_client's `labels` checks and
-    locks on every call: a few microseconds a request, kept here once)."""
+    locks on every call: a few microseconds a request, kept here once). Nothing removes or
+    clears these series; whatever did would have to `_series.cache_clear()` too."""
     return (
         HTTP_REQUESTS.labels(route=route, method=method, caller=caller, status=status),
         HTTP_DURATION.labels(route=route, method=method, caller=caller),

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from app.domain.errors import StoreUnavailable
 from app.store.sqlite.writer import Writer
 
 
@@ -212,3 +213,28 @@ def test_a_failing_job_alone_in_its_transaction_runs_once(tmp_path: Path) -> Non
     assert isinstance(asyncio.run(scenario()), ValueError)
     assert runs == [1]
     assert _names(path) == set()
+
+
+def test_a_write_submitted_once_stop_began_is_refused_not_left_waiting(tmp_path: Path) -> None:
+    path = tmp_path / "w.db"
+
+    async def scenario() -> BaseException | None:
+        writer = Writer(_connect(path), str(path))
+        hold = threading.Event()
+        held = asyncio.create_task(writer.submit(_insert("held", [], hold)))
+        await asyncio.sleep(0.05)
+        stopping = asyncio.create_task(writer.stop())
+        await asyncio.sleep(0)  # stop has begun: the sentinel is queued
+        try:
+            await asyncio.wait_for(writer.submit(_insert("late", []), ingest=True), 5)
+        except Exception as exc:
+            return exc
+        finally:
+            hold.set()
+            await held
+            await stopping
+        return None
+
+    error = asyncio.run(scenario())
+    assert isinstance(error, StoreUnavailable), error
+    assert _names(path) == {"held"}

@@ -45,6 +45,7 @@ class Writer:
         stat = os.stat(path)
         self._identity = (stat.st_dev, stat.st_ino)  # the file opened
         self._failing = False
+        self._stopping = False
         self._durable = True  # the connection opens with synchronous = FULL
         self._thread = threading.Thread(target=self._run, name="sqlite-writer", daemon=True)
         self._thread.start()
@@ -64,12 +65,16 @@ class Writer:
         process loses nothing, a power cut may lose it), unless its group holds a durable
         job. Every durable commit makes what was committed before it durable too. An
         `ingest` job is grouped with the other ingest jobs waiting (module docstring)."""
+        if self._stopping:  # submit and stop both run on the event loop: no race
+            raise StoreUnavailable("the store is closed")
         future: asyncio.Future[Any] = self._loop.create_future()
         self._jobs.put(((job, future, durable), ingest))
         return await future
 
     async def stop(self) -> None:
-        """Finish the jobs already submitted, then close the connection."""
+        """Finish the jobs already submitted, then close the connection; a job submitted
+        from now on is refused at once (`StoreUnavailable`), never left waiting."""
+        self._stopping = True
         self._jobs.put(None)
         await asyncio.to_thread(self._thread.join)
 
