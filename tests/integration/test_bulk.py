@@ -325,6 +325,9 @@ def test_at_a_low_rate_limit_a_job_gets_its_send_slot_and_realtime_throughput_ho
 ) -> None:
     # 60 calls a minute, a 5 s lease, a poll a second: two pacing intervals (2.04 s) are more
     # than a third of that lease. The job must still get a slot, and real-time calls theirs.
+    # Fifteen single updates keep real-time work queued for the whole window (a fresh single
+    # update is never packed): once the first job is measured fast, the next one may take
+    # every row of the batch, and then only they are left for real-time calls.
     async def main() -> tuple[dict[str, Any], list[float]]:
         async with relay_on(
             database_url,
@@ -335,6 +338,8 @@ def test_at_a_low_rate_limit_a_job_gets_its_send_slot_and_realtime_throughput_ho
             relay_bulk_poll_seconds=1,
         ) as relay:
             await post_bulk(relay, companies("slow", 200))
+            for i in range(15):
+                assert (await relay.post_company(f"live-{i}", {"n": i})).status_code == 202
 
             async def completed() -> dict[str, Any] | None:
                 found = await jobs(relay, status="completed")

@@ -248,12 +248,17 @@ def test_an_undocumented_job_status_is_reported_stuck_and_an_operator_can_abando
     # Userpilot answers `cancelled` (not a documented status) for ever: logged once, reported
     # stuck, and POST /jobs/{id}/abandon ends it; its rows go out again real-time, a newer
     # update of one of its companies still wins.
-    sim.configure(bulk_rows_per_minute=0)
+    # Five times Userpilot's rate on both sides: the abandoned rows' real-time calls take 3 s.
+    sim.configure(bulk_rows_per_minute=0, rate_limit_per_minute=3_000)
     sim.add_job_fault(action="report", status="cancelled")
 
     async def main() -> dict[str, Any]:
         async with relay_on(
-            database_url, sim, relay_bulk_stuck_seconds=1, relay_bulk_fresh_seconds=0
+            database_url,
+            sim,
+            relay_bulk_stuck_seconds=1,
+            relay_bulk_fresh_seconds=0,
+            relay_rate_limit_per_minute=3_000,
         ) as relay:
             with captured_logs() as lines:
                 batch_id = await post_bulk(relay, companies("cx", 200))

@@ -179,9 +179,10 @@ def test_the_jobs_abandon_command_ends_a_job_that_reports_an_undocumented_status
 ) -> None:
     from tests.process.test_cli import cli
 
-    sim.configure(bulk_rows_per_minute=0)
+    # Five times Userpilot's rate on both sides: the abandoned rows' real-time calls take 3 s.
+    sim.configure(bulk_rows_per_minute=0, rate_limit_per_minute=3_000)
     sim.add_job_fault(action="report", status="cancelled")
-    relay = relay_factory(**BULK_ENV)
+    relay = relay_factory(**BULK_ENV, RELAY_RATE_LIMIT_PER_MINUTE="3000")
     batch_id = post_bulk(relay, "ab", 200)
 
     def unknown() -> dict[str, Any] | None:
