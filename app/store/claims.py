@@ -54,11 +54,16 @@ EXPIRE_LEASES = """
         WHERE lease_until < {now} AND COALESCE(status, '') = 'delivering'
         FOR UPDATE SKIP LOCKED)
 """
-# What makes a company busy: a live delivery, or updates waiting out a backoff.
+# What makes a company busy: a live delivery, or updates waiting out a backoff. Written as the
+# predicate of the `deliveries_busy` index and then narrowed, so the check is one probe of that
+# index per company; the fence keeps PostgreSQL from turning the pick's check into an anti-join,
+# which it did with a bulk job in flight: a hash of every delivering row and a sort of every
+# ready one, 0.4 to 1.7 s a claim, holding the lock a job's packing waits for.
 _BUSY = """
-    SELECT 1 FROM deliveries b WHERE b.company_id = @company AND (
-        b.status = 'delivering'
-        OR (b.status = 'queued' AND b.attempts > 0 AND b.next_attempt_at > {now}))
+    SELECT 1 FROM deliveries b WHERE b.company_id = @company
+        AND (b.status = 'delivering' OR (b.status = 'queued' AND b.attempts > 0))
+        AND (b.status = 'delivering' OR b.next_attempt_at > {now})
+    {fence}
 """
 # The oldest ready update's company that is free, locked for this transaction (PostgreSQL:
 # an advisory lock, tried company by company, oldest first). Cheap first (a partial index): is

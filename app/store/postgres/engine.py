@@ -80,6 +80,9 @@ POSTGRES = Dialect(
         "lock_jobs": f"SELECT pg_advisory_xact_lock({JOB_LOCKS}, 0)",
         "lock_pack": f"SELECT pg_advisory_xact_lock({JOB_LOCKS}, 1)",
         "analyze_deliveries": "ANALYZE deliveries",
+        # Keeps a correlated subquery a subquery (PostgreSQL does not turn one with an OFFSET
+        # into a join): see claims._BUSY.
+        "fence": "OFFSET 0",
         "overriding": "OVERRIDING SYSTEM VALUE",
         "stamp_pairs": "(SELECT split_part(p, chr(31), 1) AS company_id, "
         "split_part(p, chr(31), 2) AS key FROM unnest(CAST(:pairs AS text[])) AS p) AS pairs",
