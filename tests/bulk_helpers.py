@@ -47,6 +47,17 @@ async def running_job(relay: InProcessRelay) -> dict[str, Any]:
     return job
 
 
+async def stuck_job(relay: InProcessRelay) -> dict[str, Any]:
+    """The newest job, once it is reported stuck."""
+
+    async def stuck() -> dict[str, Any] | None:
+        found = await jobs(relay)
+        return found[0] if found and found[0]["stuck"] else None
+
+    job: dict[str, Any] = await eventually(stuck, within=20)
+    return job
+
+
 def upstream_calls(sim: SimulatorProcess) -> tuple[int, int]:
     """(real-time identify calls, company rows in bulk jobs) Userpilot received."""
     stats = sim.stats()

@@ -16,6 +16,7 @@ from tests.bulk_helpers import (
     post_bulk,
     relay_on,
     running_job,
+    stuck_job,
 )
 from tests.inprocess import eventually, run
 from tests.relay import ADMIN_KEY, INGEST_KEY
@@ -120,12 +121,7 @@ def test_a_job_never_accepted_is_reported_stuck(database_url: str, sim: Simulato
     async def main() -> dict[str, Any]:
         async with relay_on(database_url, sim, relay_bulk_stuck_seconds=1) as relay:
             await post_bulk(relay, companies("never", 200))
-
-            async def stuck() -> dict[str, Any] | None:
-                found = await jobs(relay)
-                return found[0] if found and found[0]["stuck"] else None
-
-            job: dict[str, Any] = await eventually(stuck, within=20)
+            job = await stuck_job(relay)
 
             async def gauge() -> bool:
                 return await relay.metric("userpilot_relay_bulk_job_stuck") == 1
@@ -152,12 +148,7 @@ def test_a_job_userpilot_keeps_forgetting_backs_off_and_is_reported_stuck(
     async def main() -> tuple[dict[str, Any], int]:
         async with relay_on(database_url, sim, relay_bulk_stuck_seconds=2) as relay:
             await post_bulk(relay, companies("forgot", 200))
-
-            async def stuck() -> dict[str, Any] | None:
-                found = await jobs(relay)
-                return found[0] if found and found[0]["stuck"] else None
-
-            job: dict[str, Any] = await eventually(stuck, within=20)
+            job = await stuck_job(relay)
             uploads = len(sim.requests(path="/v1/companies/bulk_identify"))
             return job, uploads
 
